@@ -1,0 +1,57 @@
+"""
+Decorators that make any sync or async callable resilient.
+
+``@retry``, ``@circuit_breaker``, ``@rate_limited``, ``@bounded`` and ``@traced`` each work
+alone and stack in any order; they read frozen policy dataclasses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from resilience._backoff import Backoff
+from resilience._clock import SystemClock
+from resilience._config import is_active, set_active
+from resilience._decorating import layers_of
+from resilience._errors import (
+    AttemptTimeoutError,
+    BoundedTimeoutError,
+    CircuitOpenError,
+    RateLimitedError,
+    ResilienceError,
+    StoreUnavailableError,
+)
+from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
+from resilience._retry import retry
+from resilience._retry_after import parse_retry_after, retry_after_from
+
+
+__all__ = [
+    "AttemptTimeoutError",
+    "Backoff",
+    "BoundedPolicy",
+    "BoundedTimeoutError",
+    "CircuitBreakerPolicy",
+    "CircuitOpenError",
+    "RateLimitPolicy",
+    "RateLimitedError",
+    "ResilienceError",
+    "RetryPolicy",
+    "StoreUnavailableError",
+    "SystemClock",
+    "is_active",
+    "layers_of",
+    "parse_retry_after",
+    "retry",
+    "retry_after_from",
+    "set_active",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version  # noqa: PLC0415 - only when asked for
+
+        return version("resilience")
+    msg = f"module 'resilience' has no attribute {name!r}"
+    raise AttributeError(msg)

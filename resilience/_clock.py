@@ -1,0 +1,73 @@
+"""
+The only module that touches real time: the ``Clock`` every decorator reads and sleeps with.
+
+A policy may carry its own clock; otherwise decorators use the process-wide default, which
+``resilience.testing.virtual_time()`` swaps for a ``FakeClock`` so tests never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+__all__ = ["SystemClock", "current_clock", "set_default_clock"]
+
+
+class SystemClock:
+    """
+    Real time: ``time.monotonic`` for intervals, ``time.time`` for wall-clock dates.
+
+    Wall-clock reads go through the ``time`` module at call time, so freezegun sees them.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience"
+    __slots__ = ()
+
+    def monotonic(self) -> float:
+        """Return seconds on a clock that never goes backwards."""
+        return time.monotonic()
+
+    def time(self) -> float:
+        """Return wall-clock seconds since the epoch."""
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        """Block the calling thread for *seconds*."""
+        time.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        """Suspend the calling task for *seconds*."""
+        await asyncio.sleep(seconds)
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
+class _Default:
+    """Holds the process-wide default clock; one attribute read on the call path."""
+
+    __slots__ = ("clock",)
+
+    def __init__(self) -> None:
+        self.clock: object = SYSTEM_CLOCK
+
+
+_default = _Default()
+
+
+def current_clock() -> object:
+    """Return the process-wide default clock (a ``resilience.typing.Clock``)."""
+    return _default.clock
+
+
+def set_default_clock(clock: object) -> object:
+    """Install *clock* as the process-wide default and return the previous one."""
+    previous = _default.clock
+    _default.clock = clock
+    return previous

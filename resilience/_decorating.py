@@ -1,0 +1,216 @@
+"""
+The one place that uses wrapt: turning a policy into a decorator for any kind of callable.
+
+A decorator contributes a *layer*. Applying our decorator to a plain callable wraps it once;
+applying it to a callable that one of ours already wraps does not wrap again: the new layer
+joins the existing pipeline (outermost first) around the same original function, so a stack
+of five decorators costs one wrapper, not five. ``classmethod`` and ``staticmethod`` objects
+are looked through and rebuilt, so our decorators go above or below them.
+
+Whether the target is sync, async, a generator or an async generator is decided once, here,
+at decoration time; each layer then builds a runner for that kind. A runner has wrapt's
+signature ``(wrapped, instance, args, kwargs)`` and calls the next runner the same way; the
+innermost one calls the original.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+import wrapt
+
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+
+__all__ = ["Decorator", "Kind", "Layer", "Runner", "layers_of", "policy_from", "terminal"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+PolicyT = TypeVar("PolicyT")
+
+Kind = Literal["sync", "async", "gen", "asyncgen"]
+Runner = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+def terminal(
+    wrapped: Callable[..., Any], instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """The innermost runner: call the original (for async kinds this returns the awaitable)."""
+    return wrapped(*args, **kwargs)
+
+
+class Layer:
+    """
+    One decorator's share of a pipeline; made once per decorated callable.
+
+    Subclasses set ``decorator`` (for messages), implement the runner builders for the kinds
+    they support, and may override ``bind`` to validate the target or name state.
+    """
+
+    decorator = "decorator"
+    __slots__ = ("name", "policy")
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.name = ""
+
+    def bind(self, kind: Kind, qualname: str) -> None:
+        """Validate against the target's *kind* and take its *qualname* as a default name."""
+        self.name = qualname
+
+    def build(self, kind: Kind, call_next: Runner) -> Runner:
+        """Return this layer's runner for *kind* around *call_next*."""
+        builder = getattr(self, f"build_{kind}")
+        runner: Runner = builder(call_next)
+        return runner
+
+    def build_sync(self, call_next: Runner) -> Runner:
+        """Runner for plain callables."""
+        raise self._unsupported("functions")
+
+    def build_async(self, call_next: Runner) -> Runner:
+        """Runner for coroutine functions."""
+        raise self._unsupported("async functions")
+
+    def build_gen(self, call_next: Runner) -> Runner:
+        """Runner for generator functions."""
+        raise self._unsupported("generator functions")
+
+    def build_asyncgen(self, call_next: Runner) -> Runner:
+        """Runner for async generator functions."""
+        raise self._unsupported("async generator functions")
+
+    def _unsupported(self, what: str) -> TypeError:
+        return TypeError(f"@{self.decorator} does not support {what} (decorating {self.name})")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.policy!r}>"
+
+
+class ResilientFunction(wrapt.FunctionWrapper):  # type: ignore[misc]
+    """Our single wrapper type: the original callable plus the pipeline's layers."""
+
+    def __init__(
+        self, wrapped: Callable[..., Any], runner: Runner, layers: tuple[Layer, ...], kind: Kind
+    ) -> None:
+        super().__init__(wrapped, runner)
+        self._self_layers = layers
+        self._self_kind = kind
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        msg = "decorated functions are pickled by reference: decorate at module level"
+        raise TypeError(msg)
+
+
+def _kind_of(target: Callable[..., Any]) -> Kind:
+    if inspect.isasyncgenfunction(target):
+        return "asyncgen"
+    if inspect.iscoroutinefunction(target):
+        return "async"
+    if inspect.isgeneratorfunction(target):
+        return "gen"
+    call = getattr(type(target), "__call__", None)
+    if not inspect.isfunction(target) and call is not None:
+        if inspect.isasyncgenfunction(call):
+            return "asyncgen"
+        if inspect.iscoroutinefunction(call):
+            return "async"
+        if inspect.isgeneratorfunction(call):
+            return "gen"
+    return "sync"
+
+
+def _qualname(target: object) -> str:
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None)
+    if name is None:
+        name = type(target).__qualname__
+    module = getattr(target, "__module__", None)
+    return f"{module}.{name}" if module else str(name)
+
+
+def apply(layer: Layer, target: Any) -> Any:
+    """Wrap *target* with *layer*, joining an existing pipeline of ours if there is one."""
+    if isinstance(target, classmethod | staticmethod):
+        return type(target)(apply(layer, target.__func__))
+    if isinstance(target, ResilientFunction):
+        original = target.__wrapped__
+        layers = (layer, *target._self_layers)
+        kind: Kind = target._self_kind
+    else:
+        if not callable(target):
+            msg = (
+                f"@{layer.decorator} decorates a callable, a classmethod or a staticmethod, "
+                f"got {type(target).__name__} {target!r}"
+            )
+            raise TypeError(msg)
+        original = target
+        layers = (layer,)
+        kind = _kind_of(target)
+    layer.bind(kind, _qualname(original))
+    runner: Runner = terminal
+    for each in reversed(layers):
+        runner = each.build(kind, runner)
+    return ResilientFunction(original, runner, layers, kind)
+
+
+def layers_of(func: object) -> tuple[Layer, ...]:
+    """Return the layers our decorators put on *func*, outermost first (empty if none)."""
+    if isinstance(func, classmethod | staticmethod):
+        func = func.__func__
+    if isinstance(func, ResilientFunction):
+        layers: tuple[Layer, ...] = func._self_layers
+        return layers
+    parent = getattr(func, "_self_parent", None)
+    if isinstance(parent, ResilientFunction):
+        return layers_of(parent)
+    return ()
+
+
+def policy_from(
+    policy_cls: type[PolicyT], decorator: str, policy: object, fields: Mapping[str, Any]
+) -> PolicyT:
+    """Return the policy given positionally, or one built (or amended) from keyword fields."""
+    if policy is None:
+        return policy_cls(**fields)
+    if isinstance(policy, policy_cls):
+        return dataclasses.replace(policy, **fields) if fields else policy  # type: ignore[type-var]
+    msg = (
+        f"@{decorator} takes a {policy_cls.__name__} as its only positional argument, "
+        f"or keyword arguments; got {type(policy).__name__} {policy!r}"
+    )
+    raise TypeError(msg)
+
+
+class Decorator(Generic[PolicyT]):
+    """
+    What ``@retry(...)`` and its siblings return: applies a fresh layer to each target.
+
+    Works on functions, async functions, generator functions, methods, ``classmethod`` and
+    ``staticmethod`` objects, keeping the signature, ``__wrapped__`` and typing.
+    """
+
+    __slots__ = ("_make_layer", "policy")
+
+    def __init__(self, policy: PolicyT, make_layer: Callable[[PolicyT], Layer]) -> None:
+        self.policy = policy
+        self._make_layer = make_layer
+
+    @overload
+    def __call__(self, target: classmethod[T, P, R]) -> classmethod[T, P, R]: ...
+    @overload
+    def __call__(self, target: staticmethod[P, R]) -> staticmethod[P, R]: ...
+    @overload
+    def __call__(self, target: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, target: Any) -> Any:
+        """Decorate *target*."""
+        return apply(self._make_layer(self.policy), target)
+
+    def __repr__(self) -> str:
+        return f"<decorator {self.policy!r}>"

@@ -1,0 +1,169 @@
+"""
+The exception tree: every error this package raises on its own account.
+
+::
+
+    Exception
+     └── ResilienceError
+          ├── CircuitOpenError
+          ├── RateLimitedError
+          ├── BoundedTimeoutError (also a TimeoutError)
+          ├── AttemptTimeoutError (also a TimeoutError)
+          └── StoreUnavailableError
+
+On giving up, ``@retry`` re-raises the caller's *original* exception, never one of these.
+Each error carries structured attributes and a message that names the breaker, limiter or key
+and how long to wait, so a log line explains itself.
+"""
+
+from __future__ import annotations
+
+
+__all__ = [
+    "AttemptTimeoutError",
+    "BoundedTimeoutError",
+    "CircuitOpenError",
+    "RateLimitedError",
+    "ResilienceError",
+    "StoreUnavailableError",
+]
+
+
+class ResilienceError(Exception):
+    """
+    Base class of every error raised by ``resilience`` itself.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle by state: subclasses take keyword-only arguments the default cannot replay."""
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class CircuitOpenError(ResilienceError):
+    """
+    A call was refused because its circuit breaker is open (or half-open and busy).
+
+    Attributes:
+        name: The breaker's name.
+        retry_after: Seconds until a probe call is allowed (0.0 when one may run now).
+        opened_at: Wall-clock epoch seconds at which the breaker opened, if known.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience"
+
+    def __init__(
+        self, name: str, retry_after: float, *, opened_at: float | None = None, reason: str = ""
+    ) -> None:
+        self.name = name
+        self.retry_after = max(0.0, retry_after)
+        self.opened_at = opened_at
+        detail = f" ({reason})" if reason else ""
+        super().__init__(
+            f"circuit breaker {name!r} is open{detail}; "
+            f"a probe call is allowed in {self.retry_after:.3f} s"
+        )
+
+class RateLimitedError(ResilienceError):
+    """
+    A call was refused because its rate budget (or the key's backoff window) has no room.
+
+    Attributes:
+        key: The limiter's key.
+        retry_after: Seconds until the call could start.
+        limit: A human-readable statement of the limit, such as ``"10 per 1.0 s"``.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience"
+
+    def __init__(self, key: str, retry_after: float, *, limit: str = "") -> None:
+        self.key = key
+        self.retry_after = max(0.0, retry_after)
+        self.limit = limit
+        what = f" of {limit}" if limit else ""
+        super().__init__(
+            f"rate limit{what} for key {key!r} reached; retry in {self.retry_after:.3f} s"
+        )
+
+class BoundedTimeoutError(ResilienceError, TimeoutError):
+    """
+    A caller waited ``timeout`` seconds for permits of a ``@bounded`` pool and got none.
+
+    Attributes:
+        key: The pool's key.
+        limit: The pool's limit in units of weight.
+        weight: The units the caller asked for.
+        timeout: How long the caller waited, in seconds.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience"
+
+    def __init__(self, key: str, *, limit: int, weight: int, timeout: float) -> None:
+        self.key = key
+        self.limit = limit
+        self.weight = weight
+        self.timeout = timeout
+        super().__init__(
+            f"no permit for key {key!r} within {timeout:.3f} s "
+            f"(asked for {weight} of {limit} units); try again later or raise the limit"
+        )
+
+class StoreUnavailableError(ResilienceError):
+    """
+    The shared-state store (such as Redis) could not be reached in time.
+
+    Attributes:
+        key: The key whose state was wanted.
+        store: A short description of the store.
+        timeout: The store's time limit in seconds.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience"
+
+    def __init__(self, key: str, *, store: str = "store", timeout: float | None = None) -> None:
+        self.key = key
+        self.store = store
+        self.timeout = timeout
+        within = f" within {timeout:.3f} s" if timeout is not None else ""
+        super().__init__(f"{store} did not answer{within} for key {key!r}")
+
+class AttemptTimeoutError(ResilienceError, TimeoutError):
+    """
+    One attempt of an async callable ran past ``RetryPolicy.attempt_timeout`` and was cancelled.
+
+    ``@retry`` treats it as retryable; if it is the last failure, this is what propagates.
+
+    Attributes:
+        name: The retried callable's name.
+        timeout: The attempt time limit in seconds.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience"
+
+    def __init__(self, name: str, timeout: float) -> None:
+        self.name = name
+        self.timeout = timeout
+        super().__init__(f"attempt of {name} took longer than {timeout:.3f} s and was cancelled")
+
+
+def _rebuild(
+    cls: type[ResilienceError], args: tuple[object, ...], state: dict[str, object]
+) -> ResilienceError:
+    """Recreate an error without re-running its ``__init__``."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err

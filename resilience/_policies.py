@@ -1,0 +1,236 @@
+"""
+The policy layer: frozen dataclasses that every decorator reads.
+
+Each policy validates itself when built (so bad input fails at decoration time, naming the
+field and the accepted range), accepts ``float`` seconds or ``timedelta`` for durations,
+and can be built from a plain mapping (``from_dict``) or the environment (``from_env``).
+``dataclasses.replace``, ``==`` and ``repr`` work as on any dataclass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from resilience._backoff import Backoff
+from resilience._dictable import FromDict
+from resilience._retry_after import retry_after_from
+from resilience._validate import (
+    check_bool,
+    check_int,
+    duration,
+    exception_predicate,
+    optional_callable,
+)
+from resilience.typing import Clock, ExceptionFilter
+
+
+__all__ = ["BoundedPolicy", "CircuitBreakerPolicy", "RateLimitPolicy", "RetryPolicy"]
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)
+
+
+def _check_clock(owner: str, clock: object) -> None:
+    if clock is not None and not isinstance(clock, Clock):
+        msg = (
+            f"{owner}.clock must provide monotonic(), time(), sleep() and asleep() "
+            f"(see resilience.typing.Clock), got {type(clock).__name__}"
+        )
+        raise TypeError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy(FromDict):
+    """
+    How ``@retry`` retries: how often, for how long, on what, and how long to wait.
+
+    Args:
+        attempts: The most calls in all (3 = one call and two retries); None: unbounded.
+        timeout: The most seconds from the first call's start; no wait may end past it:
+            when the next wait would cross it, give up at once.
+        progress_timeout: Give up when no call of the decorated function has succeeded for
+            this long (progress is shared by all its in-flight calls).
+        backoff: The delay schedule.
+        on: The exceptions to retry: a class, a tuple of classes, or a predicate.
+        on_result: A predicate ``result -> bool``: retry when it returns True.
+        delay_hook: ``outcome -> seconds | None``, a server-given delay that replaces the
+            backoff for that wait (None or 0: use the backoff). Default: Retry-After.
+        retry_after_cap: The most seconds a server-given delay may impose.
+        attempt_timeout: The most seconds one attempt of an async callable may take; a
+            stalled attempt is cancelled and counts as a retryable failure.
+        name: A name for events and log lines (default: the callable's qualified name).
+        clock: Where time is read and how waits happen (default: the process's clock).
+
+    .. versionadded:: 0.1.0
+    """
+
+    attempts: int | None = 10
+    timeout: float | timedelta | None = None
+    progress_timeout: float | timedelta | None = None
+    backoff: Backoff = field(default_factory=Backoff)
+    on: ExceptionFilter = Exception
+    on_result: Callable[[Any], bool] | None = None
+    delay_hook: Callable[[Any], float | None] | None = retry_after_from
+    retry_after_cap: float | timedelta = 60.0
+    attempt_timeout: float | timedelta | None = None
+    name: str | None = None
+    clock: Clock | None = None
+    _retryable: Callable[[BaseException], bool] = field(
+        init=False, repr=False, compare=False, default=None  # type: ignore[assignment]
+    )
+
+    def __post_init__(self) -> None:
+        owner = "RetryPolicy"
+        check_int(owner, "attempts", self.attempts, low=1, allow_none=True)
+        for name in ("timeout", "progress_timeout", "attempt_timeout"):
+            _set(
+                self,
+                name,
+                duration(owner, name, getattr(self, name), strict=True, allow_none=True),
+            )
+        _set(self, "retry_after_cap", duration(owner, "retry_after_cap", self.retry_after_cap))
+        if not isinstance(self.backoff, Backoff):
+            msg = f"{owner}.backoff must be a Backoff, got {type(self.backoff).__name__}"
+            raise TypeError(msg)
+        _set(self, "_retryable", exception_predicate(owner, "on", self.on))
+        optional_callable(owner, "on_result", self.on_result)
+        optional_callable(owner, "delay_hook", self.delay_hook)
+        if self.name is not None and not isinstance(self.name, str):
+            msg = f"{owner}.name must be a string or None, got {type(self.name).__name__}"
+            raise TypeError(msg)
+        _check_clock(owner, self.clock)
+
+
+RetryPolicy._nested = {"backoff": Backoff}
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerPolicy(FromDict):
+    """
+    How ``@circuit_breaker`` decides to stop calling a failing dependency.
+
+    Args:
+        name: Breakers with the same name share one state (default: the callable's name).
+        failure_threshold: Consecutive failures that open the breaker (>= 1).
+        reset_timeout: Seconds the breaker stays open before allowing probes (> 0).
+        half_open_max_calls: Probe calls allowed at once while half-open (>= 1).
+        on: The exceptions that count as failures: a class, a tuple, or a predicate.
+        store: Where the state lives (default: this process's memory).
+        clock: Where time is read (default: the process's clock).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+    name: str | None = None
+    failure_threshold: int = 5
+    reset_timeout: float | timedelta = 30.0
+    half_open_max_calls: int = 1
+    on: ExceptionFilter = Exception
+    store: Any = None
+    clock: Clock | None = None
+    _is_failure: Callable[[BaseException], bool] = field(
+        init=False, repr=False, compare=False, default=None  # type: ignore[assignment]
+    )
+
+    def __post_init__(self) -> None:
+        owner = "CircuitBreakerPolicy"
+        if self.name is not None and not isinstance(self.name, str):
+            msg = f"{owner}.name must be a string or None, got {type(self.name).__name__}"
+            raise TypeError(msg)
+        check_int(owner, "failure_threshold", self.failure_threshold, low=1)
+        _set(
+            self,
+            "reset_timeout",
+            duration(owner, "reset_timeout", self.reset_timeout, strict=True),
+        )
+        check_int(owner, "half_open_max_calls", self.half_open_max_calls, low=1)
+        _set(self, "_is_failure", exception_predicate(owner, "on", self.on))
+        _check_clock(owner, self.clock)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy(FromDict):
+    """
+    How many calls ``@rate_limited`` lets start: at most *rate* in any window of *per* s.
+
+    Args:
+        rate: Calls per window, a whole number >= 1.
+        per: The window in seconds (> 0).
+        burst: At most *burst* starts in any window of ``per * burst / rate`` seconds
+            (1 <= burst <= rate; default *rate*). ``burst=1`` spaces calls evenly.
+        key: Limiters with the same key share one budget (default: the callable's name).
+        wait: Wait for a turn (True) or raise ``RateLimitedError`` at once (False).
+        timeout: The most seconds to wait for a turn (None: no limit).
+        store: Where the budget lives (default: this process's memory).
+        clock: Where time is read and how waits happen (default: the process's clock).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+    rate: int
+    per: float | timedelta = 1.0
+    burst: int | None = None
+    key: str | None = None
+    wait: bool = True
+    timeout: float | timedelta | None = None
+    store: Any = None
+    clock: Clock | None = None
+
+    def __post_init__(self) -> None:
+        owner = "RateLimitPolicy"
+        check_int(owner, "rate", self.rate, low=1)
+        _set(self, "per", duration(owner, "per", self.per, strict=True))
+        check_int(owner, "burst", self.burst, low=1, high=self.rate, allow_none=True)
+        if self.key is not None and not isinstance(self.key, str):
+            msg = f"{owner}.key must be a string or None, got {type(self.key).__name__}"
+            raise TypeError(msg)
+        check_bool(owner, "wait", self.wait)
+        _set(self, "timeout", duration(owner, "timeout", self.timeout, allow_none=True))
+        _check_clock(owner, self.clock)
+
+
+@dataclass(frozen=True, slots=True)
+class BoundedPolicy(FromDict):
+    """
+    How many units of weight ``@bounded`` lets run at once.
+
+    Args:
+        limit: The pool's size in units, a whole number >= 1.
+        key: Decorators with the same key share one pool (default: the callable's name).
+        weight: Units one call holds while it runs (1 <= weight <= limit).
+        timeout: The most seconds to wait for permits (None: forever).
+        store: Where the pool lives (default: this process's memory).
+        clock: Where time is read (default: the process's clock).
+
+    .. versionadded:: 0.1.0
+    """
+
+
+    limit: int
+    key: str | None = None
+    weight: int = 1
+    timeout: float | timedelta | None = None
+    store: Any = None
+    clock: Clock | None = None
+
+    def __post_init__(self) -> None:
+        owner = "BoundedPolicy"
+        check_int(owner, "limit", self.limit, low=1)
+        if self.key is not None and not isinstance(self.key, str):
+            msg = f"{owner}.key must be a string or None, got {type(self.key).__name__}"
+            raise TypeError(msg)
+        check_int(owner, "weight", self.weight, low=1)
+        if self.weight > self.limit:
+            msg = (
+                f"{owner}.weight must be <= limit ({self.limit}) or no call could ever run, "
+                f"got {self.weight}"
+            )
+            raise ValueError(msg)
+        _set(self, "timeout", duration(owner, "timeout", self.timeout, allow_none=True))
+        _check_clock(owner, self.clock)

@@ -1,0 +1,629 @@
+"""
+``@retry``: call again on failure, waiting by a ``Backoff`` or by what the server says.
+
+The success path is one ``try`` around the call. Everything else (the attempt count, the
+deadline, shared progress, the delay hook, events) lives on the slow path, which starts at
+the first failure. The decisions are written once in ``_RetryCall``, which does no I/O and
+never sleeps; four thin drivers (sync, async, generator, async generator) feed it outcomes
+and time and do the waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+
+from collections.abc import AsyncGenerator, Callable, Generator
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
+
+from resilience import _clock, _config
+from resilience._decorating import Decorator, Kind, Layer, Runner, apply, policy_from
+from resilience._errors import AttemptTimeoutError
+from resilience._policies import RetryPolicy
+from resilience.telemetry._bus import BUS, emit
+
+
+if TYPE_CHECKING:
+    from resilience._backoff import Backoff
+    from resilience.typing import Clock, ExceptionFilter
+
+
+__all__ = ["RetryFields", "retry"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class RetryFields(TypedDict, total=False):
+    """The keyword arguments ``@retry(...)`` accepts: ``RetryPolicy``'s fields."""
+
+    attempts: int | None
+    timeout: float | timedelta | None
+    progress_timeout: float | timedelta | None
+    backoff: Backoff
+    on: ExceptionFilter
+    on_result: Callable[[Any], bool] | None
+    delay_hook: Callable[[Any], float | None] | None
+    retry_after_cap: float | timedelta
+    attempt_timeout: float | timedelta | None
+    name: str | None
+    clock: Clock | None
+
+
+class _Progress:
+    """When a call of one decorated function last succeeded, shared by all its calls."""
+
+    __slots__ = ("_lock", "last", "retrying")
+
+    def __init__(self) -> None:
+        self.last = -math.inf
+        self.retrying = 0
+        self._lock = threading.Lock()
+
+    def enter(self, now: float) -> None:
+        """A call starts retrying; the first of a busy spell restarts the progress clock."""
+        with self._lock:
+            if self.retrying == 0:
+                self.last = max(self.last, now)
+            self.retrying += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.retrying -= 1
+
+    def success(self, now: float) -> None:
+        self.last = max(self.last, now)
+
+    def stalled_for(self, now: float) -> float:
+        return now - self.last
+
+
+class _RetryCall:
+    """The decisions of one call's retry loop: pure, fed with outcomes and times."""
+
+    __slots__ = ("attempt", "layer", "previous", "reason", "retry", "server_delay", "started")
+
+    def __init__(self, layer: RetryLayer, started: float) -> None:
+        self.layer = layer
+        self.started = started
+        self.attempt = 1
+        self.retry = 0
+        self.previous = layer.policy.backoff.base
+        self.reason = ""
+        self.server_delay = False
+
+    def next_delay(self, outcome: object, now: float) -> float | None:
+        """Return the wait before the next attempt, or None to give up (see ``reason``)."""
+        policy = self.layer.policy
+        switches = _config.state
+        if not switches.active:
+            self.reason = "resilience is switched off (set_active(False))"
+            return None
+        limit = policy.attempts
+        if switches.testing and switches.testing_attempts is not None:
+            limit = min(limit or switches.testing_attempts, switches.testing_attempts)
+        if limit is not None and self.attempt >= limit:
+            self.reason = f"the limit of {limit} attempt(s) was reached"
+            return None
+        if self.progress_expired(now):
+            return None
+        delay = self._delay_for(outcome)
+        if switches.testing:
+            delay = 0.0
+        timeout = policy.timeout
+        if timeout is not None and (now - self.started) + delay > timeout:  # type: ignore[operator]
+            self.reason = (
+                f"the next wait of {delay:.3f} s would cross the timeout of {timeout:g} s"
+            )
+            return None
+        self.attempt += 1
+        self.retry += 1
+        return delay
+
+    def progress_expired(self, now: float) -> bool:
+        """Whether no call of the function has succeeded for ``progress_timeout``."""
+        limit = self.layer.policy.progress_timeout
+        progress = self.layer.progress
+        if limit is None or progress is None:
+            return False
+        stalled = progress.stalled_for(now)
+        if stalled >= limit:  # type: ignore[operator]
+            self.reason = f"no call succeeded for {stalled:.3f} s (progress_timeout {limit:g} s)"
+            return True
+        return False
+
+    def _delay_for(self, outcome: object) -> float:
+        policy = self.layer.policy
+        hook = policy.delay_hook
+        server = None
+        if hook is not None:
+            try:
+                server = hook(outcome)
+            except Exception:  # a broken hook must not replace the caller's error
+                server = None
+        if server is not None and server > 0 and math.isfinite(server):
+            self.server_delay = True
+            return min(float(server), policy.retry_after_cap)  # type: ignore[type-var]
+        self.server_delay = False
+        delay = policy.backoff._next(self.retry, self.previous, random.random())  # noqa: SLF001
+        self.previous = delay
+        return delay
+
+    def give_up(self, outcome: object, is_exc: bool, now: float) -> object:
+        """Emit the give-up event; re-raise the last exception or return the last result."""
+        elapsed = now - self.started
+        name = self.layer.name
+        if BUS.subs:
+            emit(
+                "resilience.retry.give_up",
+                {"attempts": self.attempt, "elapsed": elapsed},
+                {"name": name, "reason": self.reason, "outcome": outcome},
+            )
+        if is_exc:
+            assert isinstance(outcome, BaseException)  # noqa: S101 - is_exc says so
+            outcome.add_note(
+                f"resilience.retry: gave up on {name} after {self.attempt} attempt(s) "
+                f"in {elapsed:.3f} s: {self.reason}"
+            )
+            raise outcome
+        return outcome
+
+    def announce(self, outcome: object, delay: float) -> None:
+        """Emit the event that a retry is coming after *delay* seconds."""
+        emit(
+            "resilience.retry.retry",
+            {"attempt": self.attempt, "delay": delay},
+            {
+                "name": self.layer.name,
+                "outcome": outcome,
+                "server_delay": self.server_delay,
+            },
+        )
+
+
+class RetryLayer(Layer):
+    """``@retry``'s layer: the drivers of the retry loop for each kind of callable."""
+
+    decorator = "retry"
+    __slots__ = ("progress", "retryable")
+    policy: RetryPolicy
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        super().__init__(policy)
+        self.progress = _Progress() if policy.progress_timeout is not None else None
+        matches = policy._retryable  # noqa: SLF001
+        if policy.attempt_timeout is None:
+            self.retryable = matches
+        else:  # a stalled attempt is retryable whatever `on` says
+            self.retryable = lambda exc: isinstance(exc, AttemptTimeoutError) or matches(exc)
+
+    def bind(self, kind: Kind, qualname: str) -> None:
+        self.name = self.policy.name or qualname
+        if self.policy.attempt_timeout is not None and kind not in ("async", "asyncgen"):
+            msg = (
+                f"@retry(attempt_timeout=...) needs an async callable: a running sync call "
+                f"cannot be cancelled ({qualname} is a {kind} callable); "
+                f"use timeout= for an overall deadline instead"
+            )
+            raise TypeError(msg)
+        if self.policy.on_result is not None and kind in ("gen", "asyncgen"):
+            msg = f"@retry(on_result=...) does not apply to generator functions ({qualname})"
+            raise TypeError(msg)
+
+    def _clock(self) -> Clock:
+        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]  # noqa: SLF001
+        return clock
+
+    def _start(self, started: float | None) -> tuple[Clock, _RetryCall, float]:
+        clock = self._clock()
+        now = clock.monotonic()
+        call = _RetryCall(self, now if started is None else started)
+        if self.progress is not None:
+            self.progress.enter(now)
+        return clock, call, now
+
+    def _succeeded(self, clock: Clock, call: _RetryCall | None) -> None:
+        if self.progress is not None:
+            self.progress.success(clock.monotonic())
+        if call is not None and BUS.subs:
+            emit("resilience.retry.recovered", {"attempts": call.attempt}, {"name": self.name})
+
+    # -- sync ------------------------------------------------------------------------
+
+    def build_sync(self, call_next: Runner) -> Runner:
+        policy = self.policy
+        retryable = self.retryable
+        slow = self._retry_sync
+        if policy.on_result is None and policy.progress_timeout is None and policy.timeout is None:
+
+            def fast(
+                wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Any:
+                try:
+                    return call_next(wrapped, instance, args, kwargs)
+                except Exception as exc:
+                    if not retryable(exc):
+                        raise
+                    failure = exc
+                return slow(call_next, wrapped, instance, args, kwargs, failure, True, None)
+
+            return fast
+
+        on_result = policy.on_result
+        timed = policy.timeout is not None
+        progress = self.progress
+        clock_of = self._clock
+
+        def general(
+            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            started = clock_of().monotonic() if timed else None
+            try:
+                result = call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                failure = exc
+            else:
+                if on_result is None or not on_result(result):
+                    if progress is not None:
+                        progress.success(clock_of().monotonic())
+                    return result
+                return slow(call_next, wrapped, instance, args, kwargs, result, False, started)
+            return slow(call_next, wrapped, instance, args, kwargs, failure, True, started)
+
+        return general
+
+    def _retry_sync(
+        self,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        outcome: object,
+        is_exc: bool,
+        started: float | None,
+    ) -> Any:
+        retryable = self.retryable
+        on_result = self.policy.on_result
+        clock, call, now = self._start(started)
+        try:
+            while True:
+                delay = call.next_delay(outcome, now)
+                if delay is None:
+                    return call.give_up(outcome, is_exc, clock.monotonic())
+                if BUS.subs:
+                    call.announce(outcome, delay)
+                if delay > 0.0:
+                    clock.sleep(delay)
+                    if call.progress_expired(clock.monotonic()):
+                        return call.give_up(outcome, is_exc, clock.monotonic())
+                try:
+                    result = call_next(wrapped, instance, args, kwargs)
+                except Exception as exc:
+                    if not retryable(exc):
+                        raise
+                    outcome, is_exc = exc, True
+                else:
+                    if on_result is None or not on_result(result):
+                        self._succeeded(clock, call)
+                        return result
+                    outcome, is_exc = result, False
+                now = clock.monotonic()
+        finally:
+            if self.progress is not None:
+                self.progress.leave()
+
+    # -- async -----------------------------------------------------------------------
+
+    def build_async(self, call_next: Runner) -> Runner:
+        policy = self.policy
+        retryable = self.retryable
+        slow = self._retry_async
+        if (
+            policy.on_result is None
+            and policy.progress_timeout is None
+            and policy.timeout is None
+            and policy.attempt_timeout is None
+        ):
+
+            async def fast(
+                wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Any:
+                try:
+                    return await call_next(wrapped, instance, args, kwargs)
+                except Exception as exc:
+                    if not retryable(exc):
+                        raise
+                    failure = exc
+                return await slow(call_next, wrapped, instance, args, kwargs, failure, True, None)
+
+            return fast
+
+        on_result = policy.on_result
+        timed = policy.timeout is not None
+        progress = self.progress
+        clock_of = self._clock
+        attempt = self._attempt_async
+
+        async def general(
+            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            started = clock_of().monotonic() if timed else None
+            try:
+                result = await attempt(call_next, wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                failure = exc
+            else:
+                if on_result is None or not on_result(result):
+                    if progress is not None:
+                        progress.success(clock_of().monotonic())
+                    return result
+                return await slow(call_next, wrapped, instance, args, kwargs, result, False, started)
+            return await slow(call_next, wrapped, instance, args, kwargs, failure, True, started)
+
+        return general
+
+    async def _attempt_async(
+        self,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        limit = self.policy.attempt_timeout
+        if limit is None:
+            return await call_next(wrapped, instance, args, kwargs)
+        try:
+            async with asyncio.timeout(limit) as scope:  # type: ignore[arg-type]
+                return await call_next(wrapped, instance, args, kwargs)
+        except TimeoutError as exc:
+            if scope.expired():
+                raise AttemptTimeoutError(self.name, limit) from exc  # type: ignore[arg-type]
+            raise
+
+    async def _retry_async(
+        self,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        outcome: object,
+        is_exc: bool,
+        started: float | None,
+    ) -> Any:
+        retryable = self.retryable
+        on_result = self.policy.on_result
+        clock, call, now = self._start(started)
+        try:
+            while True:
+                delay = call.next_delay(outcome, now)
+                if delay is None:
+                    return call.give_up(outcome, is_exc, clock.monotonic())
+                if BUS.subs:
+                    call.announce(outcome, delay)
+                if delay > 0.0:
+                    await clock.asleep(delay)
+                    if call.progress_expired(clock.monotonic()):
+                        return call.give_up(outcome, is_exc, clock.monotonic())
+                try:
+                    result = await self._attempt_async(call_next, wrapped, instance, args, kwargs)
+                except Exception as exc:
+                    if not retryable(exc):
+                        raise
+                    outcome, is_exc = exc, True
+                else:
+                    if on_result is None or not on_result(result):
+                        self._succeeded(clock, call)
+                        return result
+                    outcome, is_exc = result, False
+                now = clock.monotonic()
+        finally:
+            if self.progress is not None:
+                self.progress.leave()
+
+    # -- generators -------------------------------------------------------------------
+
+    def build_gen(self, call_next: Runner) -> Runner:
+        layer = self
+        retryable = self.retryable
+
+        def runner(
+            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Generator[Any, Any, Any]:
+            call: _RetryCall | None = None
+            clock = layer._clock()
+            try:
+                while True:
+                    gen = call_next(wrapped, instance, args, kwargs)
+                    try:
+                        first = next(gen)
+                    except StopIteration as stop:
+                        layer._succeeded(clock, call)
+                        return stop.value
+                    except Exception as exc:
+                        if not retryable(exc):
+                            raise
+                        failure = exc
+                    else:
+                        layer._succeeded(clock, call)
+                        break
+                    if call is None:
+                        clock, call, _ = layer._start(None)
+                    delay = call.next_delay(failure, clock.monotonic())
+                    if delay is None:
+                        call.give_up(failure, True, clock.monotonic())
+                    else:
+                        if BUS.subs:
+                            call.announce(failure, delay)
+                        if delay > 0.0:
+                            clock.sleep(delay)
+            finally:
+                if call is not None and layer.progress is not None:
+                    layer.progress.leave()
+            return (yield from _delegate(gen, first, retryable, layer.name))
+
+        return runner
+
+    def build_asyncgen(self, call_next: Runner) -> Runner:
+        layer = self
+        retryable = self.retryable
+        limit = self.policy.attempt_timeout
+
+        async def runner(
+            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> AsyncGenerator[Any, Any]:
+            call: _RetryCall | None = None
+            clock = layer._clock()
+            try:
+                while True:
+                    agen = call_next(wrapped, instance, args, kwargs)
+                    try:
+                        if limit is None:
+                            first = await agen.__anext__()
+                        else:
+                            first = await _first_within(agen, limit, layer.name)
+                    except StopAsyncIteration:
+                        layer._succeeded(clock, call)
+                        return
+                    except Exception as exc:
+                        if not retryable(exc):
+                            raise
+                        failure = exc
+                        await agen.aclose()
+                    else:
+                        layer._succeeded(clock, call)
+                        break
+                    if call is None:
+                        clock, call, _ = layer._start(None)
+                    delay = call.next_delay(failure, clock.monotonic())
+                    if delay is None:
+                        call.give_up(failure, True, clock.monotonic())
+                    else:
+                        if BUS.subs:
+                            call.announce(failure, delay)
+                        if delay > 0.0:
+                            await clock.asleep(delay)
+            finally:
+                if call is not None and layer.progress is not None:
+                    layer.progress.leave()
+            async for item in _adelegate(agen, first, retryable, layer.name):
+                yield item
+
+        return runner
+
+
+def _not_retried_note(name: str) -> str:
+    return (
+        f"resilience.retry: not retried: {name} had already yielded items, "
+        f"and a retry would repeat them"
+    )
+
+
+def _delegate(
+    gen: Generator[Any, Any, Any],
+    first: Any,
+    retryable: Callable[[BaseException], bool],
+    name: str,
+) -> Generator[Any, Any, Any]:
+    """Yield *first*, then pass every send, throw and close through to *gen*."""
+    item = first
+    while True:
+        try:
+            sent = yield item
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as thrown:  # forwarded into the generator, as `yield from` does
+            step, argument = gen.throw, thrown
+        else:
+            step, argument = gen.send, sent
+        try:
+            item = step(argument)
+        except StopIteration as stop:
+            return stop.value
+        except Exception as exc:
+            if retryable(exc):
+                exc.add_note(_not_retried_note(name))
+            raise
+
+
+async def _first_within(agen: Any, limit: float, name: str) -> Any:
+    try:
+        async with asyncio.timeout(limit) as scope:
+            return await agen.__anext__()
+    except TimeoutError as exc:
+        if scope.expired():
+            raise AttemptTimeoutError(name, limit) from exc
+        raise
+
+
+async def _adelegate(
+    agen: Any, first: Any, retryable: Callable[[BaseException], bool], name: str
+) -> AsyncGenerator[Any, Any]:
+    """Yield *first*, then pass every asend, athrow and aclose through to *agen*."""
+    item = first
+    while True:
+        try:
+            sent = yield item
+        except GeneratorExit:
+            await agen.aclose()
+            raise
+        except BaseException as thrown:
+            awaitable = agen.athrow(thrown)
+        else:
+            awaitable = agen.asend(sent)
+        try:
+            item = await awaitable
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            if retryable(exc):
+                exc.add_note(_not_retried_note(name))
+            raise
+
+
+@overload
+def retry(func: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
+@overload
+def retry(func: staticmethod[P, R], /) -> staticmethod[P, R]: ...
+@overload
+def retry(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def retry(
+    policy: RetryPolicy | None = None, /, **fields: Unpack[RetryFields]
+) -> Decorator[RetryPolicy]: ...
+def retry(policy: Any = None, /, **fields: Any) -> Any:
+    """
+    Retry a callable on failure, waiting between attempts.
+
+    Use bare (``@retry``), with a policy (``@retry(RetryPolicy(attempts=3))``) or with the
+    policy's fields (``@retry(attempts=3)``). Works on sync and async functions, generator
+    functions, methods, classmethods and staticmethods.
+
+    On giving up, the last exception itself is re-raised (with a note saying how many
+    attempts over how long), or, when retrying on results, the last result is returned.
+
+    Args:
+        policy: A ``RetryPolicy``; keyword *fields* build one, or amend the one given.
+
+    Raises:
+        TypeError: At decoration time, for ``attempt_timeout`` on a sync callable and for
+            arguments of the wrong type.
+        ValueError: At decoration time, for out-of-range fields.
+
+    .. versionadded:: 0.1.0
+    """
+    if policy is not None and not isinstance(policy, RetryPolicy) and not fields:
+        if callable(policy) or isinstance(policy, classmethod | staticmethod):
+            return apply(RetryLayer(RetryPolicy()), policy)
+    return Decorator(policy_from(RetryPolicy, "retry", policy, fields), RetryLayer)
