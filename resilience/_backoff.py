@@ -51,7 +51,6 @@ class Backoff(FromDict):
     .. versionadded:: 0.1.0
     """
 
-
     strategy: str = "exponential"
     base: float = 0.5
     max: float = 10.0
@@ -74,9 +73,7 @@ class Backoff(FromDict):
         set_(self, "max", cap)
         set_(self, "multiplier", check_number("Backoff", "multiplier", self.multiplier, low=1.0))
         if self.jitter in ("factor", "range"):
-            amount = check_number(
-                "Backoff", "jitter_amount", self.jitter_amount, low=0.0, high=1.0
-            )
+            amount = check_number("Backoff", "jitter_amount", self.jitter_amount, low=0.0, high=1.0)
         else:
             amount = check_number("Backoff", "jitter_amount", self.jitter_amount, low=0.0)
         set_(self, "jitter_amount", amount)

@@ -97,9 +97,7 @@ def set_testing(testing: bool, *, attempts: int | None = 1) -> _TestingMode:
 
     .. versionadded:: 0.1.0
     """
-    if attempts is not None and (
-        not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1
-    ):
+    if attempts is not None and (type(attempts) is not int or attempts < 1):
         msg = f"attempts must be a whole number >= 1 or None, got {attempts!r}"
         raise ValueError(msg)
     with _lock:

@@ -23,12 +23,24 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, ove
 
 import wrapt
 
+from resilience._dictable import FromDict
+
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
-__all__ = ["Decorator", "Kind", "Layer", "Runner", "layers_of", "policy_from", "terminal"]
+__all__ = [
+    "Decorator",
+    "Kind",
+    "Layer",
+    "Runner",
+    "apply",
+    "is_target",
+    "layers_of",
+    "policy_from",
+    "terminal",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -94,7 +106,7 @@ class Layer:
         return f"<{type(self).__name__} {self.name!r} {self.policy!r}>"
 
 
-class ResilientFunction(wrapt.FunctionWrapper):  # type: ignore[misc]
+class ResilientFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     """Our single wrapper type: the original callable plus the pipeline's layers."""
 
     def __init__(
@@ -116,7 +128,7 @@ def _kind_of(target: Callable[..., Any]) -> Kind:
         return "async"
     if inspect.isgeneratorfunction(target):
         return "gen"
-    call = getattr(type(target), "__call__", None)
+    call = getattr(type(target), "__call__", None)  # noqa: B004 - the class's method, not callable()
     if not inspect.isfunction(target) and call is not None:
         if inspect.isasyncgenfunction(call):
             return "asyncgen"
@@ -158,6 +170,13 @@ def apply(layer: Layer, target: Any) -> Any:
     for each in reversed(layers):
         runner = each.build(kind, runner)
     return ResilientFunction(original, runner, layers, kind)
+
+
+def is_target(obj: object) -> bool:
+    """Whether *obj* is something to decorate (so a decorator was used bare, without a policy)."""
+    if isinstance(obj, FromDict):  # a Backoff is callable (tenacity's wait=) but is no target
+        return False
+    return callable(obj) or isinstance(obj, classmethod | staticmethod)
 
 
 def layers_of(func: object) -> tuple[Layer, ...]:

@@ -69,6 +69,7 @@ class CircuitOpenError(ResilienceError):
             f"a probe call is allowed in {self.retry_after:.3f} s"
         )
 
+
 class RateLimitedError(ResilienceError):
     """
     A call was refused because its rate budget (or the key's backoff window) has no room.
@@ -91,6 +92,7 @@ class RateLimitedError(ResilienceError):
         super().__init__(
             f"rate limit{what} for key {key!r} reached; retry in {self.retry_after:.3f} s"
         )
+
 
 class BoundedTimeoutError(ResilienceError, TimeoutError):
     """
@@ -117,6 +119,7 @@ class BoundedTimeoutError(ResilienceError, TimeoutError):
             f"(asked for {weight} of {limit} units); try again later or raise the limit"
         )
 
+
 class StoreUnavailableError(ResilienceError):
     """
     The shared-state store (such as Redis) could not be reached in time.
@@ -137,6 +140,7 @@ class StoreUnavailableError(ResilienceError):
         self.timeout = timeout
         within = f" within {timeout:.3f} s" if timeout is not None else ""
         super().__init__(f"{store} did not answer{within} for key {key!r}")
+
 
 class AttemptTimeoutError(ResilienceError, TimeoutError):
     """

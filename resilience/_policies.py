@@ -80,7 +80,10 @@ class RetryPolicy(FromDict):
     name: str | None = None
     clock: Clock | None = None
     _retryable: Callable[[BaseException], bool] = field(
-        init=False, repr=False, compare=False, default=None  # type: ignore[assignment]
+        init=False,
+        repr=False,
+        compare=False,
+        default=None,  # type: ignore[assignment]
     )
 
     def __post_init__(self) -> None:
@@ -125,7 +128,6 @@ class CircuitBreakerPolicy(FromDict):
     .. versionadded:: 0.1.0
     """
 
-
     name: str | None = None
     failure_threshold: int = 5
     reset_timeout: float | timedelta = 30.0
@@ -134,7 +136,10 @@ class CircuitBreakerPolicy(FromDict):
     store: Any = None
     clock: Clock | None = None
     _is_failure: Callable[[BaseException], bool] = field(
-        init=False, repr=False, compare=False, default=None  # type: ignore[assignment]
+        init=False,
+        repr=False,
+        compare=False,
+        default=None,  # type: ignore[assignment]
     )
 
     def __post_init__(self) -> None:
@@ -171,7 +176,6 @@ class RateLimitPolicy(FromDict):
 
     .. versionadded:: 0.1.0
     """
-
 
     rate: int
     per: float | timedelta = 1.0
@@ -210,7 +214,6 @@ class BoundedPolicy(FromDict):
 
     .. versionadded:: 0.1.0
     """
-
 
     limit: int
     key: str | None = None

@@ -17,10 +17,10 @@ import threading
 
 from collections.abc import AsyncGenerator, Callable, Generator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, cast, overload
 
 from resilience import _clock, _config
-from resilience._decorating import Decorator, Kind, Layer, Runner, apply, policy_from
+from resilience._decorating import Decorator, Kind, Layer, Runner, apply, is_target, policy_from
 from resilience._errors import AttemptTimeoutError
 from resilience._policies import RetryPolicy
 from resilience.telemetry._bus import BUS, emit
@@ -116,9 +116,7 @@ class _RetryCall:
             delay = 0.0
         timeout = policy.timeout
         if timeout is not None and (now - self.started) + delay > timeout:  # type: ignore[operator]
-            self.reason = (
-                f"the next wait of {delay:.3f} s would cross the timeout of {timeout:g} s"
-            )
+            self.reason = f"the next wait of {delay:.3f} s would cross the timeout of {timeout:g} s"
             return None
         self.attempt += 1
         self.retry += 1
@@ -147,9 +145,9 @@ class _RetryCall:
                 server = None
         if server is not None and server > 0 and math.isfinite(server):
             self.server_delay = True
-            return min(float(server), policy.retry_after_cap)  # type: ignore[type-var]
+            return min(float(server), cast("float", policy.retry_after_cap))
         self.server_delay = False
-        delay = policy.backoff._next(self.retry, self.previous, random.random())  # noqa: SLF001
+        delay = policy.backoff._next(self.retry, self.previous, random.random())
         self.previous = delay
         return delay
 
@@ -164,7 +162,7 @@ class _RetryCall:
                 {"name": name, "reason": self.reason, "outcome": outcome},
             )
         if is_exc:
-            assert isinstance(outcome, BaseException)  # noqa: S101 - is_exc says so
+            assert isinstance(outcome, BaseException)
             outcome.add_note(
                 f"resilience.retry: gave up on {name} after {self.attempt} attempt(s) "
                 f"in {elapsed:.3f} s: {self.reason}"
@@ -195,7 +193,7 @@ class RetryLayer(Layer):
     def __init__(self, policy: RetryPolicy) -> None:
         super().__init__(policy)
         self.progress = _Progress() if policy.progress_timeout is not None else None
-        matches = policy._retryable  # noqa: SLF001
+        matches = policy._retryable
         if policy.attempt_timeout is None:
             self.retryable = matches
         else:  # a stalled attempt is retryable whatever `on` says
@@ -215,7 +213,7 @@ class RetryLayer(Layer):
             raise TypeError(msg)
 
     def _clock(self) -> Clock:
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]  # noqa: SLF001
+        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
         return clock
 
     def _start(self, started: float | None) -> tuple[Clock, _RetryCall, float]:
@@ -241,7 +239,10 @@ class RetryLayer(Layer):
         if policy.on_result is None and policy.progress_timeout is None and policy.timeout is None:
 
             def fast(
-                wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                wrapped: Callable[..., Any],
+                instance: Any,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
             ) -> Any:
                 try:
                     return call_next(wrapped, instance, args, kwargs)
@@ -259,7 +260,10 @@ class RetryLayer(Layer):
         clock_of = self._clock
 
         def general(
-            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
         ) -> Any:
             started = clock_of().monotonic() if timed else None
             try:
@@ -333,7 +337,10 @@ class RetryLayer(Layer):
         ):
 
             async def fast(
-                wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                wrapped: Callable[..., Any],
+                instance: Any,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
             ) -> Any:
                 try:
                     return await call_next(wrapped, instance, args, kwargs)
@@ -352,7 +359,10 @@ class RetryLayer(Layer):
         attempt = self._attempt_async
 
         async def general(
-            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
         ) -> Any:
             started = clock_of().monotonic() if timed else None
             try:
@@ -366,7 +376,9 @@ class RetryLayer(Layer):
                     if progress is not None:
                         progress.success(clock_of().monotonic())
                     return result
-                return await slow(call_next, wrapped, instance, args, kwargs, result, False, started)
+                return await slow(
+                    call_next, wrapped, instance, args, kwargs, result, False, started
+                )
             return await slow(call_next, wrapped, instance, args, kwargs, failure, True, started)
 
         return general
@@ -379,15 +391,15 @@ class RetryLayer(Layer):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
-        limit = self.policy.attempt_timeout
+        limit = cast("float | None", self.policy.attempt_timeout)
         if limit is None:
             return await call_next(wrapped, instance, args, kwargs)
         try:
-            async with asyncio.timeout(limit) as scope:  # type: ignore[arg-type]
+            async with asyncio.timeout(limit) as scope:
                 return await call_next(wrapped, instance, args, kwargs)
         except TimeoutError as exc:
             if scope.expired():
-                raise AttemptTimeoutError(self.name, limit) from exc  # type: ignore[arg-type]
+                raise AttemptTimeoutError(self.name, limit) from exc
             raise
 
     async def _retry_async(
@@ -438,7 +450,10 @@ class RetryLayer(Layer):
         retryable = self.retryable
 
         def runner(
-            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
         ) -> Generator[Any, Any, Any]:
             call: _RetryCall | None = None
             clock = layer._clock()
@@ -477,10 +492,13 @@ class RetryLayer(Layer):
     def build_asyncgen(self, call_next: Runner) -> Runner:
         layer = self
         retryable = self.retryable
-        limit = self.policy.attempt_timeout
+        limit = cast("float | None", self.policy.attempt_timeout)
 
         async def runner(
-            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
         ) -> AsyncGenerator[Any, Any]:
             call: _RetryCall | None = None
             clock = layer._clock()
@@ -544,7 +562,8 @@ def _delegate(
             gen.close()
             raise
         except BaseException as thrown:  # forwarded into the generator, as `yield from` does
-            step, argument = gen.throw, thrown
+            step: Callable[[Any], Any] = gen.throw
+            argument: Any = thrown
         else:
             step, argument = gen.send, sent
         try:
@@ -623,7 +642,6 @@ def retry(policy: Any = None, /, **fields: Any) -> Any:
 
     .. versionadded:: 0.1.0
     """
-    if policy is not None and not isinstance(policy, RetryPolicy) and not fields:
-        if callable(policy) or isinstance(policy, classmethod | staticmethod):
-            return apply(RetryLayer(RetryPolicy()), policy)
+    if is_target(policy) and not fields:  # bare @retry
+        return apply(RetryLayer(RetryPolicy()), policy)
     return Decorator(policy_from(RetryPolicy, "retry", policy, fields), RetryLayer)

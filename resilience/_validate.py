@@ -61,7 +61,9 @@ def duration(
         raise TypeError(msg)
     bound = ">" if strict else ">="
     if math.isnan(seconds) or (math.isinf(seconds) and not allow_inf):
-        msg = f"{_name(owner, field)} must be a finite duration {bound} {minimum:g} s, got {value!r}"
+        msg = (
+            f"{_name(owner, field)} must be a finite duration {bound} {minimum:g} s, got {value!r}"
+        )
         raise ValueError(msg)
     if seconds < minimum or (strict and seconds == minimum):
         msg = f"{_name(owner, field)} must be {bound} {minimum:g} seconds, got {value!r}"
@@ -87,7 +89,9 @@ def check_number(
     too_low = low is not None and (number < low or (low_open and number == low))
     too_high = high is not None and (number > high or (high_open and number == high))
     if not math.isfinite(number) or too_low or too_high:
-        msg = f"{_name(owner, field)} must be {_range(low, high, low_open, high_open)}, got {value!r}"
+        msg = (
+            f"{_name(owner, field)} must be {_range(low, high, low_open, high_open)}, got {value!r}"
+        )
         raise ValueError(msg)
     return number
 
@@ -151,7 +155,9 @@ def exception_predicate(owner: str, field: str, value: object) -> Callable[[Base
         exc_type: type[BaseException] = value
         return lambda exc: isinstance(exc, exc_type)
     if isinstance(value, tuple):
-        if not value or not all(isinstance(v, type) and issubclass(v, BaseException) for v in value):
+        if not value or not all(
+            isinstance(v, type) and issubclass(v, BaseException) for v in value
+        ):
             msg = (
                 f"{_name(owner, field)} must be an exception class, a non-empty tuple of "
                 f"exception classes, or a predicate exc -> bool, got {value!r}"

@@ -1,6 +1,5 @@
 """
-Helpers for tests, ours and our users': virtual time, the testing mode, captured events,
-and hypothesis strategies for policies.
+Helpers for tests, ours and our users': virtual time, testing mode, events, strategies.
 
 ``hypothesis`` is imported only when a strategy function is called, so this module works
 without it.

@@ -37,7 +37,6 @@ class Event:
     .. versionadded:: 0.1.0
     """
 
-
     name: str
     measurements: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)

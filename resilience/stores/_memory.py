@@ -1,0 +1,87 @@
+"""
+``MemoryStore``: shared state for one process, the default store of every stateful decorator.
+
+A store hands out *backends*: one object per (concern, name/key) that keeps that state and
+applies each transition atomically. Decorators with the same name/key on the same store get
+the same backend, so they share one breaker, one budget, one window or one pool.
+
+Each concern's module (``_breaker``, ``_rate``, ``_bounded``...) defines the backend protocol
+it needs and registers a factory for it with ``MemoryStore.register(concern, factory)``; a
+store for another medium (Redis) registers its own factories for the same concerns, so a
+decorator asks ``store.backend(concern, key, policy)`` without knowing the medium.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from resilience._config import on_reset
+
+
+__all__ = ["DEFAULT_STORE", "MemoryStore"]
+
+Factory = Callable[[str, Any, Any], Any]
+"""``(key, policy, store) -> backend``."""
+
+
+class MemoryStore:
+    """
+    Keeps breakers, rate budgets, backoff windows and permit pools in this process's memory.
+
+    ``MemoryStore()`` is the default of every policy's ``store=``; pass your own instance to
+    keep a group of decorators apart from the rest of the process.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience.stores"
+
+    _factories: ClassVar[dict[str, Factory]] = {}
+
+    def __init__(self) -> None:
+        self._backends: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def register(cls, concern: str, factory: Factory) -> None:
+        """Make *factory(key, policy, store)* build this store's backends of *concern*."""
+        cls._factories[concern] = factory
+
+    def backend(self, concern: str, key: str, policy: Any) -> Any:
+        """Return the backend of *concern* for *key*, built from *policy* on first use."""
+        found = self._backends.get((concern, key))
+        if found is None:
+            with self._lock:
+                found = self._backends.get((concern, key))
+                if found is None:
+                    try:
+                        factory = self._factories[concern]
+                    except KeyError:
+                        msg = f"{type(self).__name__} has no backend for {concern!r}"
+                        raise TypeError(msg) from None
+                    found = factory(key, policy, self)
+                    self._backends[(concern, key)] = found
+        return found
+
+    def peek(self, concern: str, key: str) -> Any:
+        """Return the backend of *concern* for *key*, or None if nothing made it yet."""
+        return self._backends.get((concern, key))
+
+    def keys(self, concern: str) -> list[str]:
+        """Return the keys that have a backend of *concern*."""
+        return [key for (kind, key) in list(self._backends) if kind == concern]
+
+    def clear(self) -> None:
+        """Forget every backend (for test isolation)."""
+        with self._lock:
+            self._backends.clear()
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({len(self._backends)} backends)"
+
+
+DEFAULT_STORE = MemoryStore()
+on_reset(DEFAULT_STORE.clear)
