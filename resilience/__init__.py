@@ -7,8 +7,6 @@ alone and stack in any order; they read frozen policy dataclasses.
 
 from __future__ import annotations
 
-from typing import Any
-
 from resilience._backoff import Backoff
 from resilience._clock import SystemClock
 from resilience._config import is_active, set_active
@@ -48,7 +46,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> str:
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415 - only when asked for
 

@@ -174,7 +174,7 @@ class _RetryCall:
         """Emit the event that a retry is coming after *delay* seconds."""
         emit(
             "resilience.retry.retry",
-            {"attempt": self.attempt, "delay": delay},
+            {"attempt": self.attempt - 1, "delay": delay},
             {
                 "name": self.layer.name,
                 "outcome": outcome,
@@ -305,8 +305,6 @@ class RetryLayer(Layer):
                     call.announce(outcome, delay)
                 if delay > 0.0:
                     clock.sleep(delay)
-                    if call.progress_expired(clock.monotonic()):
-                        return call.give_up(outcome, is_exc, clock.monotonic())
                 try:
                     result = call_next(wrapped, instance, args, kwargs)
                 except Exception as exc:
@@ -425,8 +423,6 @@ class RetryLayer(Layer):
                     call.announce(outcome, delay)
                 if delay > 0.0:
                     await clock.asleep(delay)
-                    if call.progress_expired(clock.monotonic()):
-                        return call.give_up(outcome, is_exc, clock.monotonic())
                 try:
                     result = await self._attempt_async(call_next, wrapped, instance, args, kwargs)
                 except Exception as exc:
@@ -534,8 +530,26 @@ class RetryLayer(Layer):
             finally:
                 if call is not None and layer.progress is not None:
                     layer.progress.leave()
-            async for item in _adelegate(agen, first, retryable, layer.name):
-                yield item
+            # Async generators cannot `yield from`: forward asend/athrow/aclose by hand.
+            item = first
+            while True:
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    await agen.aclose()
+                    raise
+                except BaseException as thrown:
+                    step = agen.athrow(thrown)
+                else:
+                    step = agen.asend(sent)
+                try:
+                    item = await step
+                except StopAsyncIteration:
+                    return
+                except Exception as exc:
+                    if retryable(exc):
+                        exc.add_note(_not_retried_note(layer.name))
+                    raise
 
         return runner
 
@@ -584,31 +598,6 @@ async def _first_within(agen: Any, limit: float, name: str) -> Any:
         if scope.expired():
             raise AttemptTimeoutError(name, limit) from exc
         raise
-
-
-async def _adelegate(
-    agen: Any, first: Any, retryable: Callable[[BaseException], bool], name: str
-) -> AsyncGenerator[Any, Any]:
-    """Yield *first*, then pass every asend, athrow and aclose through to *agen*."""
-    item = first
-    while True:
-        try:
-            sent = yield item
-        except GeneratorExit:
-            await agen.aclose()
-            raise
-        except BaseException as thrown:
-            awaitable = agen.athrow(thrown)
-        else:
-            awaitable = agen.asend(sent)
-        try:
-            item = await awaitable
-        except StopAsyncIteration:
-            return
-        except Exception as exc:
-            if retryable(exc):
-                exc.add_note(_not_retried_note(name))
-            raise
 
 
 @overload

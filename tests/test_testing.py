@@ -1,0 +1,163 @@
+"""resilience.testing: virtual time, captured events, reset, and the hypothesis strategies."""
+
+from __future__ import annotations
+
+import asyncio
+
+from datetime import timedelta
+
+import pytest
+
+from freezegun import freeze_time
+from hypothesis import given
+
+import resilience
+
+from resilience import Backoff, RetryPolicy, retry
+from resilience._clock import current_clock
+from resilience.telemetry import emit
+from resilience.testing import (
+    FakeClock,
+    backoffs,
+    capture_events,
+    retry_policies,
+    virtual_time,
+)
+from resilience.typing import Clock
+
+
+class TestFakeClock:
+    def test_sleep_advances_instantly(self):
+        """sleep() moves virtual time and records the wait."""
+        clock = FakeClock(start=100.0, wall=1_000.0)
+        clock.sleep(600)
+        assert (700.0, 1_600.0, [600]) == (clock.monotonic(), clock.time(), clock.sleeps)
+
+    def test_is_a_clock(self):
+        """FakeClock satisfies the Clock protocol."""
+        assert isinstance(FakeClock(), Clock)
+
+    def test_advance_rejects_negative(self):
+        """Time never goes backwards."""
+        with pytest.raises(ValueError, match="seconds must be >= 0"):
+            FakeClock().advance(-1)
+
+    @pytest.mark.anyio
+    async def test_async_sleepers_wake_in_deadline_order(self):
+        """Concurrent async sleepers wake in deadline order at their virtual deadlines."""
+        clock = FakeClock()
+        woke: list[tuple[str, float]] = []
+
+        async def sleeper(name, seconds):
+            await clock.asleep(seconds)
+            woke.append((name, clock.monotonic()))
+
+        await asyncio.gather(sleeper("c", 3), sleeper("a", 1), sleeper("b", 2))
+        assert [("a", 1.0), ("b", 2.0), ("c", 3.0)] == woke
+
+    @pytest.mark.anyio
+    async def test_cancelled_sleeper_does_not_block(self):
+        """A cancelled sleeper is skipped by the jumps."""
+        clock = FakeClock()
+        task = asyncio.create_task(clock.asleep(100))
+        await asyncio.sleep(0)
+        task.cancel()
+        await clock.asleep(1)
+        assert 1.0 == clock.monotonic()
+
+    def test_ticks_freezegun(self):
+        """With freezegun's tick, the frozen wall clock moves with virtual time."""
+        with freeze_time("2026-01-01 00:00:00") as frozen:
+            clock = FakeClock(tick=frozen.tick)
+            clock.sleep(90)
+            import datetime
+
+            assert datetime.datetime(2026, 1, 1, 0, 1, 30) == datetime.datetime.now()
+            assert (
+                clock.time()
+                == datetime.datetime(2026, 1, 1, 0, 1, 30, tzinfo=datetime.UTC).timestamp()
+            )
+
+    def test_ten_minutes_of_backoff_in_no_time(self):
+        """A long schedule runs with no real waiting."""
+        with virtual_time() as clock:
+            calls = 0
+
+            @retry(attempts=70, backoff=Backoff(jitter="none"))
+            def flaky():
+                nonlocal calls
+                calls += 1
+                if calls < 70:
+                    raise OSError
+
+            flaky()
+        assert sum(clock.sleeps) > 600
+
+
+class TestVirtualTime:
+    def test_installs_and_restores(self):
+        """virtual_time() installs a FakeClock as default and restores the previous one."""
+        before = current_clock()
+        with virtual_time() as clock:
+            assert clock is current_clock()
+        assert before is current_clock()
+
+    def test_policy_clock_wins(self):
+        """A policy's own clock is used over the default."""
+        own = FakeClock()
+        with virtual_time() as default:
+            retry(RetryPolicy(clock=own, backoff=Backoff(jitter="none")))(_fails_once())()
+        assert ([0.5], []) == (own.sleeps, default.sleeps)
+
+
+def _fails_once():
+    state = {"n": 0}
+
+    def f():
+        state["n"] += 1
+        if state["n"] == 1:
+            raise OSError
+
+    return f
+
+
+class TestCaptureEvents:
+    def test_captures_by_prefix(self):
+        """capture_events collects only events with the given prefixes, while active."""
+        with capture_events("resilience.a") as events:
+            emit("resilience.a.x", {"n": 1})
+            emit("resilience.b.y")
+        emit("resilience.a.z")
+        assert ["resilience.a.x"] == [e.name for e in events]
+        assert {"n": 1} == events[0].measurements
+
+
+class TestReset:
+    def test_reset_restores_switches(self):
+        """reset() turns testing mode and the off switch back to defaults."""
+        from resilience.testing import is_testing, reset, set_testing
+
+        set_testing(True)
+        resilience.set_active(False)
+        reset()
+        assert (False, True) == (is_testing(), resilience.is_active())
+
+
+class TestStrategies:
+    @given(b=backoffs(decorrelated=True))
+    def test_backoffs_are_valid(self, b):
+        """Every generated Backoff is valid and has consistent bounds."""
+        low, high = b.bounds(3)
+        assert 0 <= low <= high <= b.max
+
+    @given(p=retry_policies())
+    def test_retry_policies_are_valid(self, p):
+        """Every generated RetryPolicy survives a from_dict round trip."""
+        assert p == RetryPolicy.from_dict(p.to_dict())
+
+
+def test_timedelta_in_fake_tick():
+    """tick receives timedeltas."""
+    ticks: list[timedelta] = []
+    FakeClock(tick=ticks.append).sleep(2)
+    assert [timedelta(seconds=2)] == ticks
