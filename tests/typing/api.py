@@ -1,0 +1,86 @@
+"""
+Type checks of the public API: never executed, checked by ``mypy --strict`` in CI.
+
+Every decorator must keep the decorated callable's parameters and return type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from typing import assert_type
+
+import resilience
+
+from resilience import Backoff, RetryPolicy, parse_retry_after, retry
+
+
+@retry
+def bare(a: int, b: str = "x") -> float:
+    return 1.0
+
+
+@retry(attempts=3, timeout=timedelta(seconds=5), backoff=Backoff(jitter="full"))
+def with_fields(a: int) -> str:
+    return str(a)
+
+
+@retry(RetryPolicy(attempts=2))
+async def coroutine(a: int) -> bytes:
+    return b""
+
+
+@retry
+def generator(n: int) -> Iterator[int]:
+    yield n
+
+
+@retry(attempt_timeout=1.0)
+async def async_generator(n: int) -> AsyncIterator[int]:
+    yield n
+
+
+class Service:
+    @retry
+    def method(self, a: int) -> int:
+        return a
+
+    @retry
+    @classmethod
+    def klass(cls, a: int) -> str:
+        return ""
+
+    @classmethod
+    @retry
+    def klass_below(cls, a: int) -> str:
+        return ""
+
+    @retry
+    @staticmethod
+    def static(a: int) -> int:
+        return a
+
+    @retry(attempts=2)
+    async def amethod(self) -> None:
+        return None
+
+
+async def check() -> None:
+    assert_type(bare(1), float)
+    assert_type(bare(1, b="y"), float)
+    assert_type(with_fields(2), str)
+    assert_type(await coroutine(1), bytes)
+    assert_type(generator(3), Iterator[int])
+    assert_type(async_generator(3), AsyncIterator[int])
+    assert_type(Service().method(1), int)
+    assert_type(Service.klass(1), str)
+    assert_type(Service.klass_below(1), str)
+    assert_type(Service.static(1), int)
+    assert_type(await Service().amethod(), None)
+    assert_type(parse_retry_after({"retry-after": "1"}), float | None)
+    assert_type(Backoff().delay(0), float)
+    assert_type(Backoff().bounds(0), tuple[float, float])
+    decorator = retry(attempts=2)
+    wrapped: Callable[[int], float] = decorator(bare)
+    assert_type(resilience.is_active(), bool)
+    del wrapped
