@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 from resilience import Backoff, retry
 from resilience.telemetry import attach
@@ -26,7 +27,7 @@ from resilience.telemetry import attach
 class FlakyHandler(BaseHTTPRequestHandler):
     """Endpoints: /rate-limited (429 + Retry-After, then 200), /unstable (503 twice, then 200)."""
 
-    hits: dict[str, int] = {}
+    hits: ClassVar[dict[str, int]] = {}
     lock = threading.Lock()
 
     def do_GET(self) -> None:
@@ -72,7 +73,7 @@ def main() -> int:
     @retry(attempts=5, backoff=Backoff(base=0.05, max=1.0), on=urllib.error.HTTPError, name="GET")
     def get(path: str) -> dict[str, object]:
         try:
-            with urllib.request.urlopen(base + path, timeout=5) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(base + path, timeout=5) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:
             error.close()  # its headers (Retry-After) stay readable
