@@ -41,3 +41,43 @@ def _clock() -> Iterator[FakeClock]:
 def _anyio_backend() -> str:
     """Our async code targets asyncio (``asyncio.timeout``), so tests run there."""
     return "asyncio"
+
+
+def _redis_or_skip() -> None:
+    """Skip (or, in CI, fail) when no Redis answers at 127.0.0.1:6379."""
+    import redis
+
+    try:
+        with redis.Redis(host="127.0.0.1", port=6379, socket_connect_timeout=0.5) as probe:
+            probe.ping()
+    except redis.exceptions.ConnectionError as error:
+        reason = f"no Redis at 127.0.0.1:6379 ({error}); start one to run the shared-state tests"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs Redis: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture(name="redis_store")
+def _redis_store() -> Iterator[object]:
+    """A RedisStore on the local Redis, in a namespace of its own, emptied afterwards."""
+    import uuid
+
+    from resilience.stores._redis import RedisStore
+
+    _redis_or_skip()
+    store = RedisStore(
+        "redis://127.0.0.1:6379/0", namespace=f"test-{uuid.uuid4().hex[:12]}", timeout=1.0
+    )
+    yield store
+    store.clear()
+    store.close()
+
+
+@pytest.fixture(name="store", params=["memory", "redis"])
+def _store(request: pytest.FixtureRequest) -> object:
+    """Each store in turn, so the same test holds for memory and Redis alike."""
+    from resilience.stores import MemoryStore
+
+    if request.param == "memory":
+        return MemoryStore()
+    return request.getfixturevalue("redis_store")

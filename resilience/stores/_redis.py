@@ -1,0 +1,230 @@
+"""
+``RedisStore``: shared state for many processes and machines, in Redis.
+
+Like ``MemoryStore`` it hands out one backend per (concern, key); each concern registers a
+Redis backend factory with ``RedisStore.register``. Every decision a backend makes is one Lua
+script, run atomically on the server in one round trip, reading the server's clock
+(``TIME``), so callers with skewed clocks agree. Keys live under ``<namespace>:<concern>:<key>``
+and expire when idle. Every operation is bounded by ``timeout``; a server that cannot be
+reached in time raises ``StoreUnavailableError`` naming the key, never hangs, and the next
+operation reconnects by itself.
+
+``redis`` (redis-py) is imported only when a ``RedisStore`` is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from resilience._errors import StoreUnavailableError
+from resilience._validate import duration
+
+
+__all__ = ["RedisStore"]
+
+Factory = Callable[[str, Any, "RedisStore"], Any]
+"""``(key, policy, store) -> backend``."""
+
+
+def _redis() -> Any:
+    try:
+        import redis  # noqa: PLC0415 - optional dependency
+    except ImportError as error:  # pragma: no cover - exercised only without the extra
+        msg = "RedisStore needs redis-py: pip install 'resilience[redis]'"
+        raise ImportError(msg) from error
+    return redis
+
+
+class RedisStore:
+    """
+    Keeps breakers, rate budgets, backoff windows and permit pools in Redis.
+
+    Args:
+        url_or_client: A ``redis://`` URL, or a sync ``redis.Redis`` client.
+        timeout: The most seconds any store operation may wait on Redis (> 0).
+        namespace: The prefix of every key this store writes.
+        idle_ttl: Seconds after which an untouched key expires (> 0), so Redis does not
+            fill up with state nobody uses.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience.stores"
+
+    _factories: ClassVar[dict[str, Factory]] = {}
+
+    def __init__(
+        self,
+        url_or_client: Any,
+        *,
+        timeout: float = 1.0,
+        namespace: str = "resilience",
+        idle_ttl: float = 3600.0,
+    ) -> None:
+        redis = _redis()
+        self.timeout: float = duration("RedisStore", "timeout", timeout, strict=True) or 0.0
+        self.idle_ttl: float = duration("RedisStore", "idle_ttl", idle_ttl, strict=True) or 0.0
+        if not namespace:
+            msg = f"RedisStore.namespace must be a non-empty string, got {namespace!r}"
+            raise ValueError(msg)
+        self.namespace = namespace
+        self._owns_client = isinstance(url_or_client, str)
+        if isinstance(url_or_client, str):
+            self.url: str | None = url_or_client
+            self.client = redis.Redis.from_url(
+                url_or_client,
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+                retry_on_timeout=False,
+            )
+        elif isinstance(url_or_client, redis.Redis):
+            self.url = None
+            self.client = url_or_client
+        else:
+            msg = (
+                "RedisStore takes a redis:// URL or a redis.Redis client, "
+                f"got {type(url_or_client).__name__}"
+            )
+            raise TypeError(msg)
+        self._backends: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self._scripts: dict[str, Any] = {}
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    # -- backends ---------------------------------------------------------------------------
+
+    @classmethod
+    def register(cls, concern: str, factory: Factory) -> None:
+        """Make *factory(key, policy, store)* build this store's backends of *concern*."""
+        cls._factories[concern] = factory
+
+    def backend(self, concern: str, key: str, policy: Any) -> Any:
+        """Return the backend of *concern* for *key*, built from *policy* on first use."""
+        found = self._backends.get((concern, key))
+        if found is None:
+            with self._lock:
+                found = self._backends.get((concern, key))
+                if found is None:
+                    try:
+                        factory = self._factories[concern]
+                    except KeyError:
+                        msg = f"RedisStore has no backend for {concern!r}"
+                        raise TypeError(msg) from None
+                    found = factory(key, policy, self)
+                    self._backends[(concern, key)] = found
+        return found
+
+    def key(self, concern: str, key: str, *parts: str) -> str:
+        """Return the namespaced Redis key for *concern*/*key* (plus sub-parts)."""
+        return ":".join((self.namespace, concern, key, *parts))
+
+    # -- running scripts ----------------------------------------------------------------------
+
+    def _script(self, source: str) -> Any:
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = self.client.register_script(source)
+        return script
+
+    def run(self, source: str, keys: Sequence[str], args: Sequence[Any], *, key: str) -> Any:
+        """
+        Run the Lua *source* atomically (EVALSHA, loading it once) and return its reply.
+
+        The client's socket timeout (the store's *timeout*) bounds the call.
+
+        Raises:
+            StoreUnavailableError: Redis did not answer within the store's timeout.
+        """
+        redis = _redis()
+        try:
+            return self._script(source)(keys=list(keys), args=list(args), client=self.client)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            raise StoreUnavailableError(key, store=self.describe(), timeout=self.timeout) from error
+
+    async def arun(
+        self,
+        source: str,
+        keys: Sequence[str],
+        args: Sequence[Any],
+        *,
+        key: str,
+        timeout: float | None = None,
+    ) -> Any:
+        """
+        The async twin of ``run``, on an asyncio client of the running loop.
+
+        *timeout* (if smaller than the store's) bounds this one call, e.g. by a policy's own
+        remaining time.
+        """
+        redis = _redis()
+        client = self._async_client()
+        limit = self.timeout if timeout is None else min(self.timeout, max(timeout, 0.0))
+        try:
+            async with asyncio.timeout(limit):
+                script = client.register_script(source)
+                return await script(keys=list(keys), args=list(args), client=client)
+        except (
+            TimeoutError,
+            redis.exceptions.ConnectionError,
+            redis.exceptions.TimeoutError,
+        ) as error:
+            raise StoreUnavailableError(key, store=self.describe(), timeout=limit) from error
+
+    def _async_client(self) -> Any:
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            asyncio_redis = _redis().asyncio
+            kwargs = self.client.connection_pool.connection_kwargs
+            client = asyncio_redis.Redis(
+                host=kwargs.get("host", "127.0.0.1"),
+                port=kwargs.get("port", 6379),
+                db=kwargs.get("db", 0),
+                username=kwargs.get("username"),
+                password=kwargs.get("password"),
+                socket_timeout=self.timeout,
+                socket_connect_timeout=self.timeout,
+            )
+            self._async_clients[loop] = client
+        return client
+
+    def describe(self) -> str:
+        """A short description for messages: the URL without credentials, or host:port."""
+        kwargs = self.client.connection_pool.connection_kwargs
+        return f"Redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+
+    def clear(self) -> None:
+        """Delete every key of this store's namespace (for tests) and forget backends."""
+        redis = _redis()
+        with self._lock:
+            self._backends.clear()
+        try:
+            for name in self.client.scan_iter(match=f"{self.namespace}:*", count=500):
+                self.client.delete(name)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            raise StoreUnavailableError(
+                f"{self.namespace}:*", store=self.describe(), timeout=self.timeout
+            ) from error
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisStore({self.describe()}, namespace={self.namespace!r}, timeout={self.timeout})"
+        )
+
+    def close(self) -> None:
+        """Close the connections this store opened (a client passed in stays open)."""
+        if self._owns_client:
+            self.client.close()
+
+    async def aclose(self) -> None:
+        """Close this store's asyncio client of the running loop, if it made one."""
+        client = self._async_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()

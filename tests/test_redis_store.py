@@ -1,0 +1,74 @@
+"""RedisStore basics: scripts run on the server, timeouts give StoreUnavailableError."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from resilience import StoreUnavailableError
+from resilience.stores._redis import RedisStore
+
+
+def test_runs_scripts_with_server_time(redis_store):
+    """A script runs atomically on the server and can read its clock."""
+    seconds, micros = redis_store.run("return redis.call('TIME')", [], [], key="t")
+    assert abs(int(seconds) + int(micros) / 1e6 - time.time()) < 5
+
+
+def test_keys_are_namespaced(redis_store):
+    """Keys live under namespace:concern:key."""
+    assert f"{redis_store.namespace}:breaker:payments" == redis_store.key("breaker", "payments")
+
+
+def test_accepts_a_client():
+    """A redis.Redis client may be passed instead of a URL."""
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    store = RedisStore(client)
+    assert client is store.client
+    store.close()
+    assert client.ping()  # a client we were given stays open
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"timeout": 0}, ValueError, r"RedisStore\.timeout must be > 0"),
+        ({"idle_ttl": -1}, ValueError, r"RedisStore\.idle_ttl must be > 0"),
+        ({"namespace": ""}, ValueError, "namespace must be a non-empty string"),
+    ],
+)
+def test_validation(kwargs, error, match):
+    """Bad settings are named."""
+    with pytest.raises(error, match=match):
+        RedisStore("redis://127.0.0.1:6379/0", **kwargs)
+
+
+def test_wrong_type():
+    """Anything but a URL or a client is a TypeError."""
+    with pytest.raises(TypeError, match="redis:// URL or a redis.Redis client"):
+        RedisStore(42)
+
+
+def test_unreachable_raises_within_timeout():
+    """Nothing listening: StoreUnavailableError naming the key, well within the timeout."""
+    store = RedisStore("redis://127.0.0.1:1/0", timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError, match="for key 'payments'"):
+        store.run("return 1", [], [], key="payments")
+    assert time.monotonic() - started < 1.0
+    store.close()
+
+
+@pytest.mark.anyio
+async def test_async_run_and_timeout(redis_store):
+    """arun works on the running loop; an unreachable server raises in time."""
+    assert 1 == await redis_store.arun("return 1", [], [], key="k")
+    await redis_store.aclose()
+    dead = RedisStore("redis://127.0.0.1:1/0", timeout=0.3)
+    with pytest.raises(StoreUnavailableError):
+        await dead.arun("return 1", [], [], key="k")
+    await dead.aclose()
+    dead.close()
