@@ -1,0 +1,1 @@
+"""Benchmarks and the backoff contention study; run with ``python -m benchmarks.run``."""
