@@ -8,6 +8,14 @@ alone and stack in any order; they read frozen policy dataclasses.
 from __future__ import annotations
 
 from resilience._backoff import Backoff
+from resilience._bounded import bounded
+from resilience._breaker import (
+    CircuitBreaker,
+    CircuitBreakerStats,
+    circuit_breaker,
+    get_circuit_breaker,
+)
+from resilience._budget import RetryBudget
 from resilience._clock import SystemClock
 from resilience._config import is_active, set_active
 from resilience._decorating import layers_of
@@ -20,29 +28,43 @@ from resilience._errors import (
     StoreUnavailableError,
 )
 from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
+from resilience._rate import rate_limited
 from resilience._retry import retry
 from resilience._retry_after import parse_retry_after, retry_after_from
+from resilience._traced import TracedPolicy, traced
+from resilience._window import BackoffWindow, backoff_window
 
 
 __all__ = [
     "AttemptTimeoutError",
     "Backoff",
+    "BackoffWindow",
     "BoundedPolicy",
     "BoundedTimeoutError",
+    "CircuitBreaker",
     "CircuitBreakerPolicy",
+    "CircuitBreakerStats",
     "CircuitOpenError",
     "RateLimitPolicy",
     "RateLimitedError",
     "ResilienceError",
+    "RetryBudget",
     "RetryPolicy",
     "StoreUnavailableError",
     "SystemClock",
+    "TracedPolicy",
+    "backoff_window",
+    "bounded",
+    "circuit_breaker",
+    "get_circuit_breaker",
     "is_active",
     "layers_of",
     "parse_retry_after",
+    "rate_limited",
     "retry",
     "retry_after_from",
     "set_active",
+    "traced",
 ]
 
 

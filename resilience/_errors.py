@@ -18,6 +18,8 @@ and how long to wait, so a log line explains itself.
 
 from __future__ import annotations
 
+import time
+
 
 __all__ = [
     "AttemptTimeoutError",
@@ -51,6 +53,7 @@ class CircuitOpenError(ResilienceError):
         name: The breaker's name.
         retry_after: Seconds until a probe call is allowed (0.0 when one may run now).
         opened_at: Wall-clock epoch seconds at which the breaker opened, if known.
+        state: ``"open"``, or ``"half_open"`` when every probe slot is taken.
 
     .. versionadded:: 0.1.0
     """
@@ -58,14 +61,26 @@ class CircuitOpenError(ResilienceError):
     __module__ = "resilience"
 
     def __init__(
-        self, name: str, retry_after: float, *, opened_at: float | None = None, reason: str = ""
+        self,
+        name: str,
+        retry_after: float,
+        *,
+        opened_at: float | None = None,
+        reason: str = "",
+        state: str = "open",
     ) -> None:
         self.name = name
         self.retry_after = max(0.0, retry_after)
         self.opened_at = opened_at
+        self.state = state
         detail = f" ({reason})" if reason else ""
+        since = ""
+        if opened_at is not None:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(opened_at))
+            since = f" since {stamp}.{int(opened_at % 1 * 1000):03d} UTC"
+        what = "half-open" if state == "half_open" else "open"
         super().__init__(
-            f"circuit breaker {name!r} is open{detail}; "
+            f"circuit breaker {name!r} is {what}{since}{detail}; "
             f"a probe call is allowed in {self.retry_after:.3f} s"
         )
 
@@ -84,13 +99,14 @@ class RateLimitedError(ResilienceError):
 
     __module__ = "resilience"
 
-    def __init__(self, key: str, retry_after: float, *, limit: str = "") -> None:
+    def __init__(self, key: str, retry_after: float, *, limit: str = "", reason: str = "") -> None:
         self.key = key
         self.retry_after = max(0.0, retry_after)
         self.limit = limit
         what = f" of {limit}" if limit else ""
+        why = f" ({reason})" if reason else ""
         super().__init__(
-            f"rate limit{what} for key {key!r} reached; retry in {self.retry_after:.3f} s"
+            f"rate limit{what} for key {key!r} reached{why}; retry in {self.retry_after:.3f} s"
         )
 
 

@@ -15,11 +15,14 @@ from datetime import timedelta
 from typing import Any
 
 from resilience._backoff import Backoff
+from resilience._budget import RetryBudget
 from resilience._dictable import FromDict
+from resilience._fallback import check_fallback
 from resilience._retry_after import retry_after_from
 from resilience._validate import (
     check_bool,
     check_int,
+    check_number,
     duration,
     exception_predicate,
     optional_callable,
@@ -64,6 +67,9 @@ class RetryPolicy(FromDict):
             stalled attempt is cancelled and counts as a retryable failure.
         name: A name for events and log lines (default: the callable's qualified name).
         clock: Where time is read and how waits happen (default: the process's clock).
+        fallback: Answer instead of raising when the retry gives up on an exception: a
+            value, or a callable (sync or async) that receives the exception. None: raise.
+        budget: A ``RetryBudget`` shared with other policies: retries stop when it is spent.
 
     .. versionadded:: 0.1.0
     """
@@ -79,6 +85,8 @@ class RetryPolicy(FromDict):
     attempt_timeout: float | timedelta | None = None
     name: str | None = None
     clock: Clock | None = None
+    fallback: Any = None
+    budget: RetryBudget | None = None
     _retryable: Callable[[BaseException], bool] = field(
         init=False,
         repr=False,
@@ -106,9 +114,13 @@ class RetryPolicy(FromDict):
             msg = f"{owner}.name must be a string or None, got {type(self.name).__name__}"
             raise TypeError(msg)
         _check_clock(owner, self.clock)
+        check_fallback(owner, self.fallback)
+        if self.budget is not None and not isinstance(self.budget, RetryBudget):
+            msg = f"{owner}.budget must be a RetryBudget or None, got {type(self.budget).__name__}"
+            raise TypeError(msg)
 
 
-RetryPolicy._nested = {"backoff": Backoff}
+RetryPolicy._nested = {"backoff": Backoff, "budget": RetryBudget}
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +134,21 @@ class CircuitBreakerPolicy(FromDict):
         reset_timeout: Seconds the breaker stays open before allowing probes (> 0).
         half_open_max_calls: Probe calls allowed at once while half-open (>= 1).
         on: The exceptions that count as failures: a class, a tuple, or a predicate.
+            Other exceptions pass through and count as neither success nor failure.
         store: Where the state lives (default: this process's memory).
         clock: Where time is read (default: the process's clock).
+        on_result: A predicate ``result -> bool``: True counts the returned value as a
+            failure (such as a 5xx response); the value is still returned.
+        fallback: Answer instead of raising when the breaker refuses a call or the call
+            fails with an exception matching *on*: a value, or a callable (sync or async)
+            that receives the exception. None: raise.
+        failure_rate: Switch to failure-rate mode: open when at least this share of the
+            calls in the window failed, in (0, 1]; *failure_threshold* is then unused.
+        window_size: Failure-rate mode over the last N calls (default 100 if neither
+            window is given).
+        window_duration: Failure-rate mode over the last T seconds (in steps of T/10).
+        minimum_calls: The fewest calls the window must hold before the rate can open the
+            breaker (capped at *window_size*).
 
     .. versionadded:: 0.1.0
     """
@@ -135,6 +160,12 @@ class CircuitBreakerPolicy(FromDict):
     on: ExceptionFilter = Exception
     store: Any = None
     clock: Clock | None = None
+    on_result: Callable[[Any], bool] | None = None
+    fallback: Any = None
+    failure_rate: float | None = None
+    window_size: int | None = None
+    window_duration: float | timedelta | None = None
+    minimum_calls: int = 10
     _is_failure: Callable[[BaseException], bool] = field(
         init=False,
         repr=False,
@@ -156,6 +187,33 @@ class CircuitBreakerPolicy(FromDict):
         check_int(owner, "half_open_max_calls", self.half_open_max_calls, low=1)
         _set(self, "_is_failure", exception_predicate(owner, "on", self.on))
         _check_clock(owner, self.clock)
+        optional_callable(owner, "on_result", self.on_result)
+        check_fallback(owner, self.fallback)
+        _check_failure_rate(self)
+
+
+def _check_failure_rate(policy: CircuitBreakerPolicy) -> None:
+    owner = "CircuitBreakerPolicy"
+    if policy.failure_rate is not None:
+        check_number(owner, "failure_rate", policy.failure_rate, low=0.0, high=1.0, low_open=True)
+    check_int(owner, "window_size", policy.window_size, low=1, allow_none=True)
+    _set(
+        policy,
+        "window_duration",
+        duration(owner, "window_duration", policy.window_duration, strict=True, allow_none=True),
+    )
+    check_int(owner, "minimum_calls", policy.minimum_calls, low=1)
+    if policy.window_size is not None and policy.window_duration is not None:
+        msg = (
+            f"{owner} takes window_size (the last N calls) or window_duration (the last T "
+            f"seconds), not both; got {policy.window_size!r} and {policy.window_duration!r}"
+        )
+        raise ValueError(msg)
+    if policy.failure_rate is None and (
+        policy.window_size is not None or policy.window_duration is not None
+    ):
+        msg = f"{owner}.window_size and window_duration need failure_rate (a share in (0, 1])"
+        raise ValueError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +231,10 @@ class RateLimitPolicy(FromDict):
         timeout: The most seconds to wait for a turn (None: no limit).
         store: Where the budget lives (default: this process's memory).
         clock: Where time is read and how waits happen (default: the process's clock).
+        delay_hook: ``exc -> seconds | None``: a server-given delay read from a failed
+            call, which opens the key's shared backoff window (default: Retry-After;
+            None: failures never open it).
+        retry_after_cap: The most seconds one server-given delay may hold the window open.
 
     .. versionadded:: 0.1.0
     """
@@ -185,6 +247,8 @@ class RateLimitPolicy(FromDict):
     timeout: float | timedelta | None = None
     store: Any = None
     clock: Clock | None = None
+    delay_hook: Callable[[Any], float | None] | None = retry_after_from
+    retry_after_cap: float | timedelta = 60.0
 
     def __post_init__(self) -> None:
         owner = "RateLimitPolicy"
@@ -197,6 +261,8 @@ class RateLimitPolicy(FromDict):
         check_bool(owner, "wait", self.wait)
         _set(self, "timeout", duration(owner, "timeout", self.timeout, allow_none=True))
         _check_clock(owner, self.clock)
+        optional_callable(owner, "delay_hook", self.delay_hook)
+        _set(self, "retry_after_cap", duration(owner, "retry_after_cap", self.retry_after_cap))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ and time and do the waiting.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import random
 import threading
@@ -22,16 +23,21 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, ca
 from resilience import _clock, _config
 from resilience._decorating import Decorator, Kind, Layer, Runner, apply, is_target, policy_from
 from resilience._errors import AttemptTimeoutError
+from resilience._fallback import Fallback
 from resilience._policies import RetryPolicy
+from resilience.telemetry import _retrying
 from resilience.telemetry._bus import BUS, emit
 
 
 if TYPE_CHECKING:
     from resilience._backoff import Backoff
+    from resilience._budget import RetryBudget
     from resilience.typing import Clock, ExceptionFilter
 
 
 __all__ = ["RetryFields", "retry"]
+
+_LISTENING = BUS.live  # mutated in place by attach/detach: `if _LISTENING:` is the cheapest test
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,6 +58,8 @@ class RetryFields(TypedDict, total=False):
     attempt_timeout: float | timedelta | None
     name: str | None
     clock: Clock | None
+    fallback: Any
+    budget: RetryBudget | None
 
 
 class _Progress:
@@ -98,6 +106,7 @@ class _RetryCall:
 
     def next_delay(self, outcome: object, now: float) -> float | None:
         """Return the wait before the next attempt, or None to give up (see ``reason``)."""
+        self.layer.tracker.failed(outcome, now)
         policy = self.layer.policy
         switches = _config.state
         if not switches.active:
@@ -117,6 +126,10 @@ class _RetryCall:
         timeout = policy.timeout
         if timeout is not None and (now - self.started) + delay > timeout:  # type: ignore[operator]
             self.reason = f"the next wait of {delay:.3f} s would cross the timeout of {timeout:g} s"
+            return None
+        budget = policy.budget
+        if budget is not None and not budget.try_retry():
+            self.reason = f"the retry budget is spent ({budget.describe()})"
             return None
         self.attempt += 1
         self.retry += 1
@@ -167,8 +180,17 @@ class _RetryCall:
                 f"resilience.retry: gave up on {name} after {self.attempt} attempt(s) "
                 f"in {elapsed:.3f} s: {self.reason}"
             )
+            if self.layer.fallback is not None:
+                return self.layer.fallback.sync(outcome)
             raise outcome
         return outcome
+
+    async def agive_up(self, outcome: object, is_exc: bool, now: float) -> object:
+        """``give_up`` for async drivers: an async fallback's answer is awaited."""
+        answer = self.give_up(outcome, is_exc, now)
+        if is_exc and inspect.isawaitable(answer):  # only a fallback answers for an exception
+            return await answer
+        return answer
 
     def announce(self, outcome: object, delay: float) -> None:
         """Emit the event that a retry is coming after *delay* seconds."""
@@ -179,20 +201,41 @@ class _RetryCall:
                 "name": self.layer.name,
                 "outcome": outcome,
                 "server_delay": self.server_delay,
+                "reason": _retrying.describe(outcome),
             },
         )
+
+    def sleep(self, clock: Clock, delay: float) -> None:
+        """Wait *delay* seconds, counted as waiting by the progress tracker."""
+        tracker = self.layer.tracker
+        tracker.sleeping()
+        try:
+            clock.sleep(delay)
+        finally:
+            tracker.awake(clock.monotonic())
+
+    async def asleep(self, clock: Clock, delay: float) -> None:
+        """Wait *delay* seconds without blocking the loop, counted as waiting."""
+        tracker = self.layer.tracker
+        tracker.sleeping()
+        try:
+            await clock.asleep(delay)
+        finally:
+            tracker.awake(clock.monotonic())
 
 
 class RetryLayer(Layer):
     """``@retry``'s layer: the drivers of the retry loop for each kind of callable."""
 
     decorator = "retry"
-    __slots__ = ("progress", "retryable")
+    __slots__ = ("fallback", "progress", "retryable", "tracker")
     policy: RetryPolicy
 
     def __init__(self, policy: RetryPolicy) -> None:
         super().__init__(policy)
         self.progress = _Progress() if policy.progress_timeout is not None else None
+        self.tracker = _retrying.RetryProgress(self)
+        self.fallback = Fallback(policy.fallback) if policy.fallback is not None else None
         matches = policy._retryable
         if policy.attempt_timeout is None:
             self.retryable = matches
@@ -211,6 +254,13 @@ class RetryLayer(Layer):
         if self.policy.on_result is not None and kind in ("gen", "asyncgen"):
             msg = f"@retry(on_result=...) does not apply to generator functions ({qualname})"
             raise TypeError(msg)
+        if self.fallback is not None:
+            self.fallback.check("retry", kind, qualname)
+
+    def build(self, kind: Kind, call_next: Runner) -> Runner:
+        runner = super().build(kind, call_next)
+        budget = self.policy.budget
+        return runner if budget is None else budget.counting(runner)  # one call, one deposit
 
     def _clock(self) -> Clock:
         clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
@@ -220,6 +270,7 @@ class RetryLayer(Layer):
         clock = self._clock()
         now = clock.monotonic()
         call = _RetryCall(self, now if started is None else started)
+        self.tracker.enter(now)
         if self.progress is not None:
             self.progress.enter(now)
         return clock, call, now
@@ -232,8 +283,14 @@ class RetryLayer(Layer):
 
     # -- sync ------------------------------------------------------------------------
 
-    def build_sync(self, call_next: Runner) -> Runner:
+    def build_sync(self, call_next: Runner, observe: bool = True) -> Runner:
         policy = self.policy
+        # While anyone listens (BUS.live is non-empty), calls take the twin that emits events.
+        observed = (
+            self.build_sync(_retrying.attempt_events(self, call_next), observe=False)
+            if observe
+            else None
+        )
         retryable = self.retryable
         slow = self._retry_sync
         if policy.on_result is None and policy.progress_timeout is None and policy.timeout is None:
@@ -244,6 +301,8 @@ class RetryLayer(Layer):
                 args: tuple[Any, ...],
                 kwargs: dict[str, Any],
             ) -> Any:
+                if _LISTENING and observed is not None:
+                    return _retrying.run_observed(observed, wrapped, instance, args, kwargs)
                 try:
                     return call_next(wrapped, instance, args, kwargs)
                 except Exception as exc:
@@ -265,6 +324,8 @@ class RetryLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
+            if _LISTENING and observed is not None:
+                return _retrying.run_observed(observed, wrapped, instance, args, kwargs)
             started = clock_of().monotonic() if timed else None
             try:
                 result = call_next(wrapped, instance, args, kwargs)
@@ -304,7 +365,7 @@ class RetryLayer(Layer):
                 if BUS.subs:
                     call.announce(outcome, delay)
                 if delay > 0.0:
-                    clock.sleep(delay)
+                    call.sleep(clock, delay)
                 try:
                     result = call_next(wrapped, instance, args, kwargs)
                 except Exception as exc:
@@ -318,13 +379,19 @@ class RetryLayer(Layer):
                     outcome, is_exc = result, False
                 now = clock.monotonic()
         finally:
+            self.tracker.leave(clock.monotonic())
             if self.progress is not None:
                 self.progress.leave()
 
     # -- async -----------------------------------------------------------------------
 
-    def build_async(self, call_next: Runner) -> Runner:
+    def build_async(self, call_next: Runner, observe: bool = True) -> Runner:
         policy = self.policy
+        observed = (
+            self.build_async(_retrying.attempt_events_async(self, call_next), observe=False)
+            if observe
+            else None
+        )
         retryable = self.retryable
         slow = self._retry_async
         if (
@@ -340,6 +407,10 @@ class RetryLayer(Layer):
                 args: tuple[Any, ...],
                 kwargs: dict[str, Any],
             ) -> Any:
+                if _LISTENING and observed is not None:
+                    return await _retrying.run_observed_async(
+                        observed, wrapped, instance, args, kwargs
+                    )
                 try:
                     return await call_next(wrapped, instance, args, kwargs)
                 except Exception as exc:
@@ -362,6 +433,10 @@ class RetryLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
+            if _LISTENING and observed is not None:
+                return await _retrying.run_observed_async(
+                    observed, wrapped, instance, args, kwargs
+                )
             started = clock_of().monotonic() if timed else None
             try:
                 result = await attempt(call_next, wrapped, instance, args, kwargs)
@@ -418,11 +493,11 @@ class RetryLayer(Layer):
             while True:
                 delay = call.next_delay(outcome, now)
                 if delay is None:
-                    return call.give_up(outcome, is_exc, clock.monotonic())
+                    return await call.agive_up(outcome, is_exc, clock.monotonic())
                 if BUS.subs:
                     call.announce(outcome, delay)
                 if delay > 0.0:
-                    await clock.asleep(delay)
+                    await call.asleep(clock, delay)
                 try:
                     result = await self._attempt_async(call_next, wrapped, instance, args, kwargs)
                 except Exception as exc:
@@ -436,6 +511,7 @@ class RetryLayer(Layer):
                     outcome, is_exc = result, False
                 now = clock.monotonic()
         finally:
+            self.tracker.leave(clock.monotonic())
             if self.progress is not None:
                 self.progress.leave()
 
@@ -477,8 +553,10 @@ class RetryLayer(Layer):
                         if BUS.subs:
                             call.announce(failure, delay)
                         if delay > 0.0:
-                            clock.sleep(delay)
+                            call.sleep(clock, delay)
             finally:
+                if call is not None:
+                    layer.tracker.leave(clock.monotonic())
                 if call is not None and layer.progress is not None:
                     layer.progress.leave()
             return (yield from _delegate(gen, first, retryable, layer.name))
@@ -526,8 +604,10 @@ class RetryLayer(Layer):
                         if BUS.subs:
                             call.announce(failure, delay)
                         if delay > 0.0:
-                            await clock.asleep(delay)
+                            await call.asleep(clock, delay)
             finally:
+                if call is not None:
+                    layer.tracker.leave(clock.monotonic())
                 if call is not None and layer.progress is not None:
                     layer.progress.leave()
             # Async generators cannot `yield from`: forward asend/athrow/aclose by hand.

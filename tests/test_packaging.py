@@ -17,6 +17,7 @@ def test_all_is_sorted_and_complete():
         "telemetry",
         "testing",
         "stores",
+        "http",
     }
     assert sorted(resilience.__all__) == resilience.__all__
     assert public == set(resilience.__all__)

@@ -2,10 +2,51 @@
 Telemetry: an event bus that every decorator reports to, and helpers for users' own code.
 
 Attach a handler with ``attach(handler, events=None)``; it receives ``Event`` objects whose
-``name`` starts with ``resilience.``.
+``name`` starts with ``resilience.``. ``attach_structlog()`` turns events into log lines,
+``measure``/``counter``/``gauge`` emit users' own events, ``current_span()`` reads the trace
+context, and a ``Reporter`` batches events to a backend for a session.
 """
 
-from resilience.telemetry._bus import Event, Handle, attach, emit
+from resilience.telemetry._bus import Event, EventHandler, Handle, attach, detach, emit
+from resilience.telemetry._metrics import counter, gauge, measure
+from resilience.telemetry._redact import REDACTED, add_sensitive, redact, sensitive_names
+from resilience.telemetry._reporter import (
+    Batch,
+    HttpBackend,
+    Reporter,
+    ReporterStats,
+    find_user_error,
+    is_user_error,
+)
+from resilience.telemetry._spans import Span, current_span
+from resilience.telemetry._structlog import attach_structlog
+from resilience.telemetry._switch import env_enabled, is_enabled, set_enabled
 
 
-__all__ = ["Event", "Handle", "attach", "emit"]
+__all__ = [
+    "REDACTED",
+    "Batch",
+    "Event",
+    "EventHandler",
+    "Handle",
+    "HttpBackend",
+    "Reporter",
+    "ReporterStats",
+    "Span",
+    "add_sensitive",
+    "attach",
+    "attach_structlog",
+    "counter",
+    "current_span",
+    "detach",
+    "emit",
+    "env_enabled",
+    "find_user_error",
+    "gauge",
+    "is_enabled",
+    "is_user_error",
+    "measure",
+    "redact",
+    "sensitive_names",
+    "set_enabled",
+]

@@ -1,14 +1,16 @@
 """
 The event bus: ``attach``/``detach`` handlers and ``emit`` events to them.
 
-Emitting with no handler attached is one attribute read and a truth test. Handlers run
-synchronously in the emitting thread; a handler that raises is detached and logged, and the
-decorated call goes on as if nothing happened.
+Emitting with no handler attached is one attribute read and a truth test. With handlers, the
+handles that want a name are looked up once and cached per name (the cache is rebuilt when a
+handler comes or goes), so an event nobody subscribed to costs a dict lookup, not an
+``Event``. Handlers run synchronously in the emitting thread; a handler that raises is
+detached and logged through structlog's ``resilience`` logger, and the decorated call goes
+on as if nothing happened.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time as _time
 
@@ -16,10 +18,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 
-__all__ = ["BUS", "Event", "Handle", "attach", "detach_all", "emit"]
 
-_log = logging.getLogger("resilience.telemetry")
+__all__ = ["BUS", "Event", "EventHandler", "Handle", "attach", "detach", "detach_all", "emit"]
+
+_log = structlog.get_logger("resilience")
+
+#: Names whose routes are cached at most; past it the cache starts over (names made with
+#: f-strings must not grow memory without bound).
+_MAX_ROUTES = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,8 @@ class Event:
 
     .. versionadded:: 0.1.0
     """
+
+    __module__ = "resilience.telemetry"
 
     name: str
     measurements: dict[str, float] = field(default_factory=dict)
@@ -65,6 +75,11 @@ class Handle:
         """Whether this subscription wants events named *name*."""
         return self.events is None or name.startswith(self.events)
 
+    @property
+    def attached(self) -> bool:
+        """Whether the handler still receives events."""
+        return self in BUS.subs
+
     def detach(self) -> None:
         """Stop delivering events to this handler."""
         BUS.remove(self)
@@ -74,25 +89,52 @@ class Handle:
 
 
 class _Bus:
-    """Subscriptions as an immutable tuple, swapped under a lock: emitters never lock."""
+    """
+    Subscriptions as an immutable tuple, swapped under a lock: emitters never lock.
 
-    __slots__ = ("_lock", "subs")
+    ``routes`` maps an event name to the handles that want it; it is replaced (never
+    mutated in place by writers) whenever the subscriptions change, so a reader holding
+    the old dict sees a consistent, if stale, view.
+    """
+
+    __slots__ = ("_lock", "live", "routes", "subs")
 
     def __init__(self) -> None:
         self.subs: tuple[Handle, ...] = ()
+        #: The same handles in a list that is only ever mutated in place, so hot paths can
+        #: hold it in a closure and test it with no attribute lookup: ``if live:``.
+        self.live: list[Handle] = []
+        self.routes: dict[str, tuple[Handle, ...]] = {}
         self._lock = threading.Lock()
+
+    def _set(self, subs: tuple[Handle, ...]) -> None:
+        self.subs = subs
+        self.live[:] = subs
+        self.routes = {}
 
     def add(self, handle: Handle) -> None:
         with self._lock:
-            self.subs = (*self.subs, handle)
+            self._set((*self.subs, handle))
 
     def remove(self, handle: Handle) -> None:
         with self._lock:
-            self.subs = tuple(h for h in self.subs if h is not handle)
+            if handle in self.subs:
+                self._set(tuple(h for h in self.subs if h is not handle))
 
     def clear(self) -> None:
         with self._lock:
-            self.subs = ()
+            self._set(())
+
+    def route(self, name: str) -> tuple[Handle, ...]:
+        """Return (and cache) the handles that want *name*."""
+        subs = self.subs
+        routes = self.routes
+        handles = tuple(h for h in subs if h.matches(name))
+        if len(routes) >= _MAX_ROUTES:
+            routes = self.routes = {}
+        if subs is self.subs:  # not changed meanwhile: the cache may keep it
+            routes[name] = handles
+        return handles
 
 
 BUS = _Bus()
@@ -109,6 +151,10 @@ def attach(handler: EventHandler, events: Iterable[str] | str | None = None) -> 
 
     Returns:
         A ``Handle`` whose ``detach()`` unsubscribes.
+
+    Raises:
+        TypeError: If *handler* is not callable or *events* holds something else than
+            strings.
 
     .. versionadded:: 0.1.0
     """
@@ -130,6 +176,18 @@ def attach(handler: EventHandler, events: Iterable[str] | str | None = None) -> 
     return handle
 
 
+def detach(handle: Handle) -> None:
+    """
+    Unsubscribe the handler behind *handle* (the same as ``handle.detach()``).
+
+    .. versionadded:: 0.1.0
+    """
+    if not isinstance(handle, Handle):
+        msg = f"handle must be a Handle returned by attach(), got {type(handle).__name__}"
+        raise TypeError(msg)
+    BUS.remove(handle)
+
+
 def detach_all() -> None:
     """Remove every handler (for test isolation)."""
     BUS.clear()
@@ -143,22 +201,32 @@ def emit(
     """
     Deliver an event named *name* to the handlers that want it.
 
-    Costs one attribute read when nobody listens.
+    Costs one attribute read when nobody listens, and a dict lookup when nobody listens to
+    *name*. The mappings are copied, so handlers may keep the event.
 
     .. versionadded:: 0.1.0
     """
-    subs = BUS.subs
-    if not subs:
+    if not BUS.subs:
         return
-    event = Event(name, dict(measurements or {}), dict(metadata or {}))
-    for handle in subs:
-        if handle.matches(name):
-            try:
-                handle.handler(event)
-            except Exception:
-                handle.detach()
-                _log.exception(
-                    "resilience: telemetry handler %r raised on %s and was detached",
-                    handle.handler,
-                    name,
-                )
+    handles = BUS.routes.get(name)
+    if handles is None:
+        handles = BUS.route(name)
+    if not handles:
+        return
+    event = Event(
+        name,
+        dict(measurements) if measurements else {},
+        dict(metadata) if metadata else {},
+    )
+    for handle in handles:
+        try:
+            handle.handler(event)
+        except Exception as exc:  # isolation: a broken handler never breaks the caller
+            handle.detach()
+            _log.error(
+                "resilience.telemetry.handler_detached",
+                handler=repr(handle.handler),
+                event_name=name,
+                error=f"{type(exc).__name__}: {exc}",
+                exc_info=True,
+            )

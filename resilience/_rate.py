@@ -1,0 +1,441 @@
+"""
+``@rate_limited``: at most *rate* call starts in any window of *per* seconds.
+
+The algorithm is a **sliding log of reserved start times**, at most *rate* of them. The
+contract's rule is a sliding window ("no window of *per* seconds holds more than *rate*
+starts"), and it is exactly this: the start ``t[i + rate]`` may not come before
+``t[i] + per``. Likewise *burst* means ``t[i + burst] >= t[i] + per * burst / rate``. Both
+need only the last *rate* starts, so the log is a ``deque(maxlen=rate)`` and entries older
+than *per* are dropped as time passes: memory is bounded by the rule itself (and by the
+calls of the last *per* seconds), never by call volume. A token bucket or GCRA is O(1) but
+lets up to ``rate + burst - 1`` starts into one window after an idle spell, which is
+what the servers our users call punish; GCRA plus a window cap needs the same log anyway.
+
+Waiting is **reservation**: a caller's start time is decided when it arrives (the earliest
+time the rule allows after every start already reserved), so waiters are served in arrival
+order and none can starve. A caller whose turn is further away than its ``timeout`` is
+refused at once without reserving anything. The accounting (``RateState``) is a pure state
+machine fed with ``now``; a backend applies it atomically and reads time itself, and the
+decorator layer only sleeps until the reserved time. A cancelled waiter's slot stays used
+(conservative: it can only lower the rate, never break the rule).
+
+The key's shared backoff window (``_window``) is one more lower bound on the start time:
+callers reserve their turns after it ends, and re-reserve if it was extended while they
+slept.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+
+from collections import deque
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypedDict, TypeVar, Unpack, overload
+
+from resilience import _clock, _config
+from resilience._decorating import Decorator, Kind, Layer, Runner, is_target, policy_from
+from resilience._errors import RateLimitedError
+from resilience._policies import RateLimitPolicy
+from resilience._window import MemoryWindowBackend, WindowBackend
+from resilience.stores._memory import DEFAULT_STORE, MemoryStore
+from resilience.telemetry._bus import BUS, emit
+
+
+if TYPE_CHECKING:
+    from resilience.typing import Clock
+
+
+__all__ = [
+    "EPOCH",
+    "MemoryRateBackend",
+    "RateBackend",
+    "RateLimitFields",
+    "RateState",
+    "rate_limited",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class _Epoch:
+    """Bumped by ``resilience.testing.reset()`` so layers drop backends cached before it."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def bump(self) -> None:
+        self.n += 1
+
+
+EPOCH = _Epoch()
+_config.on_reset(EPOCH.bump)
+
+
+class RateState:
+    """
+    The sliding-log accounting of one budget: pure, no lock, no clock, no sleeping.
+
+    Args:
+        rate: Starts allowed in any window of *per* seconds.
+        per: The window in seconds.
+        burst: Starts allowed in any window of ``per * burst / rate`` seconds.
+    """
+
+    __slots__ = ("burst", "gap", "log", "per", "rate", "spaced")
+
+    def __init__(self, rate: int, per: float, burst: int | None = None) -> None:
+        self.rate = rate
+        self.per = per
+        self.burst = rate if burst is None else burst
+        self.gap = per * self.burst / rate
+        self.spaced = self.burst < rate
+        self.log: deque[float] = deque(maxlen=rate)
+
+    def earliest(self, now: float, floor: float = -math.inf) -> float:
+        """Return the earliest start at or after *now* and *floor* that the rule allows."""
+        log = self.log
+        per = self.per
+        while log and log[0] + per <= now:  # no longer inside any window that matters
+            log.popleft()
+        start = now if now > floor else floor
+        count = len(log)
+        if count:
+            if log[-1] > start:  # noqa: PLR1730 - hot path; reservations go in arrival order
+                start = log[-1]
+            if count == self.rate and log[0] + per > start:
+                start = log[0] + per
+            if self.spaced and count >= self.burst:
+                edge = log[-self.burst] + self.gap
+                if edge > start:  # noqa: PLR1730 - hot path
+                    start = edge
+        return start
+
+    def reserve(self, now: float, max_wait: float, floor: float = -math.inf) -> float:
+        """
+        Reserve the earliest allowed start if it is at most *max_wait* seconds away.
+
+        Returns:
+            The seconds to wait (>= 0) when a start was reserved; ``-retry_after`` (< 0)
+            when the turn is further away than *max_wait* and nothing was reserved.
+        """
+        start = self.earliest(now, floor)
+        wait = start - now
+        if wait > max_wait:
+            return -wait
+        self.log.append(start)
+        return wait
+
+    def pending(self, now: float) -> int:
+        """Return how many reserved starts lie in the future (the waiting queue's depth)."""
+        return len(self.log) - bisect.bisect_right(self.log, now)
+
+
+class RateBackend(Protocol):
+    """
+    The shared state of one rate budget and its backoff window; one atomic decision a call.
+
+    A backend reads time itself (a Redis one uses server time), so every process agrees.
+
+    .. versionadded:: 0.1.0
+    """
+
+    rate: int
+    per: float
+    burst: int
+
+    def reserve(self, max_wait: float) -> float:
+        """
+        Reserve the earliest start allowed by the budget and the backoff window.
+
+        Returns:
+            Seconds to wait (>= 0) when reserved; ``-retry_after`` (< 0) when the turn is
+            further than *max_wait* seconds away (then nothing is reserved).
+        """
+
+    def pending(self) -> int:
+        """Return how many reserved starts lie in the future."""
+
+
+class MemoryRateBackend:
+    """A rate budget in this process: ``RateState`` under a lock, time from the policy's clock."""
+
+    __slots__ = ("_clock", "_lock", "_state", "_window", "burst", "per", "rate")
+
+    def __init__(
+        self,
+        rate: int,
+        per: float,
+        burst: int | None,
+        window: MemoryWindowBackend,
+        clock: Clock | None = None,
+    ) -> None:
+        self._state = RateState(rate, per, burst)
+        self.rate = rate
+        self.per = per
+        self.burst = self._state.burst
+        self._window = window
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def reserve(self, max_wait: float) -> float:
+        """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
+        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        with self._lock:
+            return self._state.reserve(clock.monotonic(), max_wait, self._window.end)
+
+    def pending(self) -> int:
+        """Return how many reserved starts lie in the future."""
+        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        with self._lock:
+            return self._state.pending(clock.monotonic())
+
+
+def _memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:
+    window = store.backend("window", key, policy)
+    per = policy.per
+    assert isinstance(per, float)
+    return MemoryRateBackend(policy.rate, per, policy.burst, window, policy.clock)
+
+
+MemoryStore.register("rate", _memory_rate)
+
+
+class RateLimitFields(TypedDict, total=False):
+    """The keyword arguments ``@rate_limited(...)`` accepts: ``RateLimitPolicy``'s fields."""
+
+    rate: int
+    per: float | timedelta
+    burst: int | None
+    key: str | None
+    wait: bool
+    timeout: float | timedelta | None
+    store: Any
+    clock: Clock | None
+    delay_hook: Callable[[Any], float | None] | None
+    retry_after_cap: float | timedelta
+
+
+class RateLimitLayer(Layer):
+    """``@rate_limited``'s layer: reserve a start, sleep until it, open the window on 429s."""
+
+    decorator = "rate_limited"
+    __slots__ = ("_backend", "_epoch", "_window", "key", "limit", "max_wait")
+    policy: RateLimitPolicy
+
+    def __init__(self, policy: RateLimitPolicy) -> None:
+        super().__init__(policy)
+        self.key = ""
+        if not policy.wait:
+            self.max_wait = 0.0
+        else:
+            self.max_wait = math.inf if policy.timeout is None else float(policy.timeout)  # type: ignore[arg-type]
+        burst = "" if policy.burst is None else f", burst {policy.burst}"
+        self.limit = f"{policy.rate} per {policy.per:g} s{burst}"
+        self._epoch = -1
+
+    def bind(self, kind: Kind, qualname: str) -> None:
+        self.name = qualname
+        self.key = self.policy.key or qualname
+        if kind in ("gen", "asyncgen"):
+            msg = (
+                f"@rate_limited does not support generator functions ({qualname}): "
+                f"decorate the function that consumes them instead"
+            )
+            raise TypeError(msg)
+        self._refresh()
+
+    def _refresh(self) -> RateBackend:
+        """Fetch (and check) the key's backend; again after ``resilience.testing.reset()``."""
+        policy = self.policy
+        store = policy.store or DEFAULT_STORE
+        backend: RateBackend = store.backend("rate", self.key, policy)
+        burst = policy.rate if policy.burst is None else policy.burst
+        if (backend.rate, backend.per, backend.burst) != (policy.rate, policy.per, burst):
+            msg = (
+                f"@rate_limited key {self.key!r} is already limited to {backend.rate} per "
+                f"{backend.per:g} s, burst {backend.burst}; a limiter sharing the key must use "
+                f"the same rate, per and burst (got {self.limit})"
+            )
+            raise ValueError(msg)
+        self._window: WindowBackend = store.backend("window", self.key, policy)
+        self._backend = backend
+        self._epoch = EPOCH.n
+        return backend
+
+    def _clock(self) -> Clock:
+        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
+        return clock
+
+    # -- slow paths: waiting, refusing, opening the window ---------------------------------
+
+    def _refuse(self, retry_after: float) -> RateLimitedError:
+        open_for = self._window.remaining()
+        reason = f"backoff window open for {open_for:.3f} s" if open_for > 0.0 else ""
+        if BUS.subs:
+            emit(
+                "resilience.rate.rejected",
+                {"retry_after": retry_after},
+                {"key": self.key, "name": self.name, "limit": self.limit, "reason": reason},
+            )
+        return RateLimitedError(self.key, retry_after, limit=self.limit, reason=reason)
+
+    def _announce(self, backend: RateBackend, wait: float) -> None:
+        emit(
+            "resilience.rate.wait",
+            {"wait": wait, "queue_depth": float(backend.pending())},
+            {"key": self.key, "name": self.name, "limit": self.limit},
+        )
+
+    def _next(self, backend: RateBackend, waited: float) -> float:
+        """After a sleep: 0.0 to start, or the next wait if the window was extended meanwhile."""
+        if self._window.remaining() <= 0.0:
+            return 0.0
+        wait = backend.reserve(max(0.0, self.max_wait - waited))
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        return wait
+
+    def _wait_sync(self, backend: RateBackend, wait: float) -> None:
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        if BUS.subs:
+            self._announce(backend, wait)
+        clock = self._clock()
+        waited = 0.0
+        while wait > 0.0:
+            clock.sleep(wait)
+            waited += wait
+            wait = self._next(backend, waited)
+
+    async def _wait_async(self, backend: RateBackend, wait: float) -> None:
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        if BUS.subs:
+            self._announce(backend, wait)
+        clock = self._clock()
+        waited = 0.0
+        while wait > 0.0:
+            await clock.asleep(wait)
+            waited += wait
+            wait = self._next(backend, waited)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A call failed: if it carries a server delay, open the key's backoff window."""
+        hook = self.policy.delay_hook
+        assert hook is not None
+        try:
+            delay = hook(exc)
+        except Exception:  # a broken hook must not replace the caller's error
+            return
+        if delay is None or not delay > 0.0 or not math.isfinite(delay):
+            return
+        seconds = min(float(delay), float(self.policy.retry_after_cap))  # type: ignore[arg-type]
+        left = self._window.extend(seconds)
+        if BUS.subs:
+            emit(
+                "resilience.window.set",
+                {"seconds": seconds, "remaining": left},
+                {"key": self.key, "name": self.name, "reason": "failure", "exception": exc},
+            )
+
+    # -- runners ---------------------------------------------------------------------------
+
+    def build_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        max_wait = self.max_wait
+        hooked = self.policy.delay_hook is not None
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            wait = backend.reserve(max_wait)
+            if wait:
+                layer._wait_sync(backend, wait)
+            if not hooked:
+                return call_next(wrapped, instance, args, kwargs)
+            try:
+                return call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                layer._failed(exc)
+                raise
+
+        return run
+
+    def build_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        max_wait = self.max_wait
+        hooked = self.policy.delay_hook is not None
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            wait = backend.reserve(max_wait)
+            if wait:
+                await layer._wait_async(backend, wait)
+            if not hooked:
+                return await call_next(wrapped, instance, args, kwargs)
+            try:
+                return await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                layer._failed(exc)
+                raise
+
+        return run
+
+
+@overload
+def rate_limited(func: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
+@overload
+def rate_limited(func: staticmethod[P, R], /) -> staticmethod[P, R]: ...
+@overload
+def rate_limited(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def rate_limited(
+    policy: RateLimitPolicy | None = None, /, **fields: Unpack[RateLimitFields]
+) -> Decorator[RateLimitPolicy]: ...
+def rate_limited(policy: Any = None, /, **fields: Any) -> Any:
+    """
+    Let at most *rate* calls start in any window of *per* seconds; wait or refuse the rest.
+
+    Use with a policy (``@rate_limited(RateLimitPolicy(rate=10))``) or its fields
+    (``@rate_limited(rate=10, per=1.0, key="api")``). Works on sync and async functions,
+    methods, classmethods and staticmethods. Limiters with the same *key* share one budget
+    and one backoff window; a call that fails with a server-given delay (Retry-After)
+    opens the window, and every caller of the key waits until it ends.
+
+    Raises:
+        RateLimitedError: When ``wait=False`` and there is no room now, or when the turn
+            is further away than ``timeout``; ``.retry_after`` says when to come back.
+        TypeError: At decoration time, for generator functions and wrong types.
+        ValueError: At decoration time, for out-of-range fields, or a key already
+            limited with a different rate, per or burst.
+
+    .. versionadded:: 0.1.0
+    """
+    if is_target(policy) and not fields:
+        msg = "@rate_limited needs a rate: use @rate_limited(rate=..., per=...)"
+        raise TypeError(msg)
+    return Decorator(policy_from(RateLimitPolicy, "rate_limited", policy, fields), RateLimitLayer)

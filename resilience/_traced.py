@@ -1,0 +1,320 @@
+"""
+``@traced``: span-like start/stop/exception events with durations, for any callable.
+
+Each call opens a span (a trace id, its own id, its parent's) in a context variable, so
+nested traced calls, across awaits and threads started with ``contextvars.copy_context``,
+name their parent. The events go to the bus and, unless the policy says otherwise, to
+structlog's ``resilience`` logger; handlers run before the call returns or raises. For
+generators the span covers the whole iteration, and is current only while the generator's
+own code runs, never in the consumer's code between items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
+
+from resilience._decorating import Decorator, Kind, Layer, Runner, apply, is_target, policy_from
+from resilience._dictable import FromDict
+from resilience._validate import check_bool, check_choice
+from resilience.telemetry._bus import emit
+from resilience.telemetry._spans import enter_span, exit_span, new_span, now_ns
+from resilience.telemetry._structlog import LEVELS, log_event
+from resilience.typing import Clock
+
+
+__all__ = ["TracedFields", "TracedPolicy", "traced"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class TracedPolicy(FromDict):
+    """
+    How ``@traced`` reports each call.
+
+    Args:
+        name: The span's name in events and lines (default: the callable's qualified name).
+        level: The log level of the stop line (``"debug"``... ``"critical"``); the start
+            line is logged at ``"debug"``, the exception line at ``"error"`` at least.
+        log: Whether to write structlog lines (the bus always gets the events).
+        attributes: Constant context added to every event's metadata.
+        clock: Where durations are read (default: the process clock, virtual in tests).
+
+    .. versionadded:: 0.1.0
+    """
+
+    name: str | None = None
+    level: str = "info"
+    log: bool = True
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+    clock: Clock | None = None
+
+    def __post_init__(self) -> None:
+        owner = "TracedPolicy"
+        name: object = self.name
+        if name is not None and not isinstance(name, str):
+            msg = f"{owner}.name must be a string or None, got {type(name).__name__} {name!r}"
+            raise TypeError(msg)
+        if name == "":
+            msg = f"{owner}.name must be a non-empty string or None, got ''"
+            raise ValueError(msg)
+        check_choice(owner, "level", self.level, LEVELS)
+        check_bool(owner, "log", self.log)
+        if not isinstance(self.attributes, Mapping):
+            msg = f"{owner}.attributes must be a mapping, got {type(self.attributes).__name__}"
+            raise TypeError(msg)
+        if not all(isinstance(k, str) for k in self.attributes):
+            msg = f"{owner}.attributes must have string keys, got {list(self.attributes)!r}"
+            raise TypeError(msg)
+        object.__setattr__(self, "attributes", dict(self.attributes))
+        if self.clock is not None and not isinstance(self.clock, Clock):
+            msg = f"{owner}.clock must provide monotonic() (see resilience.typing.Clock), got {type(self.clock).__name__}"
+            raise TypeError(msg)
+
+
+class TracedFields(TypedDict, total=False):
+    """The keyword arguments ``@traced(...)`` accepts: ``TracedPolicy``'s fields."""
+
+    name: str | None
+    level: str
+    log: bool
+    attributes: Mapping[str, Any]
+    clock: Clock | None
+
+
+class _Call:
+    """One traced call: its span, when it started, and how to report."""
+
+    __slots__ = ("layer", "metadata", "span", "started", "token")
+
+    def __init__(self, layer: TracedLayer) -> None:
+        self.layer = layer
+        span = self.span = new_span(layer.name)
+        self.metadata: dict[str, Any] = {
+            **layer.policy.attributes,
+            "name": layer.name,
+            **span.ids(),
+        }
+        self.token = enter_span(span)
+        policy = layer.policy
+        emit("resilience.trace.start", None, self.metadata)
+        if policy.log:
+            log_event("resilience.trace.start", None, self.metadata, "debug")
+        self.started = now_ns(policy.clock)
+
+    def stop(self, exc: BaseException | None) -> None:
+        """Emit stop or exception with the duration; the span stays current meanwhile."""
+        policy = self.layer.policy
+        elapsed = now_ns(policy.clock) - self.started
+        measurements = {"duration": elapsed / 1e9, "duration_ns": elapsed}
+        if exc is None:
+            emit("resilience.trace.stop", measurements, self.metadata)
+            if policy.log:
+                log_event("resilience.trace.stop", measurements, self.metadata, policy.level)
+            return
+        metadata = {
+            **self.metadata,
+            "exception": exc,
+            "error_type": type(exc).__name__,
+            "error": str(exc),
+        }
+        emit("resilience.trace.exception", measurements, metadata)
+        if policy.log:
+            level = LEVELS[max(LEVELS.index(policy.level), LEVELS.index("error"))]
+            log_event("resilience.trace.exception", measurements, metadata, level)
+
+    def leave(self) -> None:
+        exit_span(self.token)
+
+    def pause(self) -> None:
+        """The generator yields: the consumer's code runs outside this span."""
+        exit_span(self.token)
+
+    def resume(self) -> None:
+        self.token = enter_span(self.span)
+
+
+class TracedLayer(Layer):
+    """``@traced``'s layer: one span per call, for every kind of callable."""
+
+    decorator = "traced"
+    __slots__ = ()
+    policy: TracedPolicy
+
+    def bind(self, kind: Kind, qualname: str) -> None:
+        self.name = self.policy.name or qualname
+
+    def build_sync(self, call_next: Runner) -> Runner:
+        layer = self
+
+        def runner(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            call = _Call(layer)
+            try:
+                result = call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                call.stop(exc)
+                raise
+            else:
+                call.stop(None)
+                return result
+            finally:
+                call.leave()
+
+        return runner
+
+    def build_async(self, call_next: Runner) -> Runner:
+        layer = self
+
+        async def runner(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            call = _Call(layer)
+            try:
+                result = await call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                call.stop(exc)
+                raise
+            else:
+                call.stop(None)
+                return result
+            finally:
+                call.leave()
+
+        return runner
+
+    def build_gen(self, call_next: Runner) -> Runner:
+        layer = self
+
+        def runner(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Generator[Any, Any, Any]:
+            call = _Call(layer)
+            try:
+                gen = call_next(wrapped, instance, args, kwargs)
+                step: Callable[[Any], Any] = gen.send
+                argument: Any = None
+                while True:
+                    try:
+                        item = step(argument)
+                    except StopIteration as stop:
+                        call.stop(None)
+                        return stop.value
+                    except BaseException as exc:
+                        call.stop(exc)
+                        raise
+                    call.pause()
+                    try:
+                        argument = yield item
+                    except GeneratorExit:
+                        call.resume()
+                        gen.close()
+                        call.stop(None)
+                        raise
+                    except BaseException as thrown:
+                        call.resume()
+                        step, argument = gen.throw, thrown
+                    else:
+                        call.resume()
+                        step = gen.send
+            finally:
+                call.leave()
+
+        return runner
+
+    def build_asyncgen(self, call_next: Runner) -> Runner:
+        layer = self
+
+        async def runner(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> AsyncGenerator[Any, Any]:
+            call = _Call(layer)
+            try:
+                agen = call_next(wrapped, instance, args, kwargs)
+                step: Callable[[Any], Any] = agen.asend
+                argument: Any = None
+                while True:
+                    try:
+                        item = await step(argument)
+                    except StopAsyncIteration:
+                        call.stop(None)
+                        return
+                    except BaseException as exc:
+                        call.stop(exc)
+                        raise
+                    call.pause()
+                    try:
+                        argument = yield item
+                    except GeneratorExit:
+                        call.resume()
+                        await agen.aclose()
+                        call.stop(None)
+                        raise
+                    except BaseException as thrown:
+                        call.resume()
+                        step, argument = agen.athrow, thrown
+                    else:
+                        call.resume()
+                        step = agen.asend
+            finally:
+                call.leave()
+
+        return runner
+
+
+@overload
+def traced(func: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
+@overload
+def traced(func: staticmethod[P, R], /) -> staticmethod[P, R]: ...
+@overload
+def traced(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def traced(
+    name: str | TracedPolicy | None = None, /, **fields: Unpack[TracedFields]
+) -> Decorator[TracedPolicy]: ...
+def traced(name: Any = None, /, **fields: Any) -> Any:
+    """
+    Report each call as a span: ``resilience.trace.start``, then ``.stop`` or ``.exception``.
+
+    Use bare (``@traced``), with a name (``@traced("db.query")``), a policy
+    (``@traced(TracedPolicy(level="debug"))``) or the policy's fields
+    (``@traced(log=False, attributes={"db": "main"})``). The stop and exception events
+    carry ``measurements["duration"]`` (seconds) and ``["duration_ns"]``; every event's
+    metadata has ``name``, ``trace_id``, ``span_id`` and ``parent_id`` (None at the root),
+    and the exception event adds ``exception``, ``error_type`` and ``error``. Works on sync
+    and async functions, generator functions, methods, classmethods and staticmethods.
+
+    Args:
+        name: The span's name, or a ``TracedPolicy``.
+
+    Raises:
+        TypeError: For arguments of the wrong type.
+        ValueError: For an unknown log level.
+
+    .. versionadded:: 0.1.0
+    """
+    if is_target(name) and not isinstance(name, str) and not fields:  # bare @traced
+        return apply(TracedLayer(TracedPolicy()), name)
+    if isinstance(name, str):
+        if "name" in fields:
+            msg = "traced() got the name twice: positionally and as name="
+            raise TypeError(msg)
+        return Decorator(TracedPolicy(name=name, **fields), TracedLayer)
+    return Decorator(policy_from(TracedPolicy, "traced", name, fields), TracedLayer)

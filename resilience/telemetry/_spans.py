@@ -1,0 +1,94 @@
+"""
+Trace context: the current span, carried by ``contextvars`` across awaits and nested calls.
+
+A span has a trace id (shared by a whole tree of nested calls), its own id and its
+parent's. ``@traced`` and ``measure`` open one per call; everything they emit carries the
+ids, so a handler or a log processor can stitch a tree back together. Ids are random hex
+strings of the sizes OpenTelemetry uses (32 digits for a trace, 16 for a span).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any
+
+from resilience import _clock
+
+
+__all__ = ["Span", "current_span", "enter_span", "exit_span", "new_span", "now_ns"]
+
+_random = random.Random()  # ids, not secrets: a private generator that users' seeds leave alone
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """
+    One traced call's identity.
+
+    Attributes:
+        name: What was traced (the ``@traced`` name or the ``measure`` name).
+        trace_id: 32 hex digits shared by every span of one tree.
+        span_id: 16 hex digits of this span.
+        parent_id: The enclosing span's id, or None at the root.
+
+    .. versionadded:: 0.1.0
+    """
+
+    __module__ = "resilience.telemetry"
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+
+    def ids(self) -> dict[str, Any]:
+        """Return the ids as metadata keys (``trace_id``, ``span_id``, ``parent_id``)."""
+        return {"trace_id": self.trace_id, "span_id": self.span_id, "parent_id": self.parent_id}
+
+
+_current: ContextVar[Span | None] = ContextVar("resilience_span", default=None)
+
+
+def current_span() -> Span | None:
+    """
+    Return the span of the innermost traced call running in this context, or None.
+
+    .. versionadded:: 0.1.0
+    """
+    return _current.get()
+
+
+def new_span(name: str) -> Span:
+    """Return a child of the current span (or a new root) without entering it."""
+    parent = _current.get()
+    span_id = f"{_random.getrandbits(64):016x}"
+    if parent is None:
+        return Span(name, f"{_random.getrandbits(128):032x}", span_id, None)
+    return Span(name, parent.trace_id, span_id, parent.span_id)
+
+
+def enter_span(span: Span) -> Token[Span | None]:
+    """Make *span* current; pass the token to ``exit_span``."""
+    return _current.set(span)
+
+
+def exit_span(token: Token[Span | None]) -> None:
+    """Restore the span that was current before ``enter_span``."""
+    _current.reset(token)
+
+
+def now_ns(clock: object | None) -> int:
+    """
+    Return monotonic nanoseconds: ``perf_counter_ns`` on real time, else the clock's reading.
+
+    *clock* None means the process default, which ``virtual_time()`` may have replaced.
+    """
+    chosen = _clock._default.clock if clock is None else clock
+    if chosen is _clock.SYSTEM_CLOCK:
+        return time.perf_counter_ns()
+    seconds: float = chosen.monotonic()  # type: ignore[attr-defined]
+    return round(seconds * 1e9)

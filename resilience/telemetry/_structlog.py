@@ -1,0 +1,91 @@
+"""
+The structlog bridge: events become log lines on structlog's ``resilience`` logger.
+
+Lines look like the user's structlog is configured to make them (key=value, JSON, or the
+standard library's handlers). Metadata is redacted first, and nothing is written while
+telemetry is switched off (``set_enabled(False)`` or ``RESILIENCE_TELEMETRY=0``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import structlog
+
+from resilience._validate import check_choice
+from resilience.telemetry._bus import Event, Handle, attach
+from resilience.telemetry._redact import redact
+from resilience.telemetry._switch import switch
+
+
+__all__ = ["LEVELS", "attach_structlog", "log_event", "logger"]
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+#: Keys structlog itself uses; an event's own keys of these names get a trailing underscore.
+_RESERVED = frozenset({"event", "level", "logger", "timestamp", "exc_info"})
+
+logger = structlog.get_logger("resilience")
+
+
+def _fields(measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    fields = redact(metadata) if metadata else {}
+    fields.update(measurements)
+    for key in _RESERVED.intersection(fields):
+        fields[f"{key}_"] = fields.pop(key)
+    return fields
+
+
+def log_event(
+    name: str,
+    measurements: Mapping[str, float] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    level: str = "info",
+) -> None:
+    """
+    Write one line named *name* at *level*, with measurements and redacted metadata as keys.
+
+    .. versionadded:: 0.1.0
+    """
+    if not switch.enabled:
+        return
+    getattr(logger, level)(name, **_fields(measurements or {}, metadata or {}))
+
+
+def _level_for(name: str, default: str) -> str:
+    if name.endswith((".exception", ".give_up", ".handler_detached", ".dropped")):
+        return "warning"
+    return default
+
+
+def attach_structlog(
+    events: Iterable[str] | str | None = "resilience.", level: str = "info"
+) -> Handle:
+    """
+    Log every event on the bus (or those starting with *events*) through structlog.
+
+    Exception and give-up events are logged at ``warning`` at least; the rest at *level*.
+
+    Args:
+        events: Name prefixes to log (None: every event).
+        level: One of ``"debug"``, ``"info"``, ``"warning"``, ``"error"``, ``"critical"``.
+
+    Returns:
+        The bus ``Handle``; ``detach()`` stops the logging.
+
+    Raises:
+        ValueError: If *level* is not a level name.
+
+    .. versionadded:: 0.1.0
+    """
+    check_choice("", "level", level, LEVELS)
+    base = LEVELS.index(level)
+
+    def handler(event: Event) -> None:
+        chosen = _level_for(event.name, level)
+        log_event(
+            event.name, event.measurements, event.metadata, LEVELS[max(base, LEVELS.index(chosen))]
+        )
+
+    return attach(handler, events)

@@ -1,0 +1,151 @@
+"""Tests for @retry's attempt events and its progress tracker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import structlog
+
+from resilience import Backoff, retry
+from resilience.telemetry import attach_structlog
+from resilience.telemetry._retrying import RetryProgress, describe
+from resilience.testing import capture_events
+
+
+def flaky(failures, exc=OSError):
+    calls = []
+
+    def f():
+        calls.append(1)
+        if len(calls) <= failures:
+            raise exc(f"fail {len(calls)}")
+        return "ok"
+
+    return f, calls
+
+
+class TestAttemptEvents:
+    def test_attempts_numbered(self, clock):
+        """Each attempt emits start and stop with its number; retry carries delay and reason."""
+        f, _ = flaky(2)
+        decorated = retry(attempts=5)(f)
+        with capture_events("resilience.retry") as events:
+            assert "ok" == decorated()
+        stops = [e for e in events if e.name == "resilience.retry.attempt.stop"]
+        assert [1, 2, 3] == [e.metadata["attempt"] for e in stops]
+        assert ["raised", "raised", "returned"] == [e.metadata["outcome"] for e in stops]
+        retries = [e for e in events if e.name == "resilience.retry.retry"]
+        assert ["OSError: fail 1", "OSError: fail 2"] == [e.metadata["reason"] for e in retries]
+        assert all(e.metadata["server_delay"] is False for e in retries)
+        assert clock.sleeps == [e.measurements["delay"] for e in retries]
+
+    def test_no_events_without_listeners(self, clock):
+        """Nobody listening: the call succeeds and nothing is built (no handler saw anything)."""
+        f, calls = flaky(1)
+        decorated = retry(attempts=3)(f)
+        assert "ok" == decorated()
+        with capture_events("resilience.retry.attempt") as events:
+            decorated()
+        assert ["resilience.retry.attempt.start", "resilience.retry.attempt.stop"] == [e.name for e in events]
+
+    def test_server_delay(self, clock):
+        """A Retry-After delay is flagged as coming from the server."""
+
+        class Throttled(Exception):
+            headers = {"Retry-After": "3"}
+
+        f, _ = flaky(1, Throttled)
+        with capture_events("resilience.retry.retry") as events:
+            retry(attempts=2)(f)()
+        assert events[0].metadata["server_delay"] is True
+        assert 3.0 == events[0].measurements["delay"]
+
+    @pytest.mark.anyio
+    async def test_async(self, clock):
+        """Async retries emit the same numbered attempts."""
+        calls = []
+
+        @retry(attempts=4)
+        async def g():
+            calls.append(1)
+            await asyncio.sleep(0)
+            if len(calls) < 3:
+                raise OSError("x")
+            return 1
+
+        with capture_events("resilience.retry.attempt.stop") as events:
+            assert 1 == await g()
+        assert [1, 2, 3] == [e.metadata["attempt"] for e in events]
+
+    def test_nested_retries_count_separately(self, clock):
+        """An inner retried call keeps its own attempt numbers."""
+        inner_f, _ = flaky(1)
+        inner = retry(attempts=3, name="inner")(inner_f)
+        outer_calls = []
+
+        @retry(attempts=3, name="outer")
+        def outer():
+            outer_calls.append(1)
+            inner()
+            if len(outer_calls) < 2:
+                raise OSError("outer")
+
+        with capture_events("resilience.retry.attempt.start") as events:
+            outer()
+        pairs = [(e.metadata["name"], e.metadata["attempt"]) for e in events]
+        assert [("outer", 1), ("inner", 1), ("inner", 2), ("outer", 2), ("inner", 1)] == pairs
+
+
+class TestProgress:
+    def test_interval_and_grouping(self):
+        """At most one line per interval, with errors grouped and counted, most frequent first."""
+
+        class Owner:
+            name = "f"
+
+        tracker = RetryProgress(Owner())
+        with capture_events("resilience.retry.progress") as events, structlog.testing.capture_logs() as logs:
+            tracker.enter(0.0)
+            tracker.failed(OSError("a"), 0.5)
+            tracker.failed(OSError("a"), 1.0)
+            tracker.failed(KeyError("b"), 1.9)
+            tracker.sleeping()
+            tracker.awake(2.0)  # 2 s after the spell began: a line
+            tracker.failed(OSError("a"), 2.5)  # too soon for another
+            tracker.leave(4.1)
+        assert 2 == len(events)
+        first, second = events
+        assert {"waiting": 0, "running": 1, "completed": 0, "failures": 3} == first.measurements
+        assert [("OSError: a", 2), ("KeyError: 'b'", 1)] == first.metadata["errors"]
+        assert [("OSError: a", 1)] == second.metadata["errors"]
+        assert 1 == second.measurements["completed"]
+        assert ["resilience.retry.progress"] * 2 == [x["event"] for x in logs]
+
+    def test_from_retry_loop(self, clock):
+        """A long retry loop reports progress while it waits, and counts the failures."""
+        f, _ = flaky(6)
+        decorated = retry(attempts=10, backoff=Backoff(base=1.0, max=1.0, jitter="none"))(f)
+        with capture_events("resilience.retry.progress") as events, structlog.testing.capture_logs():
+            assert "ok" == decorated()
+        assert 2 <= len(events) <= 4  # 6 s of waiting, one line per 2 s at most
+        assert sum(n for e in events for _, n in e.metadata["errors"]) <= 6
+        assert all(e.metadata["errors"][0][0].startswith("OSError") for e in events if e.metadata["errors"])
+
+    def test_describe(self):
+        """Outcomes are described as Type: message, or result repr."""
+        assert "ValueError: No error message" == describe(ValueError())
+        assert "result 503" == describe(503)
+
+
+class TestStructlogBridge:
+    def test_retried_call_logged(self, clock):
+        """attach_structlog writes each retry event as a line; give-up at warning."""
+        f, _ = flaky(5)
+        attach_structlog("resilience.retry.")
+        with structlog.testing.capture_logs() as logs, pytest.raises(OSError):
+            retry(attempts=2)(f)()
+        names = [x["event"] for x in logs]
+        assert "resilience.retry.retry" in names
+        assert "warning" == logs[-1]["log_level"]
+        assert "resilience.retry.give_up" == logs[-1]["event"]

@@ -1,0 +1,335 @@
+"""Tests for ``@traced``: events, durations, structlog lines and trace context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+
+import pytest
+import structlog
+
+from resilience import Backoff, TracedPolicy, retry, traced
+from resilience.telemetry import current_span, set_enabled
+from resilience.testing import FakeClock, capture_events
+
+
+class TestEvents:
+    def test_sync_stop(self):
+        """A successful call emits start then stop, with the name and a duration."""
+        clock = FakeClock()
+
+        @traced("db.query", clock=clock)
+        def query():
+            clock.advance(0.25)
+            return 7
+
+        with capture_events("resilience.trace") as events, structlog.testing.capture_logs():
+            assert 7 == query()
+        assert ["resilience.trace.start", "resilience.trace.stop"] == [e.name for e in events]
+        assert 0.25 == events[1].measurements["duration"]
+        assert 250_000_000 == events[1].measurements["duration_ns"]
+        assert "db.query" == events[1].metadata["name"]
+
+    def test_exception(self):
+        """A raising call emits exception with the error, and the error propagates unchanged."""
+        boom = ValueError("boom")
+
+        @traced(log=False)
+        def fail():
+            raise boom
+
+        with capture_events() as events, pytest.raises(ValueError) as info:
+            fail()
+        assert info.value is boom
+        last = events[-1]
+        assert "resilience.trace.exception" == last.name
+        assert boom is last.metadata["exception"]
+        assert "ValueError" == last.metadata["error_type"]
+        assert last.measurements["duration"] >= 0
+
+    def test_bare_uses_qualname(self):
+        """Bare @traced names the span after the function."""
+
+        @traced
+        def work():
+            return 1
+
+        with capture_events() as events, structlog.testing.capture_logs():
+            work()
+        assert events[0].metadata["name"].endswith("test_bare_uses_qualname.<locals>.work")
+
+    def test_handlers_run_before_return(self):
+        """Start is handled before the body runs, stop before the call returns."""
+        events = []
+
+        @traced(log=False)
+        def work():
+            return len(events)
+
+        with capture_events() as captured:
+            events = captured
+            assert 1 == work()
+            assert 2 == len(captured)
+
+    def test_attributes(self):
+        """Policy attributes appear in every event's metadata."""
+
+        @traced(log=False, attributes={"db": "main"})
+        def work():
+            return None
+
+        with capture_events() as events:
+            work()
+        assert {"main"} == {e.metadata["db"] for e in events}
+
+    @pytest.mark.anyio
+    async def test_async(self):
+        """Async functions are traced around the awaited call."""
+
+        @traced("aio", log=False)
+        async def work():
+            await asyncio.sleep(0)
+            return 3
+
+        with capture_events() as events:
+            assert 3 == await work()
+        assert ["resilience.trace.start", "resilience.trace.stop"] == [e.name for e in events]
+
+    def test_generator(self):
+        """A generator's span covers the whole iteration and ends on exhaustion."""
+
+        @traced(log=False)
+        def items():
+            yield 1
+            yield 2
+
+        with capture_events() as events:
+            assert [1, 2] == list(items())
+        assert ["resilience.trace.start", "resilience.trace.stop"] == [e.name for e in events]
+
+    def test_generator_close(self):
+        """Closing a traced generator early ends its span with a stop event."""
+
+        @traced(log=False)
+        def items():
+            yield 1
+            yield 2
+
+        with capture_events() as events:
+            gen = items()
+            next(gen)
+            gen.close()
+        assert "resilience.trace.stop" == events[-1].name
+
+    @pytest.mark.anyio
+    async def test_async_generator(self):
+        """Async generators are traced across their iteration."""
+
+        @traced(log=False)
+        async def items():
+            yield 1
+            yield 2
+
+        with capture_events() as events:
+            assert [1, 2] == [x async for x in items()]
+        assert "resilience.trace.stop" == events[-1].name
+
+
+class TestContext:
+    def test_nested_parent(self):
+        """A traced call inside another names the outer span as its parent, same trace."""
+
+        @traced("inner", log=False)
+        def inner():
+            return current_span()
+
+        @traced("outer", log=False)
+        def outer():
+            return current_span(), inner()
+
+        outer_span, inner_span = outer()
+        assert outer_span.span_id == inner_span.parent_id
+        assert outer_span.trace_id == inner_span.trace_id
+        assert outer_span.parent_id is None
+        assert current_span() is None
+
+    @pytest.mark.anyio
+    async def test_across_awaits_and_tasks(self):
+        """The span survives awaits, and concurrent tasks get their own spans."""
+
+        @traced("child", log=False)
+        async def child():
+            await asyncio.sleep(0)
+            return current_span()
+
+        @traced("parent", log=False)
+        async def parent():
+            before = current_span()
+            kids = await asyncio.gather(child(), child())
+            assert before is current_span()
+            return before, kids
+
+        root, kids = await parent()
+        assert {root.span_id} == {k.parent_id for k in kids}
+        assert kids[0].span_id != kids[1].span_id
+
+    def test_generator_does_not_leak(self):
+        """Between items the consumer runs outside the generator's span."""
+
+        @traced(log=False)
+        def items():
+            yield current_span()
+
+        gen = items()
+        inside = next(gen)
+        assert inside is not None
+        assert current_span() is None
+        gen.close()
+
+    def test_threads_with_copied_context(self):
+        """A thread started with a copied context sees the span as parent."""
+        found = []
+
+        @traced("worker", log=False)
+        def worker():
+            found.append(current_span())
+
+        @traced("main", log=False)
+        def main():
+            context = contextvars.copy_context()
+            thread = threading.Thread(target=context.run, args=(worker,))
+            thread.start()
+            thread.join()
+            return current_span()
+
+        span = main()
+        assert span.span_id == found[0].parent_id
+
+    def test_stacks_with_retry(self):
+        """Traced outside retry sees one span around all attempts."""
+        calls = []
+
+        @traced(log=False)
+        @retry(attempts=3, backoff=Backoff(base=0.0, max=0.0))
+        def flaky():
+            calls.append(current_span())
+            if len(calls) < 3:
+                raise OSError("again")
+            return "ok"
+
+        with capture_events("resilience.trace") as events:
+            assert "ok" == flaky()
+        assert 1 == len({c.span_id for c in calls})
+        assert ["resilience.trace.start", "resilience.trace.stop"] == [e.name for e in events]
+
+
+class TestStructlog:
+    def test_lines(self):
+        """Start and stop go to structlog with name, ids and duration."""
+
+        @traced("svc.call")
+        def work():
+            return None
+
+        with structlog.testing.capture_logs() as logs:
+            work()
+        assert ["resilience.trace.start", "resilience.trace.stop"] == [x["event"] for x in logs]
+        assert ["debug", "info"] == [x["log_level"] for x in logs]
+        assert "svc.call" == logs[1]["name"]
+        assert logs[1]["duration"] >= 0
+        assert logs[0]["span_id"] == logs[1]["span_id"]
+
+    def test_exception_level(self):
+        """The exception line is logged at error level."""
+
+        @traced
+        def fail():
+            raise KeyError("k")
+
+        with structlog.testing.capture_logs() as logs, pytest.raises(KeyError):
+            fail()
+        assert "error" == logs[-1]["log_level"]
+        assert "KeyError" == logs[-1]["error_type"]
+
+    def test_secrets_redacted(self):
+        """Sensitive attributes never reach the log line."""
+
+        @traced(attributes={"api_key": "sk-123", "authorization": "Bearer x"})
+        def work():
+            return None
+
+        with structlog.testing.capture_logs() as logs:
+            work()
+        assert {"[REDACTED]"} == {logs[1]["api_key"], logs[1]["authorization"]}
+
+    def test_disabled(self):
+        """set_enabled(False) silences the lines but not the bus."""
+
+        @traced
+        def work():
+            return None
+
+        set_enabled(False)
+        with structlog.testing.capture_logs() as logs, capture_events() as events:
+            work()
+        assert [] == logs
+        assert 2 == len(events)
+
+    def test_json_renderer(self):
+        """With a JSON renderer configured, lines come out as JSON."""
+        import io
+        import json
+
+        out = io.StringIO()
+        previous = structlog.get_config()
+        structlog.configure(
+            processors=[structlog.processors.add_log_level, structlog.processors.JSONRenderer()],
+            logger_factory=structlog.PrintLoggerFactory(out),
+        )
+        try:
+
+            @traced("jsonable")
+            def work():
+                return None
+
+            work()
+        finally:
+            structlog.configure(**previous)
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert "resilience.trace.stop" == lines[-1]["event"]
+        assert "jsonable" == lines[-1]["name"]
+
+
+class TestPolicy:
+    def test_bad_level(self):
+        """An unknown level is a ValueError naming the field."""
+        with pytest.raises(ValueError, match="TracedPolicy.level"):
+            TracedPolicy(level="loud")
+
+    def test_bad_name(self):
+        """A non-string name is a TypeError naming the field."""
+        with pytest.raises(TypeError, match="TracedPolicy.name"):
+            TracedPolicy(name=3)
+
+    def test_from_dict(self):
+        """from_dict builds a policy and rejects unknown keys."""
+        assert TracedPolicy(name="x", log=False) == TracedPolicy.from_dict({"name": "x", "log": False})
+        with pytest.raises(ValueError, match="nope"):
+            TracedPolicy.from_dict({"nope": 1})
+
+    def test_positional_policy(self):
+        """A policy given positionally is used as is."""
+
+        @traced(TracedPolicy(name="p", log=False))
+        def work():
+            return None
+
+        with capture_events() as events:
+            work()
+        assert "p" == events[0].metadata["name"]
+
+    def test_name_twice(self):
+        """Giving the name both ways is an error."""
+        with pytest.raises(TypeError, match="twice"):
+            traced("a", name="b")
