@@ -43,7 +43,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._backends: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # factories may ask the store for other backends
 
     @classmethod
     def register(cls, concern: str, factory: Factory) -> None:

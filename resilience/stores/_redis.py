@@ -92,7 +92,7 @@ class RedisStore:
             )
             raise TypeError(msg)
         self._backends: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # factories may ask the store for other backends
         self._scripts: dict[str, Any] = {}
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()

@@ -1,0 +1,234 @@
+"""
+Composition: the whole stack of our decorators in one object, and a class decorator.
+
+The recommended order, outermost first, is the one ``Stack`` applies::
+
+    traced -> retry -> circuit_breaker -> rate_limited -> bounded -> your call
+
+- ``traced`` outermost: one span covers the logical call, all its attempts and waits.
+- ``retry`` outside the breaker: each attempt asks the breaker, and a refusal
+  (``CircuitOpenError``) tells the retry exactly how long to wait (its ``retry_after``).
+- ``circuit_breaker`` outside the limits: a call the breaker refuses takes no rate token and
+  no permit, and the breaker counts the outcomes of real calls only.
+- ``rate_limited`` then ``bounded`` innermost: each attempt takes a rate token and a permit
+  only while it really calls, and gives the permit back before the retry's wait (as
+  resilience4j orders its aspects: Retry(CircuitBreaker(RateLimiter(Bulkhead(call))))).
+
+Because our decorators join one pipeline, a full stack still costs one wrapper.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, overload
+
+from resilience._dictable import FromDict
+from resilience._errors import ResilienceError
+from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
+from resilience._retry_after import retry_after_from
+from resilience._traced import TracedPolicy
+
+
+__all__ = ["ORDER", "Stack", "exempt", "resilient", "wait_hint"]
+
+C = TypeVar("C", bound=type)
+F = TypeVar("F")
+
+ORDER = ("traced", "retry", "circuit_breaker", "rate_limited", "bounded")
+"""The stack's layers, outermost first."""
+
+_POLICY_TYPES: dict[str, type[FromDict]] = {
+    "traced": TracedPolicy,
+    "retry": RetryPolicy,
+    "circuit_breaker": CircuitBreakerPolicy,
+    "rate_limited": RateLimitPolicy,
+    "bounded": BoundedPolicy,
+}
+
+
+def wait_hint(outcome: object) -> float | None:
+    """
+    Delay hook for stacks: our own refusals' ``retry_after``, else the server's Retry-After.
+
+    A ``CircuitOpenError`` or ``RateLimitedError`` from an inner layer says exactly when a
+    call could go through; waiting that long beats guessing with the backoff.
+    """
+    if isinstance(outcome, ResilienceError):
+        hint = getattr(outcome, "retry_after", None)
+        if isinstance(hint, int | float) and hint > 0:
+            return float(hint)
+    return retry_after_from(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class Stack(FromDict):
+    """
+    A whole resilience stack: any of the five policies, applied in the recommended order.
+
+    A layer set to None is left out. Build it from policies, or from a plain dict with
+    ``Stack.from_dict({"retry": {"attempts": 3}, "bounded": {"limit": 10}})``; call it to
+    decorate (``@stack``) a function, method, classmethod or staticmethod.
+
+    Args:
+        traced: Tracing (outermost).
+        retry: Retrying; with the default delay hook it is switched to ``wait_hint`` so it
+            waits out an inner breaker's or limiter's ``retry_after``.
+        circuit_breaker: The breaker.
+        rate_limited: The rate budget.
+        bounded: The concurrency limit (innermost).
+
+    .. versionadded:: 0.1.0
+    """
+
+    traced: TracedPolicy | None = None
+    retry: RetryPolicy | None = None
+    circuit_breaker: CircuitBreakerPolicy | None = None
+    rate_limited: RateLimitPolicy | None = None
+    bounded: BoundedPolicy | None = None
+
+    def __post_init__(self) -> None:
+        for name, policy_type in _POLICY_TYPES.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, policy_type):
+                msg = (
+                    f"Stack.{name} must be a {policy_type.__name__} (or a mapping in "
+                    f"Stack.from_dict), got {type(value).__name__}"
+                )
+                raise TypeError(msg)
+        if all(getattr(self, name) is None for name in ORDER):
+            msg = f"a Stack needs at least one of {', '.join(ORDER)}"
+            raise ValueError(msg)
+
+    def decorators(self) -> list[Callable[[Any], Any]]:
+        """Return the decorators of the stack, outermost first."""
+        from resilience import (  # noqa: PLC0415 - the package imports this module
+            bounded,
+            circuit_breaker,
+            rate_limited,
+            retry,
+            traced,
+        )
+
+        makers: dict[str, Callable[[Any], Any]] = {
+            "traced": traced,
+            "retry": retry,
+            "circuit_breaker": circuit_breaker,
+            "rate_limited": rate_limited,
+            "bounded": bounded,
+        }
+        found = []
+        for name in ORDER:
+            policy = getattr(self, name)
+            if policy is None:
+                continue
+            if name == "retry" and policy.delay_hook is retry_after_from:
+                policy = replace(policy, delay_hook=wait_hint)
+            found.append(makers[name](policy))
+        return found
+
+    @overload
+    def __call__(self, target: classmethod[Any, Any, Any]) -> classmethod[Any, Any, Any]: ...
+    @overload
+    def __call__(self, target: staticmethod[Any, Any]) -> staticmethod[Any, Any]: ...
+    @overload
+    def __call__(self, target: F) -> F: ...
+    def __call__(self, target: Any) -> Any:
+        """Decorate *target* with the whole stack (one wrapper, every layer)."""
+        decorated = target
+        for decorator in reversed(self.decorators()):
+            decorated = decorator(decorated)
+        return decorated
+
+
+Stack._nested = dict(_POLICY_TYPES)
+
+
+_EXEMPT = "__resilience_exempt__"
+
+
+def exempt(func: F) -> F:
+    """
+    Mark a method so that ``@resilient`` leaves it alone.
+
+    .. versionadded:: 0.1.0
+    """
+    target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
+    setattr(target, _EXEMPT, True)
+    return func
+
+
+def resilient(
+    stack: Stack | Mapping[str, Any],
+    /,
+    *,
+    exclude: Iterable[str] = (),
+    overrides: Mapping[str, Stack | Mapping[str, Any] | None] | None = None,
+) -> Callable[[C], C]:
+    """
+    Class decorator: apply *stack* to every public method of a class (an SDK client, say).
+
+    Sync and async methods, classmethods and staticmethods are decorated, keeping their
+    signatures; inherited public methods are decorated on the class itself. Properties,
+    nested classes and names starting with ``_`` are left alone.
+
+    Args:
+        stack: A ``Stack`` or the mapping ``Stack.from_dict`` takes.
+        exclude: Method names to leave undecorated (``@exempt`` on a method does the same).
+        overrides: Per-method stacks; None for a method leaves it undecorated.
+
+    .. versionadded:: 0.1.0
+    """
+    default = _as_stack(stack)
+    skip = set(exclude)
+    special = {
+        name: None if value is None else _as_stack(value)
+        for name, value in (overrides or {}).items()
+    }
+
+    def decorate(cls: C) -> C:
+        if not isinstance(cls, type):
+            msg = f"@resilient decorates a class, got {type(cls).__name__}"
+            raise TypeError(msg)
+        unknown = sorted((set(special) | skip) - set(dir(cls)))
+        if unknown:
+            msg = f"@resilient on {cls.__qualname__}: no method(s) named {', '.join(unknown)}"
+            raise ValueError(msg)
+        for name in dir(cls):
+            if name.startswith("_") or name in skip:
+                continue
+            raw = _raw_attribute(cls, name)
+            if not _is_method(raw):
+                continue
+            chosen = special.get(name, default)
+            if chosen is None:
+                continue
+            setattr(cls, name, chosen(raw))
+        return cls
+
+    return decorate
+
+
+def _as_stack(value: Stack | Mapping[str, Any]) -> Stack:
+    if isinstance(value, Stack):
+        return value
+    if isinstance(value, Mapping):
+        return Stack.from_dict(value)
+    msg = f"expected a Stack or a mapping of its policies, got {type(value).__name__}"
+    raise TypeError(msg)
+
+
+def _raw_attribute(cls: type, name: str) -> object:
+    for klass in cls.__mro__:
+        if name in vars(klass):
+            return vars(klass)[name]
+    return None  # pragma: no cover - dir() only lists what the MRO holds
+
+
+def _is_method(raw: object) -> bool:
+    target = raw.__func__ if isinstance(raw, classmethod | staticmethod) else raw
+    if getattr(target, _EXEMPT, False):
+        return False
+    return inspect.isfunction(target) or inspect.isfunction(getattr(target, "__wrapped__", None))
