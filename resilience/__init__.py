@@ -17,6 +17,7 @@ from resilience._breaker import (
 )
 from resilience._budget import RetryBudget
 from resilience._clock import SystemClock
+from resilience._compose import Stack, exempt, resilient
 from resilience._config import is_active, set_active
 from resilience._decorating import layers_of
 from resilience._errors import (
@@ -50,17 +51,20 @@ __all__ = [
     "ResilienceError",
     "RetryBudget",
     "RetryPolicy",
+    "Stack",
     "StoreUnavailableError",
     "SystemClock",
     "TracedPolicy",
     "backoff_window",
     "bounded",
     "circuit_breaker",
+    "exempt",
     "get_circuit_breaker",
     "is_active",
     "layers_of",
     "parse_retry_after",
     "rate_limited",
+    "resilient",
     "retry",
     "retry_after_from",
     "set_active",

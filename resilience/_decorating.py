@@ -134,7 +134,8 @@ class _UnboundResilientFunction(ResilientFunction):
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._self_wrapper(self.__wrapped__, None, args, kwargs)
+        runner: Any = self._self_wrapper  # our Runner (wrapt types it as its own wrapper)
+        return runner(self.__wrapped__, None, args, kwargs)
 
 
 def _kind_of(target: Callable[..., Any]) -> Kind:
