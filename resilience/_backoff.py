@@ -163,8 +163,9 @@ class Backoff(FromDict):
                 return 0.0
             try:
                 raw = base * self.multiplier**retry
-            except OverflowError:
-                return cap
+            except OverflowError:  # the power alone overflows; a tiny base may still keep it small
+                log_raw = math.log(base) + retry * math.log(self.multiplier)
+                return cap if log_raw >= math.log(cap) else math.exp(log_raw)
         elif self.strategy == "linear":
             try:
                 raw = base * (retry + 1)
@@ -206,7 +207,10 @@ class Backoff(FromDict):
         # log3(max / base) steps reach the cap; beyond that the bound is max itself.
         if retry + 1 > math.log(self.max / self.base, 3) + 1:
             return self.max
-        return min(self.max, self.base * 3.0 ** (retry + 1))
+        try:
+            return min(self.max, self.base * 3.0 ** (retry + 1))
+        except OverflowError:
+            return self.max
 
 
 def _check_retry(retry: object) -> None:

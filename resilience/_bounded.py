@@ -248,8 +248,9 @@ def _memory_pool(key: str, policy: BoundedPolicy, store: MemoryStore) -> MemoryP
     return MemoryPoolBackend(policy.limit)
 
 
-def _permit_queue(key: str, policy: BoundedPolicy, store: Any) -> PermitQueue:
-    return PermitQueue(store.backend("pool", key, policy))
+def _permit_queue(key: str, backend: PoolBackend, store: Any) -> PermitQueue:
+    # Given the key's pool backend (not a policy): factories run under the store's lock.
+    return PermitQueue(backend)
 
 
 MemoryStore.register("pool", _memory_pool)
@@ -295,7 +296,9 @@ class BoundedLayer(Layer):
         """Fetch (and check) the key's pool; again after ``resilience.testing.reset()``."""
         policy = self.policy
         store = policy.store or DEFAULT_STORE
-        queue: PermitQueue = store.backend("pool.queue", self.key, policy)
+        queue: PermitQueue = store.backend(
+            "pool.queue", self.key, store.backend("pool", self.key, policy)
+        )
         if queue.backend.limit != policy.limit:
             msg = (
                 f"@bounded key {self.key!r} already has a pool of {queue.backend.limit} units; "

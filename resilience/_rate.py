@@ -19,6 +19,11 @@ machine fed with ``now``; a backend applies it atomically and reads time itself,
 decorator layer only sleeps until the reserved time. A cancelled waiter's slot stays used
 (conservative: it can only lower the rate, never break the rule).
 
+A woken waiter is usually late by the timer's granularity, and by different amounts, so
+the start it actually makes is also checked against a second log of *actual* starts
+(``admit``) before it goes; a late predecessor makes it wait that little bit more. So the
+rule holds for the starts a server sees, not only for the reservations.
+
 The key's shared backoff window (``_window``) is one more lower bound on the start time:
 callers reserve their turns after it ends, and re-reserve if it was extended while they
 slept.
@@ -88,7 +93,7 @@ class RateState:
         burst: Starts allowed in any window of ``per * burst / rate`` seconds.
     """
 
-    __slots__ = ("burst", "gap", "log", "per", "rate", "spaced")
+    __slots__ = ("burst", "gap", "log", "per", "rate", "spaced", "starts")
 
     def __init__(self, rate: int, per: float, burst: int | None = None) -> None:
         self.rate = rate
@@ -97,6 +102,7 @@ class RateState:
         self.gap = per * self.burst / rate
         self.spaced = self.burst < rate
         self.log: deque[float] = deque(maxlen=rate)
+        self.starts: deque[float] = deque(maxlen=rate)
 
     def earliest(self, now: float, floor: float = -math.inf) -> float:
         """Return the earliest start at or after *now* and *floor* that the rule allows."""
@@ -130,7 +136,34 @@ class RateState:
         if wait > max_wait:
             return -wait
         self.log.append(start)
-        return wait
+        if wait:
+            return wait
+        return self.admit(now)  # starting now: check (and record) it against actual starts
+
+    def admit(self, now: float) -> float:
+        """
+        Record an actual start at *now* if the rule allows it against the actual starts.
+
+        A waiter woken late starts later than its reservation; the reservations after it
+        were computed from the punctual time. Checking each actual start against the log
+        of actual starts keeps the rule exact for what the server sees.
+
+        Returns:
+            0.0 when the start was recorded; otherwise the (small) seconds to wait first.
+        """
+        starts = self.starts
+        need = now
+        count = len(starts)
+        if count == self.rate and starts[0] + self.per > need:
+            need = starts[0] + self.per
+        if self.spaced and count >= self.burst:
+            edge = starts[-self.burst] + self.gap
+            if edge > need:  # noqa: PLR1730 - hot path
+                need = edge
+        if need > now:
+            return need - now
+        starts.append(now)
+        return 0.0
 
     def pending(self, now: float) -> int:
         """Return how many reserved starts lie in the future (the waiting queue's depth)."""
@@ -157,6 +190,14 @@ class RateBackend(Protocol):
         Returns:
             Seconds to wait (>= 0) when reserved; ``-retry_after`` (< 0) when the turn is
             further than *max_wait* seconds away (then nothing is reserved).
+        """
+
+    def admit(self) -> float:
+        """
+        Record an actual start now, after a wait, if the rule allows it against actual starts.
+
+        Returns:
+            0.0 when recorded; otherwise the seconds to wait before asking again.
         """
 
     def pending(self) -> int:
@@ -190,6 +231,12 @@ class MemoryRateBackend:
         with self._lock:
             return self._state.reserve(clock.monotonic(), max_wait, self._window.end)
 
+    def admit(self) -> float:
+        """Record an actual start now if the rule allows it (see ``RateBackend``)."""
+        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        with self._lock:
+            return self._state.admit(clock.monotonic())
+
     def pending(self) -> int:
         """Return how many reserved starts lie in the future."""
         clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
@@ -198,7 +245,8 @@ class MemoryRateBackend:
 
 
 def _memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:
-    window = store.backend("window", key, policy)
+    # The layer creates the key's window first (factories run under the store's lock).
+    window = store.peek("window", key) or MemoryWindowBackend(policy.clock)
     per = policy.per
     assert isinstance(per, float)
     return MemoryRateBackend(policy.rate, per, policy.burst, window, policy.clock)
@@ -255,6 +303,7 @@ class RateLimitLayer(Layer):
         """Fetch (and check) the key's backend; again after ``resilience.testing.reset()``."""
         policy = self.policy
         store = policy.store or DEFAULT_STORE
+        self._window: WindowBackend = store.backend("window", self.key, policy)
         backend: RateBackend = store.backend("rate", self.key, policy)
         burst = policy.rate if policy.burst is None else policy.burst
         if (backend.rate, backend.per, backend.burst) != (policy.rate, policy.per, burst):
@@ -264,7 +313,6 @@ class RateLimitLayer(Layer):
                 f"the same rate, per and burst (got {self.limit})"
             )
             raise ValueError(msg)
-        self._window: WindowBackend = store.backend("window", self.key, policy)
         self._backend = backend
         self._epoch = EPOCH.n
         return backend
@@ -294,9 +342,9 @@ class RateLimitLayer(Layer):
         )
 
     def _next(self, backend: RateBackend, waited: float) -> float:
-        """After a sleep: 0.0 to start, or the next wait if the window was extended meanwhile."""
+        """After a sleep: 0.0 to start, or the next wait (a window extended, a late wake)."""
         if self._window.remaining() <= 0.0:
-            return 0.0
+            return backend.admit()
         wait = backend.reserve(max(0.0, self.max_wait - waited))
         if wait < 0.0:
             raise self._refuse(-wait)

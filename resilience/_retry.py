@@ -434,9 +434,7 @@ class RetryLayer(Layer):
             kwargs: dict[str, Any],
         ) -> Any:
             if _LISTENING and observed is not None:
-                return await _retrying.run_observed_async(
-                    observed, wrapped, instance, args, kwargs
-                )
+                return await _retrying.run_observed_async(observed, wrapped, instance, args, kwargs)
             started = clock_of().monotonic() if timed else None
             try:
                 result = await attempt(call_next, wrapped, instance, args, kwargs)

@@ -26,10 +26,11 @@ def raw(b: Backoff, retry: int) -> float:
     if b.strategy == "exponential":
         if b.base == 0:
             return 0.0
-        # compare in log space so huge retry numbers cannot overflow the oracle either
-        if b.multiplier > 1 and retry * math.log(b.multiplier) > math.log(b.max / b.base) + 1:
-            return b.max
-        return min(b.base * b.multiplier**retry, b.max)
+        try:
+            return min(b.base * b.multiplier**retry, b.max)
+        except OverflowError:  # the power alone overflows: compare in log space
+            log_raw = math.log(b.base) + retry * math.log(b.multiplier)
+            return b.max if log_raw >= math.log(b.max) else math.exp(log_raw)
     if b.strategy == "linear":
         return min(b.base * (retry + 1), b.max)
     return b.base
@@ -120,6 +121,12 @@ class TestFormulas:
         low, high = b.bounds(0)
         width = 2 * a if jitter == "range" else a
         assert math.isclose(width, high - low, abs_tol=1e-12)
+
+    def test_tiny_base_with_overflowing_power(self):
+        """A power that overflows on its own does not force the cap when the base is tiny."""
+        b = Backoff(base=2.2250738585e-313, max=1.0, multiplier=10.0, jitter="none")
+        assert math.isclose(2.2250738585e-4, b.delay(309), rel_tol=1e-9)
+        assert 1.0 == b.delay(400)
 
     def test_linear_and_constant(self):
         """Linear grows by base each retry, constant stays put."""

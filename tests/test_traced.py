@@ -314,7 +314,9 @@ class TestPolicy:
 
     def test_from_dict(self):
         """from_dict builds a policy and rejects unknown keys."""
-        assert TracedPolicy(name="x", log=False) == TracedPolicy.from_dict({"name": "x", "log": False})
+        assert TracedPolicy(name="x", log=False) == TracedPolicy.from_dict(
+            {"name": "x", "log": False}
+        )
         with pytest.raises(ValueError, match="nope"):
             TracedPolicy.from_dict({"nope": 1})
 

@@ -54,19 +54,24 @@ _MAX_DEPTH = 8
 class _Names:
     """The sensitive names; the tuple is swapped whole under a lock, read without one."""
 
-    __slots__ = ("_lock", "names")
+    __slots__ = ("_lock", "names", "verdicts")
 
     def __init__(self) -> None:
-        self.names: tuple[str, ...] = tuple(sorted(DEFAULT_SENSITIVE))
         self._lock = threading.Lock()
+        self._set(DEFAULT_SENSITIVE)
+
+    def _set(self, names: Iterable[str]) -> None:
+        self.names: tuple[str, ...] = tuple(sorted(set(names)))
+        #: key -> sensitive?, for the default names only; keys repeat, so this saves the scan.
+        self.verdicts: dict[str, bool] = {}
 
     def add(self, names: Iterable[str]) -> None:
         with self._lock:
-            self.names = tuple(sorted({*self.names, *names}))
+            self._set({*self.names, *names})
 
     def reset(self) -> None:
         with self._lock:
-            self.names = tuple(sorted(DEFAULT_SENSITIVE))
+            self._set(DEFAULT_SENSITIVE)
 
 
 _names = _Names()
@@ -109,10 +114,14 @@ def is_sensitive(key: object, extra: Iterable[str] = ()) -> bool:
     """
     if not isinstance(key, str):
         return False
-    lowered = key.lower()
-    return any(name in lowered for name in _names.names) or any(
-        name.lower() in lowered for name in extra
-    )
+    verdicts = _names.verdicts
+    verdict = verdicts.get(key)
+    if verdict is None:
+        lowered = key.lower()
+        verdict = any(name in lowered for name in _names.names)
+        if len(verdicts) < 4096:
+            verdicts[key] = verdict
+    return verdict or (bool(extra) and any(name.lower() in key.lower() for name in extra))
 
 
 def redact(data: Mapping[str, Any], sensitive: Iterable[str] = ()) -> dict[str, Any]:

@@ -124,7 +124,8 @@ class Batch:
         process_id: A uuid made once per process (again after a fork).
         events: JSON-ready event dicts (``event``, ``event_id``, ``event_session_index``,
             ``severity``, ``timestamp`` and the type's own fields).
-        dropped: Events lost to a full queue since the previous batch.
+        dropped: Events lost to a full queue since the previous batch (also reported as a
+            last ``resilience.telemetry.dropped`` event with ``{"count": dropped}``).
         platform: ``platform.system()``.
         sdk_version: This package's version.
 
@@ -451,11 +452,21 @@ class Reporter:
 
     def _take(self, everything: bool) -> Batch | None:
         with self._cond:
-            if not self._queue or (not everything and len(self._queue) < self.batch_size):
+            dropped = self._dropped_unreported
+            if not (self._queue or (everything and dropped)):
+                return None
+            if not everything and len(self._queue) < self.batch_size:
                 return None
             count = min(self.batch_size, len(self._queue))
             events = tuple(self._queue.popleft() for _ in range(count))
-            dropped, self._dropped_unreported = self._dropped_unreported, 0
+            self._dropped_unreported = 0
+        if dropped:  # reported in band too, so a backend that only reads events sees it
+            notice = self._event(
+                "GENERIC_EVENT",
+                "WARNING",
+                {"event_name": "resilience.telemetry.dropped", "event_data": {"count": dropped}},
+            )
+            events = (*events, notice)
         return Batch(self.session_id, _process_id(), events, dropped)
 
     def _send(self, batch: Batch) -> None:

@@ -9,12 +9,13 @@ strings of the sizes OpenTelemetry uses (32 digits for a trace, 16 for a span).
 
 from __future__ import annotations
 
+import itertools
+import os
 import random
 import time
 
 from contextvars import ContextVar, Token
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from resilience import _clock
 
@@ -22,12 +23,29 @@ from resilience import _clock
 __all__ = ["Span", "current_span", "enter_span", "exit_span", "new_span", "now_ns"]
 
 _random = random.Random()  # ids, not secrets: a private generator that users' seeds leave alone
+# Ids are a random per-process salt XOR a counter: unique within the process, random-looking
+# across processes, and about ten times cheaper than drawing 192 random bits per call.
+_ids = [(_random.getrandbits(64), _random.getrandbits(64), itertools.count(1))]
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+def _reseed() -> None:
+    """After a fork: fresh salts, so parent and child never make the same ids."""
+    _random.seed()
+    _ids[0] = (_random.getrandbits(64), _random.getrandbits(64), _ids[0][2])
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
+def _next_ids() -> tuple[int, int]:
+    salt, trace_salt, counter = _ids[0]
+    n = next(counter)
+    return n ^ salt, n ^ trace_salt
+
+
+class Span(NamedTuple):
     """
-    One traced call's identity.
+    One traced call's identity (a named tuple: built on every traced call, it must be cheap).
 
     Attributes:
         name: What was traced (the ``@traced`` name or the ``measure`` name).
@@ -37,8 +55,6 @@ class Span:
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience.telemetry"
 
     name: str
     trace_id: str
@@ -65,9 +81,10 @@ def current_span() -> Span | None:
 def new_span(name: str) -> Span:
     """Return a child of the current span (or a new root) without entering it."""
     parent = _current.get()
-    span_id = f"{_random.getrandbits(64):016x}"
+    own, trace = _next_ids()
+    span_id = f"{own:016x}"
     if parent is None:
-        return Span(name, f"{_random.getrandbits(128):032x}", span_id, None)
+        return Span(name, f"{trace:016x}{own:016x}", span_id, None)
     return Span(name, parent.trace_id, span_id, parent.span_id)
 
 

@@ -22,11 +22,31 @@ from resilience.telemetry._switch import switch
 __all__ = ["LEVELS", "attach_structlog", "log_event", "logger"]
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+_NUMERIC = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 #: Keys structlog itself uses; an event's own keys of these names get a trailing underscore.
 _RESERVED = frozenset({"event", "level", "logger", "timestamp", "exc_info"})
 
 logger = structlog.get_logger("resilience")
+
+# A bound logger per structlog configuration: the lazy proxy would re-bind on every line,
+# and a filtered level lets us skip redaction entirely.
+_cache: list[tuple[tuple[object, ...], Any]] = [((), None)]
+
+
+def _bound() -> Any:
+    config = structlog.get_config()
+    key = (
+        id(config["processors"]),
+        config["wrapper_class"],
+        config["logger_factory"],
+        config["context_class"],
+    )
+    cached_key, bound = _cache[0]
+    if cached_key != key or bound is None:
+        bound = logger.bind()
+        _cache[0] = (key, bound)
+    return bound
 
 
 def _fields(measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,7 +70,11 @@ def log_event(
     """
     if not switch.enabled:
         return
-    getattr(logger, level)(name, **_fields(measurements or {}, metadata or {}))
+    bound = _bound()
+    enabled_for = getattr(bound, "is_enabled_for", None)
+    if enabled_for is not None and not enabled_for(_NUMERIC[level]):
+        return
+    getattr(bound, level)(name, **_fields(measurements or {}, metadata or {}))
 
 
 def _level_for(name: str, default: str) -> str:

@@ -84,7 +84,11 @@ class TestBus:
             for _ in range(500):
                 emit("resilience.t")
 
-        threads = [threading.Thread(target=churn), threading.Thread(target=fire), threading.Thread(target=fire)]
+        threads = [
+            threading.Thread(target=churn),
+            threading.Thread(target=fire),
+            threading.Thread(target=fire),
+        ]
         for t in threads:
             t.start()
         for t in threads:
