@@ -160,7 +160,10 @@ class _RetryCall:
             self.server_delay = True
             return min(float(server), cast("float", policy.retry_after_cap))
         self.server_delay = False
-        delay = policy.backoff._next(self.retry, self.previous, random.random())
+        backoff = policy.backoff
+        if backoff.base == 0.0:  # every strategy and jitter gives 0: skip the draw
+            return 0.0
+        delay = backoff._next(self.retry, self.previous, random.random())
         self.previous = delay
         return delay
 
@@ -425,7 +428,7 @@ class RetryLayer(Layer):
         timed = policy.timeout is not None
         progress = self.progress
         clock_of = self._clock
-        attempt = self._attempt_async
+        attempt = self._timed(call_next)
 
         async def general(
             wrapped: Callable[..., Any],
@@ -437,7 +440,7 @@ class RetryLayer(Layer):
                 return await _retrying.run_observed_async(observed, wrapped, instance, args, kwargs)
             started = clock_of().monotonic() if timed else None
             try:
-                result = await attempt(call_next, wrapped, instance, args, kwargs)
+                result = await attempt(wrapped, instance, args, kwargs)
             except Exception as exc:
                 if not retryable(exc):
                     raise
@@ -454,24 +457,28 @@ class RetryLayer(Layer):
 
         return general
 
-    async def _attempt_async(
-        self,
-        call_next: Runner,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
+    def _timed(self, call_next: Runner) -> Runner:
+        """*call_next* bounded by ``attempt_timeout`` (itself when there is none)."""
         limit = cast("float | None", self.policy.attempt_timeout)
         if limit is None:
-            return await call_next(wrapped, instance, args, kwargs)
-        try:
-            async with asyncio.timeout(limit) as scope:
-                return await call_next(wrapped, instance, args, kwargs)
-        except TimeoutError as exc:
-            if scope.expired():
-                raise AttemptTimeoutError(self.name, limit) from exc
-            raise
+            return call_next
+        name = self.name
+
+        async def timed(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            try:
+                async with asyncio.timeout(limit) as scope:
+                    return await call_next(wrapped, instance, args, kwargs)
+            except TimeoutError as exc:
+                if scope.expired():
+                    raise AttemptTimeoutError(name, limit) from exc
+                raise
+
+        return timed
 
     async def _retry_async(
         self,
@@ -486,6 +493,7 @@ class RetryLayer(Layer):
     ) -> Any:
         retryable = self.retryable
         on_result = self.policy.on_result
+        attempt = self._timed(call_next)
         clock, call, now = self._start(started)
         try:
             while True:
@@ -497,7 +505,7 @@ class RetryLayer(Layer):
                 if delay > 0.0:
                     await call.asleep(clock, delay)
                 try:
-                    result = await self._attempt_async(call_next, wrapped, instance, args, kwargs)
+                    result = await attempt(wrapped, instance, args, kwargs)
                 except Exception as exc:
                     if not retryable(exc):
                         raise

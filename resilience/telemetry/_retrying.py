@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
 from typing import Any
 
@@ -180,7 +180,7 @@ class RetryProgress:
         self.completed = 0
         self.failures = 0
         self.last_report: float | None = None
-        self._errors: dict[str, int] = {}
+        self._errors: dict[Hashable, list[Any]] = {}  # key -> [count, exemplar outcome]
         self._lock = threading.Lock()
 
     def enter(self, now: float) -> None:
@@ -192,12 +192,27 @@ class RetryProgress:
 
     def failed(self, outcome: object, now: float) -> None:
         """Count a failed attempt's outcome, then report if a line is due."""
-        key = describe(outcome)
+        # Group by type and arguments, keeping one exemplar: the text is built only when
+        # a line is reported, not on every failure (this runs on every failed attempt).
+        key: Hashable
+        if isinstance(outcome, BaseException):
+            try:
+                key = (type(outcome), outcome.args)
+                hash(key)
+            except TypeError:  # unhashable arguments
+                key = describe(outcome)
+        else:
+            key = describe(outcome)
         with self._lock:
             errors = self._errors
-            if key not in errors and len(errors) >= _MAX_KINDS:
-                key = "other"
-            errors[key] = errors.get(key, 0) + 1
+            entry = errors.get(key)
+            if entry is not None:
+                entry[0] += 1
+            elif len(errors) < _MAX_KINDS:
+                errors[key] = [1, outcome]
+            else:
+                other = errors.setdefault("other", [0, None])
+                other[0] += 1
             self.failures += 1
         self.report_if_due(now)
 
@@ -223,6 +238,9 @@ class RetryProgress:
 
     def report_if_due(self, now: float) -> bool:
         """Emit and log one progress line if *interval* seconds passed since the last one."""
+        last = self.last_report  # unlocked first look: most calls are not due
+        if last is not None and now - last < self.interval:
+            return False
         with self._lock:
             last = self.last_report
             if last is not None and now - last < self.interval:
@@ -234,8 +252,13 @@ class RetryProgress:
                 "completed": self.completed,
                 "failures": self.failures,
             }
-            errors = sorted(self._errors.items(), key=lambda item: (-item[1], item[0]))
+            grouped = self._errors
             self._errors = {}
+        texts: dict[str, int] = {}
+        for count, exemplar in grouped.values():
+            text = "other" if exemplar is None else describe(exemplar)
+            texts[text] = texts.get(text, 0) + count
+        errors = sorted(texts.items(), key=lambda item: (-item[1], item[0]))
         metadata = {"name": self.name, "errors": errors}
         emit("resilience.retry.progress", counts, metadata)
         log_event("resilience.retry.progress", counts, metadata)
