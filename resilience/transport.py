@@ -1,0 +1,185 @@
+"""
+Resilient httpx transports: one stack of our policies applied to every request of a client.
+
+    import httpx
+    from resilience.transport import ResilientTransport
+
+    client = httpx.Client(transport=ResilientTransport())      # the Tinker SDK's rules
+    async_client = httpx.AsyncClient(transport=AsyncResilientTransport())
+
+Each request goes through the stack (by default ``resilience.presets.tinker()``), built once
+per origin (scheme, host and port), so every upstream gets its own circuit breaker and rate
+budget when the stack's policies leave names and keys unset. A response carrying a server
+delay (a 429 or 503 with Retry-After) opens the shared backoff window of its key, the origin
+plus a digest of the API key (as Tinkex keys its limiter): every request of every client with
+that key waits the window out before it is sent. Error responses are read in full before a
+retry, so their connections go back to the pool and the last one can still be inspected.
+
+Needs httpx (``pip install 'resilience[http]'``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from resilience._compose import Stack, _as_stack
+from resilience._window import backoff_window
+from resilience.http import server_delay
+from resilience.presets import tinker
+
+
+__all__ = ["AsyncResilientTransport", "ResilientTransport", "window_key"]
+
+_KEY_HEADERS = ("authorization", "x-api-key", "api-key")
+
+
+def window_key(url: httpx.URL, headers: httpx.Headers | Mapping[str, str] | None = None) -> str:
+    """
+    The backoff-window key of a request: its origin plus a digest of its API key.
+
+    The origin is lower-cased and drops default ports, so ``https://API.example.com:443/v1``
+    and ``https://api.example.com`` share one window. The API key (``Authorization``,
+    ``X-API-Key`` or ``Api-Key``) is never kept in the key, only a short SHA-256 digest.
+    """
+    origin = _origin(url)
+    secret = None
+    if headers is not None:
+        lowered = {name.lower(): value for name, value in headers.items()}
+        secret = next((lowered[name] for name in _KEY_HEADERS if name in lowered), None)
+    if not secret:
+        return origin
+    digest = hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return f"{origin}#{digest}"
+
+
+def _origin(url: httpx.URL) -> str:
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    port = "" if url.port in (None, default) else f":{url.port}"
+    return f"{url.scheme}://{url.host.lower()}{port}"
+
+
+def _named(stack: Stack, origin: str) -> Stack:
+    """The stack with unset breaker names and limiter/pool keys taken from *origin*."""
+    changes: dict[str, Any] = {}
+    if stack.circuit_breaker is not None and stack.circuit_breaker.name is None:
+        changes["circuit_breaker"] = replace(stack.circuit_breaker, name=f"http {origin}")
+    if stack.rate_limited is not None and stack.rate_limited.key is None:
+        changes["rate_limited"] = replace(stack.rate_limited, key=f"http {origin}")
+    if stack.bounded is not None and stack.bounded.key is None:
+        changes["bounded"] = replace(stack.bounded, key=f"http {origin}")
+    return replace(stack, **changes) if changes else stack
+
+
+class _PerOrigin:
+    """The decorated senders of one transport, one per origin, made on first use."""
+
+    def __init__(self, stack: Stack, make: Callable[[Stack], Callable[..., Any]]) -> None:
+        self._stack = stack
+        self._make = make
+        self._senders: dict[str, Callable[..., Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, url: httpx.URL) -> Callable[..., Any]:
+        origin = _origin(url)
+        sender = self._senders.get(origin)
+        if sender is None:
+            with self._lock:
+                sender = self._senders.get(origin)
+                if sender is None:
+                    sender = self._senders[origin] = self._make(_named(self._stack, origin))
+        return sender
+
+
+class ResilientTransport(httpx.BaseTransport):
+    """
+    A sync httpx transport that sends each request through a resilience stack.
+
+    Args:
+        stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
+        transport: The transport that really sends (default ``httpx.HTTPTransport()``).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        stack: Stack | Mapping[str, Any] | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._inner = transport if transport is not None else httpx.HTTPTransport()
+        self.stack = tinker() if stack is None else _as_stack(stack)
+        self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send *request* through the stack."""
+        response: httpx.Response = self._senders.get(request.url)(request)
+        return response
+
+    def _send_once(self, request: httpx.Request) -> httpx.Response:
+        window = backoff_window(window_key(request.url, request.headers))
+        if window.remaining() > 0.0:
+            window.wait()
+        response = self._inner.handle_request(request)
+        if response.status_code >= 400:
+            response.read()  # frees the connection; the body stays readable
+            response.close()
+            delay = server_delay(response)
+            if delay is not None and delay > 0.0:
+                window.set(delay, reason=f"HTTP {response.status_code}")
+        return response
+
+    def close(self) -> None:
+        """Close the inner transport."""
+        self._inner.close()
+
+
+class AsyncResilientTransport(httpx.AsyncBaseTransport):
+    """
+    An async httpx transport that sends each request through a resilience stack.
+
+    Args:
+        stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
+        transport: The transport that really sends (default ``httpx.AsyncHTTPTransport()``).
+
+    .. versionadded:: 0.1.0
+    """
+
+    def __init__(
+        self,
+        stack: Stack | Mapping[str, Any] | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
+        self.stack = tinker() if stack is None else _as_stack(stack)
+        self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send *request* through the stack."""
+        response: httpx.Response = await self._senders.get(request.url)(request)
+        return response
+
+    async def _send_once(self, request: httpx.Request) -> httpx.Response:
+        window = backoff_window(window_key(request.url, request.headers))
+        if window.remaining() > 0.0:
+            await window.wait_async()
+        response = await self._inner.handle_async_request(request)
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+            delay = server_delay(response)
+            if delay is not None and delay > 0.0:
+                window.set(delay, reason=f"HTTP {response.status_code}")
+        return response
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        await self._inner.aclose()
