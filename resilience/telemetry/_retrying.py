@@ -43,7 +43,8 @@ _attempt: ContextVar[list[int] | None] = ContextVar("resilience_retry_attempt", 
 def describe(outcome: object) -> str:
     """One short line for an outcome: ``"Type: message"`` for errors, the repr for results."""
     if isinstance(outcome, BaseException):
-        return f"{type(outcome).__name__}: {str(outcome) or 'No error message'}"
+        lines = str(outcome).splitlines()
+        return f"{type(outcome).__name__}: {lines[0] if lines else 'No error message'}"
     text = repr(outcome)
     return f"result {text[:80]}..." if len(text) > 80 else f"result {text}"
 

@@ -54,7 +54,22 @@ def _fields(measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> d
     fields.update(measurements)
     for key in _RESERVED.intersection(fields):
         fields[f"{key}_"] = fields.pop(key)
+    for key, value in fields.items():
+        # structlog's renderers treat exception objects (and the "exception" key) as
+        # tracebacks to format; an event's outcome is context, so log it as one short line.
+        if isinstance(value, BaseException):
+            fields[key] = _one_line(value)
+    if "exception" in fields:
+        fields["error"] = fields.pop("exception")
     return fields
+
+
+def _one_line(exc: BaseException, limit: int = 120) -> str:
+    lines = str(exc).splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def log_event(
