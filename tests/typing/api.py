@@ -12,7 +12,19 @@ from typing import assert_type
 
 import resilience
 
-from resilience import Backoff, RetryPolicy, parse_retry_after, retry
+from resilience import (
+    Backoff,
+    BoundedPolicy,
+    CircuitBreakerPolicy,
+    RetryPolicy,
+    Stack,
+    bounded,
+    circuit_breaker,
+    parse_retry_after,
+    rate_limited,
+    retry,
+    traced,
+)
 
 
 @retry
@@ -38,6 +50,50 @@ def generator(n: int) -> Iterator[int]:
 @retry(attempt_timeout=1.0)
 async def async_generator(n: int) -> AsyncIterator[int]:
     yield n
+
+
+@circuit_breaker
+def breaker_bare(a: int) -> str:
+    return str(a)
+
+
+@circuit_breaker(CircuitBreakerPolicy(name="typed", failure_threshold=2))
+async def breaker_async(a: int) -> int:
+    return a
+
+
+@rate_limited(rate=10, per=1.0)
+def limited(a: int, *, b: str) -> bytes:
+    return b""
+
+
+@bounded(BoundedPolicy(limit=3))
+async def permit(a: int) -> float:
+    return 1.0
+
+
+@traced
+def traced_bare(a: int) -> int:
+    return a
+
+
+@traced("named")
+async def traced_named() -> str:
+    return ""
+
+
+@traced("outer")
+@retry(attempts=2)
+@circuit_breaker(name="stacked")
+@rate_limited(rate=5)
+@bounded(limit=2)
+async def stacked(a: int, b: str = "") -> list[int]:
+    return [a]
+
+
+@Stack(retry=RetryPolicy(), bounded=BoundedPolicy(limit=1))
+def via_stack(a: int) -> tuple[int, str]:
+    return (a, "")
 
 
 class Service:
@@ -77,6 +133,14 @@ async def check() -> None:
     assert_type(Service.klass_below(1), str)
     assert_type(Service.static(1), int)
     assert_type(await Service().amethod(), None)
+    assert_type(breaker_bare(1), str)
+    assert_type(await breaker_async(1), int)
+    assert_type(limited(1, b="x"), bytes)
+    assert_type(await permit(1), float)
+    assert_type(traced_bare(1), int)
+    assert_type(await traced_named(), str)
+    assert_type(await stacked(1, b="x"), list[int])
+    assert_type(via_stack(1), tuple[int, str])
     assert_type(parse_retry_after({"retry-after": "1"}), float | None)
     assert_type(Backoff().delay(0), float)
     assert_type(Backoff().bounds(0), tuple[float, float])
