@@ -177,6 +177,11 @@ async def run(base: str) -> Counter[str]:
     return seen
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many concurrent connects: the default backlog of 5 drops SYNs
+
+
 def main() -> int:
     structlog.configure(
         processors=[
@@ -185,8 +190,7 @@ def main() -> int:
             structlog.dev.ConsoleRenderer(colors=False),
         ]
     )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyUpstream)
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", 0), FlakyUpstream)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     print(f"flaky upstream on {base}")

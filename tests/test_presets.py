@@ -5,6 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from resilience import Backoff, layers_of
 from resilience.presets import tinker, tinker_delay, tinker_retry_handler
 
@@ -125,3 +128,28 @@ def test_delay_window_rule():
         tinker_delay(R("60.5")),
         tinker_delay(R("0")),
     )
+
+
+class TestTinkerFormula:
+    """The preset's schedule against the SDK's formula (seed notes §1A), for any draw."""
+
+    @staticmethod
+    def sdk_delay(retries_taken: int, r: float) -> float:
+        """_calculate_retry_timeout without a server hint, as the SDK writes it."""
+        n = min(retries_taken, 1000)
+        sleep = min(0.5 * pow(2.0, n), 10.0)
+        return max(0.0, sleep * (1 - 0.25 * r))
+
+    @given(retries_taken=st.integers(0, 10**6), r=st.floats(0.0, 1.0, exclude_max=True))
+    def test_http_layer_schedule(self, retries_taken, r):
+        """Backoff(0.5, 10, factor 0.25).delay(n, r) equals the SDK's delay for n retries taken."""
+        backoff = tinker().retry.backoff
+        assert self.sdk_delay(retries_taken, r) == backoff.delay(retries_taken, r)
+
+    @given(attempt=st.integers(0, 10**6), r=st.floats(0.0, 1.0, exclude_max=True))
+    def test_retry_handler_schedule(self, attempt, r):
+        """The RetryHandler preset matches _calculate_retry_delay's symmetric ±25% jitter."""
+        delay = min(0.5 * 2**attempt, 10.0) if attempt < 64 else 10.0
+        sdk = max(0.0, min(delay + delay * 0.25 * (2 * r - 1), 10.0))
+        ours = tinker_retry_handler().retry.backoff.delay(attempt, r)
+        assert ours == pytest.approx(sdk, rel=1e-12, abs=1e-12)
