@@ -65,6 +65,8 @@ class Plan:
     scenarios: list[tuple[str, Scenario]] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: ``reports()`` of the selected modules: extra markdown sections (accuracy tables...).
+    reports: list[tuple[str, Any]] = field(default_factory=list)
 
 
 def _error_text(exc: BaseException) -> str:
@@ -93,6 +95,8 @@ def discover(only: Sequence[str]) -> Plan:
         ]
         if module_selected or kept:
             plan.skipped.extend(f"`{name}`: {note}" for note in notes)
+        if module_selected and hasattr(module, "reports"):
+            plan.reports.append((name, module.reports))
         plan.scenarios.extend((name, s) for s in kept)
         plan.targets.extend(targets)
     return plan
@@ -328,6 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 plan.skipped.append(f"`{module}`: scenario {scenario.title!r} crashed the harness")
     finally:
         close_event_loop()
+    sections = []
+    for module, make in plan.reports:
+        print(f"[{time.perf_counter() - started:5.1f}s] {module}: extra report", file=sys.stderr)
+        try:
+            sections.extend(make())
+        except Exception as exc:
+            plan.skipped.append(f"`{module}`: report failed ({_error_text(exc)})")
     verdicts = evaluate(plan.targets, outcomes)
     text = report(
         outcomes,
@@ -340,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         target_time,
         time.perf_counter() - started,
     )
+    if sections:
+        text = text.rstrip("\n") + "\n\n" + "\n\n".join(sections) + "\n"
     print(text)
     output = args.output
     if output is None and not (args.quick or args.only or args.repeats or args.target_time):

@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypedDict, TypeVar, 
 
 from resilience import _clock, _config
 from resilience._decorating import Decorator, Kind, Layer, Runner, is_target, policy_from
-from resilience._errors import BoundedTimeoutError
+from resilience._errors import BoundedTimeoutError, StoreUnavailableError
 from resilience._policies import BoundedPolicy
 from resilience._rate import EPOCH
 from resilience.stores._memory import DEFAULT_STORE, MemoryStore
+from resilience.stores._redis import RedisStore, store_unavailable
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -65,6 +66,12 @@ class PoolBackend(Protocol):
     def available(self) -> int:
         """Return the free units now."""
 
+    async def atry_acquire(self, weight: int, timeout: float | None = None) -> bool:
+        """The async twin of ``try_acquire``; *timeout* (seconds) may bound a remote round trip."""
+
+    async def arelease(self, weight: int) -> None:
+        """The async twin of ``release``."""
+
 
 class MemoryPoolBackend:
     """A pool in this process: a counter under a lock."""
@@ -92,6 +99,16 @@ class MemoryPoolBackend:
     def available(self) -> int:
         """Return the free units now."""
         return self.limit - self.used
+
+    # Async twins for the protocol; the layer calls the sync methods of a memory pool
+    # directly (they never block), so these cost nothing on its hot path.
+    async def atry_acquire(self, weight: int, timeout: float | None = None) -> bool:
+        """The async twin of ``try_acquire`` (no I/O: the same call)."""
+        return self.try_acquire(weight)
+
+    async def arelease(self, weight: int) -> None:
+        """The async twin of ``release`` (no I/O: the same call)."""
+        self.release(weight)
 
 
 class _Waiter:
@@ -143,6 +160,10 @@ class PermitQueue:
         if self.waiters:
             with self._lock:
                 self._dispatch()
+
+    async def arelease(self, weight: int) -> None:
+        """The async twin of ``release`` (a remote store's queue gives back without blocking)."""
+        self.release(weight)
 
     def _dispatch(self) -> None:
         """Grant the head of the queue while its weight fits (the lock is held)."""
@@ -213,6 +234,10 @@ class PermitQueue:
         """Suspend the task until *weight* units are granted; False after *timeout* seconds."""
         if self.try_acquire(weight):
             return True
+        return await self._queue_async(weight, timeout, clock)
+
+    async def _queue_async(self, weight: int, timeout: float | None, clock: Clock) -> bool:
+        """Join the queue and suspend until granted; False after *timeout* seconds."""
         if timeout == 0.0:
             return False
         loop = asyncio.get_running_loop()
@@ -253,8 +278,22 @@ def _permit_queue(key: str, backend: PoolBackend, store: Any) -> PermitQueue:
     return PermitQueue(backend)
 
 
+def _redis_pool(key: str, policy: BoundedPolicy, store: Any) -> PoolBackend:
+    from resilience.stores._redis_pool import redis_pool_backend  # noqa: PLC0415 - circular
+
+    return redis_pool_backend(key, policy, store)
+
+
+def _redis_permit_queue(key: str, backend: PoolBackend, store: Any) -> PermitQueue:
+    from resilience.stores._redis_pool import redis_permit_queue  # noqa: PLC0415 - circular
+
+    return redis_permit_queue(key, backend, store)
+
+
 MemoryStore.register("pool", _memory_pool)
 MemoryStore.register("pool.queue", _permit_queue)
+RedisStore.register("pool", _redis_pool)
+RedisStore.register("pool.queue", _redis_permit_queue)
 
 
 class BoundedFields(TypedDict, total=False):
@@ -266,13 +305,14 @@ class BoundedFields(TypedDict, total=False):
     timeout: float | timedelta | None
     store: Any
     clock: Clock | None
+    fail_open: bool
 
 
 class BoundedLayer(Layer):
     """``@bounded``'s layer: take permits before the call, give them back after it."""
 
     decorator = "bounded"
-    __slots__ = ("_epoch", "_queue", "key", "timeout")
+    __slots__ = ("_epoch", "_queue", "_remote", "key", "timeout")
     policy: BoundedPolicy
 
     def __init__(self, policy: BoundedPolicy) -> None:
@@ -280,6 +320,7 @@ class BoundedLayer(Layer):
         self.key = ""
         self.timeout: float | None = policy.timeout  # type: ignore[assignment]
         self._epoch = -1
+        self._remote = False
 
     def bind(self, kind: Kind, qualname: str) -> None:
         self.name = qualname
@@ -306,6 +347,9 @@ class BoundedLayer(Layer):
             )
             raise ValueError(msg)
         self._queue = queue
+        # Memory pools never block: the runners call them inline; others go through
+        # ``_run_remote``/``_arun_remote`` (async twins, store-unavailable handling).
+        self._remote = not isinstance(queue.backend, MemoryPoolBackend)
         self._epoch = EPOCH.n
         return queue
 
@@ -345,6 +389,65 @@ class BoundedLayer(Layer):
         got = await queue.acquire_async(self.policy.weight, self.timeout, clock)
         self._waited(queue, got, started, clock)
 
+    # -- a remote store (Redis) ----------------------------------------------------------
+
+    def _unavailable(self, error: StoreUnavailableError) -> None:
+        """The store is unreachable: raise, or (fail-open) say so and run without permits."""
+        store_unavailable(error, decorator="bounded", fail_open=self.policy.fail_open)
+
+    def _release_failed(self, error: StoreUnavailableError) -> None:
+        """A release did not reach the store: its lease expires by itself; never mask the call."""
+        with contextlib.suppress(StoreUnavailableError):
+            self._unavailable(error)
+
+    def _run_remote(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        weight = self.policy.weight
+        try:
+            if queue.waiters or not queue.backend.try_acquire(weight):
+                self._wait_sync(queue)
+        except StoreUnavailableError as error:
+            self._unavailable(error)
+            return call_next(wrapped, instance, args, kwargs)
+        try:
+            return call_next(wrapped, instance, args, kwargs)
+        finally:
+            try:
+                queue.release(weight)
+            except StoreUnavailableError as error:
+                self._release_failed(error)
+
+    async def _arun_remote(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        weight = self.policy.weight
+        try:
+            if queue.waiters or not await queue.backend.atry_acquire(weight, self.timeout or None):
+                await self._wait_async(queue)
+        except StoreUnavailableError as error:
+            self._unavailable(error)
+            return await call_next(wrapped, instance, args, kwargs)
+        try:
+            return await call_next(wrapped, instance, args, kwargs)
+        finally:
+            try:
+                await queue.arelease(weight)
+            except StoreUnavailableError as error:
+                self._release_failed(error)
+
     def build_sync(self, call_next: Runner) -> Runner:
         layer = self
         switches = _config.state
@@ -360,6 +463,8 @@ class BoundedLayer(Layer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            if layer._remote:
+                return layer._run_remote(queue, call_next, wrapped, instance, args, kwargs)
             if queue.waiters or not queue.backend.try_acquire(weight):
                 layer._wait_sync(queue)
             try:
@@ -384,6 +489,8 @@ class BoundedLayer(Layer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            if layer._remote:
+                return await layer._arun_remote(queue, call_next, wrapped, instance, args, kwargs)
             if queue.waiters or not queue.backend.try_acquire(weight):
                 await layer._wait_async(queue)
             try:

@@ -46,10 +46,11 @@ from resilience._decorating import (
     policy_from,
     terminal,
 )
-from resilience._errors import CircuitOpenError
+from resilience._errors import CircuitOpenError, StoreUnavailableError
 from resilience._fallback import Fallback
 from resilience._policies import CircuitBreakerPolicy
 from resilience.stores._memory import DEFAULT_STORE, MemoryStore
+from resilience.stores._redis import RedisStore, store_unavailable
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -89,6 +90,7 @@ FAILURE: Final = 1
 IGNORED: Final = 2  # an exception not matching `on`, or a cancellation: gives a probe slot back
 
 REFUSED: Final = -1
+UNGUARDED: Final = -2  # the store was unreachable and the policy fails open: record nothing
 TIME_BUCKETS: Final = 10
 
 
@@ -227,7 +229,11 @@ class BreakerBackend(Protocol):
     ``admit()`` would return ``ADMITTED`` (a backend that cannot know keeps it False).
     ``dirty``: False only if recording a success for ticket 0 would change nothing (keep it
     True if unsure). ``retired``: True once the store dropped this backend; the decorator
-    then fetches a new one.
+    then fetches a new one. A backend whose ``closed`` can be True must record cheaply and
+    synchronously: the decorator's closed fast path calls ``record`` from async drivers too.
+
+    Async drivers call the twins ``aadmit``/``arecord``, so a networked store does not
+    block the event loop. A store that cannot be reached raises ``StoreUnavailableError``.
     """
 
     name: str
@@ -241,6 +247,12 @@ class BreakerBackend(Protocol):
 
     def record(self, ticket: int, outcome: int) -> Transition | None:
         """Apply a call's outcome (``SUCCESS``, ``FAILURE``, ``IGNORED``); return any change."""
+
+    async def aadmit(self) -> Admission:
+        """The async twin of ``admit``."""
+
+    async def arecord(self, ticket: int, outcome: int) -> Transition | None:
+        """The async twin of ``record``."""
 
     def reset(self) -> Transition | None:
         """Close the breaker and clear its counts; return the change, if any."""
@@ -424,6 +436,14 @@ class MemoryBreaker:
         with self._lock:
             return self._record(ticket, outcome, now)
 
+    async def aadmit(self) -> Admission:
+        """The async twin of ``admit`` (memory never waits, so it is the same step)."""
+        return self.admit()
+
+    async def arecord(self, ticket: int, outcome: int) -> Transition | None:
+        """The async twin of ``record`` (memory never waits, so it is the same step)."""
+        return self.record(ticket, outcome)
+
     def reset(self) -> Transition | None:
         """Close the breaker and clear its counts (the totals since creation stay)."""
         now = self._time().monotonic()
@@ -588,6 +608,22 @@ def _memory_factory(key: str, policy: Any, store: Any) -> MemoryBreaker:
 
 
 MemoryStore.register("breaker", _memory_factory)
+
+
+def _redis_factory(key: str, policy: Any, store: Any) -> BreakerBackend:
+    from resilience.stores._redis_breaker import RedisBreaker  # noqa: PLC0415 - circular
+
+    return RedisBreaker(key, policy, store)
+
+
+def _redis_loader(key: str, store: Any) -> BreakerBackend | None:
+    from resilience.stores._redis_breaker import RedisBreaker  # noqa: PLC0415 - circular
+
+    return RedisBreaker.load(key, store)
+
+
+RedisStore.register("breaker", _redis_factory)
+RedisStore.register_loader("breaker", _redis_loader)
 
 # -- the registry -----------------------------------------------------------------------------
 
@@ -771,7 +807,23 @@ class BreakerLayer(Layer):
 
     def _admit(self, backend: BreakerBackend) -> int | CircuitOpenError:
         """Return the call's ticket, or the error that refuses it."""
-        admission = backend.admit()
+        try:
+            admission = backend.admit()
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="circuit_breaker", fail_open=self.policy.fail_open)
+            return UNGUARDED
+        return self._admitted(admission)
+
+    async def _aadmit(self, backend: BreakerBackend) -> int | CircuitOpenError:
+        """The async twin of ``_admit``."""
+        try:
+            admission = await backend.aadmit()
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="circuit_breaker", fail_open=self.policy.fail_open)
+            return UNGUARDED
+        return self._admitted(admission)
+
+    def _admitted(self, admission: Admission) -> int | CircuitOpenError:
         if admission.transition is not None:
             _announce(admission.transition)
         if admission.ticket >= 0:
@@ -793,43 +845,93 @@ class BreakerLayer(Layer):
         return error
 
     def _record(self, backend: BreakerBackend, ticket: int, outcome: int) -> None:
-        transition = backend.record(ticket, outcome)
+        # The call has run: a store that cannot take its outcome is reported, never raised,
+        # so the caller gets the call's own result or exception in either fail mode.
+        if ticket == UNGUARDED:
+            return
+        try:
+            transition = backend.record(ticket, outcome)
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="circuit_breaker", fail_open=True)
+            return
         if transition is not None:
             _announce(transition)
 
-    def _after_exception(self, backend: BreakerBackend, exc: BaseException, ticket: int) -> bool:
-        """Record a raised exception; return whether the fallback answers for it."""
+    async def _arecord(self, backend: BreakerBackend, ticket: int, outcome: int) -> None:
+        if ticket == UNGUARDED:
+            return
+        try:
+            transition = await backend.arecord(ticket, outcome)
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="circuit_breaker", fail_open=True)
+            return
+        if transition is not None:
+            _announce(transition)
+
+    def _judge_exception(self, exc: BaseException) -> tuple[int, BaseException | None]:
+        """Return the outcome of a raised *exc*, and what the ``on`` predicate raised."""
         try:
             failed = self.is_failure(exc)
-        except BaseException:
-            if ticket:
-                self._record(backend, ticket, IGNORED)
-            raise
+        except BaseException as error:  # re-raised by the caller, after recording
+            return IGNORED, error
         if not failed or not _config.state.active:
-            if ticket:
-                self._record(backend, ticket, IGNORED)
-            return False
-        self._record(backend, ticket, FAILURE)
-        return self.fallback is not None
+            return IGNORED, None
+        return FAILURE, None
 
-    def _after_result(self, backend: BreakerBackend, result: Any, ticket: int) -> None:
-        """Record a returned value (a failure if ``on_result`` says so)."""
+    def _judge_result(self, result: Any) -> tuple[int, BaseException | None]:
+        """Return the outcome of a returned *result* (``SUCCESS``/``FAILURE``), or what ``on_result`` raised."""
         on_result = self.on_result
         outcome = SUCCESS
         if on_result is not None:
             try:
                 failed = on_result(result)
-            except BaseException:
-                if ticket:
-                    self._record(backend, ticket, IGNORED)
-                raise
+            except BaseException as error:  # re-raised by the caller, after recording
+                return IGNORED, error
             if failed:
                 outcome = FAILURE
+        return outcome, None
+
+    def _after_exception(self, backend: BreakerBackend, exc: BaseException, ticket: int) -> bool:
+        """Record a raised exception; return whether the fallback answers for it."""
+        outcome, error = self._judge_exception(exc)
+        if outcome == FAILURE or ticket:
+            self._record(backend, ticket, outcome)
+        if error is not None:
+            raise error
+        return outcome == FAILURE and self.fallback is not None
+
+    async def _aafter_exception(
+        self, backend: BreakerBackend, exc: BaseException, ticket: int
+    ) -> bool:
+        """The async twin of ``_after_exception``."""
+        outcome, error = self._judge_exception(exc)
+        if outcome == FAILURE or ticket:
+            await self._arecord(backend, ticket, outcome)
+        if error is not None:
+            raise error
+        return outcome == FAILURE and self.fallback is not None
+
+    def _after_result(self, backend: BreakerBackend, result: Any, ticket: int) -> None:
+        """Record a returned value (a failure if ``on_result`` says so)."""
+        outcome, error = self._judge_result(result)
+        if error is not None:
+            if ticket:
+                self._record(backend, ticket, IGNORED)
+            raise error
         if outcome == SUCCESS and ticket == 0 and not backend.dirty:
             return
-        if not _config.state.active:
-            outcome = IGNORED
-        self._record(backend, ticket, outcome)
+        self._record(backend, ticket, outcome if _config.state.active else IGNORED)
+
+    async def _aafter_result(self, backend: BreakerBackend, result: Any, ticket: int) -> None:
+        """The async twin of ``_after_result``."""
+        outcome, error = self._judge_result(result)
+        if error is not None:
+            if ticket:
+                await self._arecord(backend, ticket, IGNORED)
+            raise error
+        if outcome == SUCCESS and ticket == 0 and not backend.dirty:
+            return
+        await self._arecord(backend, ticket, outcome if _config.state.active else IGNORED)
 
     # -- sync -----------------------------------------------------------------------------------
 
@@ -976,7 +1078,7 @@ class BreakerLayer(Layer):
         backend = self._current()
         if not _config.state.active:
             return await call_next(wrapped, instance, args, kwargs)
-        ticket = self._admit(backend)
+        ticket = await self._aadmit(backend)
         if isinstance(ticket, CircuitOpenError):
             if self.fallback is not None:
                 return await self.fallback.asynchronous(ticket)
@@ -984,10 +1086,10 @@ class BreakerLayer(Layer):
         try:
             result = await call_next(wrapped, instance, args, kwargs)
         except BaseException as exc:
-            if self._after_exception(backend, exc, ticket):
+            if await self._aafter_exception(backend, exc, ticket):
                 return await self.fallback.asynchronous(exc)  # type: ignore[union-attr]
             raise
-        self._after_result(backend, result, ticket)
+        await self._aafter_result(backend, result, ticket)
         return result
 
     # -- generators (admitted on the first item; a consumer closing early is no failure) --------
@@ -1031,7 +1133,7 @@ class BreakerLayer(Layer):
         ) -> AsyncGenerator[Any, Any]:
             backend = layer._current()
             active = _config.state.active
-            ticket = layer._admit(backend) if active else 0
+            ticket = await layer._aadmit(backend) if active else 0
             if isinstance(ticket, CircuitOpenError):
                 raise ticket
             agen = call_next(wrapped, instance, args, kwargs)
@@ -1052,14 +1154,14 @@ class BreakerLayer(Layer):
                         step, argument = agen.athrow, thrown
             except GeneratorExit:
                 if active:
-                    layer._after_result(backend, None, ticket)
+                    await layer._aafter_result(backend, None, ticket)
                 raise
             except BaseException as exc:
                 if active:
-                    layer._after_exception(backend, exc, ticket)
+                    await layer._aafter_exception(backend, exc, ticket)
                 raise
             if active:
-                layer._after_result(backend, None, ticket)
+                await layer._aafter_result(backend, None, ticket)
 
         return runner
 
@@ -1080,6 +1182,7 @@ class CircuitBreakerFields(TypedDict, total=False):
     window_size: int | None
     window_duration: float | timedelta | None
     minimum_calls: int
+    fail_open: bool
 
 
 @overload

@@ -26,6 +26,7 @@ from resilience import _clock
 from resilience._dictable import FromDict
 from resilience._validate import check_number, duration
 from resilience.stores._memory import DEFAULT_STORE, MemoryStore
+from resilience.stores._redis import RedisStore
 
 
 if TYPE_CHECKING:
@@ -159,6 +160,15 @@ def _memory_budget(key: str, budget: RetryBudget, store: MemoryStore) -> MemoryB
 
 
 MemoryStore.register("budget", _memory_budget)
+
+
+def _redis_budget(key: str, budget: RetryBudget, store: RedisStore) -> BudgetBackend:
+    from resilience.stores._redis_budget import RedisBudgetBackend  # noqa: PLC0415 - lazy
+
+    return RedisBudgetBackend(key, budget, store)
+
+
+RedisStore.register("budget", _redis_budget)
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,6 +149,9 @@ class CircuitBreakerPolicy(FromDict):
         window_duration: Failure-rate mode over the last T seconds (in steps of T/10).
         minimum_calls: The fewest calls the window must hold before the rate can open the
             breaker (capped at *window_size*).
+        fail_open: When the *store* cannot be reached in time, let calls run unguarded
+            (and emit ``resilience.store.unavailable``) instead of raising
+            ``StoreUnavailableError``.
 
     .. versionadded:: 0.1.0
     """
@@ -166,6 +169,7 @@ class CircuitBreakerPolicy(FromDict):
     window_size: int | None = None
     window_duration: float | timedelta | None = None
     minimum_calls: int = 10
+    fail_open: bool = False
     _is_failure: Callable[[BaseException], bool] = field(
         init=False,
         repr=False,
@@ -190,6 +194,7 @@ class CircuitBreakerPolicy(FromDict):
         optional_callable(owner, "on_result", self.on_result)
         check_fallback(owner, self.fallback)
         _check_failure_rate(self)
+        check_bool(owner, "fail_open", self.fail_open)
 
 
 def _check_failure_rate(policy: CircuitBreakerPolicy) -> None:
@@ -235,6 +240,9 @@ class RateLimitPolicy(FromDict):
             call, which opens the key's shared backoff window (default: Retry-After;
             None: failures never open it).
         retry_after_cap: The most seconds one server-given delay may hold the window open.
+        fail_open: When the *store* cannot be reached in time, let calls start without a
+            token (and emit ``resilience.store.unavailable``) instead of raising
+            ``StoreUnavailableError``.
 
     .. versionadded:: 0.1.0
     """
@@ -249,6 +257,7 @@ class RateLimitPolicy(FromDict):
     clock: Clock | None = None
     delay_hook: Callable[[Any], float | None] | None = retry_after_from
     retry_after_cap: float | timedelta = 60.0
+    fail_open: bool = False
 
     def __post_init__(self) -> None:
         owner = "RateLimitPolicy"
@@ -263,6 +272,7 @@ class RateLimitPolicy(FromDict):
         _check_clock(owner, self.clock)
         optional_callable(owner, "delay_hook", self.delay_hook)
         _set(self, "retry_after_cap", duration(owner, "retry_after_cap", self.retry_after_cap))
+        check_bool(owner, "fail_open", self.fail_open)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +287,9 @@ class BoundedPolicy(FromDict):
         timeout: The most seconds to wait for permits (None: forever).
         store: Where the pool lives (default: this process's memory).
         clock: Where time is read (default: the process's clock).
+        fail_open: When the *store* cannot be reached in time, let calls run without
+            permits (and emit ``resilience.store.unavailable``) instead of raising
+            ``StoreUnavailableError``.
 
     .. versionadded:: 0.1.0
     """
@@ -287,6 +300,7 @@ class BoundedPolicy(FromDict):
     timeout: float | timedelta | None = None
     store: Any = None
     clock: Clock | None = None
+    fail_open: bool = False
 
     def __post_init__(self) -> None:
         owner = "BoundedPolicy"
@@ -303,3 +317,4 @@ class BoundedPolicy(FromDict):
             raise ValueError(msg)
         _set(self, "timeout", duration(owner, "timeout", self.timeout, allow_none=True))
         _check_clock(owner, self.clock)
+        check_bool(owner, "fail_open", self.fail_open)

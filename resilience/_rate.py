@@ -42,10 +42,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypedDict, TypeVar, 
 
 from resilience import _clock, _config
 from resilience._decorating import Decorator, Kind, Layer, Runner, is_target, policy_from
-from resilience._errors import RateLimitedError
+from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
 from resilience._window import MemoryWindowBackend, WindowBackend
 from resilience.stores._memory import DEFAULT_STORE, MemoryStore
+from resilience.stores._redis import RedisStore, store_unavailable
+from resilience.stores._redis_rate import redis_rate_backend
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -200,8 +202,28 @@ class RateBackend(Protocol):
             0.0 when recorded; otherwise the seconds to wait before asking again.
         """
 
+    def resume(self, max_wait: float) -> float:
+        """
+        After a wait: ``admit`` now, or ``reserve`` again if the window was extended.
+
+        One decision: a backoff window extended while the caller slept means a new turn
+        behind it (within *max_wait* seconds); otherwise the start is admitted.
+
+        Returns:
+            0.0 to start now; the seconds to wait (> 0); or ``-retry_after`` (< 0).
+        """
+
     def pending(self) -> int:
         """Return how many reserved starts lie in the future."""
+
+    async def areserve(self, max_wait: float, timeout: float | None = None) -> float:
+        """The async twin of ``reserve``; *timeout* (seconds) may bound a remote round trip."""
+
+    async def aresume(self, max_wait: float, timeout: float | None = None) -> float:
+        """The async twin of ``resume``."""
+
+    async def apending(self) -> int:
+        """The async twin of ``pending``."""
 
 
 class MemoryRateBackend:
@@ -237,11 +259,31 @@ class MemoryRateBackend:
         with self._lock:
             return self._state.admit(clock.monotonic())
 
+    def resume(self, max_wait: float) -> float:
+        """After a wait: start now, or the next wait (see ``RateBackend``)."""
+        if self._window.remaining() <= 0.0:
+            return self.admit()
+        return self.reserve(max_wait)
+
     def pending(self) -> int:
         """Return how many reserved starts lie in the future."""
         clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
         with self._lock:
             return self._state.pending(clock.monotonic())
+
+    # Async twins for the protocol; the layer calls the sync methods of a memory backend
+    # directly (they never block), so these cost nothing on its hot path.
+    async def areserve(self, max_wait: float, timeout: float | None = None) -> float:
+        """The async twin of ``reserve`` (no I/O: the same call)."""
+        return self.reserve(max_wait)
+
+    async def aresume(self, max_wait: float, timeout: float | None = None) -> float:
+        """The async twin of ``resume`` (no I/O: the same call)."""
+        return self.resume(max_wait)
+
+    async def apending(self) -> int:
+        """The async twin of ``pending`` (no I/O: the same call)."""
+        return self.pending()
 
 
 def _memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:
@@ -253,6 +295,7 @@ def _memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> Memor
 
 
 MemoryStore.register("rate", _memory_rate)
+RedisStore.register("rate", redis_rate_backend)
 
 
 class RateLimitFields(TypedDict, total=False):
@@ -268,13 +311,14 @@ class RateLimitFields(TypedDict, total=False):
     clock: Clock | None
     delay_hook: Callable[[Any], float | None] | None
     retry_after_cap: float | timedelta
+    fail_open: bool
 
 
 class RateLimitLayer(Layer):
     """``@rate_limited``'s layer: reserve a start, sleep until it, open the window on 429s."""
 
     decorator = "rate_limited"
-    __slots__ = ("_backend", "_epoch", "_window", "key", "limit", "max_wait")
+    __slots__ = ("_backend", "_epoch", "_remote", "_window", "key", "limit", "max_wait", "rtt")
     policy: RateLimitPolicy
 
     def __init__(self, policy: RateLimitPolicy) -> None:
@@ -287,6 +331,10 @@ class RateLimitLayer(Layer):
         burst = "" if policy.burst is None else f", burst {policy.burst}"
         self.limit = f"{policy.rate} per {policy.per:g} s{burst}"
         self._epoch = -1
+        self._remote = False
+        # A remote store's async round trip is bounded by the policy's timeout too.
+        timeout = policy.timeout
+        self.rtt: float | None = timeout if policy.wait and timeout else None  # type: ignore[assignment]
 
     def bind(self, kind: Kind, qualname: str) -> None:
         self.name = qualname
@@ -314,6 +362,8 @@ class RateLimitLayer(Layer):
             )
             raise ValueError(msg)
         self._backend = backend
+        # Memory backends never block: the async runner calls their sync methods directly.
+        self._remote = not isinstance(backend, MemoryRateBackend)
         self._epoch = EPOCH.n
         return backend
 
@@ -334,27 +384,36 @@ class RateLimitLayer(Layer):
             )
         return RateLimitedError(self.key, retry_after, limit=self.limit, reason=reason)
 
-    def _announce(self, backend: RateBackend, wait: float) -> None:
+    def _announce(self, wait: float, depth: int) -> None:
         emit(
             "resilience.rate.wait",
-            {"wait": wait, "queue_depth": float(backend.pending())},
+            {"wait": wait, "queue_depth": float(depth)},
             {"key": self.key, "name": self.name, "limit": self.limit},
         )
 
     def _next(self, backend: RateBackend, waited: float) -> float:
         """After a sleep: 0.0 to start, or the next wait (a window extended, a late wake)."""
-        if self._window.remaining() <= 0.0:
-            return backend.admit()
-        wait = backend.reserve(max(0.0, self.max_wait - waited))
+        wait = backend.resume(max(0.0, self.max_wait - waited))
         if wait < 0.0:
             raise self._refuse(-wait)
         return wait
+
+    async def _anext(self, backend: RateBackend, waited: float) -> float:
+        """``_next`` through the backend's async twin (a remote store)."""
+        wait = await backend.aresume(max(0.0, self.max_wait - waited), self.rtt)
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        return wait
+
+    def _unavailable(self, error: StoreUnavailableError) -> None:
+        """The store is unreachable: raise, or (fail-open) say so and let the call start."""
+        store_unavailable(error, decorator="rate_limited", fail_open=self.policy.fail_open)
 
     def _wait_sync(self, backend: RateBackend, wait: float) -> None:
         if wait < 0.0:
             raise self._refuse(-wait)
         if BUS.subs:
-            self._announce(backend, wait)
+            self._announce(wait, backend.pending())
         clock = self._clock()
         waited = 0.0
         while wait > 0.0:
@@ -365,14 +424,15 @@ class RateLimitLayer(Layer):
     async def _wait_async(self, backend: RateBackend, wait: float) -> None:
         if wait < 0.0:
             raise self._refuse(-wait)
+        remote = self._remote
         if BUS.subs:
-            self._announce(backend, wait)
+            self._announce(wait, await backend.apending() if remote else backend.pending())
         clock = self._clock()
         waited = 0.0
         while wait > 0.0:
             await clock.asleep(wait)
             waited += wait
-            wait = self._next(backend, waited)
+            wait = await self._anext(backend, waited) if remote else self._next(backend, waited)
 
     def _failed(self, exc: BaseException) -> None:
         """A call failed: if it carries a server delay, open the key's backoff window."""
@@ -411,9 +471,12 @@ class RateLimitLayer(Layer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            wait = backend.reserve(max_wait)
-            if wait:
-                layer._wait_sync(backend, wait)
+            try:
+                wait = backend.reserve(max_wait)
+                if wait:
+                    layer._wait_sync(backend, wait)
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without a token
             if not hooked:
                 return call_next(wrapped, instance, args, kwargs)
             try:
@@ -440,9 +503,15 @@ class RateLimitLayer(Layer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            wait = backend.reserve(max_wait)
-            if wait:
-                await layer._wait_async(backend, wait)
+            try:
+                if layer._remote:
+                    wait = await backend.areserve(max_wait, layer.rtt)
+                else:
+                    wait = backend.reserve(max_wait)
+                if wait:
+                    await layer._wait_async(backend, wait)
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without a token
             if not hooked:
                 return await call_next(wrapped, instance, args, kwargs)
             try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from resilience import _clock
 from resilience._validate import duration
 from resilience.stores._memory import DEFAULT_STORE, MemoryStore
+from resilience.stores._redis import RedisStore
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -88,6 +89,15 @@ def _memory_window(key: str, policy: Any, store: Any) -> MemoryWindowBackend:
 
 
 MemoryStore.register("window", _memory_window)
+
+
+def _redis_window(key: str, policy: Any, store: Any) -> WindowBackend:
+    from resilience.stores._redis_window import RedisWindowBackend  # noqa: PLC0415 - lazy
+
+    return RedisWindowBackend(key, store)
+
+
+RedisStore.register("window", _redis_window)
 
 
 class BackoffWindow:

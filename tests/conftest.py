@@ -57,16 +57,54 @@ def _redis_or_skip() -> None:
         pytest.skip(reason)
 
 
+class DefaultClock:
+    """
+    A clock that reads whatever clock is the process default *now*.
+
+    The ``redis_store`` fixture hands it to ``RedisStore(clock=...)`` so Redis scripts see
+    the same time as memory backends: the ``clock`` fixture's virtual time when a test uses
+    it, real monotonic time otherwise (one process, so real time still agrees).
+    """
+
+    def monotonic(self) -> float:
+        from resilience import _clock
+
+        return _clock._default.clock.monotonic()  # type: ignore[no-any-return]
+
+    def time(self) -> float:
+        from resilience import _clock
+
+        return _clock._default.clock.time()  # type: ignore[no-any-return]
+
+    def sleep(self, seconds: float) -> None:
+        from resilience import _clock
+
+        _clock._default.clock.sleep(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        from resilience import _clock
+
+        await _clock._default.clock.asleep(seconds)
+
+
 @pytest.fixture(name="redis_store")
 def _redis_store() -> Iterator[object]:
-    """A RedisStore on the local Redis, in a namespace of its own, emptied afterwards."""
+    """
+    A RedisStore on the local Redis, in a namespace of its own, emptied afterwards.
+
+    Its scripts read the process's default clock (virtual time under the ``clock``
+    fixture); tests of real server time make their own store.
+    """
     import uuid
 
     from resilience.stores._redis import RedisStore
 
     _redis_or_skip()
     store = RedisStore(
-        "redis://127.0.0.1:6379/0", namespace=f"test-{uuid.uuid4().hex[:12]}", timeout=1.0
+        "redis://127.0.0.1:6379/0",
+        namespace=f"test-{uuid.uuid4().hex[:12]}",
+        timeout=1.0,
+        clock=DefaultClock(),
     )
     yield store
     store.clear()

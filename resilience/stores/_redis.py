@@ -19,13 +19,61 @@ import threading
 import weakref
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from resilience._errors import StoreUnavailableError
 from resilience._validate import duration
+from resilience.telemetry._bus import BUS, emit
 
 
-__all__ = ["RedisStore"]
+if TYPE_CHECKING:
+    from resilience.typing import Clock
+
+
+__all__ = ["NOW_LUA", "RedisStore", "store_unavailable"]
+
+NOW_LUA = """
+local function now_us()
+  if ARGV[1] ~= '' then return tonumber(ARGV[1]) end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+"""
+"""
+Lua preamble defining ``now_us()``: the time in whole microseconds, for every script.
+
+Convention: a script that reads the time starts with ``NOW_LUA`` and takes
+``store.now_arg()`` as its *first* ARGV. That is ``""`` normally, so ``now_us()`` reads the
+server's clock (``TIME``: machines with skewed clocks agree); with ``RedisStore(clock=...)``
+(tests only) it is that clock's ``monotonic()`` in microseconds, so tests run on virtual
+time. Whole microseconds keep Lua's doubles exact and replies integers (Redis truncates Lua
+floats in replies: return ``tostring(x)`` for a fraction).
+"""
+
+
+def store_unavailable(error: StoreUnavailableError, *, decorator: str, fail_open: bool) -> None:
+    """
+    Emit ``resilience.store.unavailable`` for *error*, then re-raise it unless *fail_open*.
+
+    Every stateful layer calls this in its ``except StoreUnavailableError`` branch: with
+    ``fail_open`` the call then proceeds as if admitted (no count, no token, no permit).
+    The event's metadata: ``key``, ``store``, ``decorator``, ``fail_open``; its measurement:
+    ``timeout`` (seconds).
+    """
+    if BUS.subs:
+        emit(
+            "resilience.store.unavailable",
+            {"timeout": error.timeout or 0.0},
+            {
+                "key": error.key,
+                "store": error.store,
+                "decorator": decorator,
+                "fail_open": fail_open,
+            },
+        )
+    if not fail_open:
+        raise error
+
 
 Factory = Callable[[str, Any, "RedisStore"], Any]
 """``(key, policy, store) -> backend``."""
@@ -50,6 +98,12 @@ class RedisStore:
         namespace: The prefix of every key this store writes.
         idle_ttl: Seconds after which an untouched key expires (> 0), so Redis does not
             fill up with state nobody uses.
+        clock: For tests only: read time from this clock (its ``monotonic()``) instead of
+            the Redis server's ``TIME``, so a test can run on virtual time. Never set it in
+            production: processes with different clocks would disagree.
+        lease: Seconds a ``@bounded`` permit stays granted unless its holder renews it
+            (> 0). Holders renew every ``lease / 3`` seconds while the call runs, so the
+            permits of a process that dies come back within *lease* seconds.
 
     .. versionadded:: 0.1.0
     """
@@ -57,6 +111,7 @@ class RedisStore:
     __module__ = "resilience.stores"
 
     _factories: ClassVar[dict[str, Factory]] = {}
+    _loaders: ClassVar[dict[str, Callable[[str, RedisStore], Any]]] = {}
 
     def __init__(
         self,
@@ -65,6 +120,8 @@ class RedisStore:
         timeout: float = 1.0,
         namespace: str = "resilience",
         idle_ttl: float = 3600.0,
+        clock: Clock | None = None,
+        lease: float = 10.0,
     ) -> None:
         redis = _redis()
         self.timeout: float = duration("RedisStore", "timeout", timeout, strict=True) or 0.0
@@ -73,6 +130,9 @@ class RedisStore:
             msg = f"RedisStore.namespace must be a non-empty string, got {namespace!r}"
             raise ValueError(msg)
         self.namespace = namespace
+        self.clock = clock
+        self.ttl_ms: int = max(1, round(self.idle_ttl * 1000))
+        self.lease: float = duration("RedisStore", "lease", lease, strict=True) or 0.0
         self._owns_client = isinstance(url_or_client, str)
         if isinstance(url_or_client, str):
             self.url: str | None = url_or_client
@@ -121,9 +181,60 @@ class RedisStore:
                     self._backends[(concern, key)] = found
         return found
 
+    @classmethod
+    def register_loader(cls, concern: str, loader: Callable[[str, RedisStore], Any]) -> None:
+        """
+        Make *loader(key, store)* rebuild a backend of *concern* from what Redis holds.
+
+        ``peek`` uses it for keys another process declared (a breaker's config is kept in
+        Redis), so ``get_circuit_breaker(name, store=...)`` works in any process. It returns
+        None when Redis holds nothing for the key.
+        """
+        cls._loaders[concern] = loader
+
+    def peek(self, concern: str, key: str) -> Any:
+        """
+        Return the backend of *concern* for *key*, or None if there is none.
+
+        A backend this process made, else (for a concern with a loader) one rebuilt from
+        the state another process left in Redis.
+        """
+        found = self._backends.get((concern, key))
+        loader = self._loaders.get(concern)
+        if found is None and loader is not None:
+            with self._lock:
+                found = self._backends.get((concern, key))
+                if found is None:
+                    found = loader(key, self)
+                    if found is not None:
+                        self._backends[(concern, key)] = found
+        return found
+
+    def keys(self, concern: str) -> list[str]:
+        """Return the keys of *concern* made here or (with a loader) found in Redis."""
+        found = {key for (kind, key) in list(self._backends) if kind == concern}
+        if concern in self._loaders:
+            prefix = self.key(concern, "")
+            try:
+                names = list(self.client.scan_iter(match=f"{prefix}*", count=500))
+            except (_redis().exceptions.ConnectionError, _redis().exceptions.TimeoutError) as error:
+                raise StoreUnavailableError(
+                    f"{prefix}*", store=self.describe(), timeout=self.timeout
+                ) from error
+            for name in names:
+                rest = (name.decode() if isinstance(name, bytes) else name)[len(prefix) :]
+                if rest not in found and self.peek(concern, rest) is not None:
+                    found.add(rest)
+        return sorted(found)
+
     def key(self, concern: str, key: str, *parts: str) -> str:
         """Return the namespaced Redis key for *concern*/*key* (plus sub-parts)."""
         return ":".join((self.namespace, concern, key, *parts))
+
+    def now_arg(self) -> str:
+        """The first ARGV of a ``NOW_LUA`` script: ``""`` (server time) or the test clock's."""
+        clock = self.clock
+        return "" if clock is None else str(round(clock.monotonic() * 1_000_000))
 
     # -- running scripts ----------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""
+``RedisWindowBackend``: a key's shared backoff window in Redis.
+
+The window is one string key, ``<ns>:window:<key>``, holding the time it ends in whole
+microseconds on the scripts' clock (server ``TIME``; see ``NOW_LUA``). ``extend`` is a
+max-merge, so a short delay never shortens a long one; each method is one script, one round
+trip. The key expires once it has been idle for ``idle_ttl`` *and* its window has ended.
+Other scripts (such as a rate limiter's) may read that key directly to honour the window in
+the same round trip.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from resilience.stores._redis import NOW_LUA
+
+
+if TYPE_CHECKING:
+    from resilience.stores._redis import RedisStore
+
+
+__all__ = ["RedisWindowBackend"]
+
+# ARGV: 1 now, 2 idle ttl ms, 3 seconds to extend by (us). Reply: microseconds left.
+_EXTEND: Final = (
+    NOW_LUA
+    + """
+local now = now_us()
+local ends = now + tonumber(ARGV[3])
+local current = tonumber(redis.call('GET', KEYS[1]))
+if current ~= nil and current > ends then ends = current end
+local ttl = math.max(tonumber(ARGV[2]), math.ceil((ends - now) / 1000) + 1000)
+redis.call('SET', KEYS[1], string.format('%d', ends), 'PX', ttl)
+return ends - now
+"""
+)
+
+_REMAINING: Final = (
+    NOW_LUA
+    + """
+local ends = tonumber(redis.call('GET', KEYS[1]))
+if ends == nil then return 0 end
+local left = ends - now_us()
+if left <= 0 then return 0 end
+redis.call('PEXPIRE', KEYS[1], math.max(tonumber(ARGV[2]), math.ceil(left / 1000) + 1000))
+return left
+"""
+)
+
+_CLEAR: Final = "redis.call('DEL', KEYS[1]) return 0"
+
+_US: Final = 1_000_000
+
+
+class RedisWindowBackend:
+    """``WindowBackend`` in Redis: the end time as one key, max-merged by a script."""
+
+    __slots__ = ("_keys", "key", "store")
+
+    def __init__(self, key: str, store: RedisStore) -> None:
+        self.key = key
+        self.store = store
+        self._keys = (store.key("window", key),)
+
+    def _run(self, script: str, *extra: object) -> int:
+        argv = [self.store.now_arg(), self.store.ttl_ms, *extra]
+        return int(self.store.run(script, self._keys, argv, key=self.key))
+
+    async def _arun(self, script: str, *extra: object) -> int:
+        argv = [self.store.now_arg(), self.store.ttl_ms, *extra]
+        return int(await self.store.arun(script, self._keys, argv, key=self.key))
+
+    def extend(self, seconds: float) -> float:
+        """Make the window last at least *seconds* from now; return the seconds it now has left."""
+        return self._run(_EXTEND, round(seconds * _US)) / _US
+
+    async def aextend(self, seconds: float) -> float:
+        """The async twin of ``extend``."""
+        return await self._arun(_EXTEND, round(seconds * _US)) / _US
+
+    def remaining(self) -> float:
+        """Return the seconds until the window ends (0.0 when closed)."""
+        return self._run(_REMAINING) / _US
+
+    async def aremaining(self) -> float:
+        """The async twin of ``remaining``."""
+        return await self._arun(_REMAINING) / _US
+
+    def clear(self) -> None:
+        """Close the window at once."""
+        self._run(_CLEAR)
+
+    async def aclear(self) -> None:
+        """The async twin of ``clear``."""
+        await self._arun(_CLEAR)
+
+    def __repr__(self) -> str:
+        return f"<RedisWindowBackend {self._keys[0]!r}>"
