@@ -22,17 +22,15 @@ from __future__ import annotations
 import inspect
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from resilience._dictable import FromDict
-from resilience._errors import ResilienceError
 from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
-from resilience._retry_after import retry_after_from
 from resilience._traced import TracedPolicy
 
 
-__all__ = ["ORDER", "Stack", "exempt", "resilient", "wait_hint"]
+__all__ = ["ORDER", "Stack", "exempt", "resilient"]
 
 C = TypeVar("C", bound=type)
 F = TypeVar("F")
@@ -49,20 +47,6 @@ _POLICY_TYPES: dict[str, type[FromDict]] = {
 }
 
 
-def wait_hint(outcome: object) -> float | None:
-    """
-    Delay hook for stacks: our own refusals' ``retry_after``, else the server's Retry-After.
-
-    A ``CircuitOpenError`` or ``RateLimitedError`` from an inner layer says exactly when a
-    call could go through; waiting that long beats guessing with the backoff.
-    """
-    if isinstance(outcome, ResilienceError):
-        hint = getattr(outcome, "retry_after", None)
-        if isinstance(hint, int | float) and hint > 0:
-            return float(hint)
-    return retry_after_from(outcome)
-
-
 @dataclass(frozen=True, slots=True)
 class Stack(FromDict):
     """
@@ -74,8 +58,8 @@ class Stack(FromDict):
 
     Args:
         traced: Tracing (outermost).
-        retry: Retrying; with the default delay hook it is switched to ``wait_hint`` so it
-            waits out an inner breaker's or limiter's ``retry_after``.
+        retry: Retrying; its default delay hook waits out an inner breaker's or limiter's
+            ``retry_after``.
         circuit_breaker: The breaker.
         rate_limited: The rate budget.
         bounded: The concurrency limit (innermost).
@@ -124,8 +108,6 @@ class Stack(FromDict):
             policy = getattr(self, name)
             if policy is None:
                 continue
-            if name == "retry" and policy.delay_hook is retry_after_from:
-                policy = replace(policy, delay_hook=wait_hint)
             found.append(makers[name](policy))
         return found
 

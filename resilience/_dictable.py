@@ -84,7 +84,9 @@ class FromDict:
                 continue
             raw = env.get(f"{prefix}{f.name.upper()}")
             if raw is not None:
-                found[f.name] = _parse_env_value(raw)
+                # a text field keeps its text: "none" is a jitter name, not None
+                text_field = isinstance(f.default, str)
+                found[f.name] = raw.strip() if text_field else _parse_env_value(raw)
         return found
 
     def to_dict(self) -> dict[str, Any]:

@@ -183,7 +183,7 @@ class _RetryCall:
                 f"resilience.retry: gave up on {name} after {self.attempt} attempt(s) "
                 f"in {elapsed:.3f} s: {self.reason}"
             )
-            if self.layer.fallback is not None:
+            if self.layer.fallback is not None and _config.state.active:
                 return self.layer.fallback.sync(outcome)
             raise outcome
         return outcome

@@ -14,6 +14,8 @@ import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final, TypeAlias, cast
 
+from resilience._errors import ResilienceError
+
 
 if TYPE_CHECKING:
     from collections.abc import Container, Iterable, Mapping
@@ -85,7 +87,9 @@ def retry_after_from(outcome: object) -> float | None:
     """Return the delay asked for by an exception's or a result's response headers.
 
     Reads ``outcome.response.headers`` (httpx.HTTPStatusError, requests.HTTPError),
-    else ``outcome.headers``. Never raises.
+    else ``outcome.headers``. For resilience's own refusals (``CircuitOpenError``,
+    ``RateLimitedError``) it is their ``retry_after``: a retry above an open breaker waits
+    exactly until a probe is allowed. Never raises.
 
     Args:
         outcome: The exception raised or the value returned by the attempt.
@@ -93,6 +97,12 @@ def retry_after_from(outcome: object) -> float | None:
     Returns:
         Seconds to wait, or None when there are no usable headers.
     """
+    if isinstance(outcome, ResilienceError):
+        # our own refusals (an open breaker, a spent rate budget) know when a call can pass
+        hint = getattr(outcome, "retry_after", None)
+        if isinstance(hint, int | float) and hint > 0 and math.isfinite(hint):
+            return float(hint)
+        return None
     response = _attribute(outcome, "response")
     # `is not None`, never truthiness: requests.Response is falsy for 4xx and 5xx.
     headers = _attribute(response, "headers") if response is not None else None

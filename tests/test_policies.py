@@ -157,3 +157,9 @@ class TestOtherPolicies:
         assert RateLimitPolicy(rate=5, per=2.0) == RateLimitPolicy.from_dict({"rate": 5, "per": 2})
         assert BoundedPolicy(limit=3) == BoundedPolicy.from_dict({"limit": 3})
         assert CircuitBreakerPolicy(name="x") == CircuitBreakerPolicy.from_dict({"name": "x"})
+
+
+def test_from_env_text_field_keeps_none_word():
+    """A text field set to "none" keeps the word; other fields read it as None."""
+    policy = RetryPolicy.from_env("P_", {"P_ATTEMPTS": "none", "P_BACKOFF_JITTER": "none"})
+    assert (None, Backoff(jitter="none")) == (policy.attempts, policy.backoff)

@@ -634,3 +634,28 @@ class TestEvents:
         attach(bad)
         assert "ok" == retry(Flaky(2))()
         assert 1 == len(calls)
+
+
+class TestOwnRefusals:
+    def test_hand_stacked_retry_waits_out_open_breaker(self, clock):
+        """@retry over @circuit_breaker waits the breaker's retry_after, not the backoff."""
+        from resilience import circuit_breaker
+
+        answers = [ConnectionError("blip"), "ok"]
+
+        @retry(attempts=3, backoff=NO_JITTER)
+        @circuit_breaker(name="hand-stacked", failure_threshold=1, reset_timeout=5)
+        def call():
+            answer = answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        assert "ok" == call()
+        assert [0.5, 4.5] == clock.sleeps
+
+    def test_fallback_not_used_when_switched_off(self, clock):
+        """set_active(False) means as if undecorated: no fallback either."""
+        set_active(False)
+        with pytest.raises(Boom):
+            retry(attempts=3, fallback="fallback")(Flaky(5))()

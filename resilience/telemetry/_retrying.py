@@ -262,7 +262,7 @@ class RetryProgress:
         errors = sorted(texts.items(), key=lambda item: (-item[1], item[0]))
         metadata = {"name": self.name, "errors": errors}
         emit("resilience.retry.progress", counts, metadata)
-        log_event("resilience.retry.progress", counts, metadata)
+        log_event("resilience.retry.progress", counts, metadata, level="debug")  # as Tinker
         return True
 
     @property
