@@ -378,7 +378,7 @@ class BoundedLayer(Layer):
             )
 
     def _wait_sync(self, queue: PermitQueue) -> None:
-        clock = self._clock()
+        clock: Clock = _clock.SYSTEM_CLOCK  # threads block on a real lock: measure real time
         started = clock.monotonic()
         got = queue.acquire(self.policy.weight, self.timeout)
         self._waited(queue, got, started, clock)

@@ -345,3 +345,31 @@ class TestBoundedDecoration:
 
         set_active(False)
         assert 1 == outer()
+
+
+def test_sync_wait_reports_real_seconds(clock):
+    """Threads wait on a real lock, so the wait event reports real time, even under virtual time."""
+    import threading
+
+    from resilience import bounded
+    from resilience.testing import capture_events
+
+    inside = threading.Event()
+    release = threading.Event()
+
+    @bounded(limit=1, key="real-wait")
+    def hold(block: bool) -> None:
+        if block:
+            inside.set()
+            release.wait(5)
+
+    holder = threading.Thread(target=hold, args=(True,))
+    holder.start()
+    assert inside.wait(5)
+    threading.Timer(0.02, release.set).start()
+    with capture_events("resilience.bounded.wait") as events:
+        hold(False)
+    holder.join(5)
+    assert 1 == len(events)
+    assert 0.015 <= events[0].measurements["waited"] < 5
+    assert 0.0 == clock.monotonic()  # virtual time did not move
