@@ -11,7 +11,8 @@ handler to the event bus and maps:
   status ERROR and the exception recorded on ``.exception``;
 - ``resilience.retry.attempt.start``/``.stop`` to a ``retry.attempt`` span per attempt;
 - ``retry``/``give_up``, breaker state changes and rejections, rate waits and rejections,
-  permit waits and timeouts to span events on the enclosing span and to metrics;
+  permit waits and timeouts to metrics and to span events on the enclosing span (ours, or
+  else OpenTelemetry's current span, such as a request's);
 - ``counter()`` events (``{"count": n}``) to a Counter and ``gauge()`` events
   (``{"value": v}``) to a Gauge named by the event, the metadata as attributes.
 
@@ -254,7 +255,11 @@ class OpenTelemetryAdapter:
 
     def _open_span(
         self, name: str, event: Event, scope: str | None, attempt: int, inner_scope: str | None
-    ) -> _Open:
+    ) -> _Open | None:
+        with self._lock:  # counted before detach() can see us idle, or not opened at all
+            if self._closing:
+                return None
+            self._open += 1
         parent = self._parent(scope)
         start_ns = int(event.time * 1e9)
         span = self._tracer.start_span(
@@ -266,8 +271,6 @@ class OpenTelemetryAdapter:
         record.token = self._innermost.set(record)
         if self.set_current:
             record.otel_token = otel_context.attach(trace.set_span_in_context(span))
-        with self._lock:
-            self._open += 1
         return record
 
     def _close(self, record: _Open, event: Event, failed: bool) -> None:
@@ -309,6 +312,8 @@ class OpenTelemetryAdapter:
         record = self._open_span(
             name, event, None if parent_id is None else str(parent_id), 0, span_id
         )
+        if record is None:
+            return
         record.span.set_attributes(
             {
                 "resilience.trace_id": str(metadata.get("trace_id")),
@@ -330,9 +335,13 @@ class OpenTelemetryAdapter:
         scope = None if enclosing is None else enclosing.span_id
         number = int(event.metadata.get("attempt", event.measurements.get("attempt", 0)))
         record = self._open_span("retry.attempt", event, scope, number, scope)
-        record.span.set_attributes(
-            {"resilience.name": str(event.metadata.get("name")), "resilience.retry.attempt": number}
-        )
+        if record is not None:
+            record.span.set_attributes(
+                {
+                    "resilience.name": str(event.metadata.get("name")),
+                    "resilience.retry.attempt": number,
+                }
+            )
 
     def _end_attempt(self, event: Event) -> None:
         number = int(event.metadata.get("attempt", 0))
@@ -356,7 +365,7 @@ class OpenTelemetryAdapter:
             attributes.update(_scalars(event.metadata, _IDS))
             span.add_event(event.name, attributes, timestamp=int(event.time * 1e9))
         kind, metric, measured, keys, fixed = _DERIVED[event.name]
-        amount = 1.0 if measured is None else event.measurements.get(measured, 0.0)
+        amount = 1 if measured is None else event.measurements.get(measured, 0.0)
         chosen = {key: event.metadata[key] for key in keys if key in event.metadata}
         self._record(kind, metric, amount, {**chosen, **fixed})
 
