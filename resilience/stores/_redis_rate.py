@@ -71,7 +71,7 @@ local function admit()
   end
   if need > now then return need - now end
   redis.call('RPUSH', starts, fmt(now))
-  redis.call('LTRIM', starts, -rate, -1)
+  if count >= rate then redis.call('LTRIM', starts, -rate, -1) end
   keep(starts, now)
   return 0
 end
@@ -102,7 +102,7 @@ local function reserve(max_wait)
   local wait = start - now
   if max_wait >= 0 and wait > max_wait then return -wait end
   redis.call('RPUSH', log, fmt(start))
-  redis.call('LTRIM', log, -rate, -1)
+  if count >= rate then redis.call('LTRIM', log, -rate, -1) end
   keep(log, start)
   if wait > 0 then return wait end
   return admit()
