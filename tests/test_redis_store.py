@@ -72,3 +72,23 @@ async def test_async_run_and_timeout(redis_store):
         await dead.arun("return 1", [], [], key="k")
     await dead.aclose()
     dead.close()
+
+
+def test_store_subclasses_inherit_backends():
+    """A subclass of a store still builds every concern's backends."""
+    from resilience import circuit_breaker
+    from resilience.stores import MemoryStore
+
+    class Tagged(MemoryStore):
+        pass
+
+    store = Tagged()
+
+    @circuit_breaker(name="sub", store=store)
+    def ok() -> int:
+        return 1
+
+    assert 1 == ok()
+    assert store.peek("breaker", "sub") is not None
+    with pytest.raises(TypeError, match="Tagged has no backend for 'nope'"):
+        store.backend("nope", "k", None)

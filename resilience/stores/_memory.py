@@ -13,21 +13,16 @@ decorator asks ``store.backend(concern, key, policy)`` without knowing the mediu
 
 from __future__ import annotations
 
-import threading
-
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 from resilience._config import on_reset
+from resilience.stores._registry import BackendRegistry
 
 
 __all__ = ["DEFAULT_STORE", "MemoryStore"]
 
-Factory = Callable[[str, Any, Any], Any]
-"""``(key, policy, store) -> backend``."""
 
-
-class MemoryStore:
+class MemoryStore(BackendRegistry):
     """
     Keeps breakers, rate budgets, backoff windows and permit pools in this process's memory.
 
@@ -39,33 +34,6 @@ class MemoryStore:
 
     __module__ = "resilience.stores"
 
-    _factories: ClassVar[dict[str, Factory]] = {}
-
-    def __init__(self) -> None:
-        self._backends: dict[tuple[str, str], Any] = {}
-        self._lock = threading.RLock()  # factories may ask the store for other backends
-
-    @classmethod
-    def register(cls, concern: str, factory: Factory) -> None:
-        """Make *factory(key, policy, store)* build this store's backends of *concern*."""
-        cls._factories[concern] = factory
-
-    def backend(self, concern: str, key: str, policy: Any) -> Any:
-        """Return the backend of *concern* for *key*, built from *policy* on first use."""
-        found = self._backends.get((concern, key))
-        if found is None:
-            with self._lock:
-                found = self._backends.get((concern, key))
-                if found is None:
-                    try:
-                        factory = self._factories[concern]
-                    except KeyError:
-                        msg = f"{type(self).__name__} has no backend for {concern!r}"
-                        raise TypeError(msg) from None
-                    found = factory(key, policy, self)
-                    self._backends[(concern, key)] = found
-        return found
-
     def peek(self, concern: str, key: str) -> Any:
         """Return the backend of *concern* for *key*, or None if nothing made it yet."""
         return self._backends.get((concern, key))
@@ -76,8 +44,7 @@ class MemoryStore:
 
     def clear(self) -> None:
         """Forget every backend (for test isolation)."""
-        with self._lock:
-            self._backends.clear()
+        self._forget_backends()
 
     def __repr__(self) -> str:
         return f"MemoryStore({len(self._backends)} backends)"

@@ -15,7 +15,6 @@ operation reconnects by itself.
 from __future__ import annotations
 
 import asyncio
-import threading
 import weakref
 
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from resilience._errors import StoreUnavailableError
 from resilience._validate import duration
+from resilience.stores._registry import BackendRegistry
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -75,10 +75,6 @@ def store_unavailable(error: StoreUnavailableError, *, decorator: str, fail_open
         raise error
 
 
-Factory = Callable[[str, Any, "RedisStore"], Any]
-"""``(key, policy, store) -> backend``."""
-
-
 def _redis() -> Any:
     try:
         import redis  # noqa: PLC0415 - optional dependency
@@ -88,7 +84,7 @@ def _redis() -> Any:
     return redis
 
 
-class RedisStore:
+class RedisStore(BackendRegistry):
     """
     Keeps breakers, rate budgets, backoff windows and permit pools in Redis.
 
@@ -110,7 +106,6 @@ class RedisStore:
 
     __module__ = "resilience.stores"
 
-    _factories: ClassVar[dict[str, Factory]] = {}
     _loaders: ClassVar[dict[str, Callable[[str, RedisStore], Any]]] = {}
 
     def __init__(
@@ -151,35 +146,13 @@ class RedisStore:
                 f"got {type(url_or_client).__name__}"
             )
             raise TypeError(msg)
-        self._backends: dict[tuple[str, str], Any] = {}
-        self._lock = threading.RLock()  # factories may ask the store for other backends
+        super().__init__()
         self._scripts: dict[str, Any] = {}
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
 
     # -- backends ---------------------------------------------------------------------------
-
-    @classmethod
-    def register(cls, concern: str, factory: Factory) -> None:
-        """Make *factory(key, policy, store)* build this store's backends of *concern*."""
-        cls._factories[concern] = factory
-
-    def backend(self, concern: str, key: str, policy: Any) -> Any:
-        """Return the backend of *concern* for *key*, built from *policy* on first use."""
-        found = self._backends.get((concern, key))
-        if found is None:
-            with self._lock:
-                found = self._backends.get((concern, key))
-                if found is None:
-                    try:
-                        factory = self._factories[concern]
-                    except KeyError:
-                        msg = f"RedisStore has no backend for {concern!r}"
-                        raise TypeError(msg) from None
-                    found = factory(key, policy, self)
-                    self._backends[(concern, key)] = found
-        return found
 
     @classmethod
     def register_loader(cls, concern: str, loader: Callable[[str, RedisStore], Any]) -> None:
@@ -314,8 +287,7 @@ class RedisStore:
     def clear(self) -> None:
         """Delete every key of this store's namespace (for tests) and forget backends."""
         redis = _redis()
-        with self._lock:
-            self._backends.clear()
+        self._forget_backends()
         try:
             for name in self.client.scan_iter(match=f"{self.namespace}:*", count=500):
                 self.client.delete(name)
