@@ -76,25 +76,35 @@ class PoolBackend(Protocol):
 class MemoryPoolBackend:
     """A pool in this process: a counter under a lock."""
 
-    __slots__ = ("_lock", "limit", "used")
+    __slots__ = ("_acquire", "_lock", "_release", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
         self._lock = threading.Lock()
+        # bound once: acquire/release calls cost about half of a `with` block on the hot path
+        self._acquire = self._lock.acquire
+        self._release = self._lock.release
 
     def try_acquire(self, weight: int) -> bool:
         """Take *weight* units if they are free now; return whether they were taken."""
-        with self._lock:
+        self._acquire()
+        try:
             if self.used + weight > self.limit:
                 return False
             self.used += weight
             return True
+        finally:
+            self._release()
 
     def release(self, weight: int) -> None:
         """Give back *weight* units (never below zero in use)."""
-        with self._lock:
-            self.used = max(0, self.used - weight)
+        self._acquire()
+        try:
+            used = self.used - weight
+            self.used = used if used > 0 else 0
+        finally:
+            self._release()
 
     def available(self) -> int:
         """Return the free units now."""

@@ -514,3 +514,11 @@ class TestAdmit:
                 now += wait
             admitted.append(now)
         assert 0 == over_limit(admitted, rate, 1.0)
+
+
+def test_memory_follows_the_window_not_the_rate() -> None:
+    """A huge budget used slowly keeps only the last window's starts in memory."""
+    state = RateState(10**7, 1.0)
+    for i in range(100_000):
+        assert 0.0 == state.reserve(i * 0.001, 0.0)
+    assert (1000, 1000) == (len(state.log), len(state.starts))
