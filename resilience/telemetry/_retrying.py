@@ -162,8 +162,10 @@ class RetryProgress:
     """
 
     __slots__ = (
+        "_acquire",
         "_errors",
         "_lock",
+        "_release",
         "completed",
         "failures",
         "interval",
@@ -183,30 +185,36 @@ class RetryProgress:
         self.last_report: float | None = None
         self._errors: dict[Hashable, list[Any]] = {}  # key -> [count, exemplar outcome]
         self._lock = threading.Lock()
+        self._acquire = self._lock.acquire  # bound once: cheaper than `with` per failure
+        self._release = self._lock.release
 
     def enter(self, now: float) -> None:
         """A call starts retrying; the first of a busy spell starts the report timer."""
-        with self._lock:
+        self._acquire()
+        try:
             if self.running + self.waiting == 0:
                 self.last_report = now
             self.running += 1
+        finally:
+            self._release()
 
     def failed(self, outcome: object, now: float) -> None:
         """Count a failed attempt's outcome, then report if a line is due."""
         # Group by type and arguments, keeping one exemplar: the text is built only when
         # a line is reported, not on every failure (this runs on every failed attempt).
-        key: Hashable
-        if isinstance(outcome, BaseException):
+        key: Hashable = (
+            (type(outcome), outcome.args)
+            if isinstance(outcome, BaseException)
+            else describe(outcome)
+        )
+        self._acquire()
+        try:
+            errors = self._errors
             try:
-                key = (type(outcome), outcome.args)
-                hash(key)
+                entry = errors.get(key)
             except TypeError:  # unhashable arguments
                 key = describe(outcome)
-        else:
-            key = describe(outcome)
-        with self._lock:
-            errors = self._errors
-            entry = errors.get(key)
+                entry = errors.get(key)
             if entry is not None:
                 entry[0] += 1
             elif len(errors) < _MAX_KINDS:
@@ -215,7 +223,11 @@ class RetryProgress:
                 other = errors.setdefault("other", [0, None])
                 other[0] += 1
             self.failures += 1
-        self.report_if_due(now)
+        finally:
+            self._release()
+        last = self.last_report
+        if last is None or now - last >= self.interval:
+            self.report_if_due(now)
 
     def sleeping(self) -> None:
         """The call waits out a backoff delay."""
@@ -232,10 +244,15 @@ class RetryProgress:
 
     def leave(self, now: float) -> None:
         """The call is done: it returned, raised or gave up."""
-        with self._lock:
+        self._acquire()
+        try:
             self.running -= 1
             self.completed += 1
-        self.report_if_due(now)
+        finally:
+            self._release()
+        last = self.last_report
+        if last is None or now - last >= self.interval:
+            self.report_if_due(now)
 
     def report_if_due(self, now: float) -> bool:
         """Emit and log one progress line if *interval* seconds passed since the last one."""
