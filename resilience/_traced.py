@@ -18,9 +18,9 @@ from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 from resilience._decorating import Decorator, Kind, Layer, Runner, apply, is_target, policy_from
 from resilience._dictable import FromDict
 from resilience._validate import check_bool, check_choice
-from resilience.telemetry._bus import emit
+from resilience.telemetry._bus import BUS, emit
 from resilience.telemetry._spans import enter_span, exit_span, new_span, now_ns
-from resilience.telemetry._structlog import LEVELS, log_event
+from resilience.telemetry._structlog import LEVELS, log_event, logs_at
 from resilience.typing import Clock
 
 
@@ -87,45 +87,74 @@ class TracedFields(TypedDict, total=False):
 
 
 class _Call:
-    """One traced call: its span, when it started, and how to report."""
+    """
+    One traced call: its span, when it started, and how to report.
 
-    __slots__ = ("layer", "metadata", "span", "started", "token")
+    The span always becomes current (nested calls and ``current_span()`` need it); events
+    and log lines are built only when someone would see them (a bus handler, or a level that
+    structlog lets through), so an unobserved trace costs little.
+    """
+
+    __slots__ = ("layer", "listening", "logs_stop", "metadata", "span", "started", "token")
 
     def __init__(self, layer: TracedLayer) -> None:
         self.layer = layer
         span = self.span = new_span(layer.name)
-        self.metadata: dict[str, Any] = {
-            **layer.policy.attributes,
-            "name": layer.name,
-            **span.ids(),
-        }
         self.token = enter_span(span)
         policy = layer.policy
-        emit("resilience.trace.start", None, self.metadata)
-        if policy.log:
-            log_event("resilience.trace.start", None, self.metadata, "debug")
+        self.listening = listening = bool(BUS.subs)
+        self.logs_stop = policy.log and logs_at(policy.level)
+        self.metadata: dict[str, Any] | None = None
+        if listening or self.logs_stop:
+            metadata = self._metadata()
+            if listening:
+                emit("resilience.trace.start", None, metadata)
+            if policy.log and logs_at("debug"):
+                log_event("resilience.trace.start", None, metadata, "debug")
         self.started = now_ns(policy.clock)
+
+    def _metadata(self) -> dict[str, Any]:
+        metadata = self.metadata
+        if metadata is None:
+            layer = self.layer
+            metadata = self.metadata = {
+                **layer.policy.attributes,
+                "name": layer.name,
+                **self.span.ids(),
+            }
+        return metadata
 
     def stop(self, exc: BaseException | None) -> None:
         """Emit stop or exception with the duration; the span stays current meanwhile."""
         policy = self.layer.policy
-        elapsed = now_ns(policy.clock) - self.started
-        measurements = {"duration": elapsed / 1e9, "duration_ns": elapsed}
         if exc is None:
-            emit("resilience.trace.stop", measurements, self.metadata)
-            if policy.log:
-                log_event("resilience.trace.stop", measurements, self.metadata, policy.level)
+            if not (self.listening or self.logs_stop):
+                return
+            measurements = self._measurements()
+            if self.listening:
+                emit("resilience.trace.stop", measurements, self._metadata())
+            if self.logs_stop:
+                log_event("resilience.trace.stop", measurements, self._metadata(), policy.level)
             return
+        level = LEVELS[max(LEVELS.index(policy.level), LEVELS.index("error"))]
+        logs = policy.log and logs_at(level)  # failures are logged even when stops are not
+        if not (self.listening or logs):
+            return
+        measurements = self._measurements()
         metadata = {
-            **self.metadata,
+            **self._metadata(),
             "exception": exc,
             "error_type": type(exc).__name__,
             "error": str(exc),
         }
-        emit("resilience.trace.exception", measurements, metadata)
-        if policy.log:
-            level = LEVELS[max(LEVELS.index(policy.level), LEVELS.index("error"))]
+        if self.listening:
+            emit("resilience.trace.exception", measurements, metadata)
+        if logs:
             log_event("resilience.trace.exception", measurements, metadata, level)
+
+    def _measurements(self) -> dict[str, float]:
+        elapsed = now_ns(self.layer.policy.clock) - self.started
+        return {"duration": elapsed / 1e9, "duration_ns": elapsed}
 
     def leave(self) -> None:
         exit_span(self.token)

@@ -335,3 +335,38 @@ class TestPolicy:
         """Giving the name both ways is an error."""
         with pytest.raises(TypeError, match="twice"):
             traced("a", name="b")
+
+
+def test_filtered_stops_but_logged_failures():
+    """With structlog filtering below warning, stops are not logged but failures still are."""
+    import logging
+
+    import structlog
+
+    from structlog.testing import LogCapture
+
+    from resilience import traced
+
+    capture = LogCapture()
+    structlog.configure(
+        processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING)
+    )
+    try:
+
+        @traced("quiet")
+        def ok() -> int:
+            return 1
+
+        @traced("loud")
+        def boom() -> None:
+            raise ValueError("nope")
+
+        assert 1 == ok()
+        with pytest.raises(ValueError, match="nope"):
+            boom()
+    finally:
+        structlog.reset_defaults()
+    assert [("resilience.trace.exception", "error")] == [
+        (e["event"], e["log_level"]) for e in capture.entries
+    ]
+    assert "loud" == capture.entries[0]["name"]

@@ -15,7 +15,7 @@ import random
 import time
 
 from contextvars import ContextVar, Token
-from typing import Any, NamedTuple
+from typing import Any
 
 from resilience import _clock
 
@@ -43,9 +43,12 @@ def _next_ids() -> tuple[int, int]:
     return n ^ salt, n ^ trace_salt
 
 
-class Span(NamedTuple):
+class Span:
     """
-    One traced call's identity (a named tuple: built on every traced call, it must be cheap).
+    One traced call's identity.
+
+    Built on every traced call, so it is cheap: the ids are kept as integers and written as
+    hex only when read (most calls are never observed).
 
     Attributes:
         name: What was traced (the ``@traced`` name or the ``measure`` name).
@@ -56,14 +59,51 @@ class Span(NamedTuple):
     .. versionadded:: 0.1.0
     """
 
-    name: str
-    trace_id: str
-    span_id: str
-    parent_id: str | None
+    __slots__ = ("_own", "_parent", "_trace", "name")
+
+    def __init__(self, name: str, trace: int, own: int, parent: int | None) -> None:
+        self.name = name
+        self._trace = trace
+        self._own = own
+        self._parent = parent
+
+    @property
+    def trace_id(self) -> str:
+        """32 hex digits shared by every span of one tree."""
+        return f"{self._trace:032x}"
+
+    @property
+    def span_id(self) -> str:
+        """16 hex digits of this span."""
+        return f"{self._own:016x}"
+
+    @property
+    def parent_id(self) -> str | None:
+        """The enclosing span's id, or None at the root."""
+        return None if self._parent is None else f"{self._parent:016x}"
 
     def ids(self) -> dict[str, Any]:
         """Return the ids as metadata keys (``trace_id``, ``span_id``, ``parent_id``)."""
         return {"trace_id": self.trace_id, "span_id": self.span_id, "parent_id": self.parent_id}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Span):
+            return NotImplemented
+        return (self.name, self._trace, self._own, self._parent) == (
+            other.name,
+            other._trace,
+            other._own,
+            other._parent,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self._trace, self._own, self._parent))
+
+    def __repr__(self) -> str:
+        return (
+            f"Span(name={self.name!r}, trace_id={self.trace_id!r}, span_id={self.span_id!r}, "
+            f"parent_id={self.parent_id!r})"
+        )
 
 
 _current: ContextVar[Span | None] = ContextVar("resilience_span", default=None)
@@ -82,10 +122,9 @@ def new_span(name: str) -> Span:
     """Return a child of the current span (or a new root) without entering it."""
     parent = _current.get()
     own, trace = _next_ids()
-    span_id = f"{own:016x}"
     if parent is None:
-        return Span(name, f"{trace:016x}{own:016x}", span_id, None)
-    return Span(name, parent.trace_id, span_id, parent.span_id)
+        return Span(name, (trace << 64) | own, own, None)
+    return Span(name, parent._trace, own, parent._own)
 
 
 def enter_span(span: Span) -> Token[Span | None]:

@@ -72,6 +72,14 @@ def _one_line(exc: BaseException, limit: int = 120) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def logs_at(level: str) -> bool:
+    """Whether a line at *level* would be written (telemetry on, structlog not filtering it)."""
+    if not switch.enabled:
+        return False
+    enabled_for = getattr(_bound(), "is_enabled_for", None)
+    return enabled_for is None or bool(enabled_for(_NUMERIC[level]))
+
+
 def log_event(
     name: str,
     measurements: Mapping[str, float] | None = None,
