@@ -1,8 +1,8 @@
 """
 ``RedisBreaker``: a circuit breaker's state in Redis, shared by every process that names it.
 
-The state machine is the memory backend's (``resilience._breaker.MemoryBreaker``), written
-once more in Lua so that each step (``admit``, ``record``, ``reset``, ``stats``) is one
+The state machine is the memory backend's (``resilience._breaker_memory.MemoryBreaker``),
+written once more in Lua so that each step (``admit``, ``record``, ``reset``, ``stats``) is one
 script: atomic on the server, one round trip, on the server's clock. The state lives in one
 hash, ``<ns>:breaker:<name>``; a count window (the last N calls) adds a string of ``0``/``1``
 bytes, ``<ns>:breaker:<name>:ring``, read and written with ``GETRANGE``/``SETRANGE`` so every
@@ -22,7 +22,7 @@ import json
 from typing import TYPE_CHECKING, Any, Final
 
 from resilience import _clock
-from resilience._breaker import (
+from resilience._breaker_backend import (
     ADMITTED,
     REFUSED,
     STATE_NAMES,
