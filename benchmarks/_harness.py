@@ -73,6 +73,9 @@ class Scenario:
     contenders: Mapping[str, Callable[[], Any] | None]
     baseline: str = "bare call"
     note: str = ""
+    #: Called before the scenario runs; returns the teardown called after it (e.g. attach a
+    #: telemetry handler only while this scenario runs, so it cannot slow the others).
+    setup: Callable[[], Callable[[], Any]] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import wrapt
 
 from benchmarks._harness import Scenario
 from resilience import traced
-from resilience.telemetry import emit
+from resilience.telemetry import attach, emit
 
 
 def _target(x: int = 1) -> int:
@@ -38,6 +38,16 @@ def _emit_call() -> None:
     emit("resilience.bench", {"n": 1.0}, {"name": "bench"})
 
 
+def _one_handler() -> object:
+    """Attach one handler (that keeps a count) for the scenario; return its teardown."""
+    seen = [0]
+
+    def handler(event: object) -> None:
+        seen[0] += 1
+
+    return attach(handler, ["resilience.bench", "resilience.trace"]).detach
+
+
 def scenarios() -> list[Scenario]:
     return [
         Scenario(
@@ -56,9 +66,22 @@ def scenarios() -> list[Scenario]:
             kind="sync",
             contenders={"bare call": _bare, "emit, 0 handlers": _emit_call},
             baseline="bare call",
+            note="one emit() with nobody listening: a function call, one attribute read and a truth test",
+        ),
+        Scenario(
+            title="telemetry emit, one handler attached",
+            kind="sync",
+            contenders={
+                "bare call": _bare,
+                "emit, 1 handler": _emit_call,
+                "resilience @traced(log=False), 1 handler": _traced_call,
+            },
+            baseline="bare call",
             note=(
-                "one emit() with nobody listening; a handler attached here would stay attached "
-                "and slow every later scenario (retry's event twin), so 1 handler is timed apart"
+                "one emit() delivered to one handler (which counts it): the Event is built and "
+                "the handler called; and @traced with its start/stop delivered. The handler is "
+                "attached only while this scenario runs"
             ),
+            setup=_one_handler,
         ),
     ]

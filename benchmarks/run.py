@@ -103,6 +103,16 @@ def discover(only: Sequence[str]) -> Plan:
 
 
 def run_scenario(module: str, scenario: Scenario, repeats: int, target: float) -> Outcome:
+    """Run *scenario* between its setup and teardown (if it has them)."""
+    teardown = scenario.setup() if scenario.setup is not None else None
+    try:
+        return _run_scenario(module, scenario, repeats, target)
+    finally:
+        if teardown is not None:
+            teardown()
+
+
+def _run_scenario(module: str, scenario: Scenario, repeats: int, target: float) -> Outcome:
     """Calibrate each contender, then time them round-robin *repeats* times."""
     outcome = Outcome(scenario, module)
     live: list[tuple[Measurement, Any]] = []
