@@ -5,7 +5,10 @@ The success path is one ``try`` around the call. Everything else (the attempt co
 deadline, shared progress, the delay hook, events) lives on the slow path, which starts at
 the first failure. The decisions are written once in ``_RetryCall``, which does no I/O and
 never sleeps; four thin drivers (sync, async, generator, async generator) feed it outcomes
-and time and do the waiting.
+and time and do the waiting. For the common policy (no ``on_result``, ``timeout``,
+``progress_timeout`` or ``attempt_timeout``) the sync and async runners hold the loop inline
+rather than calling into ``_retry_sync``/``_retry_async``, and per-policy constants are
+computed once on the layer, so a failure costs one ``next_delay`` call and a list append.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, ca
 
 from resilience import _clock, _config
 from resilience._decorating import Decorator, Kind, Layer, Runner, apply, is_target, policy_from
-from resilience._errors import AttemptTimeoutError
+from resilience._errors import AttemptTimeoutError, ResilienceError
 from resilience._fallback import Fallback
 from resilience._policies import RetryPolicy
+from resilience._retry_after import retry_after_from
 from resilience.telemetry import _retrying
 from resilience.telemetry._bus import BUS, emit
 
@@ -38,6 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["RetryFields", "retry"]
 
 _LISTENING = BUS.live  # mutated in place by attach/detach: `if _LISTENING:` is the cheapest test
+_SWITCHES = _config.state  # likewise never replaced, only its attributes set
+_QUEUED_MAX = _retrying.RetryProgress.BOUND
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -93,47 +99,74 @@ class _Progress:
 class _RetryCall:
     """The decisions of one call's retry loop: pure, fed with outcomes and times."""
 
-    __slots__ = ("attempt", "layer", "previous", "reason", "retry", "server_delay", "started")
+    # `attempt - 1` is the retry number: no separate counter to keep in step.
+    __slots__ = ("attempt", "layer", "previous", "reason", "server_delay", "started")
 
     def __init__(self, layer: RetryLayer, started: float) -> None:
         self.layer = layer
         self.started = started
         self.attempt = 1
-        self.retry = 0
-        self.previous = layer.policy.backoff.base
-        self.reason = ""
-        self.server_delay = False
+        self.previous = layer.base
+        # `reason` and `server_delay` are set by `next_delay` before anything reads them.
 
     def next_delay(self, outcome: object, now: float) -> float | None:
         """Return the wait before the next attempt, or None to give up (see ``reason``)."""
-        self.layer.tracker.failed(outcome, now)
-        policy = self.layer.policy
-        switches = _config.state
+        layer = self.layer
+        # The tracker's `failed`, inline: one lock-free append; the lock only when due.
+        tracker = layer.tracker
+        queued = tracker.outcomes
+        queued.append(outcome)
+        if now >= tracker.due_at or len(queued) >= _QUEUED_MAX:
+            tracker.report_if_due(now)
+        switches = _SWITCHES
         if not switches.active:
             self.reason = "resilience is switched off (set_active(False))"
             return None
-        limit = policy.attempts
-        if switches.testing and switches.testing_attempts is not None:
-            limit = min(limit or switches.testing_attempts, switches.testing_attempts)
-        if limit is not None and self.attempt >= limit:
+        limit = layer.limit  # math.inf for attempts=None
+        testing = switches.testing
+        if testing and switches.testing_attempts is not None:
+            limit = min(limit, switches.testing_attempts)
+        if self.attempt >= limit:
             self.reason = f"the limit of {limit} attempt(s) was reached"
             return None
-        if self.progress_expired(now):
+        if layer.progress is not None and self.progress_expired(now):
             return None
-        delay = self._delay_for(outcome)
-        if switches.testing:
+        hook = layer.hook
+        if hook is retry_after_from:  # the default hook: skip its call when it has no source
+            try:
+                hinted = (
+                    isinstance(outcome, ResilienceError)
+                    or getattr(outcome, "response", None) is not None
+                    or getattr(outcome, "headers", None) is not None
+                )
+            except Exception:  # a raising property: let the hook decide (it never raises)
+                hinted = True
+        else:
+            hinted = hook is not None
+        if hinted or not layer.zero:
+            delay = self._delay_for(outcome)
+        else:  # base 0: every strategy and jitter gives 0, so no draw either
             delay = 0.0
+            self.server_delay = False
+        if testing:
+            delay = 0.0
+        if layer.guarded and not self._within_limits(delay, now):
+            return None
+        self.attempt += 1
+        return delay
+
+    def _within_limits(self, delay: float, now: float) -> bool:
+        """Whether the timeout and the budget allow a retry after *delay*."""
+        policy = self.layer.policy
         timeout = policy.timeout
         if timeout is not None and (now - self.started) + delay > timeout:  # type: ignore[operator]
             self.reason = f"the next wait of {delay:.3f} s would cross the timeout of {timeout:g} s"
-            return None
+            return False
         budget = policy.budget
         if budget is not None and not budget.try_retry():
             self.reason = f"the retry budget is spent ({budget.describe()})"
-            return None
-        self.attempt += 1
-        self.retry += 1
-        return delay
+            return False
+        return True
 
     def progress_expired(self, now: float) -> bool:
         """Whether no call of the function has succeeded for ``progress_timeout``."""
@@ -163,7 +196,7 @@ class _RetryCall:
         backoff = policy.backoff
         if backoff.base == 0.0:  # every strategy and jitter gives 0: skip the draw
             return 0.0
-        delay = backoff._next(self.retry, self.previous, random.random())
+        delay = backoff._next(self.attempt - 1, self.previous, random.random())
         self.previous = delay
         return delay
 
@@ -231,7 +264,23 @@ class RetryLayer(Layer):
     """``@retry``'s layer: the drivers of the retry loop for each kind of callable."""
 
     decorator = "retry"
-    __slots__ = ("fallback", "progress", "retryable", "tracker")
+    # Besides the state, constants read once per failure instead of policy attributes:
+    # `catch`/`check` (what is retryable, as an `except` clause plus an optional predicate),
+    # `limit` (attempts, inf if None), `hook`, `zero` (backoff base 0), `base` and `guarded`
+    # (a timeout or a budget to check).
+    __slots__ = (
+        "base",
+        "catch",
+        "check",
+        "fallback",
+        "guarded",
+        "hook",
+        "limit",
+        "progress",
+        "retryable",
+        "tracker",
+        "zero",
+    )
     policy: RetryPolicy
 
     def __init__(self, policy: RetryPolicy) -> None:
@@ -239,11 +288,28 @@ class RetryLayer(Layer):
         self.progress = _Progress() if policy.progress_timeout is not None else None
         self.tracker = _retrying.RetryProgress(self)
         self.fallback = Fallback(policy.fallback) if policy.fallback is not None else None
+        self.limit: float = math.inf if policy.attempts is None else policy.attempts
+        self.hook = policy.delay_hook
+        self.base = policy.backoff.base
+        self.zero = self.base == 0.0
+        self.guarded = policy.timeout is not None or policy.budget is not None
         matches = policy._retryable
+        on = policy.on
+        classes = on if isinstance(on, tuple) else (on,)
+        if all(isinstance(c, type) and issubclass(c, Exception) for c in classes):
+            # `except on` is the whole test: no predicate call per failure
+            self.catch: type[Exception] | tuple[type[Exception], ...] = on  # type: ignore[assignment]
+            self.check: Callable[[BaseException], bool] | None = None
+        else:  # a predicate, or BaseException classes, which `except Exception` never retries
+            self.catch, self.check = Exception, matches
         if policy.attempt_timeout is None:
             self.retryable = matches
         else:  # a stalled attempt is retryable whatever `on` says
             self.retryable = lambda exc: isinstance(exc, AttemptTimeoutError) or matches(exc)
+            if self.check is None:
+                self.catch = (AttemptTimeoutError, *classes)
+            else:
+                self.check = self.retryable
 
     def bind(self, kind: Kind, qualname: str) -> None:
         self.name = self.policy.name or qualname
@@ -284,6 +350,12 @@ class RetryLayer(Layer):
         if call is not None and BUS.subs:
             emit("resilience.retry.recovered", {"attempts": call.attempt}, {"name": self.name})
 
+    def _leave(self, clock: Clock) -> None:
+        """The call's loop is over (returned, raised or gave up)."""
+        self.tracker.leave(clock.monotonic())
+        if self.progress is not None:
+            self.progress.leave()
+
     # -- sync ------------------------------------------------------------------------
 
     def build_sync(self, call_next: Runner, observe: bool = True) -> Runner:
@@ -294,8 +366,10 @@ class RetryLayer(Layer):
             if observe
             else None
         )
-        retryable = self.retryable
+        catch, check = self.catch, self.check
         slow = self._retry_sync
+        layer, tracker = self, self.tracker
+        inflight, done = tracker.inflight, tracker.done
         if policy.on_result is None and policy.progress_timeout is None and policy.timeout is None:
 
             def fast(
@@ -308,11 +382,46 @@ class RetryLayer(Layer):
                     return _retrying.run_observed(observed, wrapped, instance, args, kwargs)
                 try:
                     return call_next(wrapped, instance, args, kwargs)
-                except Exception as exc:
-                    if not retryable(exc):
+                except catch as exc:
+                    if check is not None and not check(exc):
                         raise
-                    failure = exc
-                return slow(call_next, wrapped, instance, args, kwargs, failure, True, None)
+                    outcome: Any = exc
+                # `_retry_sync` without on_result, inline: a call fewer per failing call.
+                clock: Clock = policy.clock or _clock._default.clock  # type: ignore[assignment]
+                now = clock.monotonic()
+                call = _RetryCall(layer, now)
+                if not inflight:  # `tracker.enter(now)`, inline
+                    tracker.last_report = now
+                    tracker.due_at = now + tracker.interval
+                inflight.append(None)
+                try:
+                    while True:
+                        delay = call.next_delay(outcome, now)
+                        if delay is None:
+                            return call.give_up(outcome, True, clock.monotonic())
+                        if BUS.subs:
+                            call.announce(outcome, delay)
+                        if delay > 0.0:
+                            call.sleep(clock, delay)
+                        try:
+                            result = call_next(wrapped, instance, args, kwargs)
+                        except catch as exc:
+                            if check is not None and not check(exc):
+                                raise
+                            outcome = exc
+                        else:
+                            if BUS.subs:
+                                layer._succeeded(clock, call)
+                            return result
+                        now = clock.monotonic()
+                finally:
+                    # The queued failures' tracebacks hold this frame: no cycle back to them.
+                    outcome = None
+                    inflight.pop()  # `tracker.leave(clock.monotonic())`, inline
+                    done.append(None)
+                    now = clock.monotonic()
+                    if now >= tracker.due_at:
+                        tracker.report_if_due(now)
 
             return fast
 
@@ -332,8 +441,8 @@ class RetryLayer(Layer):
             started = clock_of().monotonic() if timed else None
             try:
                 result = call_next(wrapped, instance, args, kwargs)
-            except Exception as exc:
-                if not retryable(exc):
+            except catch as exc:
+                if check is not None and not check(exc):
                     raise
                 failure = exc
             else:
@@ -357,8 +466,9 @@ class RetryLayer(Layer):
         is_exc: bool,
         started: float | None,
     ) -> Any:
-        retryable = self.retryable
+        catch, check = self.catch, self.check
         on_result = self.policy.on_result
+        progress = self.progress
         clock, call, now = self._start(started)
         try:
             while True:
@@ -371,20 +481,20 @@ class RetryLayer(Layer):
                     call.sleep(clock, delay)
                 try:
                     result = call_next(wrapped, instance, args, kwargs)
-                except Exception as exc:
-                    if not retryable(exc):
+                except catch as exc:
+                    if check is not None and not check(exc):
                         raise
                     outcome, is_exc = exc, True
                 else:
                     if on_result is None or not on_result(result):
-                        self._succeeded(clock, call)
+                        if progress is not None or BUS.subs:
+                            self._succeeded(clock, call)
                         return result
                     outcome, is_exc = result, False
                 now = clock.monotonic()
         finally:
-            self.tracker.leave(clock.monotonic())
-            if self.progress is not None:
-                self.progress.leave()
+            outcome = None  # the queued failures' tracebacks hold this frame: no cycle
+            self._leave(clock)
 
     # -- async -----------------------------------------------------------------------
 
@@ -395,8 +505,11 @@ class RetryLayer(Layer):
             if observe
             else None
         )
-        retryable = self.retryable
+        catch, check = self.catch, self.check
         slow = self._retry_async
+        attempt = self._timed(call_next)  # call_next itself without attempt_timeout
+        layer, tracker = self, self.tracker
+        inflight, done = tracker.inflight, tracker.done
         if (
             policy.on_result is None
             and policy.progress_timeout is None
@@ -416,11 +529,47 @@ class RetryLayer(Layer):
                     )
                 try:
                     return await call_next(wrapped, instance, args, kwargs)
-                except Exception as exc:
-                    if not retryable(exc):
+                except catch as exc:
+                    if check is not None and not check(exc):
                         raise
-                    failure = exc
-                return await slow(call_next, wrapped, instance, args, kwargs, failure, True, None)
+                    outcome: Any = exc
+                # `_retry_async` without on_result and attempt_timeout, inline: a second
+                # coroutine per failing call costs more than the rest of its bookkeeping.
+                clock: Clock = policy.clock or _clock._default.clock  # type: ignore[assignment]
+                now = clock.monotonic()
+                call = _RetryCall(layer, now)
+                if not inflight:  # `tracker.enter(now)`, inline
+                    tracker.last_report = now
+                    tracker.due_at = now + tracker.interval
+                inflight.append(None)
+                try:
+                    while True:
+                        delay = call.next_delay(outcome, now)
+                        if delay is None:
+                            return await call.agive_up(outcome, True, clock.monotonic())
+                        if BUS.subs:
+                            call.announce(outcome, delay)
+                        if delay > 0.0:
+                            await call.asleep(clock, delay)
+                        try:
+                            result = await call_next(wrapped, instance, args, kwargs)
+                        except catch as exc:
+                            if check is not None and not check(exc):
+                                raise
+                            outcome = exc
+                        else:
+                            if BUS.subs:
+                                layer._succeeded(clock, call)
+                            return result
+                        now = clock.monotonic()
+                finally:
+                    # The queued failures' tracebacks hold this frame: no cycle back to them.
+                    outcome = None
+                    inflight.pop()  # `tracker.leave(clock.monotonic())`, inline
+                    done.append(None)
+                    now = clock.monotonic()
+                    if now >= tracker.due_at:
+                        tracker.report_if_due(now)
 
             return fast
 
@@ -428,7 +577,6 @@ class RetryLayer(Layer):
         timed = policy.timeout is not None
         progress = self.progress
         clock_of = self._clock
-        attempt = self._timed(call_next)
 
         async def general(
             wrapped: Callable[..., Any],
@@ -441,8 +589,8 @@ class RetryLayer(Layer):
             started = clock_of().monotonic() if timed else None
             try:
                 result = await attempt(wrapped, instance, args, kwargs)
-            except Exception as exc:
-                if not retryable(exc):
+            except catch as exc:
+                if check is not None and not check(exc):
                     raise
                 failure = exc
             else:
@@ -450,10 +598,8 @@ class RetryLayer(Layer):
                     if progress is not None:
                         progress.success(clock_of().monotonic())
                     return result
-                return await slow(
-                    call_next, wrapped, instance, args, kwargs, result, False, started
-                )
-            return await slow(call_next, wrapped, instance, args, kwargs, failure, True, started)
+                return await slow(attempt, wrapped, instance, args, kwargs, result, False, started)
+            return await slow(attempt, wrapped, instance, args, kwargs, failure, True, started)
 
         return general
 
@@ -482,7 +628,7 @@ class RetryLayer(Layer):
 
     async def _retry_async(
         self,
-        call_next: Runner,
+        attempt: Runner,
         wrapped: Callable[..., Any],
         instance: Any,
         args: tuple[Any, ...],
@@ -491,9 +637,9 @@ class RetryLayer(Layer):
         is_exc: bool,
         started: float | None,
     ) -> Any:
-        retryable = self.retryable
+        catch, check = self.catch, self.check
         on_result = self.policy.on_result
-        attempt = self._timed(call_next)
+        progress = self.progress
         clock, call, now = self._start(started)
         try:
             while True:
@@ -506,20 +652,20 @@ class RetryLayer(Layer):
                     await call.asleep(clock, delay)
                 try:
                     result = await attempt(wrapped, instance, args, kwargs)
-                except Exception as exc:
-                    if not retryable(exc):
+                except catch as exc:
+                    if check is not None and not check(exc):
                         raise
                     outcome, is_exc = exc, True
                 else:
                     if on_result is None or not on_result(result):
-                        self._succeeded(clock, call)
+                        if progress is not None or BUS.subs:
+                            self._succeeded(clock, call)
                         return result
                     outcome, is_exc = result, False
                 now = clock.monotonic()
         finally:
-            self.tracker.leave(clock.monotonic())
-            if self.progress is not None:
-                self.progress.leave()
+            outcome = None  # the queued failures' tracebacks hold this frame: no cycle
+            self._leave(clock)
 
     # -- generators -------------------------------------------------------------------
 
@@ -534,6 +680,7 @@ class RetryLayer(Layer):
             kwargs: dict[str, Any],
         ) -> Generator[Any, Any, Any]:
             call: _RetryCall | None = None
+            failure: Exception | None = None
             clock = layer._clock()
             try:
                 while True:
@@ -561,10 +708,9 @@ class RetryLayer(Layer):
                         if delay > 0.0:
                             call.sleep(clock, delay)
             finally:
+                failure = None  # the queued failures' tracebacks hold this frame: no cycle
                 if call is not None:
-                    layer.tracker.leave(clock.monotonic())
-                if call is not None and layer.progress is not None:
-                    layer.progress.leave()
+                    layer._leave(clock)
             return (yield from _delegate(gen, first, retryable, layer.name))
 
         return runner
@@ -581,6 +727,7 @@ class RetryLayer(Layer):
             kwargs: dict[str, Any],
         ) -> AsyncGenerator[Any, Any]:
             call: _RetryCall | None = None
+            failure: Exception | None = None
             clock = layer._clock()
             try:
                 while True:
@@ -612,10 +759,9 @@ class RetryLayer(Layer):
                         if delay > 0.0:
                             await call.asleep(clock, delay)
             finally:
+                failure = None  # the queued failures' tracebacks hold this frame: no cycle
                 if call is not None:
-                    layer.tracker.leave(clock.monotonic())
-                if call is not None and layer.progress is not None:
-                    layer.progress.leave()
+                    layer._leave(clock)
             # Async generators cannot `yield from`: forward asend/athrow/aclose by hand.
             item = first
             while True:

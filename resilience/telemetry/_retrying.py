@@ -7,12 +7,15 @@ attempt number travels in a context variable set per call. The progress tracker 
 the retry loop's slow path only: like the Tinker SDK's RetryHandler, at most every two
 seconds it reports how many calls wait, run and completed, and the errors seen since the
 last line, grouped and counted (event ``resilience.retry.progress`` and a structlog line).
+It takes no lock per failure: events are appended, and counted in batches.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
 from typing import Any
@@ -158,120 +161,98 @@ class RetryProgress:
     A call enters after its first failure and is *running* (an attempt or a decision) or
     *waiting* (a backoff sleep, bracketed by ``sleeping``/``awake`` even when cancelled)
     until it leaves (success or give-up: *completed*). Every failure is counted under its
-    ``describe()`` text until the next report.
+    ``describe()`` text until the next report. The first entry of a busy spell (no call in
+    its loop) restarts the report timer, so a spell shorter than *interval* makes no line.
+
+    Lock-free until a line is due: each step is one atomic C call on a list or deque.
+    ``inflight`` and ``sleepers`` hold a ``None`` per call in its loop and per call waiting
+    (their lengths are the counts, read as a snapshot); failed outcomes and completions
+    queue in ``outcomes`` and ``done``. Whoever finds a line due (``now >= due_at``) or
+    ``BOUND`` outcomes queued takes the lock and drains both queues (``del q[:n]``: only
+    the lock holder removes), so grouping runs once per batch, the counts and groups equal
+    those of locked per-failure accounting, and at most ``BOUND`` outcomes (with their
+    tracebacks) wait. ``resilience._retry``'s drivers inline ``enter``/``failed``/``leave``
+    on exactly these attributes.
     """
 
+    BOUND = 64  # drain once this many failed outcomes are queued
+
     __slots__ = (
-        "_acquire",
+        "_completed",
         "_errors",
+        "_failures",
         "_lock",
-        "_release",
-        "completed",
-        "failures",
+        "done",
+        "due_at",
+        "inflight",
         "interval",
         "last_report",
+        "outcomes",
         "owner",
-        "running",
-        "waiting",
+        "sleepers",
     )
 
     def __init__(self, owner: Any, interval: float = PROGRESS_INTERVAL) -> None:
         self.owner = owner  # anything with a ``.name`` (the retry layer, named once bound)
         self.interval = interval
-        self.running = 0
-        self.waiting = 0
-        self.completed = 0
-        self.failures = 0
+        self.inflight: deque[None] = deque()
+        self.sleepers: deque[None] = deque()
+        self.outcomes: list[Any] = []
+        self.done: list[None] = []
+        self._completed = 0
+        self._failures = 0
         self.last_report: float | None = None
+        self.due_at = -math.inf  # last_report + interval
         self._errors: dict[Hashable, list[Any]] = {}  # key -> [count, exemplar outcome]
         self._lock = threading.Lock()
-        self._acquire = self._lock.acquire  # bound once: cheaper than `with` per failure
-        self._release = self._lock.release
 
     def enter(self, now: float) -> None:
         """A call starts retrying; the first of a busy spell starts the report timer."""
-        self._acquire()
-        try:
-            if self.running + self.waiting == 0:
-                self.last_report = now
-            self.running += 1
-        finally:
-            self._release()
+        if not self.inflight:
+            self.last_report = now
+            self.due_at = now + self.interval
+        self.inflight.append(None)
 
     def failed(self, outcome: object, now: float) -> None:
         """Count a failed attempt's outcome, then report if a line is due."""
-        # Group by type and arguments, keeping one exemplar: the text is built only when
-        # a line is reported, not on every failure (this runs on every failed attempt).
-        key: Hashable = (
-            (type(outcome), outcome.args)
-            if isinstance(outcome, BaseException)
-            else describe(outcome)
-        )
-        self._acquire()
-        try:
-            errors = self._errors
-            try:
-                entry = errors.get(key)
-            except TypeError:  # unhashable arguments
-                key = describe(outcome)
-                entry = errors.get(key)
-            if entry is not None:
-                entry[0] += 1
-            elif len(errors) < _MAX_KINDS:
-                errors[key] = [1, outcome]
-            else:
-                other = errors.setdefault("other", [0, None])
-                other[0] += 1
-            self.failures += 1
-        finally:
-            self._release()
-        last = self.last_report
-        if last is None or now - last >= self.interval:
+        self.outcomes.append(outcome)
+        if now >= self.due_at or len(self.outcomes) >= self.BOUND:
             self.report_if_due(now)
 
     def sleeping(self) -> None:
         """The call waits out a backoff delay."""
-        with self._lock:
-            self.running -= 1
-            self.waiting += 1
+        self.sleepers.append(None)
 
     def awake(self, now: float) -> None:
         """The call's wait is over; it runs its next attempt."""
-        with self._lock:
-            self.waiting -= 1
-            self.running += 1
+        self.sleepers.pop()
         self.report_if_due(now)
 
     def leave(self, now: float) -> None:
         """The call is done: it returned, raised or gave up."""
-        self._acquire()
-        try:
-            self.running -= 1
-            self.completed += 1
-        finally:
-            self._release()
-        last = self.last_report
-        if last is None or now - last >= self.interval:
+        self.inflight.pop()
+        self.done.append(None)
+        if now >= self.due_at:
             self.report_if_due(now)
 
     def report_if_due(self, now: float) -> bool:
         """Emit and log one progress line if *interval* seconds passed since the last one."""
-        last = self.last_report  # unlocked first look: most calls are not due
-        if last is not None and now - last < self.interval:
-            return False
         with self._lock:
+            self._drain()
             last = self.last_report
             if last is not None and now - last < self.interval:
                 return False
             self.last_report = now
-            counts = {
-                "waiting": self.waiting,
-                "running": self.running,
-                "completed": self.completed,
-                "failures": self.failures,
-            }
+            self.due_at = now + self.interval
+            waiting, running, completed, failures = self._snapshot()
             grouped = self._errors
             self._errors = {}
+        counts = {
+            "waiting": waiting,
+            "running": running,
+            "completed": completed,
+            "failures": failures,
+        }
         texts: dict[str, int] = {}
         for count, exemplar in grouped.values():
             text = "other" if exemplar is None else describe(exemplar)
@@ -282,13 +263,91 @@ class RetryProgress:
         log_event("resilience.retry.progress", counts, metadata, level="debug")  # as Tinker
         return True
 
+    def _drain(self) -> None:
+        """Count the queued completions and outcomes (lock held; appends may go on)."""
+        # Only the lock holder removes, and only from the front: `del q[:n]` drops exactly
+        # the items read, whatever was appended meanwhile.
+        done = self.done
+        finished = len(done)
+        del done[:finished]
+        self._completed += finished
+        queued = self.outcomes
+        count = len(queued)
+        batch = queued[:count]
+        del queued[:count]
+        self._failures += count
+        errors = self._errors
+        last_type: type | None = None  # a run of alike failures skips the dict
+        last_args: Any = None
+        entry: list[Any] = []
+        for outcome in batch:
+            kind = type(outcome)
+            if kind is last_type:  # only ever an exception type
+                args = outcome.args
+                if args is not last_args:
+                    last_args = args
+                    entry = _entry(errors, (kind, args), outcome)
+            elif isinstance(outcome, BaseException):
+                last_type, last_args = kind, outcome.args
+                entry = _entry(errors, (kind, last_args), outcome)
+            else:  # a result that on_result retried: grouped by its text
+                last_type = None
+                entry = _entry(errors, describe(outcome), outcome)
+            entry[0] += 1
+
+    def _snapshot(self) -> tuple[int, int, int, int]:
+        waiting = len(self.sleepers)  # first: a call only sleeps while in flight
+        running = max(len(self.inflight) - waiting, 0)
+        return waiting, running, self._completed, self._failures
+
+    def _counts(self) -> tuple[int, int, int, int]:
+        with self._lock:
+            self._drain()
+            return self._snapshot()
+
+    @property
+    def waiting(self) -> int:
+        """Calls waiting out a backoff delay now."""
+        return self._counts()[0]
+
+    @property
+    def running(self) -> int:
+        """Calls in their retry loop and not waiting: in an attempt or a decision."""
+        return self._counts()[1]
+
+    @property
+    def completed(self) -> int:
+        """Calls that left their retry loop (returned, raised or gave up), ever."""
+        return self._counts()[2]
+
+    @property
+    def failures(self) -> int:
+        """Failed attempts counted, ever."""
+        return self._counts()[3]
+
     @property
     def name(self) -> str:
         """The decorated function's name in events and lines."""
         return str(self.owner.name)
 
     def __repr__(self) -> str:
+        waiting, running, completed, _ = self._counts()
         return (
-            f"<RetryProgress {self.name!r} waiting={self.waiting} running={self.running} "
-            f"completed={self.completed}>"
+            f"<RetryProgress {self.name!r} waiting={waiting} running={running} "
+            f"completed={completed}>"
         )
+
+
+def _entry(errors: dict[Hashable, list[Any]], key: Hashable, outcome: Any) -> list[Any]:
+    """Return the entry ``[count, exemplar]`` of *outcome*'s group, adding it if new."""
+    try:
+        entry = errors.get(key)
+    except TypeError:  # unhashable arguments
+        key = describe(outcome)
+        entry = errors.get(key)
+    if entry is None:
+        if len(errors) < _MAX_KINDS:
+            entry = errors[key] = [0, outcome]
+        else:
+            entry = errors.setdefault("other", [0, None])
+    return entry

@@ -142,6 +142,111 @@ class TestProgress:
             e.metadata["errors"][0][0].startswith("OSError") for e in events if e.metadata["errors"]
         )
 
+    def test_batches_group_exactly(self):
+        """Past a queue's worth of failures, groups, counts and "other" stay exact."""
+
+        class Owner:
+            name = "f"
+
+        class Unhashable(Exception):
+            pass
+
+        tracker = RetryProgress(Owner())
+        same = OSError("same")  # the same args object again and again: the cached group
+        outcomes = [same] * 100 + [OSError("same")] * 30 + [503, 503]
+        outcomes += [same, Unhashable(["x"]), Unhashable(["x"])]
+        outcomes += [KeyError(n) for n in range(60)]  # past 50 kinds: "other"
+        with capture_events("resilience.retry.progress") as events:
+            tracker.enter(0.0)
+            for n, outcome in enumerate(outcomes):
+                tracker.failed(outcome, n / 1000)
+            assert (0, 1, 0, len(outcomes)) == (
+                tracker.waiting,
+                tracker.running,
+                tracker.completed,
+                tracker.failures,
+            )
+            tracker.leave(5.0)
+        (line,) = events
+        errors = dict(line.metadata["errors"])
+        assert 131 == errors["OSError: same"]
+        assert 2 == errors["result 503"]
+        assert 2 == errors["Unhashable: ['x']"]
+        kinds = 50 - 3
+        assert 60 - kinds == errors["other"]
+        assert len(outcomes) == sum(errors.values())
+        assert {"waiting": 0, "running": 0, "completed": 1} == {
+            k: line.measurements[k] for k in ("waiting", "running", "completed")
+        }
+
+    def test_threads_count_exactly(self, clock):
+        """Calls retrying on many threads at once are all counted, without a lock per step."""
+        import threading
+
+        errors = []
+
+        calls = [0]  # shared by the threads: every third call succeeds, give or take
+
+        def f():
+            calls[0] += 1
+            if calls[0] % 3:
+                raise OSError("busy")
+            return "ok"
+
+        decorated = retry(attempts=None, backoff=Backoff(base=0))(f)
+
+        def worker():
+            try:
+                for _ in range(300):
+                    decorated()
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [] == errors
+        tracker = decorated._self_layers[0].tracker
+        assert (0, 0) == (tracker.waiting, tracker.running)
+        assert tracker.completed <= 8 * 300  # calls that succeeded at once never enter
+        assert tracker.failures >= tracker.completed
+        assert "waiting=0 running=0" in repr(tracker)
+
+    def test_failures_freed_without_gc(self):
+        """Queued failures are freed by reference counting once counted: no cycles."""
+        import gc
+        import weakref
+
+        class Boom(Exception):
+            pass
+
+        raised = []
+
+        def boom():
+            exc = Boom()
+            raised.append(weakref.ref(exc))
+            return exc
+
+        async def f():
+            if len(raised) < 2:
+                raise boom()  # no local here: the test adds no cycle of its own
+            return "ok"
+
+        decorated = retry(attempts=3, backoff=Backoff(base=0))(f)
+        gc.disable()
+        try:
+            assert "ok" == asyncio.run(decorated())
+            tracker = decorated._self_layers[0].tracker
+            assert 2 == tracker.failures  # drains the queue
+            assert [False, True] == [ref() is None for ref in raised]  # the first: exemplar
+            with capture_events("resilience.retry.progress"):
+                assert tracker.report_if_due(1e9)
+            assert [None, None] == [ref() for ref in raised]
+        finally:
+            gc.enable()
+
     def test_describe(self):
         """Outcomes are described as Type: message, or result repr."""
         assert "ValueError: No error message" == describe(ValueError())
