@@ -659,3 +659,98 @@ class TestOwnRefusals:
         set_active(False)
         with pytest.raises(Boom):
             retry(attempts=3, fallback="fallback")(Flaky(5))()
+
+
+class TestGeneratorEdges:
+    def test_empty_generator_returns_its_value(self, clock):
+        """A generator that ends at once returns its value, no retry."""
+
+        @retry
+        def empty():
+            return "done"
+            yield  # pragma: no cover - makes this a generator
+
+        with pytest.raises(StopIteration) as stop:
+            next(empty())
+        assert "done" == stop.value.value
+
+    def test_generator_gives_up_with_note_and_events(self, clock):
+        """A generator failing before every first item gives up like a function."""
+
+        @retry(attempts=2, backoff=NO_JITTER)
+        def broken():
+            raise Boom("never")
+            yield  # pragma: no cover
+
+        with capture_events("resilience.retry") as events, pytest.raises(Boom) as info:
+            next(broken())
+        assert "after 2 attempt(s)" in info.value.__notes__[-1]
+        assert [0.5] == clock.sleeps
+        assert {"resilience.retry.retry", "resilience.retry.give_up"} <= {e.name for e in events}
+
+    def test_generator_other_errors_propagate(self, clock):
+        """Exceptions outside `on` propagate from a generator at once."""
+        runs = []
+
+        @retry(on=KeyError)
+        def broken():
+            runs.append(1)
+            raise Boom
+            yield  # pragma: no cover
+
+        with pytest.raises(Boom):
+            next(broken())
+        assert [1] == runs
+
+    @pytest.mark.anyio
+    async def test_async_generator_edges(self, clock):
+        """Async generators: empty, giving up, and errors outside `on`."""
+
+        @retry
+        async def empty():
+            return
+            yield  # pragma: no cover
+
+        assert [] == [i async for i in empty()]
+
+        @retry(attempts=3, backoff=NO_JITTER)
+        async def broken():
+            raise Boom("never")
+            yield  # pragma: no cover
+
+        with capture_events("resilience.retry.retry") as events, pytest.raises(Boom) as info:
+            await broken().__anext__()
+        assert "after 3 attempt(s)" in info.value.__notes__[-1]
+        assert [0.5, 1.0] == clock.sleeps
+        assert 2 == len(events)
+
+        @retry(on=KeyError)
+        async def other():
+            raise Boom
+            yield  # pragma: no cover
+
+        with pytest.raises(Boom):
+            await other().__anext__()
+
+    @pytest.mark.anyio
+    async def test_async_generator_attempt_timeout(self):
+        """attempt_timeout bounds an async generator's first item; a stall is retried."""
+        runs = []
+
+        @retry(attempt_timeout=0.005, backoff=Backoff(base=0))
+        async def numbers():
+            runs.append(1)
+            if len(runs) < 2:
+                await asyncio.Event().wait()
+            yield 1
+
+        assert [1] == [i async for i in numbers()]
+        assert 2 == len(runs)
+
+        @retry(attempts=2, attempt_timeout=0.002, backoff=Backoff(base=0))
+        async def stalls():
+            await asyncio.Event().wait()
+            yield 1  # pragma: no cover
+
+        with pytest.raises(AttemptTimeoutError):
+            await stalls().__anext__()

@@ -370,3 +370,82 @@ def test_filtered_stops_but_logged_failures():
         (e["event"], e["log_level"]) for e in capture.entries
     ]
     assert "loud" == capture.entries[0]["name"]
+
+
+class TestTracedPolicyValidation:
+    @pytest.mark.parametrize(
+        ("fields", "error", "match"),
+        [
+            ({"name": 3}, TypeError, r"TracedPolicy\.name must be a string or None"),
+            ({"name": ""}, ValueError, r"TracedPolicy\.name must be a non-empty string"),
+            ({"level": "loud"}, ValueError, r"TracedPolicy\.level must be one of"),
+            ({"log": "yes"}, TypeError, r"TracedPolicy\.log must be True or False"),
+            ({"attributes": [1]}, TypeError, r"TracedPolicy\.attributes must be a mapping"),
+            (
+                {"attributes": {1: "x"}},
+                TypeError,
+                r"TracedPolicy\.attributes must have string keys",
+            ),
+            ({"clock": object()}, TypeError, r"TracedPolicy\.clock must provide monotonic"),
+        ],
+    )
+    def test_bad_values_name_the_field(self, fields, error, match):
+        """Bad TracedPolicy values fail when built, naming the field."""
+        from resilience import TracedPolicy
+
+        with pytest.raises(error, match=match):
+            TracedPolicy(**fields)
+
+
+class TestTracedGeneratorControl:
+    def test_close_and_throw_end_the_span(self):
+        """Closing or throwing into a traced generator ends its span with stop or exception."""
+        from resilience import traced
+        from resilience.testing import capture_events
+
+        @traced("gen", log=False)
+        def numbers():
+            try:
+                yield 1
+                yield 2
+            except KeyError:
+                yield "caught"
+
+        with capture_events("resilience.trace") as events:
+            gen = numbers()
+            assert 1 == next(gen)
+            gen.close()
+            gen = numbers()
+            next(gen)
+            assert "caught" == gen.throw(KeyError())
+            with pytest.raises(StopIteration):
+                next(gen)
+        names = [e.name for e in events]
+        assert 2 == names.count("resilience.trace.start")
+        assert 2 == names.count("resilience.trace.stop")
+
+    @pytest.mark.anyio
+    async def test_async_close_and_throw(self):
+        """The same for async generators: aclose and athrow end the span."""
+        from resilience import traced
+        from resilience.testing import capture_events
+
+        @traced("agen", log=False)
+        async def numbers():
+            try:
+                yield 1
+                yield 2
+            except KeyError:
+                yield "caught"
+
+        with capture_events("resilience.trace") as events:
+            agen = numbers()
+            assert 1 == await agen.__anext__()
+            await agen.aclose()
+            agen = numbers()
+            await agen.__anext__()
+            assert "caught" == await agen.athrow(KeyError())
+            with pytest.raises(StopAsyncIteration):
+                await agen.__anext__()
+        names = [e.name for e in events]
+        assert 2 == names.count("resilience.trace.stop")
