@@ -33,13 +33,13 @@ import uuid
 
 from typing import TYPE_CHECKING, Any, Final
 
-from resilience._bounded import PermitQueue
+from resilience._bounded_pool import PermitQueue
 from resilience._errors import StoreUnavailableError
 from resilience.stores._redis import NOW_LUA
 
 
 if TYPE_CHECKING:
-    from resilience._bounded import PoolBackend
+    from resilience._bounded_pool import PoolBackend
     from resilience._policies import BoundedPolicy
     from resilience.stores._redis import RedisStore
 

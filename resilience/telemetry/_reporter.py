@@ -8,6 +8,9 @@ failed send is retried with a ``resilience.Backoff`` and then dropped and counte
 (and interpreter exit, through ``atexit``) queues the session's end and drains everything;
 the async twins hand the waiting to a worker thread so the event loop never blocks.
 ``RESILIENCE_TELEMETRY=0`` or ``set_enabled(False)`` makes reporters queue nothing.
+
+Owns ``Reporter`` (queue, worker thread, flush/close/drain); re-exports, for older imports, the
+data types (``_reporter_events``), ``HttpBackend`` (``_backends``) and ``_user_errors``' checks.
 """
 
 from __future__ import annotations
@@ -15,12 +18,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import dataclasses
-import json
-import os
-import platform
 import threading
-import traceback
 import uuid
 import weakref
 
@@ -34,9 +32,19 @@ import structlog
 from resilience import _clock
 from resilience._backoff import Backoff
 from resilience._validate import check_choice, check_int, duration
+from resilience.telemetry._backends import HttpBackend
 from resilience.telemetry._bus import Event, Handle, attach
 from resilience.telemetry._redact import redact
+from resilience.telemetry._reporter_events import (
+    SEVERITIES,
+    Batch,
+    ReporterStats,
+    exception_fields,
+    jsonable,
+    process_id,
+)
 from resilience.telemetry._switch import env_enabled, switch
+from resilience.telemetry._user_errors import find_user_error, is_user_error
 from resilience.typing import Clock
 
 
@@ -50,182 +58,8 @@ __all__ = [
     "jsonable",
 ]
 
-SEVERITIES = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _log = structlog.get_logger("resilience")
 _open: weakref.WeakSet[Reporter] = weakref.WeakSet()
-
-
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """Return *value* as JSON-ready data: exceptions as ``"Type: message"``, others by repr."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if depth > 8:
-        return repr(value)[:200]
-    if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}"
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v, depth + 1) for v in value]
-    return repr(value)[:200]
-
-
-def _status_of(exc: BaseException) -> int | None:
-    for holder in (exc, getattr(exc, "response", None)):
-        code = getattr(holder, "status_code", None)
-        if isinstance(code, int) and not isinstance(code, bool):
-            return code
-    return None
-
-
-def find_user_error(exc: BaseException) -> BaseException | None:
-    """
-    Return the exception in *exc*'s chain that is the caller's fault, or None.
-
-    An HTTP status in 400-499 other than 408 (timeout) and 429 (rate limit), read from
-    ``exc.status_code`` or ``exc.response.status_code``, is the user's. ``__cause__`` is
-    walked before ``__context__``; cycles are guarded against.
-
-    .. versionadded:: 0.1.0
-    """
-    seen: set[int] = set()
-    stack: list[BaseException] = [exc]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        code = _status_of(current)
-        if code is not None and 400 <= code < 500 and code not in (408, 429):
-            return current
-        if current.__context__ is not None:
-            stack.append(current.__context__)
-        if current.__cause__ is not None:
-            stack.append(current.__cause__)  # popped first: the cause before the context
-    return None
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """
-    Whether *exc* (or its cause or context) is the caller's fault, per ``find_user_error``.
-
-    .. versionadded:: 0.1.0
-    """
-    return find_user_error(exc) is not None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Batch:
-    """
-    What a backend receives: up to ``batch_size`` events of one session.
-
-    Attributes:
-        session_id: The reporter's session.
-        process_id: A uuid made once per process (again after a fork).
-        events: JSON-ready event dicts (``event``, ``event_id``, ``event_session_index``,
-            ``severity``, ``timestamp`` and the type's own fields).
-        dropped: Events lost to a full queue since the previous batch (also reported as a
-            last ``resilience.telemetry.dropped`` event with ``{"count": dropped}``).
-        platform: ``platform.system()``.
-        sdk_version: This package's version.
-
-    .. versionadded:: 0.1.0
-    """
-
-    __module__ = "resilience.telemetry"
-
-    session_id: str
-    process_id: str
-    events: tuple[dict[str, Any], ...]
-    dropped: int = 0
-    platform: str = dataclasses.field(default_factory=platform.system)
-    sdk_version: str = "0.1.0"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the batch as a JSON-ready dict."""
-        return {
-            "session_id": self.session_id,
-            "process_id": self.process_id,
-            "events": list(self.events),
-            "dropped": self.dropped,
-            "platform": self.platform,
-            "sdk_version": self.sdk_version,
-        }
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ReporterStats:
-    """
-    A reporter's accounting: ``accepted == sent + failed + queued`` at every moment.
-
-    .. versionadded:: 0.1.0
-    """
-
-    __module__ = "resilience.telemetry"
-
-    accepted: int
-    queued: int
-    sent: int
-    failed: int
-    overflow: int
-    batches: int
-    send_errors: int
-
-
-class HttpBackend:
-    """
-    POST each batch as JSON to *url*, with httpx if installed, else ``urllib``.
-
-    A non-2xx answer or a connection error raises, so the reporter retries it.
-
-    .. versionadded:: 0.1.0
-    """
-
-    __module__ = "resilience.telemetry"
-    __slots__ = ("headers", "timeout", "url")
-
-    def __init__(
-        self, url: str, *, headers: Mapping[str, str] | None = None, timeout: float = 5.0
-    ) -> None:
-        target: object = url
-        if not isinstance(target, str) or not target.startswith(("http://", "https://")):
-            msg = f"url must be an http:// or https:// URL, got {url!r}"
-            raise ValueError(msg)
-        self.url = url
-        self.headers = {"content-type": "application/json", **(headers or {})}
-        self.timeout = duration("HttpBackend", "timeout", timeout, strict=True)
-
-    def __call__(self, batch: Batch) -> None:
-        """Send *batch*; raise on failure."""
-        body = json.dumps(batch.to_dict()).encode()
-        try:
-            import httpx  # noqa: PLC0415 - optional dependency
-        except ImportError:  # pragma: no cover - httpx is installed in our test environment
-            self._post_urllib(body)
-            return
-        httpx.post(
-            self.url, content=body, headers=self.headers, timeout=self.timeout
-        ).raise_for_status()
-
-    def _post_urllib(self, body: bytes) -> None:
-        import urllib.request  # noqa: PLC0415
-
-        request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            response.read()
-
-    def __repr__(self) -> str:
-        return f"HttpBackend({self.url!r})"
-
-
-_process: list[tuple[int, str]] = [(os.getpid(), str(uuid.uuid4()))]
-
-
-def _process_id() -> str:
-    pid, ident = _process[0]
-    if pid != os.getpid():  # forked: a new process, a new id
-        pid, ident = _process[0] = (os.getpid(), str(uuid.uuid4()))
-    return ident
 
 
 class Reporter:
@@ -370,29 +204,7 @@ class Reporter:
         )
 
     def _exception_event(self, exc: BaseException, severity: str) -> dict[str, Any]:
-        culprit = find_user_error(exc)
-        if culprit is not None:
-            data: dict[str, Any] = {"error_type": type(exc).__name__}
-            if str(exc):
-                data["message"] = str(exc)
-            code = _status_of(culprit)
-            if code is not None:
-                data["status_code"] = code
-            body = getattr(culprit, "body", None)
-            if body:
-                data["body"] = body
-            clean = jsonable(redact(data, self.sensitive))
-            return self._event(
-                "GENERIC_EVENT", "WARNING", {"event_name": "user_error", "event_data": clean}
-            )
-        text = None
-        if exc.__traceback__ is not None:
-            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return self._event(
-            "UNHANDLED_EXCEPTION",
-            severity,
-            {"error_type": type(exc).__name__, "error_message": str(exc), "traceback": text},
-        )
+        return self._event(*exception_fields(exc, severity, self.sensitive))
 
     def log_exception(
         self, exc: BaseException, severity: str = "ERROR", *, fatal: bool = False
@@ -467,7 +279,7 @@ class Reporter:
                 {"event_name": "resilience.telemetry.dropped", "event_data": {"count": dropped}},
             )
             events = (*events, notice)
-        return Batch(self.session_id, _process_id(), events, dropped)
+        return Batch(self.session_id, process_id(), events, dropped)
 
     def _send(self, batch: Batch) -> None:
         clock: Clock = self.clock or _clock._default.clock  # type: ignore[assignment]
