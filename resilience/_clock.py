@@ -26,6 +26,12 @@ class SystemClock:
     __module__ = "resilience"
     __slots__ = ()
 
+    #: Seconds between a clock reading and the moment the work it admits really starts
+    #: (the scheduler's jitter). Rate limits widen their check of actual starts by this much,
+    #: so the rule holds where the call begins, not only where it was admitted. A
+    #: ``FakeClock`` has none.
+    slack = 0.0002
+
     # The C functions themselves rather than Python methods around them: decorators read the
     # clock on their hot paths, and a Python frame costs more than the read. (``time()``
     # stays a method that looks ``time.time`` up at call time, so freezegun moves it.)

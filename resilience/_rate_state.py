@@ -96,9 +96,13 @@ class RateState:
                     start = edge
         return start
 
-    def reserve(self, now: float, max_wait: float, floor: float = -math.inf) -> float:
+    def reserve(
+        self, now: float, max_wait: float, floor: float = -math.inf, slack: float = 0.0
+    ) -> float:
         """
         Reserve the earliest allowed start if it is at most *max_wait* seconds away.
+
+        *slack* widens the check of actual starts (see ``admit``).
 
         Returns:
             The seconds to wait (>= 0) when a start was reserved; ``-retry_after`` (< 0)
@@ -109,7 +113,7 @@ class RateState:
             # The common case, inline: room now in both logs (no window, nobody ahead).
             while log and log[0] + per <= now:
                 log.popleft()
-            while starts and starts[0] + per <= now:
+            while starts and starts[0] + per + slack <= now:
                 starts.popleft()
             if len(log) < self.rate and len(starts) < self.rate and (not log or log[-1] <= now):
                 log.append(now)
@@ -122,21 +126,23 @@ class RateState:
         log.append(start)
         if wait:
             return wait
-        return self.admit(now)  # starting now: check (and record) it against actual starts
+        return self.admit(now, slack)  # starting now: check (and record) it against actual starts
 
-    def admit(self, now: float) -> float:
+    def admit(self, now: float, slack: float = 0.0) -> float:
         """
         Record an actual start at *now* if the rule allows it against the actual starts.
 
         A waiter woken late starts later than its reservation; the reservations after it
         were computed from the punctual time. Checking each actual start against the log
-        of actual starts keeps the rule exact for what the server sees.
+        of actual starts keeps the rule exact for what the server sees. *slack* (the clock's
+        scheduling jitter: 0 on virtual time) widens that check by the few microseconds
+        between this reading and the call's first line, which vary from call to call.
 
         Returns:
             0.0 when the start was recorded; otherwise the (small) seconds to wait first.
         """
         starts = self.starts
-        per = self.per
+        per = self.per + slack
         while starts and starts[0] + per <= now:  # memory follows the window, not the rate
             starts.popleft()
         need = now
@@ -144,7 +150,7 @@ class RateState:
         if count == self.rate and starts[0] + per > need:
             need = starts[0] + per
         if self.spaced and count >= self.burst:
-            edge = starts[-self.burst] + self.gap
+            edge = starts[-self.burst] + self.gap + slack
             if edge > need:  # noqa: PLR1730 - hot path
                 need = edge
         if need > now:
@@ -250,7 +256,9 @@ class MemoryRateBackend:
         clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
         self._acquire()
         try:
-            return self._state.reserve(clock.monotonic(), max_wait, self._window.end)
+            return self._state.reserve(
+                clock.monotonic(), max_wait, self._window.end, getattr(clock, "slack", 0.0)
+            )
         finally:
             self._release()
 
@@ -258,7 +266,7 @@ class MemoryRateBackend:
         """Record an actual start now if the rule allows it (see ``RateBackend``)."""
         clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
         with self._lock:
-            return self._state.admit(clock.monotonic())
+            return self._state.admit(clock.monotonic(), getattr(clock, "slack", 0.0))
 
     def resume(self, max_wait: float) -> float:
         """After a wait: start now, or the next wait (see ``RateBackend``)."""

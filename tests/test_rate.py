@@ -454,9 +454,13 @@ class TestRealConcurrency:
         original = RateState.reserve
 
         def recording(
-            self: RateState, now: float, max_wait: float, floor: float = -math.inf
+            self: RateState,
+            now: float,
+            max_wait: float,
+            floor: float = -math.inf,
+            slack: float = 0.0,
         ) -> float:
-            wait = original(self, now, max_wait, floor)
+            wait = original(self, now, max_wait, floor, slack)
             if wait >= 0.0:
                 reserved.append(self.log[-1])  # under the backend's lock: in reservation order
             return wait
@@ -522,3 +526,21 @@ def test_memory_follows_the_window_not_the_rate() -> None:
     for i in range(100_000):
         assert 0.0 == state.reserve(i * 0.001, 0.0)
     assert (1000, 1000) == (len(state.log), len(state.starts))
+
+
+class TestSlack:
+    def test_slack_widens_the_check_of_actual_starts(self) -> None:
+        """With slack, a start right at the window's edge waits that much longer."""
+        state = RateState(1, 1.0)
+        assert 0.0 == state.reserve(0.0, math.inf, slack=0.001)
+        assert 1.0 == state.reserve(0.0, math.inf, slack=0.001)  # reserved for 1.0
+        assert 0.001 == pytest.approx(state.admit(1.0, 0.001))  # woke on time: a hair more
+        assert 0.0 == state.admit(1.001, 0.001)
+
+    def test_real_clock_has_slack_fake_has_none(self) -> None:
+        """The system clock declares its scheduling jitter; virtual time has none."""
+        from resilience import SystemClock
+        from resilience.testing import FakeClock
+
+        assert 0.0 < SystemClock.slack < 0.001
+        assert 0.0 == getattr(FakeClock(), "slack", 0.0)
