@@ -52,18 +52,23 @@ class PoolBackend(Protocol):
 
     def try_acquire(self, weight: int) -> bool:
         """Take *weight* units if they are free now; return whether they were taken."""
+        ...
 
     def release(self, weight: int) -> None:
         """Give back *weight* units taken by ``try_acquire``."""
+        ...
 
     def available(self) -> int:
         """Return the free units now."""
+        ...
 
     async def atry_acquire(self, weight: int, timeout: float | None = None) -> bool:
         """The async twin of ``try_acquire``; *timeout* (seconds) may bound a remote round trip."""
+        ...
 
     async def arelease(self, weight: int) -> None:
         """The async twin of ``release``."""
+        ...
 
 
 class MemoryPoolBackend:

@@ -203,21 +203,28 @@ class BreakerBackend(Protocol):
 
     def admit(self) -> Admission:
         """Decide whether a call may start; reserve a probe slot if it is a probe."""
+        ...
 
     def record(self, ticket: int, outcome: int) -> Transition | None:
         """Apply a call's outcome (``SUCCESS``, ``FAILURE``, ``IGNORED``); return any change."""
+        ...
 
     async def aadmit(self) -> Admission:
         """The async twin of ``admit``."""
+        ...
 
     async def arecord(self, ticket: int, outcome: int) -> Transition | None:
         """The async twin of ``record``."""
+        ...
 
     def reset(self) -> Transition | None:
         """Close the breaker and clear its counts; return the change, if any."""
+        ...
 
     def state(self) -> str:
         """Return ``"closed"``, ``"open"`` or ``"half_open"`` as of now."""
+        ...
 
     def stats(self) -> CircuitBreakerStats:
         """Return a snapshot of the counts and the state as of now."""
+        ...

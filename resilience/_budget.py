@@ -115,12 +115,15 @@ class BudgetBackend(Protocol):
 
     def deposit(self) -> None:
         """Count one call."""
+        ...
 
     def withdraw(self) -> bool:
         """Take one retry if the budget allows it; return whether it did."""
+        ...
 
     def balance(self) -> float:
         """Return how many retries the budget allows now."""
+        ...
 
 
 class MemoryBudgetBackend:

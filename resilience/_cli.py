@@ -31,7 +31,7 @@ _BACKOFF_FIELDS = {f.name for f in fields(Backoff)}
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m resilience", description=__doc__.split("\n\n")[0]
+        prog="python -m resilience", description=(__doc__ or "").split("\n\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
     schedule = commands.add_parser("schedule", help="print a policy's backoff schedule as a table")

@@ -171,7 +171,7 @@ def apply(layer: Layer, target: Any) -> Any:
     if isinstance(target, ResilientFunction):
         original = target.__wrapped__
         layers = (layer, *target._self_layers)
-        kind: Kind = target._self_kind
+        kind: Kind = target._self_kind  # pyright: ignore[reportAssignmentType]
     else:
         if not callable(target):
             msg = (

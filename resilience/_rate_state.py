@@ -184,6 +184,7 @@ class RateBackend(Protocol):
             Seconds to wait (>= 0) when reserved; ``-retry_after`` (< 0) when the turn is
             further than *max_wait* seconds away (then nothing is reserved).
         """
+        ...
 
     def admit(self) -> float:
         """
@@ -192,6 +193,7 @@ class RateBackend(Protocol):
         Returns:
             0.0 when recorded; otherwise the seconds to wait before asking again.
         """
+        ...
 
     def resume(self, max_wait: float) -> float:
         """
@@ -203,18 +205,23 @@ class RateBackend(Protocol):
         Returns:
             0.0 to start now; the seconds to wait (> 0); or ``-retry_after`` (< 0).
         """
+        ...
 
     def pending(self) -> int:
         """Return how many reserved starts lie in the future."""
+        ...
 
     async def areserve(self, max_wait: float, timeout: float | None = None) -> float:
         """The async twin of ``reserve``; *timeout* (seconds) may bound a remote round trip."""
+        ...
 
     async def aresume(self, max_wait: float, timeout: float | None = None) -> float:
         """The async twin of ``resume``."""
+        ...
 
     async def apending(self) -> int:
         """The async twin of ``pending``."""
+        ...
 
 
 class MemoryRateBackend:

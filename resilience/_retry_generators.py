@@ -184,8 +184,9 @@ def _delegate(
 
 
 async def _first_within(agen: Any, limit: float, name: str) -> Any:
+    scope = asyncio.timeout(limit)
     try:
-        async with asyncio.timeout(limit) as scope:
+        async with scope:
             return await agen.__anext__()
     except TimeoutError as exc:
         if scope.expired():

@@ -75,20 +75,23 @@ class RetryLayer(Layer):
         matches = policy._retryable
         on = policy.on
         classes = on if isinstance(on, tuple) else (on,)
+        catch: type[Exception] | tuple[type[Exception], ...]
+        check: Callable[[BaseException], bool] | None
         if all(isinstance(c, type) and issubclass(c, Exception) for c in classes):
             # `except on` is the whole test: no predicate call per failure
-            self.catch: type[Exception] | tuple[type[Exception], ...] = on  # type: ignore[assignment]
-            self.check: Callable[[BaseException], bool] | None = None
+            catch, check = cast("type[Exception] | tuple[type[Exception], ...]", on), None
         else:  # a predicate, or BaseException classes, which `except Exception` never retries
-            self.catch, self.check = Exception, matches
+            catch, check = Exception, matches
         if policy.attempt_timeout is None:
             self.retryable = matches
         else:  # a stalled attempt is retryable whatever `on` says
             self.retryable = lambda exc: isinstance(exc, AttemptTimeoutError) or matches(exc)
-            if self.check is None:
-                self.catch = (AttemptTimeoutError, *classes)
+            if check is None:
+                catch = cast("tuple[type[Exception], ...]", (AttemptTimeoutError, *classes))
             else:
-                self.check = self.retryable
+                check = self.retryable
+        self.catch = catch
+        self.check = check
 
     def bind(self, kind: Kind, qualname: str) -> None:
         self.name = self.policy.name or qualname
@@ -413,8 +416,9 @@ class RetryLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
+            scope = asyncio.timeout(limit)
             try:
-                async with asyncio.timeout(limit) as scope:
+                async with scope:
                     return await call_next(wrapped, instance, args, kwargs)
             except TimeoutError as exc:
                 if scope.expired():

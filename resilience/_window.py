@@ -40,12 +40,15 @@ class WindowBackend(Protocol):
 
     def extend(self, seconds: float) -> float:
         """Make the window last at least *seconds* from now; return the seconds it now has left."""
+        ...
 
     def remaining(self) -> float:
         """Return the seconds until the window ends (0.0 when closed)."""
+        ...
 
     def clear(self) -> None:
         """Close the window at once."""
+        ...
 
 
 class MemoryWindowBackend:

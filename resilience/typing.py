@@ -30,15 +30,19 @@ class Clock(Protocol):
 
     def monotonic(self) -> float:
         """Return seconds on a clock that never goes backwards."""
+        ...
 
     def time(self) -> float:
         """Return wall-clock seconds since the epoch (for HTTP dates)."""
+        ...
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float, /) -> None:
         """Block the calling thread for *seconds*."""
+        ...
 
-    async def asleep(self, seconds: float) -> None:
+    async def asleep(self, seconds: float, /) -> None:
         """Suspend the calling task for *seconds*."""
+        ...
 
 
 DelayHook: TypeAlias = Callable[[Any], "float | None"]
