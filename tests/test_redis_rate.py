@@ -301,3 +301,30 @@ def test_processes_never_exceed_the_budget(redis_store, monkeypatch):
     assert 0 == over_limit(starts, rate, per - 0.02)
     # 48 starts at 10 per 0.25 s: at least 4 full windows must pass, however they fall.
     assert max(starts) - min(starts) >= 4 * per - 0.02
+
+
+def test_slack_widens_actual_starts_in_redis(redis_store):
+    """The Redis script widens its check of actual starts by the clock's slack, as memory does."""
+    from resilience.stores._redis_rate import RedisRateBackend
+    from resilience.testing import FakeClock
+
+    class Jittery(FakeClock):
+        slack = 0.001
+
+    clock = Jittery()
+    store = type(redis_store)(
+        redis_store.client, namespace=redis_store.namespace + "-slack", clock=clock
+    )
+    backend = RedisRateBackend(store, "slack", 1, 1.0, None)
+    try:
+        assert 0.0 == backend.reserve(float("inf"))
+        assert 1.0 == backend.reserve(float("inf"))  # reserved for 1.0
+        clock.advance(1.0)
+        assert 0.001 == pytest.approx(backend.admit(), abs=2e-6)  # on time: a hair more
+        clock.advance(0.001)
+        assert 0.0 == backend.admit()
+    finally:
+        store.clear()
+    default = type(redis_store)("redis://127.0.0.1:6379/0")
+    assert 0.001 == default.slack  # without a test clock, the store's allowance for jitter
+    default.close()

@@ -100,6 +100,9 @@ class RedisStore(BackendRegistry):
         lease: Seconds a ``@bounded`` permit stays granted unless its holder renews it
             (> 0). Holders renew every ``lease / 3`` seconds while the call runs, so the
             permits of a process that dies come back within *lease* seconds.
+        slack: Seconds by which ``@rate_limited`` widens its check of actual starts (>= 0):
+            the jitter between the server's clock reading and where a call really begins
+            (the reply's way back and the scheduler), so the rule holds where calls begin.
 
     .. versionadded:: 0.1.0
     """
@@ -117,6 +120,7 @@ class RedisStore(BackendRegistry):
         idle_ttl: float = 3600.0,
         clock: Clock | None = None,
         lease: float = 10.0,
+        slack: float = 0.001,
     ) -> None:
         redis = _redis()
         self.timeout: float = duration("RedisStore", "timeout", timeout, strict=True) or 0.0
@@ -128,6 +132,7 @@ class RedisStore(BackendRegistry):
         self.clock = clock
         self.ttl_ms: int = max(1, round(self.idle_ttl * 1000))
         self.lease: float = duration("RedisStore", "lease", lease, strict=True) or 0.0
+        self.slack: float = duration("RedisStore", "slack", slack) or 0.0
         self._owns_client = isinstance(url_or_client, str)
         if isinstance(url_or_client, str):
             self.url: str | None = url_or_client

@@ -40,6 +40,7 @@ local per = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
 local gap = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[6])
+local slack = tonumber(ARGV[8]) or 0  -- widens the check of actual starts (see admit)
 local log, starts, window = KEYS[1], KEYS[2], KEYS[3]
 
 local function fmt(x) return string.format('%d', x) end
@@ -58,15 +59,16 @@ local function keep(name, until_us)
 end
 
 -- RateState.admit: record an actual start now, or return the microseconds to wait first.
+-- *slack* covers the jitter between this server reading and where the call really begins.
 local function admit()
   local count = redis.call('LLEN', starts)
   local need = now
   if count >= rate then
-    local first = tonumber(redis.call('LINDEX', starts, -rate)) + per
+    local first = tonumber(redis.call('LINDEX', starts, -rate)) + per + slack
     if first > need then need = first end
   end
   if burst < rate and count >= burst then
-    local edge = tonumber(redis.call('LINDEX', starts, -burst)) + gap
+    local edge = tonumber(redis.call('LINDEX', starts, -burst)) + gap + slack
     if edge > need then need = edge end
   end
   if need > now then return need - now end
@@ -171,7 +173,12 @@ class RedisRateBackend:
 
     def _argv(self, max_wait: float | None = None) -> list[Any]:
         limit = -1 if max_wait is None or math.isinf(max_wait) else _micros(max_wait)
-        return [self.store.now_arg(), *self._args, limit]
+        store = self.store
+        # ARGV[8]: slack in microseconds: the test clock's (none on virtual time), else the
+        # store's allowance for network and scheduling jitter.
+        clock = store.clock
+        slack = store.slack if clock is None else getattr(clock, "slack", 0.0)
+        return [store.now_arg(), *self._args, limit, _micros(slack)]
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
