@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config
 from resilience._bounded_pool import MemoryPoolBackend, PermitQueue
-from resilience._decorating import Kind, Layer, Runner
+from resilience._decorating import KeyedLayer, Runner
 from resilience._errors import BoundedTimeoutError, StoreUnavailableError
 from resilience._policies import BoundedPolicy
 from resilience._rate_layer import EPOCH
@@ -35,30 +35,18 @@ if TYPE_CHECKING:
 __all__ = ["BoundedLayer"]
 
 
-class BoundedLayer(Layer):
+class BoundedLayer(KeyedLayer):
     """``@bounded``'s layer: take permits before the call, give them back after it."""
 
     decorator = "bounded"
-    __slots__ = ("_epoch", "_queue", "_remote", "key", "timeout")
+    __slots__ = ("_epoch", "_queue", "_remote", "timeout")
     policy: BoundedPolicy
 
     def __init__(self, policy: BoundedPolicy) -> None:
         super().__init__(policy)
-        self.key = ""
         self.timeout: float | None = policy.timeout  # type: ignore[assignment]
         self._epoch = -1
         self._remote = False
-
-    def bind(self, kind: Kind, qualname: str) -> None:
-        self.name = qualname
-        self.key = self.policy.key or qualname
-        if kind in ("gen", "asyncgen"):
-            msg = (
-                f"@bounded does not support generator functions ({qualname}): "
-                f"decorate the function that consumes them instead"
-            )
-            raise TypeError(msg)
-        self._refresh()
 
     def _refresh(self) -> PermitQueue:
         """Fetch (and check) the key's pool; again after ``resilience.testing.reset()``."""

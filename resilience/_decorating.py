@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Decorator",
     "Kind",
+    "KeyedLayer",
     "Layer",
     "Runner",
     "apply",
@@ -105,6 +106,37 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.policy!r}>"
+
+
+class KeyedLayer(Layer):
+    """
+    A layer whose state lives in a store under a key: the policy's, or the callable's name.
+
+    Subclasses implement ``_refresh`` (fetch and check the key's backend); generator
+    functions are refused, since a permit or a start would span the consumer's pauses.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, policy: Any) -> None:
+        super().__init__(policy)
+        self.key = ""
+
+    def bind(self, kind: Kind, qualname: str) -> None:
+        """Take the key and refuse generators, then fetch the key's backend."""
+        self.name = qualname
+        self.key = self.policy.key or qualname
+        if kind in ("gen", "asyncgen"):
+            msg = (
+                f"@{self.decorator} does not support generator functions ({qualname}): "
+                f"decorate the function that consumes them instead"
+            )
+            raise TypeError(msg)
+        self._refresh()
+
+    def _refresh(self) -> object:
+        """Fetch (and check) the key's backend."""
+        raise NotImplementedError
 
 
 class ResilientFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]

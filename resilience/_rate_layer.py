@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config
-from resilience._decorating import Kind, Layer, Runner
+from resilience._decorating import KeyedLayer, Runner
 from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
 from resilience._rate_state import MemoryRateBackend, RateBackend
@@ -55,16 +55,15 @@ EPOCH = _Epoch()
 _config.on_reset(EPOCH.bump)
 
 
-class RateLimitLayer(Layer):
+class RateLimitLayer(KeyedLayer):
     """``@rate_limited``'s layer: reserve a start, sleep until it, open the window on 429s."""
 
     decorator = "rate_limited"
-    __slots__ = ("_backend", "_epoch", "_remote", "_window", "key", "limit", "max_wait", "rtt")
+    __slots__ = ("_backend", "_epoch", "_remote", "_window", "limit", "max_wait", "rtt")
     policy: RateLimitPolicy
 
     def __init__(self, policy: RateLimitPolicy) -> None:
         super().__init__(policy)
-        self.key = ""
         if not policy.wait:
             self.max_wait = 0.0
         else:
@@ -76,17 +75,6 @@ class RateLimitLayer(Layer):
         # A remote store's async round trip is bounded by the policy's timeout too.
         timeout = policy.timeout
         self.rtt: float | None = timeout if policy.wait and timeout else None  # type: ignore[assignment]
-
-    def bind(self, kind: Kind, qualname: str) -> None:
-        self.name = qualname
-        self.key = self.policy.key or qualname
-        if kind in ("gen", "asyncgen"):
-            msg = (
-                f"@rate_limited does not support generator functions ({qualname}): "
-                f"decorate the function that consumes them instead"
-            )
-            raise TypeError(msg)
-        self._refresh()
 
     def _refresh(self) -> RateBackend:
         """Fetch (and check) the key's backend; again after ``resilience.testing.reset()``."""
