@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
 from resilience._dictable import FromDict
+from resilience._errors import StoreUnavailableError
 from resilience._validate import check_number, duration
 from resilience.stores._memory import DEFAULT_STORE, MemoryStore
-from resilience.stores._redis import RedisStore
+from resilience.stores._redis import RedisStore, store_unavailable
 
 
 if TYPE_CHECKING:
@@ -228,12 +229,41 @@ class RetryBudget(FromDict):
         return backend
 
     def record_call(self) -> None:
-        """Count one call (``@retry`` does this for every call of a decorated function)."""
-        self.backend().deposit()
+        """
+        Count one call (``@retry`` does this for every call of a decorated function).
+
+        A budget is advisory: when its store cannot be reached the call is not counted and
+        goes on (``resilience.store.unavailable`` is emitted), never failing for it.
+        """
+        try:
+            self.backend().deposit()
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="retry_budget", fail_open=True)
+
+    async def arecord_call(self) -> None:
+        """The async twin of ``record_call``: a remote store's round trip does not block."""
+        backend = self.backend()
+        adeposit = getattr(backend, "adeposit", None)
+        try:
+            if adeposit is None:
+                backend.deposit()
+            else:
+                await adeposit()
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="retry_budget", fail_open=True)
 
     def try_retry(self) -> bool:
-        """Take one retry if the budget allows it; return whether it did."""
-        return self.backend().withdraw()
+        """
+        Take one retry if the budget allows it; return whether it did.
+
+        An unreachable store allows the retry (the policy's own limits still apply) and
+        emits ``resilience.store.unavailable``: the caller's error is never replaced.
+        """
+        try:
+            return self.backend().withdraw()
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="retry_budget", fail_open=True)
+            return True
 
     def balance(self) -> float:
         """Return how many retries the budget allows now (may be fractional)."""
@@ -246,9 +276,27 @@ class RetryBudget(FromDict):
             f"over {self.window:g} s"
         )
 
-    def counting(self, runner: Callable[..., Any]) -> Callable[..., Any]:
-        """Return *runner* preceded by ``record_call()``: how ``@retry`` counts calls."""
+    def counting(self, runner: Callable[..., Any], kind: str = "sync") -> Callable[..., Any]:
+        """
+        Return *runner* preceded by ``record_call()``: how ``@retry`` counts calls.
+
+        For coroutine functions the count goes through the backend's async twin when it has
+        one (Redis), so a call never blocks its event loop on the store.
+        """
         record = self.record_call
+        if kind == "async":
+            arecord = self.arecord_call
+
+            async def acounted(
+                wrapped: Callable[..., Any],
+                instance: Any,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+            ) -> Any:
+                await arecord()
+                return await runner(wrapped, instance, args, kwargs)
+
+            return acounted
 
         def counted(
             wrapped: Callable[..., Any],

@@ -111,7 +111,7 @@ class RetryLayer(Layer):
     def build(self, kind: Kind, call_next: Runner) -> Runner:
         runner = super().build(kind, call_next)
         budget = self.policy.budget
-        return runner if budget is None else budget.counting(runner)  # one call, one deposit
+        return runner if budget is None else budget.counting(runner, kind)  # one call, one deposit
 
     def _clock(self) -> Clock:
         clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]

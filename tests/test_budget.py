@@ -160,3 +160,70 @@ class TestRetryWithBudget:
         assert "counted" != runner.__name__
         (layer,) = layers_of(budgeted)
         assert "counted" == layer.build("sync", lambda *a: None).__name__
+
+
+class TestBudgetStoreDown:
+    def test_unreachable_budget_store_never_replaces_the_error(self, clock):
+        """A budget whose store is down lets calls and retries go on, and says so."""
+        from resilience import Backoff, RetryBudget, retry
+        from resilience.stores import RedisStore
+        from resilience.testing import capture_events
+
+        nowhere = RedisStore("redis://127.0.0.1:1/0", timeout=0.2)
+        budget = RetryBudget(key="down", store=nowhere)
+        calls = []
+
+        @retry(attempts=3, budget=budget, backoff=Backoff(base=0))
+        def flaky() -> str:
+            calls.append(1)
+            if len(calls) < 3:
+                raise ConnectionError("upstream")
+            return "ok"
+
+        with capture_events("resilience.store.unavailable") as events:
+            assert "ok" == flaky()
+        assert 3 == len(calls)
+        assert events
+        assert {("retry_budget", True)} == {
+            (e.metadata["decorator"], e.metadata["fail_open"]) for e in events
+        }
+        nowhere.close()
+
+    @pytest.mark.anyio
+    async def test_async_calls_are_counted_through_the_async_twin(self, clock, monkeypatch):
+        """Async calls deposit through the backend's async twin when it has one."""
+        from resilience import RetryBudget, retry
+
+        class Remote:
+            """A backend with async twins, as a Redis one has."""
+
+            def __init__(self) -> None:
+                self.sync, self.awaited = 0, 0
+
+            def deposit(self) -> None:
+                self.sync += 1
+
+            async def adeposit(self) -> None:
+                self.awaited += 1
+
+            def withdraw(self) -> bool:
+                return True
+
+            def balance(self) -> float:
+                return 1.0
+
+        remote = Remote()
+        monkeypatch.setattr(RetryBudget, "backend", lambda self: remote)
+        budget = RetryBudget(key="remote")
+
+        @retry(budget=budget)
+        async def ok() -> int:
+            return 1
+
+        @retry(budget=budget)
+        def sync_ok() -> int:
+            return 2
+
+        assert 1 == await ok()
+        assert 2 == sync_ok()
+        assert (1, 1) == (remote.awaited, remote.sync)
