@@ -20,7 +20,7 @@ from resilience._dictable import FromDict
 from resilience._validate import check_bool, check_choice
 from resilience.telemetry._bus import BUS, emit
 from resilience.telemetry._spans import enter_span, exit_span, new_span, now_ns
-from resilience.telemetry._structlog import LEVELS, log_event, logs_at
+from resilience.telemetry._structlog import LEVELS, level_check, log_event, logs_at
 from resilience.typing import Clock
 
 
@@ -103,13 +103,17 @@ class _Call:
         self.token = enter_span(span)
         policy = layer.policy
         self.listening = listening = bool(BUS.subs)
-        self.logs_stop = policy.log and logs_at(policy.level)
+        logs_start = self.logs_stop = False
+        if policy.log:
+            check = level_check()  # one look at structlog's configuration for both lines
+            self.logs_stop = check(policy.level)
+            logs_start = self.logs_stop and check("debug")
         self.metadata: dict[str, Any] | None = None
         if listening or self.logs_stop:
             metadata = self._metadata()
             if listening:
                 emit("resilience.trace.start", None, metadata)
-            if policy.log and logs_at("debug"):
+            if logs_start:
                 log_event("resilience.trace.start", None, metadata, "debug")
         self.started = now_ns(policy.clock)
 

@@ -8,7 +8,7 @@ telemetry is switched off (``set_enabled(False)`` or ``RESILIENCE_TELEMETRY=0``)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -72,12 +72,31 @@ def _one_line(exc: BaseException, limit: int = 120) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _never(level: str) -> bool:
+    return False
+
+
+def _always(level: str) -> bool:
+    return True
+
+
+def level_check() -> Callable[[str], bool]:
+    """
+    Return ``level -> bool``: whether a line at that level would be written now.
+
+    One look at the switch and at structlog's configuration, then as many levels as needed.
+    """
+    if not switch.enabled:
+        return _never
+    enabled_for = getattr(_bound(), "is_enabled_for", None)
+    if enabled_for is None:
+        return _always
+    return lambda level: bool(enabled_for(_NUMERIC[level]))
+
+
 def logs_at(level: str) -> bool:
     """Whether a line at *level* would be written (telemetry on, structlog not filtering it)."""
-    if not switch.enabled:
-        return False
-    enabled_for = getattr(_bound(), "is_enabled_for", None)
-    return enabled_for is None or bool(enabled_for(_NUMERIC[level]))
+    return level_check()(level)
 
 
 def log_event(
