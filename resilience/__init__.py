@@ -8,14 +8,14 @@ alone and stack in any order; they read frozen policy dataclasses.
 from __future__ import annotations
 
 from resilience._backoff import Backoff
-from resilience._bounded import bounded
-from resilience._breaker import (
+from resilience._bounded.face import bounded
+from resilience._breaker.face import (
     CircuitBreaker,
     CircuitBreakerStats,
     circuit_breaker,
     get_circuit_breaker,
 )
-from resilience._budget import RetryBudget
+from resilience._budget.state import RetryBudget
 from resilience._clock import SystemClock
 from resilience._compose import Stack, exempt, resilient
 from resilience._config import is_active, set_active
@@ -29,11 +29,11 @@ from resilience._errors import (
     StoreUnavailableError,
 )
 from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
-from resilience._rate import rate_limited
-from resilience._retry import retry
+from resilience._rate.face import rate_limited
+from resilience._rate.window import BackoffWindow, backoff_window
+from resilience._retry.face import retry
 from resilience._retry_after import parse_retry_after, retry_after_from
 from resilience._traced import TracedPolicy, traced
-from resilience._window import BackoffWindow, backoff_window
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from resilience._backoff import Backoff
-from resilience._budget import RetryBudget
+from resilience._budget.state import RetryBudget
 from resilience._dictable import FromDict
 from resilience._fallback import check_fallback
 from resilience._retry_after import retry_after_from

@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 
 from resilience._compose import Stack, _as_stack
-from resilience._window import backoff_window
+from resilience._rate.window import backoff_window
 from resilience.http import server_delay
 from resilience.presets import tinker
 

@@ -171,8 +171,8 @@ class RetryProgress:
     ``BOUND`` outcomes queued takes the lock and drains both queues (``del q[:n]``: only
     the lock holder removes), so grouping runs once per batch, the counts and groups equal
     those of locked per-failure accounting, and at most ``BOUND`` outcomes (with their
-    tracebacks) wait. ``resilience._retry_layer``'s drivers inline ``enter``/``leave`` and
-    ``RetryCall.next_delay`` (``resilience._retry_call``) inlines ``failed``, on exactly
+    tracebacks) wait. ``resilience._retry.layer``'s drivers inline ``enter``/``leave`` and
+    ``RetryCall.next_delay`` (``resilience._retry.core``) inlines ``failed``, on exactly
     these attributes.
     """
 

@@ -1,0 +1,1 @@
+"""The bounded concern: its face, state, driver and Redis twin side by side."""

@@ -1,0 +1,88 @@
+"""
+``@bounded``: at most *limit* units of weight run at once, for threads and asyncio tasks.
+
+This module is the decorator's public face: ``bounded()`` with its overloads and
+``BoundedFields``. The pool's parts live in their own modules, and the names other code
+imports from here are re-exported:
+
+- ``_bounded_pool``: the ``PoolBackend`` protocol every store implements,
+  ``MemoryPoolBackend`` (a counter under a lock) and ``PermitQueue``, the per-process FIFO
+  where threads and tasks wait their turn (how grants, timeouts and cancellation meet is in
+  its docstring); it registers the ``"pool"`` and ``"pool.queue"`` store factories;
+- ``_bounded_layer``: ``BoundedLayer``, the sync and async drivers that take permits before
+  the call and give them back after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
+
+from resilience._bounded.layer import BoundedLayer
+from resilience._bounded.pool import MemoryPoolBackend, PermitQueue, PoolBackend
+from resilience._decorating import Decorator, is_target, policy_from
+from resilience._policies import BoundedPolicy
+
+
+if TYPE_CHECKING:
+    from resilience.typing import Clock
+
+
+__all__ = [
+    "BoundedFields",
+    "BoundedLayer",
+    "MemoryPoolBackend",
+    "PermitQueue",
+    "PoolBackend",
+    "bounded",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class BoundedFields(TypedDict, total=False):
+    """The keyword arguments ``@bounded(...)`` accepts: ``BoundedPolicy``'s fields."""
+
+    limit: int
+    key: str | None
+    weight: int
+    timeout: float | timedelta | None
+    store: Any
+    clock: Clock | None
+    fail_open: bool
+
+
+@overload
+def bounded(func: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
+@overload
+def bounded(func: staticmethod[P, R], /) -> staticmethod[P, R]: ...
+@overload
+def bounded(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def bounded(
+    policy: BoundedPolicy | None = None, /, **fields: Unpack[BoundedFields]
+) -> Decorator[BoundedPolicy]: ...
+def bounded(policy: Any = None, /, **fields: Any) -> Any:
+    """
+    Let at most *limit* units of weight run at once; callers wait their turn in order.
+
+    Use with a policy (``@bounded(BoundedPolicy(limit=10))``) or its fields
+    (``@bounded(limit=10, key="db", weight=2)``). Works on sync functions (threads) and
+    async functions (tasks), methods, classmethods and staticmethods; threads and tasks
+    may share one key. Permits are released on return, exception and cancellation.
+
+    Raises:
+        BoundedTimeoutError: When no permits were granted within ``timeout`` seconds.
+        TypeError: At decoration time, for generator functions and wrong types.
+        ValueError: At decoration time, for out-of-range fields (a weight above the
+            limit), or a key that already has a pool of another size.
+
+    .. versionadded:: 0.1.0
+    """
+    if is_target(policy) and not fields:
+        msg = "@bounded needs a limit: use @bounded(limit=...)"
+        raise TypeError(msg)
+    return Decorator(policy_from(BoundedPolicy, "bounded", policy, fields), BoundedLayer)

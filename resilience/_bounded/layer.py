@@ -1,0 +1,216 @@
+"""
+``BoundedLayer``: how a call takes permits from a pool and gives them back.
+
+The pool and its waiting room live in ``_bounded_pool``. The layer's fast path is
+``PermitQueue.try_acquire`` inline (nobody waiting, then the backend's own ``try_acquire``)
+and a release in a ``finally``, so permits come back on return, exception and cancellation;
+only a caller that has to wait goes through ``_wait_sync``/``_wait_async``, which time the
+wait, emit the wait or timeout event and raise ``BoundedTimeoutError``. A remote pool
+(Redis) takes ``_run_remote``/``_arun_remote``: async twins and store-unavailable handling
+(fail-open; a lost release is left to expire).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from resilience import _clock, _config
+from resilience._bounded.pool import MemoryPoolBackend, PermitQueue
+from resilience._decorating import KeyedLayer, Runner
+from resilience._errors import BoundedTimeoutError, StoreUnavailableError
+from resilience._policies import BoundedPolicy
+from resilience._rate.layer import EPOCH
+from resilience.stores._memory import DEFAULT_STORE
+from resilience.stores._redis import store_unavailable
+from resilience.telemetry._bus import BUS, emit
+
+
+if TYPE_CHECKING:
+    from resilience.typing import Clock
+
+
+__all__ = ["BoundedLayer"]
+
+
+class BoundedLayer(KeyedLayer):
+    """``@bounded``'s layer: take permits before the call, give them back after it."""
+
+    decorator = "bounded"
+    __slots__ = ("_epoch", "_queue", "_remote", "timeout")
+    policy: BoundedPolicy
+
+    def __init__(self, policy: BoundedPolicy) -> None:
+        super().__init__(policy)
+        self.timeout: float | None = policy.timeout  # type: ignore[assignment]
+        self._epoch = -1
+        self._remote = False
+
+    def _refresh(self) -> PermitQueue:
+        """Fetch (and check) the key's pool; again after ``resilience.testing.reset()``."""
+        policy = self.policy
+        store = policy.store or DEFAULT_STORE
+        queue: PermitQueue = store.backend(
+            "pool.queue", self.key, store.backend("pool", self.key, policy)
+        )
+        if queue.backend.limit != policy.limit:
+            msg = (
+                f"@bounded key {self.key!r} already has a pool of {queue.backend.limit} units; "
+                f"a pool sharing the key must use the same limit (got limit={policy.limit})"
+            )
+            raise ValueError(msg)
+        self._queue = queue
+        # Memory pools never block: the runners call them inline; others go through
+        # ``_run_remote``/``_arun_remote`` (async twins, store-unavailable handling).
+        self._remote = not isinstance(queue.backend, MemoryPoolBackend)
+        self._epoch = EPOCH.n
+        return queue
+
+    def _clock(self) -> Clock:
+        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
+        return clock
+
+    def _waited(self, queue: PermitQueue, got: bool, started: float, clock: Clock) -> None:
+        waited = clock.monotonic() - started
+        if BUS.subs:
+            name = "resilience.bounded.wait" if got else "resilience.bounded.timeout"
+            emit(
+                name,
+                {"waited": waited, "queue_depth": float(len(queue.waiters))},
+                {
+                    "key": self.key,
+                    "name": self.name,
+                    "limit": self.policy.limit,
+                    "weight": self.policy.weight,
+                },
+            )
+        if not got:
+            timeout = waited if self.timeout is None else self.timeout
+            raise BoundedTimeoutError(
+                self.key, limit=self.policy.limit, weight=self.policy.weight, timeout=timeout
+            )
+
+    def _wait_sync(self, queue: PermitQueue) -> None:
+        clock: Clock = _clock.SYSTEM_CLOCK  # threads block on a real lock: measure real time
+        started = clock.monotonic()
+        got = queue.acquire(self.policy.weight, self.timeout)
+        self._waited(queue, got, started, clock)
+
+    async def _wait_async(self, queue: PermitQueue) -> None:
+        clock = self._clock()
+        started = clock.monotonic()
+        got = await queue.acquire_async(self.policy.weight, self.timeout, clock)
+        self._waited(queue, got, started, clock)
+
+    # -- a remote store (Redis) ----------------------------------------------------------
+
+    def _unavailable(self, error: StoreUnavailableError) -> None:
+        """The store is unreachable: raise, or (fail-open) say so and run without permits."""
+        store_unavailable(error, decorator="bounded", fail_open=self.policy.fail_open)
+
+    def _release_failed(self, error: StoreUnavailableError) -> None:
+        """A release did not reach the store: its lease expires by itself; never mask the call."""
+        with contextlib.suppress(StoreUnavailableError):
+            self._unavailable(error)
+
+    def _run_remote(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        weight = self.policy.weight
+        try:
+            if queue.waiters or not queue.backend.try_acquire(weight):
+                self._wait_sync(queue)
+        except StoreUnavailableError as error:
+            self._unavailable(error)
+            return call_next(wrapped, instance, args, kwargs)
+        try:
+            return call_next(wrapped, instance, args, kwargs)
+        finally:
+            try:
+                queue.release(weight)
+            except StoreUnavailableError as error:
+                self._release_failed(error)
+
+    async def _arun_remote(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        weight = self.policy.weight
+        try:
+            if queue.waiters or not await queue.backend.atry_acquire(weight, self.timeout or None):
+                await self._wait_async(queue)
+        except StoreUnavailableError as error:
+            self._unavailable(error)
+            return await call_next(wrapped, instance, args, kwargs)
+        try:
+            return await call_next(wrapped, instance, args, kwargs)
+        finally:
+            try:
+                await queue.arelease(weight)
+            except StoreUnavailableError as error:
+                self._release_failed(error)
+
+    def build_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        weight = self.policy.weight
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            if layer._remote:
+                return layer._run_remote(queue, call_next, wrapped, instance, args, kwargs)
+            if queue.waiters or not queue.backend.try_acquire(weight):
+                layer._wait_sync(queue)
+            try:
+                return call_next(wrapped, instance, args, kwargs)
+            finally:
+                queue.release(weight)
+
+        return run
+
+    def build_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        weight = self.policy.weight
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            if layer._remote:
+                return await layer._arun_remote(queue, call_next, wrapped, instance, args, kwargs)
+            if queue.waiters or not queue.backend.try_acquire(weight):
+                await layer._wait_async(queue)
+            try:
+                return await call_next(wrapped, instance, args, kwargs)
+            finally:
+                queue.release(weight)
+
+        return run

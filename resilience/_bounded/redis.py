@@ -1,0 +1,326 @@
+"""
+The Redis backend of ``@bounded``: permits as leases that expire unless renewed.
+
+Each grant is a *lease*: an id (``<host>:<pid>:<random>:<n>``) with an expiry and a weight.
+
+- ``<ns>:pool:<key>:leases``: a sorted set, lease id -> expiry (whole microseconds).
+- ``<ns>:pool:<key>:weights``: a hash, lease id -> weight, plus ``#total``, the units held.
+
+``try_acquire`` is one script: purge the expired leases (giving their units back), then
+grant if ``#total + weight <= limit``. ``release`` removes one lease (idempotent).
+While a process holds leases, one daemon thread per pool renews them all every
+``lease / 3`` seconds in one script; so the permits of a process that dies (SIGKILL, OOM,
+a lost machine) come back within ``RedisStore.lease`` seconds, and never before it stops
+renewing: permits are never over-granted. A release or an acquire whose reply was lost
+(timeout) leaves a lease that nobody renews: it expires, nothing leaks for longer.
+
+Waiting: callers wait in their process's FIFO ``PermitQueue``; a grant from another
+process cannot wake them, so while anyone waits a poller thread retries the head's
+acquire, every 2 ms at first, backing off to 50 ms while nothing frees up, and at once
+when this process releases. Across processes, the first poller to ask after a release wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+
+from typing import TYPE_CHECKING, Any, Final
+
+from resilience._bounded.pool import PermitQueue
+from resilience._errors import StoreUnavailableError
+from resilience.stores._redis import NOW_LUA
+
+
+if TYPE_CHECKING:
+    from resilience._bounded.pool import PoolBackend
+    from resilience._policies import BoundedPolicy
+    from resilience.stores._redis import RedisStore
+
+
+__all__ = ["RedisPermitQueue", "RedisPoolBackend", "redis_permit_queue", "redis_pool_backend"]
+
+# ARGV: 1 now, 2 idle ttl ms, 3 lease us; then each script's own.
+_COMMON: Final = (
+    NOW_LUA
+    + """
+local now = now_us()
+local ttl = tonumber(ARGV[2])
+local lease = tonumber(ARGV[3])
+local leases, weights = KEYS[1], KEYS[2]
+local TOTAL = '#total'
+
+local function purge()
+  local dead = redis.call('ZRANGEBYSCORE', leases, '-inf', now)
+  if #dead == 0 then return end
+  local freed = 0
+  for _, id in ipairs(dead) do
+    local w = redis.call('HGET', weights, id)
+    if w then
+      freed = freed + tonumber(w)
+      redis.call('HDEL', weights, id)
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', leases, '-inf', now)
+  redis.call('HINCRBY', weights, TOTAL, -freed)
+end
+
+local function used()
+  return tonumber(redis.call('HGET', weights, TOTAL) or '0')
+end
+
+local function keep()
+  local ms = math.max(ttl, math.ceil(2 * lease / 1000))
+  redis.call('PEXPIRE', leases, ms)
+  redis.call('PEXPIRE', weights, ms)
+end
+"""
+)
+
+# ARGV 4 limit, 5 weight, 6 lease id. Returns 1 (granted) or 0.
+_ACQUIRE: Final = (
+    _COMMON
+    + """
+purge()
+local weight = tonumber(ARGV[5])
+if used() + weight > tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', leases, now + lease, ARGV[6])
+redis.call('HSET', weights, ARGV[6], weight)
+redis.call('HINCRBY', weights, TOTAL, weight)
+keep()
+return 1
+"""
+)
+
+# ARGV 4 lease id. Returns the units given back (0: the lease was gone already).
+_RELEASE: Final = (
+    _COMMON
+    + """
+local w = redis.call('HGET', weights, ARGV[4])
+if not w then return 0 end
+redis.call('HDEL', weights, ARGV[4])
+redis.call('ZREM', leases, ARGV[4])
+redis.call('HINCRBY', weights, TOTAL, -tonumber(w))
+return tonumber(w)
+"""
+)
+
+# ARGV 4.. lease ids. Pushes each live lease's expiry out; returns how many it renewed.
+# A lease past its expiry that no acquire has purged yet is revived: nobody got its units.
+_RENEW: Final = (
+    _COMMON
+    + """
+local n = 0
+for i = 4, #ARGV do
+  if redis.call('ZSCORE', leases, ARGV[i]) then
+    redis.call('ZADD', leases, now + lease, ARGV[i])
+    n = n + 1
+  end
+end
+if n > 0 then keep() end
+return n
+"""
+)
+
+# ARGV 4 limit. Returns the free units now.
+_AVAILABLE: Final = _COMMON + "purge()\nreturn tonumber(ARGV[4]) - used()\n"
+
+_POLL_MIN: Final = 0.002
+_POLL_MAX: Final = 0.05
+
+
+class RedisPoolBackend:
+    """
+    One permit pool in Redis, as expiring leases (see the module docstring).
+
+    Implements ``PoolBackend``; the ``a``-prefixed twins run on the asyncio client.
+    """
+
+    __slots__ = (
+        "_held",
+        "_ids",
+        "_keys",
+        "_lease_us",
+        "_lock",
+        "_pid",
+        "_prefix",
+        "_renewer",
+        "key",
+        "lease",
+        "limit",
+        "store",
+    )
+
+    def __init__(self, store: RedisStore, key: str, limit: int, lease: float) -> None:
+        self.store = store
+        self.key = key
+        self.limit = limit
+        self.lease = lease
+        self._lease_us = math.ceil(lease * 1_000_000)
+        self._keys = (store.key("pool", key, "leases"), store.key("pool", key, "weights"))
+        self._lock = threading.Lock()
+        self._held: dict[int, list[str]] = {}  # weight -> ids of the leases this process holds
+        self._renewer: threading.Thread | None = None
+        self._pid = -1
+        self._prefix = ""
+        self._ids = itertools.count()
+
+    # -- leases held by this process ------------------------------------------------------
+
+    def _new_id(self) -> str:
+        if self._pid != os.getpid():  # first use, or a forked child: leases of its own
+            with self._lock:
+                self._pid = os.getpid()
+                self._prefix = f"{socket.gethostname()}:{self._pid}:{uuid.uuid4().hex[:8]}"
+                self._held = {}
+                self._renewer = None
+        return f"{self._prefix}:{next(self._ids)}"
+
+    def _hold(self, weight: int, lease_id: str) -> None:
+        with self._lock:
+            self._held.setdefault(weight, []).append(lease_id)
+            if self._renewer is None:
+                self._renewer = threading.Thread(
+                    target=self._renew_loop, name=f"resilience-lease-{self.key}", daemon=True
+                )
+                self._renewer.start()
+
+    def _unhold(self, weight: int) -> str | None:
+        """Forget one lease of *weight* (any: equal weights are interchangeable)."""
+        with self._lock:
+            ids = self._held.get(weight)
+            return ids.pop() if ids else None
+
+    def held(self) -> int:
+        """Return the units this process holds."""
+        with self._lock:
+            return sum(weight * len(ids) for weight, ids in self._held.items())
+
+    def _renew_loop(self) -> None:
+        """Renew every lease this process holds each lease/3 s; stop when it holds none."""
+        while True:
+            time.sleep(self.lease / 3)
+            with self._lock:
+                ids = [lease_id for group in self._held.values() for lease_id in group]
+                if not ids:
+                    self._renewer = None
+                    return
+            try:
+                self.store.run(_RENEW, self._keys, self._argv(*ids), key=self.key)
+            except StoreUnavailableError:
+                continue  # try again next round; the leases last lease seconds
+
+    def _argv(self, *extra: Any) -> list[Any]:
+        return [self.store.now_arg(), self.store.ttl_ms, self._lease_us, *extra]
+
+    # -- PoolBackend --------------------------------------------------------------------
+
+    def try_acquire(self, weight: int) -> bool:
+        """Take *weight* units if they are free now; return whether they were taken."""
+        lease_id = self._new_id()
+        argv = self._argv(self.limit, weight, lease_id)
+        if not self.store.run(_ACQUIRE, self._keys, argv, key=self.key):
+            return False
+        self._hold(weight, lease_id)
+        return True
+
+    async def atry_acquire(self, weight: int, timeout: float | None = None) -> bool:
+        """The async twin of ``try_acquire``; *timeout* bounds the round trip further."""
+        lease_id = self._new_id()
+        argv = self._argv(self.limit, weight, lease_id)
+        if not await self.store.arun(_ACQUIRE, self._keys, argv, key=self.key, timeout=timeout):
+            return False
+        self._hold(weight, lease_id)
+        return True
+
+    def release(self, weight: int) -> None:
+        """Give back one lease of *weight* units (no-op if this process holds none)."""
+        lease_id = self._unhold(weight)
+        if lease_id is not None:
+            self.store.run(_RELEASE, self._keys, self._argv(lease_id), key=self.key)
+
+    async def arelease(self, weight: int) -> None:
+        """The async twin of ``release``."""
+        lease_id = self._unhold(weight)
+        if lease_id is not None:
+            await self.store.arun(_RELEASE, self._keys, self._argv(lease_id), key=self.key)
+
+    def available(self) -> int:
+        """Return the free units now, across every process."""
+        return int(self.store.run(_AVAILABLE, self._keys, self._argv(self.limit), key=self.key))
+
+    def __repr__(self) -> str:
+        return f"<RedisPoolBackend {self.key!r} limit={self.limit} on {self.store.describe()}>"
+
+
+class RedisPermitQueue(PermitQueue):
+    """
+    A ``PermitQueue`` whose grants are decided by a poller thread, never inline.
+
+    Inline dispatch would run Redis round trips on an event loop's thread; and a release
+    in another process cannot wake this queue, so while anyone waits the poller retries.
+    """
+
+    __slots__ = ("_poller", "_wake")
+
+    def __init__(self, backend: PoolBackend) -> None:
+        super().__init__(backend)
+        self._wake = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def _dispatch(self) -> None:
+        """Hand the work to the poller (the queue's lock is held)."""
+        if self.waiters:
+            if self._poller is None:
+                self._poller = threading.Thread(
+                    target=self._poll, name="resilience-permit-poller", daemon=True
+                )
+                self._poller.start()
+            self._wake.set()
+
+    def _poll(self) -> None:
+        """Grant the head while its weight fits; retry with short sleeps while anyone waits."""
+        interval = _POLL_MIN
+        while True:
+            with self._lock:
+                before = len(self.waiters)
+                # Unreachable: waiters keep their place; their own timeouts bound the wait.
+                with contextlib.suppress(StoreUnavailableError):
+                    PermitQueue._dispatch(self)
+                if not self.waiters:
+                    self._poller = None
+                    return
+                moved = len(self.waiters) < before
+            interval = _POLL_MIN if moved else min(interval * 2, _POLL_MAX)
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    async def acquire_async(self, weight: int, timeout: float | None, clock: Any) -> bool:
+        """Like ``PermitQueue.acquire_async``, with the first try on the asyncio client."""
+        backend: Any = self.backend
+        if not self.waiters and await backend.atry_acquire(weight, timeout or None):
+            return True
+        return await self._queue_async(weight, timeout, clock)
+
+    async def arelease(self, weight: int) -> None:
+        """Give back *weight* units on the asyncio client; the poller lets waiters in."""
+        backend: Any = self.backend
+        await backend.arelease(weight)
+        if self.waiters:
+            self._wake.set()
+
+
+def redis_pool_backend(key: str, policy: BoundedPolicy, store: RedisStore) -> RedisPoolBackend:
+    """Build the Redis pool of *key* from *policy* (the ``"pool"`` factory)."""
+    return RedisPoolBackend(store, key, policy.limit, store.lease)
+
+
+def redis_permit_queue(key: str, backend: PoolBackend, store: RedisStore) -> RedisPermitQueue:
+    """Build this process's waiting room of *key*'s pool (the ``"pool.queue"`` factory)."""
+    return RedisPermitQueue(backend)

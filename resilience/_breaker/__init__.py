@@ -1,0 +1,1 @@
+"""The breaker concern: its face, state, driver and Redis twin side by side."""

@@ -1,0 +1,457 @@
+"""
+``RedisBreaker``: a circuit breaker's state in Redis, shared by every process that names it.
+
+The state machine is the memory backend's (``resilience._breaker.memory.MemoryBreaker``),
+written once more in Lua so that each step (``admit``, ``record``, ``reset``, ``stats``) is one
+script: atomic on the server, one round trip, on the server's clock. The state lives in one
+hash, ``<ns>:breaker:<name>``; a count window (the last N calls) adds a string of ``0``/``1``
+bytes, ``<ns>:breaker:<name>:ring``, read and written with ``GETRANGE``/``SETRANGE`` so every
+step is O(1). A time window keeps its ten buckets as fields of the hash. Times are whole
+microseconds (see ``NOW_LUA``). Every script refreshes the keys' idle expiry.
+
+Hash fields: ``s`` state (0 closed, 1 open, 2 half-open), ``c`` consecutive failures, ``e``
+spell number, ``p`` probes running, ``o`` opened at, ``r`` reason, ``n`` times opened, ``f``
+failures, ``j`` rejected, ``wc``/``wf`` window calls/failures, ``wp`` ring position, ``wh``
+newest time bucket, ``c0``..``c9``/``f0``..``f9`` bucket counts.
+"""
+
+from __future__ import annotations
+
+import json
+
+from typing import TYPE_CHECKING, Any, Final
+
+from resilience import _clock
+from resilience._breaker.contract import (
+    ADMITTED,
+    REFUSED,
+    STATE_NAMES,
+    Admission,
+    BreakerConfig,
+    CircuitBreakerStats,
+    Transition,
+)
+from resilience.stores._redis import NOW_LUA
+
+
+if TYPE_CHECKING:
+    from resilience._policies import CircuitBreakerPolicy
+    from resilience.stores._redis import RedisStore
+    from resilience.typing import Clock
+
+
+__all__ = ["RedisBreaker"]
+
+# ARGV: 1 now, 2 ttl ms, 3 threshold, 4 reset_timeout us, 5 half_open_max_calls,
+# 6 failure_rate ('' without), 7 window_size (0 without), 8 window_duration us (0 without),
+# 9 minimum_calls, 10 reset_timeout as text, 11 the config as JSON (so another process can
+# inspect the breaker: ``RedisStore.peek``); then each script's own arguments.
+_COMMON: Final = (
+    NOW_LUA
+    + """
+local K, RING = KEYS[1], KEYS[2]
+local now = now_us()
+local ttl = tonumber(ARGV[2])
+local threshold = tonumber(ARGV[3])
+local reset_us = tonumber(ARGV[4])
+local max_probes = tonumber(ARGV[5])
+local rate = tonumber(ARGV[6])
+local size = tonumber(ARGV[7])
+local span = tonumber(ARGV[8])
+local minimum = tonumber(ARGV[9])
+local CLOSED, OPEN, HALF_OPEN = 0, 1, 2
+
+local raw = redis.call('HGETALL', K)
+local h = {}
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+local function num(field) return tonumber(h[field]) or 0 end
+local state, consecutive, probes = num('s'), num('c'), num('p')
+local epoch = tonumber(h.e) or 1
+local opened_at, reason = num('o'), h.r or ''
+local wcalls, wfails = num('wc'), num('wf')
+
+local function advance()
+  local width = span / 10
+  local index = math.floor(now / width)
+  local head = tonumber(h.wh)
+  if head == nil or index - head >= 10 then
+    for i = 0, 9 do h['c' .. i] = 0; h['f' .. i] = 0 end
+    wcalls, wfails = 0, 0
+  elseif index > head then
+    for step = head + 1, index do
+      local slot = step % 10
+      wcalls = wcalls - num('c' .. slot)
+      wfails = wfails - num('f' .. slot)
+      h['c' .. slot] = 0; h['f' .. slot] = 0
+    end
+  else
+    return head  -- a clock that went back: count it in the newest bucket
+  end
+  h.wh = index
+  return index
+end
+
+local function window_add(failed)
+  if size > 0 then
+    local pos = num('wp')
+    if wcalls == size then
+      if redis.call('GETRANGE', RING, pos, pos) == '1' then wfails = wfails - 1 end
+    else
+      wcalls = wcalls + 1
+    end
+    redis.call('SETRANGE', RING, pos, failed == 1 and '1' or '0')
+    wfails = wfails + failed
+    pos = pos + 1
+    if pos >= size then pos = 0 end
+    h.wp = pos
+  elseif span > 0 then
+    local slot = advance() % 10
+    h['c' .. slot] = num('c' .. slot) + 1
+    h['f' .. slot] = num('f' .. slot) + failed
+    wcalls = wcalls + 1
+    wfails = wfails + failed
+  end
+end
+
+local function window_clear()
+  wcalls, wfails = 0, 0
+  if size > 0 then
+    h.wp = 0
+    redis.call('DEL', RING)
+  elseif span > 0 then
+    h.wh = ''
+    for i = 0, 9 do h['c' .. i] = 0; h['f' .. i] = 0 end
+  end
+end
+
+local function reported()
+  if state == OPEN and now >= opened_at + reset_us then return HALF_OPEN end
+  return state
+end
+
+local function save()
+  h.s, h.c, h.e, h.p, h.o, h.r = state, consecutive, epoch, probes, opened_at, reason
+  h.wc, h.wf, h.cfg = wcalls, wfails, ARGV[11]
+  local flat = {}
+  for field, value in pairs(h) do
+    flat[#flat + 1] = field
+    flat[#flat + 1] = value
+  end
+  redis.call('HSET', K, unpack(flat))
+  redis.call('PEXPIRE', K, ttl)
+  if size > 0 then redis.call('PEXPIRE', RING, ttl) end
+end
+
+-- {from, to, reason, consecutive, window calls, window failures}
+local function change(to, why, before)
+  local t = {before, to, why, consecutive, wcalls, wfails}
+  state = to
+  epoch = epoch + 1  -- late outcomes of the last spell's probes count as ordinary calls
+  return t
+end
+
+local function open(why, before)
+  opened_at = now
+  reason = 'opened after ' .. why
+  h.n = num('n') + 1
+  probes = 0
+  return change(OPEN, why, before)
+end
+
+local function close(why, before)
+  local t = false
+  if before ~= CLOSED then t = change(CLOSED, why, before) end
+  consecutive, probes, reason = 0, 0, ''
+  window_clear()
+  return t
+end
+"""
+)
+
+# Reply: {ticket, retry_after us, open_for us, reason, state met, consecutive[, transition...]}
+_ADMIT: Final = (
+    _COMMON
+    + """
+if state == CLOSED then
+  redis.call('PEXPIRE', K, ttl)
+  return {0, 0, 0, '', CLOSED, consecutive}
+end
+local open_for = now - opened_at
+local t = nil
+if state == OPEN then
+  if now < opened_at + reset_us then
+    h.j = num('j') + 1
+    save()
+    return {-1, opened_at + reset_us - now, open_for, reason, OPEN, consecutive}
+  end
+  t = change(HALF_OPEN, 'reset_timeout of ' .. ARGV[10] .. ' s passed', OPEN)
+  probes = 0
+end
+local reply
+if probes < max_probes then
+  probes = probes + 1
+  reply = {epoch, 0, open_for, reason, HALF_OPEN, consecutive}
+else
+  h.j = num('j') + 1
+  reply = {-1, 0, open_for, reason, HALF_OPEN, consecutive}
+end
+save()
+if t then for i = 1, 6 do reply[6 + i] = t[i] end end
+return reply
+"""
+)
+
+# ARGV 12 ticket, 13 outcome (0 success, 1 failure, 2 ignored). Reply: a transition or nil.
+_RECORD: Final = (
+    _COMMON
+    + """
+local ticket, outcome = tonumber(ARGV[12]), tonumber(ARGV[13])
+local t = false
+if ticket > 0 and ticket == epoch and state == HALF_OPEN then
+  if outcome == 0 then
+    t = close('a probe call succeeded', HALF_OPEN)
+  elseif outcome == 1 then
+    h.f = num('f') + 1
+    consecutive = consecutive + 1
+    t = open('a probe call failed', HALF_OPEN)
+  else
+    probes = probes - 1
+  end
+  save()
+  return t
+end
+-- A call admitted while closed (or a probe of a spell that is over) counts only while the
+-- breaker is closed: open and half-open states are decided by probes.
+if state ~= CLOSED or outcome == 2 then return false end
+if outcome == 0 then
+  if size == 0 and span == 0 and consecutive == 0 then
+    redis.call('PEXPIRE', K, ttl)
+    return false
+  end
+  consecutive = 0
+  window_add(0)
+  save()
+  return false
+end
+h.f = num('f') + 1
+consecutive = consecutive + 1
+if size == 0 and span == 0 then
+  if consecutive >= threshold then
+    t = open(string.format('%d consecutive failure(s)', consecutive), CLOSED)
+  end
+else
+  window_add(1)
+  if wcalls >= minimum and rate ~= nil and wfails / wcalls >= rate then
+    t = open(string.format('%d of the last %d calls failed (%.0f%% >= failure_rate %.0f%%)',
+      wfails, wcalls, wfails / wcalls * 100, rate * 100), CLOSED)
+  end
+end
+save()
+return t
+"""
+)
+
+_RESET: Final = (
+    _COMMON
+    + """
+local t = close('reset by hand', reported())
+save()
+return t
+"""
+)
+
+# Reply: {state, consecutive, window calls, window failures, probes, is open, open_for us,
+#         retry_after us, times opened, failures, rejected}
+_STATS: Final = (
+    _COMMON
+    + """
+if span > 0 then advance() end
+local shown = reported()
+local is_open = (state == OPEN or state == HALF_OPEN) and 1 or 0
+local retry_after = 0
+if shown == OPEN then retry_after = opened_at + reset_us - now end
+if raw[1] ~= nil then redis.call('PEXPIRE', K, ttl) end
+return {shown, consecutive, wcalls, wfails, state == HALF_OPEN and probes or 0, is_open,
+  now - opened_at, retry_after, num('n'), num('f'), num('j')}
+"""
+)
+
+_LOAD: Final = """
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return false end
+return redis.call('HGET', KEYS[1], 'cfg')
+"""
+
+_US: Final = 1_000_000
+
+
+class RedisBreaker:
+    """
+    ``BreakerBackend`` in Redis: one Lua script (one round trip) per step, on server time.
+
+    ``closed`` stays False (only Redis knows), so the decorator always asks ``admit``;
+    ``dirty`` is refreshed from each admission's consecutive count, so a success in the
+    closed state of a breaker without failures costs no second round trip.
+    """
+
+    __slots__ = (
+        "_args",
+        "_keys",
+        "_policy_clock",
+        "_windowed",
+        "closed",
+        "config",
+        "dirty",
+        "name",
+        "retired",
+        "store",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        policy: CircuitBreakerPolicy | None,
+        store: RedisStore,
+        config: BreakerConfig | None = None,
+    ) -> None:
+        self.name = name
+        self.store = store
+        if config is None:
+            assert policy is not None
+            config = BreakerConfig.of(policy)
+        self.config = config
+        self._policy_clock = policy.clock if policy is not None else None
+        self.closed = False
+        self.retired = False
+        self.dirty = True
+        self._windowed = config.window_size is not None or config.window_duration is not None
+        self._keys = (store.key("breaker", name), store.key("breaker", name, "ring"))
+        # An open state must outlive reset_timeout (and a time window its span) when idle.
+        longest = max(config.reset_timeout, config.window_duration or 0.0) * 2
+        self._args: tuple[Any, ...] = (
+            max(store.ttl_ms, round(longest * 1000)),
+            config.failure_threshold,
+            round(config.reset_timeout * _US),
+            config.half_open_max_calls,
+            "" if config.failure_rate is None else repr(config.failure_rate),
+            config.window_size or 0,
+            round((config.window_duration or 0.0) * _US),
+            config.minimum_calls,
+            f"{config.reset_timeout:g}",
+            json.dumps(list(config)),
+        )
+
+    @classmethod
+    def load(cls, name: str, store: RedisStore) -> RedisBreaker | None:
+        """Return a backend for a breaker another process declared, or None if Redis has none."""
+        raw = store.run(_LOAD, [store.key("breaker", name)], [], key=name)
+        if raw is None:
+            return None
+        return cls(name, None, store, BreakerConfig(*json.loads(_text(raw))))
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def _argv(self, *extra: Any) -> list[Any]:
+        return [self.store.now_arg(), *self._args, *extra]
+
+    def _run(self, script: str, *extra: Any) -> Any:
+        return self.store.run(script, self._keys, self._argv(*extra), key=self.name)
+
+    async def _arun(self, script: str, *extra: Any) -> Any:
+        return await self.store.arun(script, self._keys, self._argv(*extra), key=self.name)
+
+    def _transition(self, reply: Any) -> Transition | None:
+        if not reply:
+            return None
+        before, after, why, consecutive, calls, failures = reply
+        return Transition(
+            self.name,
+            STATE_NAMES[int(before)],
+            STATE_NAMES[int(after)],
+            _text(why),
+            int(consecutive),
+            int(calls),
+            int(failures),
+        )
+
+    def _admission(self, reply: Any) -> Admission:
+        ticket, retry_after, open_for, reason, met, consecutive = reply[:6]
+        if met == 0:
+            self.dirty = self._windowed or consecutive > 0
+            return ADMITTED
+        self.dirty = True
+        transition = self._transition(reply[6:12]) if len(reply) > 6 else None
+        text = _text(reason)
+        if ticket == REFUSED and met == 2:
+            text = f"{text}; its {self.config.half_open_max_calls} probe slot(s) are taken"
+        return Admission(
+            int(ticket),
+            retry_after / _US,
+            open_for / _US,
+            text,
+            STATE_NAMES[int(met)],
+            transition,
+        )
+
+    # -- the protocol ---------------------------------------------------------------------------
+
+    def admit(self) -> Admission:
+        """Decide whether a call may start; reserve a probe slot if it is a probe."""
+        return self._admission(self._run(_ADMIT))
+
+    async def aadmit(self) -> Admission:
+        """The async twin of ``admit``."""
+        return self._admission(await self._arun(_ADMIT))
+
+    def record(self, ticket: int, outcome: int) -> Transition | None:
+        """Apply a call's outcome; return the state change it caused, if any."""
+        return self._transition(self._run(_RECORD, ticket, outcome))
+
+    async def arecord(self, ticket: int, outcome: int) -> Transition | None:
+        """The async twin of ``record``."""
+        return self._transition(await self._arun(_RECORD, ticket, outcome))
+
+    def reset(self) -> Transition | None:
+        """Close the breaker and clear its counts (the totals since creation stay)."""
+        return self._transition(self._run(_RESET))
+
+    def state(self) -> str:
+        """Return ``"closed"``, ``"open"`` or ``"half_open"`` as of now."""
+        return STATE_NAMES[int(self._run(_STATS)[0])]
+
+    def stats(self) -> CircuitBreakerStats:
+        """Return a snapshot of the counts and the state as of now (one round trip)."""
+        (
+            state,
+            consecutive,
+            calls,
+            failures,
+            probes,
+            is_open,
+            open_for,
+            retry_after,
+            times_opened,
+            total_failures,
+            rejected,
+        ) = self._run(_STATS)
+        clock: Clock = self._policy_clock or _clock._default.clock  # type: ignore[assignment]
+        return CircuitBreakerStats(
+            name=self.name,
+            state=STATE_NAMES[int(state)],
+            consecutive_failures=int(consecutive),
+            window_calls=int(calls),
+            window_failures=int(failures),
+            failure_rate=failures / calls if calls else None,
+            probes=int(probes),
+            opened_at=clock.time() - open_for / _US if is_open else None,
+            retry_after=retry_after / _US,
+            times_opened=int(times_opened),
+            failures=int(total_failures),
+            rejected=int(rejected),
+        )
+
+    def __repr__(self) -> str:
+        return f"<RedisBreaker {self.name!r} at {self._keys[0]!r}>"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,1 @@
+"""The budget concern: its face, state, driver and Redis twin side by side."""

@@ -1,0 +1,131 @@
+"""
+``RedisBudgetBackend``: a retry budget shared through Redis.
+
+The same accounting as ``resilience._budget.state.BudgetState`` (calls and retries in ten buckets
+of ``window / 10``, with running totals), written in Lua so that each step is one script,
+one round trip, on the server's clock. The state is one hash, ``<ns>:budget:<key>``: ``cur``
+the newest bucket, ``tc``/``tr`` the totals, ``c0``..``c9``/``r0``..``r9`` the buckets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+from resilience.stores._redis import NOW_LUA
+
+
+if TYPE_CHECKING:
+    from resilience._budget.state import RetryBudget
+    from resilience.stores._redis import RedisStore
+
+
+__all__ = ["RedisBudgetBackend"]
+
+# ARGV: 1 now, 2 ttl ms, 3 ratio, 4 bucket width us, 5 floor (retries allowed whatever the
+# calls), 6 the step: 'deposit', 'withdraw' or 'balance'. Reply: the balance (text) or 1/0.
+_STEP: Final = (
+    NOW_LUA
+    + """
+local K = KEYS[1]
+local now = now_us()
+local ttl, ratio = tonumber(ARGV[2]), tonumber(ARGV[3])
+local width, floor, step = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local raw = redis.call('HGETALL', K)
+local h = {}
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+local function num(field) return tonumber(h[field]) or 0 end
+local tc, tr = num('tc'), num('tr')
+local index = math.floor(now / width)
+local current = tonumber(h.cur)
+if current == nil or index > current then
+  local stale = 10
+  if current ~= nil then stale = math.min(10, index - current) end
+  for back = 0, stale - 1 do
+    local slot = (index - back) % 10
+    tc = tc - num('c' .. slot)
+    tr = tr - num('r' .. slot)
+    h['c' .. slot] = 0; h['r' .. slot] = 0
+  end
+  current = index
+end
+local slot = current % 10
+local balance = ratio * tc + floor - tr
+local reply
+if step == 'deposit' then
+  h['c' .. slot] = num('c' .. slot) + 1
+  tc = tc + 1
+  reply = 1
+elseif step == 'withdraw' then
+  if balance < 1 then
+    reply = 0
+  else
+    h['r' .. slot] = num('r' .. slot) + 1
+    tr = tr + 1
+    reply = 1
+  end
+else
+  reply = string.format('%.17g', balance)
+end
+h.tc, h.tr, h.cur = tc, tr, string.format('%d', current)
+local flat = {}
+for field, value in pairs(h) do
+  flat[#flat + 1] = field
+  flat[#flat + 1] = value
+end
+redis.call('HSET', K, unpack(flat))
+redis.call('PEXPIRE', K, ttl)
+return reply
+"""
+)
+
+_US: Final = 1_000_000
+
+
+class RedisBudgetBackend:
+    """``BudgetBackend`` in Redis: ``BudgetState``'s accounting, one script per step."""
+
+    __slots__ = ("_args", "_keys", "key", "store")
+
+    def __init__(self, key: str, budget: RetryBudget, store: RedisStore) -> None:
+        self.key = key
+        self.store = store
+        window = float(budget.window)  # type: ignore[arg-type]  # seconds after validation
+        self._keys = (store.key("budget", key),)
+        self._args = (
+            max(store.ttl_ms, round(window * 2000)),
+            repr(budget.ratio),
+            repr(window * _US / 10),
+            repr(budget.min_retries_per_second * window),
+        )
+
+    def _argv(self, step: str) -> list[object]:
+        return [self.store.now_arg(), *self._args, step]
+
+    def deposit(self) -> None:
+        """Count one call."""
+        self.store.run(_STEP, self._keys, self._argv("deposit"), key=self.key)
+
+    async def adeposit(self) -> None:
+        """The async twin of ``deposit``."""
+        await self.store.arun(_STEP, self._keys, self._argv("deposit"), key=self.key)
+
+    def withdraw(self) -> bool:
+        """Take one retry if the budget allows it; return whether it did."""
+        return bool(self.store.run(_STEP, self._keys, self._argv("withdraw"), key=self.key))
+
+    async def awithdraw(self) -> bool:
+        """The async twin of ``withdraw``."""
+        reply = await self.store.arun(_STEP, self._keys, self._argv("withdraw"), key=self.key)
+        return bool(reply)
+
+    def balance(self) -> float:
+        """Return how many retries the budget allows now."""
+        return float(self.store.run(_STEP, self._keys, self._argv("balance"), key=self.key))
+
+    async def abalance(self) -> float:
+        """The async twin of ``balance``."""
+        reply = await self.store.arun(_STEP, self._keys, self._argv("balance"), key=self.key)
+        return float(reply)
+
+    def __repr__(self) -> str:
+        return f"<RedisBudgetBackend {self._keys[0]!r}>"

@@ -1,0 +1,1 @@
+"""The rate concern: its face, state, driver and Redis twin side by side."""

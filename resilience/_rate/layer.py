@@ -1,0 +1,252 @@
+"""
+``RateLimitLayer``: how a call goes through a rate limit.
+
+The budget's accounting and its backends live in ``_rate_state``; this layer only asks the
+key's backend for a start (``reserve``), sleeps until the reserved time and asks again
+(``resume``: admitted now, a little more waiting after a late wake, or a new turn behind a
+backoff window extended while it slept). A turn further away than the policy's ``timeout``
+(or any wait with ``wait=False``) is refused with ``RateLimitedError``. A call that fails
+with a server-given delay (the policy's ``delay_hook``) opens the key's backoff window.
+
+The admitted path is one ``reserve`` call: backends are fetched once per layer and kept
+until ``resilience.testing.reset()`` bumps ``EPOCH`` (which ``BoundedLayer`` shares), and a
+memory backend's sync methods are called directly even from the async runner, since they
+never block.
+"""
+
+from __future__ import annotations
+
+import math
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from resilience import _clock, _config
+from resilience._decorating import KeyedLayer, Runner
+from resilience._errors import RateLimitedError, StoreUnavailableError
+from resilience._policies import RateLimitPolicy
+from resilience._rate.state import MemoryRateBackend, RateBackend
+from resilience._rate.window import WindowBackend
+from resilience.stores._memory import DEFAULT_STORE
+from resilience.stores._redis import store_unavailable
+from resilience.telemetry._bus import BUS, emit
+
+
+if TYPE_CHECKING:
+    from resilience.typing import Clock
+
+
+__all__ = ["EPOCH", "RateLimitLayer"]
+
+
+class _Epoch:
+    """Bumped by ``resilience.testing.reset()`` so layers drop backends cached before it."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def bump(self) -> None:
+        self.n += 1
+
+
+EPOCH = _Epoch()
+_config.on_reset(EPOCH.bump)
+
+
+class RateLimitLayer(KeyedLayer):
+    """``@rate_limited``'s layer: reserve a start, sleep until it, open the window on 429s."""
+
+    decorator = "rate_limited"
+    __slots__ = ("_backend", "_epoch", "_remote", "_window", "limit", "max_wait", "rtt")
+    policy: RateLimitPolicy
+
+    def __init__(self, policy: RateLimitPolicy) -> None:
+        super().__init__(policy)
+        if not policy.wait:
+            self.max_wait = 0.0
+        else:
+            self.max_wait = math.inf if policy.timeout is None else float(policy.timeout)  # type: ignore[arg-type]
+        burst = "" if policy.burst is None else f", burst {policy.burst}"
+        self.limit = f"{policy.rate} per {policy.per:g} s{burst}"
+        self._epoch = -1
+        self._remote = False
+        # A remote store's async round trip is bounded by the policy's timeout too.
+        timeout = policy.timeout
+        self.rtt: float | None = timeout if policy.wait and timeout else None  # type: ignore[assignment]
+
+    def _refresh(self) -> RateBackend:
+        """Fetch (and check) the key's backend; again after ``resilience.testing.reset()``."""
+        policy = self.policy
+        store = policy.store or DEFAULT_STORE
+        self._window: WindowBackend = store.backend("window", self.key, policy)
+        backend: RateBackend = store.backend("rate", self.key, policy)
+        burst = policy.rate if policy.burst is None else policy.burst
+        if (backend.rate, backend.per, backend.burst) != (policy.rate, policy.per, burst):
+            msg = (
+                f"@rate_limited key {self.key!r} is already limited to {backend.rate} per "
+                f"{backend.per:g} s, burst {backend.burst}; a limiter sharing the key must use "
+                f"the same rate, per and burst (got {self.limit})"
+            )
+            raise ValueError(msg)
+        self._backend = backend
+        # Memory backends never block: the async runner calls their sync methods directly.
+        self._remote = not isinstance(backend, MemoryRateBackend)
+        self._epoch = EPOCH.n
+        return backend
+
+    def _clock(self) -> Clock:
+        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
+        return clock
+
+    # -- slow paths: waiting, refusing, opening the window ---------------------------------
+
+    def _refuse(self, retry_after: float) -> RateLimitedError:
+        open_for = self._window.remaining()
+        reason = f"backoff window open for {open_for:.3f} s" if open_for > 0.0 else ""
+        if BUS.subs:
+            emit(
+                "resilience.rate.rejected",
+                {"retry_after": retry_after},
+                {"key": self.key, "name": self.name, "limit": self.limit, "reason": reason},
+            )
+        return RateLimitedError(self.key, retry_after, limit=self.limit, reason=reason)
+
+    def _announce(self, wait: float, depth: int) -> None:
+        emit(
+            "resilience.rate.wait",
+            {"wait": wait, "queue_depth": float(depth)},
+            {"key": self.key, "name": self.name, "limit": self.limit},
+        )
+
+    def _next(self, backend: RateBackend, waited: float) -> float:
+        """After a sleep: 0.0 to start, or the next wait (a window extended, a late wake)."""
+        wait = backend.resume(max(0.0, self.max_wait - waited))
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        return wait
+
+    async def _anext(self, backend: RateBackend, waited: float) -> float:
+        """``_next`` through the backend's async twin (a remote store)."""
+        wait = await backend.aresume(max(0.0, self.max_wait - waited), self.rtt)
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        return wait
+
+    def _unavailable(self, error: StoreUnavailableError) -> None:
+        """The store is unreachable: raise, or (fail-open) say so and let the call start."""
+        store_unavailable(error, decorator="rate_limited", fail_open=self.policy.fail_open)
+
+    def _wait_sync(self, backend: RateBackend, wait: float) -> None:
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        if BUS.subs:
+            self._announce(wait, backend.pending())
+        clock = self._clock()
+        waited = 0.0
+        while wait > 0.0:
+            clock.sleep(wait)
+            waited += wait
+            wait = self._next(backend, waited)
+
+    async def _wait_async(self, backend: RateBackend, wait: float) -> None:
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        remote = self._remote
+        if BUS.subs:
+            self._announce(wait, await backend.apending() if remote else backend.pending())
+        clock = self._clock()
+        waited = 0.0
+        while wait > 0.0:
+            await clock.asleep(wait)
+            waited += wait
+            wait = await self._anext(backend, waited) if remote else self._next(backend, waited)
+
+    def _failed(self, exc: BaseException) -> None:
+        """A call failed: if it carries a server delay, open the key's backoff window."""
+        hook = self.policy.delay_hook
+        assert hook is not None
+        try:
+            delay = hook(exc)
+        except Exception:  # a broken hook must not replace the caller's error
+            return
+        if delay is None or not delay > 0.0 or not math.isfinite(delay):
+            return
+        seconds = min(float(delay), float(self.policy.retry_after_cap))  # type: ignore[arg-type]
+        left = self._window.extend(seconds)
+        if BUS.subs:
+            emit(
+                "resilience.window.set",
+                {"seconds": seconds, "remaining": left},
+                {"key": self.key, "name": self.name, "reason": "failure", "exception": exc},
+            )
+
+    # -- runners ---------------------------------------------------------------------------
+
+    def build_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        max_wait = self.max_wait
+        hooked = self.policy.delay_hook is not None
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            try:
+                wait = backend.reserve(max_wait)
+                if wait:
+                    layer._wait_sync(backend, wait)
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without a token
+            if not hooked:
+                return call_next(wrapped, instance, args, kwargs)
+            try:
+                return call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                layer._failed(exc)
+                raise
+
+        return run
+
+    def build_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        max_wait = self.max_wait
+        hooked = self.policy.delay_hook is not None
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            try:
+                if layer._remote:
+                    wait = await backend.areserve(max_wait, layer.rtt)
+                else:
+                    wait = backend.reserve(max_wait)
+                if wait:
+                    await layer._wait_async(backend, wait)
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without a token
+            if not hooked:
+                return await call_next(wrapped, instance, args, kwargs)
+            try:
+                return await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                layer._failed(exc)
+                raise
+
+        return run
