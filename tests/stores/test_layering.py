@@ -53,8 +53,10 @@ def _forbidden(name: str) -> bool:
     parts = name.split(".")
     if parts[0] in CLIENT_LIBRARIES:
         return True
-    return parts[0] == "resilience" and _is_store_side(name) and any(
-        part.startswith(("redis", "_redis", "valkey", "_valkey")) for part in parts[1:]
+    return (
+        parts[0] == "resilience"
+        and _is_store_side(name)
+        and any(part.startswith(("redis", "_redis", "valkey", "_valkey")) for part in parts[1:])
     )
 
 
@@ -68,7 +70,9 @@ def test_the_core_imports_no_store_client_nor_redis_backend():
             continue
         core += 1
         offenders.extend(
-            f"{module} imports {name}" for name in sorted(_imports(path, module)) if _forbidden(name)
+            f"{module} imports {name}"
+            for name in sorted(_imports(path, module))
+            if _forbidden(name)
         )
     assert core > 40  # the walk saw the core, not an empty tree
     assert [] == offenders
