@@ -69,8 +69,7 @@ class BoundedLayer(KeyedLayer):
         return queue
 
     def _clock(self) -> Clock:
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self.policy.clock)
 
     def _waited(self, queue: PermitQueue, got: bool, started: float, clock: Clock) -> None:
         waited = clock.monotonic() - started

@@ -198,8 +198,7 @@ class MemoryBreaker:
         live.add(self)
 
     def _time(self) -> Clock:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self._clock)
 
     # -- the protocol -------------------------------------------------------------------------
 

@@ -97,8 +97,7 @@ class RateLimitLayer(KeyedLayer):
         return backend
 
     def _clock(self) -> Clock:
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self.policy.clock)
 
     # -- slow paths: waiting, refusing, opening the window ---------------------------------
 

@@ -260,7 +260,7 @@ class MemoryRateBackend:
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         self._acquire()
         try:
             return self._state.reserve(
@@ -271,7 +271,7 @@ class MemoryRateBackend:
 
     def admit(self) -> float:
         """Record an actual start now if the rule allows it (see ``RateBackend``)."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         with self._lock:
             return self._state.admit(clock.monotonic(), getattr(clock, "slack", 0.0))
 
@@ -283,7 +283,7 @@ class MemoryRateBackend:
 
     def pending(self) -> int:
         """Return how many reserved starts lie in the future."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         with self._lock:
             return self._state.pending(clock.monotonic())
 

@@ -62,7 +62,7 @@ class MemoryWindowBackend:
         self._lock = threading.Lock()
 
     def _now(self) -> float:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         return clock.monotonic()
 
     def extend(self, seconds: float) -> float:
@@ -153,8 +153,7 @@ class BackoffWindow:
         self._backend.clear()
 
     def _clock_now(self) -> Clock:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self._clock)
 
     def wait(self) -> float:
         """Block until the window is closed, re-checking after each sleep; return seconds waited."""

@@ -45,7 +45,6 @@ from resilience.telemetry._reporter_events import (
 )
 from resilience.telemetry._switch import env_enabled, switch
 from resilience.telemetry._user_errors import find_user_error, is_user_error
-from resilience.typing import Clock
 
 
 __all__ = [
@@ -150,7 +149,7 @@ class Reporter:
     # -- queueing (any thread, never blocks on I/O) -------------------------------------
 
     def _now(self) -> datetime:
-        clock: Clock = self.clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self.clock)
         return datetime.fromtimestamp(clock.time(), UTC)
 
     def _event(self, kind: str, severity: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,7 +281,7 @@ class Reporter:
         return Batch(self.session_id, process_id(), events, dropped)
 
     def _send(self, batch: Batch) -> None:
-        clock: Clock = self.clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self.clock)
         for retry in range(self.retries + 1):
             try:
                 self.backend(batch)
