@@ -29,7 +29,6 @@ class SystemClock:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
     __slots__ = ()
 
     #: Seconds between a clock reading and the moment the work it admits really starts

@@ -1,7 +1,7 @@
 """
 ``BoundedLayer``: how a call takes permits from a pool and gives them back.
 
-The pool and its waiting room live in ``_bounded_pool``. The layer's fast path is
+The pool and its waiting room live in ``_bounded.pool``. The layer's fast path is
 ``PermitQueue.try_acquire`` inline (nobody waiting, then the backend's own ``try_acquire``)
 and a release in a ``finally``, so permits come back on return, exception and cancellation;
 only a caller that has to wait goes through ``_wait_sync``/``_wait_async``, which time the

@@ -16,7 +16,7 @@ leaks and no dead waiter blocks the queue. A heavy waiter at the head is not ove
 lighter ones behind it (strict FIFO: it cannot starve).
 
 Importing this module registers the ``"pool"`` and ``"pool.queue"`` factories of
-``MemoryStore`` and ``RedisStore`` (the Redis ones import ``stores._redis_pool`` on first
+``MemoryStore`` and ``RedisStore`` (the Redis ones import ``_bounded.redis`` on first
 use: it imports this module).
 """
 

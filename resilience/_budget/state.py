@@ -196,8 +196,6 @@ class RetryBudget(FromDict):
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     ratio: float = 0.1
     window: float | timedelta = 10.0
     min_retries_per_second: float = 1.0

@@ -1,7 +1,7 @@
 """
 ``RateLimitLayer``: how a call goes through a rate limit.
 
-The budget's accounting and its backends live in ``_rate_state``; this layer only asks the
+The budget's accounting and its backends live in ``_rate.state``; this layer only asks the
 key's backend for a start (``reserve``), sleeps until the reserved time and asks again
 (``resume``: admitted now, a little more waiting after a late wake, or a new turn behind a
 backoff window extended while it slept). A turn further away than the policy's ``timeout``

@@ -16,7 +16,7 @@ time the rule allows after every start already reserved), so waiters are served 
 order and none can starve. A caller whose turn is further away than its ``timeout`` is
 refused at once without reserving anything. The accounting (``RateState``) is a pure state
 machine fed with ``now``; a backend applies it atomically and reads time itself, and the
-decorator layer (``_rate_layer``) only sleeps until the reserved time. A cancelled waiter's
+decorator layer (``_rate.layer``) only sleeps until the reserved time. A cancelled waiter's
 slot stays used (conservative: it can only lower the rate, never break the rule).
 
 A woken waiter is usually late by the timer's granularity, and by different amounts, so
@@ -24,7 +24,7 @@ the start it actually makes is also checked against a second log of *actual* sta
 (``admit``) before it goes; a late predecessor makes it wait that little bit more. So the
 rule holds for the starts a server sees, not only for the reservations.
 
-The key's shared backoff window (``_window``) is one more lower bound on the start time:
+The key's shared backoff window (``_rate.window``) is one more lower bound on the start time:
 callers reserve their turns after it ends, and re-reserve if it was extended while they
 slept.
 

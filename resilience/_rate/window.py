@@ -113,7 +113,6 @@ class BackoffWindow:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
     __slots__ = ("_backend", "_clock", "key")
 
     def __init__(self, key: str, backend: WindowBackend, clock: Clock | None = None) -> None:

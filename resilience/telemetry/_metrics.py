@@ -76,7 +76,6 @@ class measure:  # noqa: N801 - used like a function: `with measure(...)`, `@meas
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.telemetry"
     __slots__ = ("_frames", "clock", "metadata", "name")
 
     def __init__(
