@@ -141,7 +141,7 @@ class MemoryBudgetBackend:
         self._lock = threading.Lock()
 
     def _now(self) -> float:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         return clock.monotonic()
 
     def deposit(self) -> None:
@@ -185,8 +185,6 @@ class RetryBudget(FromDict):
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     ratio: float = 0.1
     window: float | timedelta = 10.0
