@@ -107,12 +107,11 @@ class RetryLayer(Layer):
     # -- the steps every driver takes ----------------------------------------------------
 
     def _clock(self) -> Clock:
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self.policy.clock)
 
     def _start(self, started: float | None, failure: object) -> tuple[Clock, RetryCall, float]:
         """The first *failure*: the call enters its retry loop (and the tracker counts it)."""
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self.policy.clock)
         now = clock.monotonic()
         call = RetryCall(self.rules, now if started is None else started)
         self.tracker.enter(now, failure)

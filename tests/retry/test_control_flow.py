@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from resilience import Backoff, retry
+from resilience._errors import CONTROL_FLOW as _CONTROL_FLOW
 from resilience.testing import FakeClock
 
 
-CONTROL_FLOW = [asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit]
+CONTROL_FLOW: list[type[BaseException]] = list(_CONTROL_FLOW)
 NO_WAIT = Backoff(base=0)
 
 
