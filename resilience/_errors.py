@@ -14,21 +14,44 @@ The exception tree: every error this package raises on its own account.
 On giving up, ``@retry`` re-raises the caller's *original* exception, never one of these.
 Each error carries structured attributes and a message that names the breaker, limiter or key
 and how long to wait, so a log line explains itself.
+
+``CONTROL_FLOW`` lists the exceptions that are not failures at all (cancellation, Ctrl-C,
+interpreter exit, a generator being closed): every decorator lets them through untouched,
+never retried, counted, handed to a predicate, a fallback or a delay hook.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+from typing import Final
 
 
 __all__ = [
+    "CONTROL_FLOW",
     "AttemptTimeoutError",
     "BoundedTimeoutError",
     "CircuitOpenError",
     "RateLimitedError",
     "ResilienceError",
     "StoreUnavailableError",
+    "is_control_flow",
 ]
+
+
+#: Control flow, not failure (contract v2): these pass through every decorator untouched.
+CONTROL_FLOW: Final[tuple[type[BaseException], ...]] = (
+    asyncio.CancelledError,
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+)
+
+
+def is_control_flow(exc: object) -> bool:
+    """Whether *exc* is cancellation, an interrupt, an exit or a generator's close."""
+    return isinstance(exc, CONTROL_FLOW)
 
 
 class ResilienceError(Exception):

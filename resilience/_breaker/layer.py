@@ -26,7 +26,7 @@ from resilience._decorating import Layer, Runner, terminal
 from resilience._errors import CircuitOpenError, StoreUnavailableError
 from resilience._fallback import Fallback
 from resilience.stores._memory import DEFAULT_STORE
-from resilience.stores._redis import store_unavailable
+from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
 
 

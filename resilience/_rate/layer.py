@@ -28,7 +28,7 @@ from resilience._policies import RateLimitPolicy
 from resilience._rate.state import MemoryRateBackend, RateBackend
 from resilience._rate.window import WindowBackend
 from resilience.stores._memory import DEFAULT_STORE
-from resilience.stores._redis import store_unavailable
+from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
 
 

@@ -28,8 +28,8 @@ The key's shared backoff window (``_rate.window``) is one more lower bound on th
 callers reserve their turns after it ends, and re-reserve if it was extended while they
 slept.
 
-Importing this module registers the ``"rate"`` backend factories of ``MemoryStore``
-(``MemoryRateBackend``) and ``RedisStore`` (``RedisRateBackend``).
+``MemoryStore`` builds ``MemoryRateBackend`` (``memory_rate`` below), ``RedisStore``
+``RedisRateBackend`` (in ``_rate.redis``); each store registers its own factory.
 """
 
 from __future__ import annotations
@@ -42,14 +42,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from resilience import _clock
-from resilience._rate.redis import redis_rate_backend
 from resilience._rate.window import MemoryWindowBackend
-from resilience.stores._memory import MemoryStore
-from resilience.stores._redis import RedisStore
 
 
 if TYPE_CHECKING:
     from resilience._policies import RateLimitPolicy
+    from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
 
 
@@ -302,13 +300,10 @@ class MemoryRateBackend:
         return self.pending()
 
 
-def _memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:
+def memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:
+    """``MemoryStore``'s ``"rate"`` factory."""
     # The layer creates the key's window first (factories run under the store's lock).
     window = store.peek("window", key) or MemoryWindowBackend(policy.clock)
     per = policy.per
     assert isinstance(per, float)
     return MemoryRateBackend(policy.rate, per, policy.burst, window, policy.clock)
-
-
-MemoryStore.register("rate", _memory_rate)
-RedisStore.register("rate", redis_rate_backend)

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
 from resilience._validate import duration
-from resilience.stores._memory import DEFAULT_STORE, MemoryStore
-from resilience.stores._redis import RedisStore
+from resilience.stores._memory import DEFAULT_STORE
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -87,20 +86,9 @@ class MemoryWindowBackend:
             self.end = -math.inf
 
 
-def _memory_window(key: str, policy: Any, store: Any) -> MemoryWindowBackend:
+def memory_window(key: str, policy: Any, store: Any) -> MemoryWindowBackend:
+    """``MemoryStore``'s ``"window"`` factory."""
     return MemoryWindowBackend(getattr(policy, "clock", None))
-
-
-MemoryStore.register("window", _memory_window)
-
-
-def _redis_window(key: str, policy: Any, store: Any) -> WindowBackend:
-    from resilience._rate.redis_window import RedisWindowBackend  # noqa: PLC0415 - lazy
-
-    return RedisWindowBackend(key, store)
-
-
-RedisStore.register("window", _redis_window)
 
 
 class BackoffWindow:
