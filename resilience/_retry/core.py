@@ -26,7 +26,8 @@ import math
 import random
 import threading
 
-from typing import TYPE_CHECKING, Final, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from resilience import _config
 from resilience._errors import ResilienceError
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from resilience._policies import RetryPolicy
 
 
-__all__ = ["WITHDRAW", "LastSuccess", "RetryCall", "Rules", "Verdict"]
+__all__ = ["WITHDRAW", "Allowance", "LastSuccess", "RetryCall", "Rules", "Verdict"]
 
 _SWITCHES = _config.state  # never replaced, only its attributes set
 
@@ -49,6 +50,27 @@ class Verdict(enum.Enum):
 
 
 WITHDRAW: Final = Verdict.WITHDRAW
+
+
+class Allowance(Protocol):
+    """
+    What the drivers ask of ``RetryPolicy.budget`` (a ``RetryBudget``; a quota may join it).
+
+    Each retry withdraws one (``try_retry`` or, in async code, ``atry_retry``), told the
+    failure asking for it and whether its wait came from the server (a 429's Retry-After);
+    each call deposits once (``counting`` wraps the runner; ``arecord_call`` for async
+    generators, which count themselves). ``describe`` words the rule for the give-up note.
+    """
+
+    def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool: ...
+
+    async def atry_retry(self, outcome: object = None, server_delay: bool = False) -> bool: ...
+
+    async def arecord_call(self) -> None: ...
+
+    def counting(self, runner: Callable[..., Any], kind: str = "sync") -> Callable[..., Any]: ...
+
+    def describe(self) -> str: ...
 
 
 class LastSuccess:
@@ -113,7 +135,7 @@ class Rules:
         self.timeout = cast("float | None", policy.timeout)
         self.timeout_text = "" if self.timeout is None else f"the timeout of {self.timeout:g} s"
         self.progress_timeout = cast("float | None", policy.progress_timeout)
-        self.budget = policy.budget
+        self.budget: Allowance | None = policy.budget
         self.last_success = LastSuccess() if policy.progress_timeout is not None else None
         self.guarded = self.timeout is not None or self.budget is not None
 

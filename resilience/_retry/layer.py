@@ -99,7 +99,7 @@ class RetryLayer(Layer):
 
     def build(self, kind: Kind, call_next: Runner) -> Runner:
         runner = super().build(kind, call_next)
-        budget = self.policy.budget
+        budget = self.rules.budget
         if budget is None or kind == "asyncgen":  # the async-generator driver counts itself
             return runner
         return budget.counting(runner, kind)  # one call, one deposit
@@ -197,7 +197,7 @@ class RetryLayer(Layer):
             if observe
             else None
         )
-        layer, budget = self, self.policy.budget
+        layer, budget = self, self.rules.budget
         start, failed, tracker = self._start, self.tracker.failed, self.tracker
         catch, check, on_result = self.catch, self.check, self.policy.on_result
         timed, last_success = self.policy.timeout is not None, self.last_success
@@ -261,7 +261,7 @@ class RetryLayer(Layer):
             else None
         )
         attempt = self._timed(call_next)  # call_next itself without attempt_timeout
-        layer, budget = self, self.policy.budget
+        layer, budget = self, self.rules.budget
         start, failed, tracker = self._start, self.tracker.failed, self.tracker
         catch, check, on_result = self.catch, self.check, self.policy.on_result
         timed, last_success = self.policy.timeout is not None, self.last_success
