@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, cast
 
 from resilience import _config
 from resilience._errors import ResilienceError
-from resilience._retry_after import retry_after_from
+from resilience._retry_after import retry_after_from, safe_delay
 from resilience.telemetry import _retrying
 from resilience.telemetry._bus import BUS, emit
 
@@ -154,16 +154,10 @@ class RetryCall:
 
     def _delay_for(self, outcome: object) -> float:
         policy = self.layer.policy
-        hook = policy.delay_hook
-        server = None
-        if hook is not None:
-            try:
-                server = hook(outcome)
-            except Exception:  # a broken hook must not replace the caller's error
-                server = None
-        if server is not None and server > 0 and math.isfinite(server):
+        server = safe_delay(policy.delay_hook, outcome, decorator="retry", name=self.layer.name)
+        if server:  # None or 0: the backoff
             self.server_delay = True
-            return min(float(server), cast("float", policy.retry_after_cap))
+            return min(server, cast("float", policy.retry_after_cap))
         self.server_delay = False
         backoff = policy.backoff
         if backoff.base == 0.0:  # every strategy and jitter gives 0: skip the draw
