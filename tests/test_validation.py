@@ -142,7 +142,7 @@ def _isolated() -> Any:
     CASES,
     ids=[f"{cls.__name__}.{field}" for cls, _, _, field in CASES],
 )
-@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=hostile)
 def test_policy_field(
     cls: type[Any], decorator: Callable[[Any], Any], base: dict[str, Any], field: str, value: Any

@@ -9,7 +9,14 @@ context, and a ``Reporter`` batches events to a backend for a session.
 
 from resilience.telemetry._bus import Event, EventHandler, Handle, attach, detach, emit
 from resilience.telemetry._metrics import counter, gauge, measure
-from resilience.telemetry._redact import REDACTED, add_sensitive, redact, sensitive_names
+from resilience.telemetry._redact import (
+    REDACTED,
+    add_pattern,
+    add_sensitive,
+    redact,
+    scrub,
+    sensitive_names,
+)
 from resilience.telemetry._reporter import (
     Batch,
     HttpBackend,
@@ -33,6 +40,7 @@ __all__ = [
     "Reporter",
     "ReporterStats",
     "Span",
+    "add_pattern",
     "add_sensitive",
     "attach",
     "attach_structlog",
@@ -47,6 +55,7 @@ __all__ = [
     "is_user_error",
     "measure",
     "redact",
+    "scrub",
     "sensitive_names",
     "set_enabled",
 ]

@@ -198,7 +198,7 @@ class Reporter:
         check_choice("", "severity", severity, SEVERITIES)
         if not self.enabled:
             return False
-        clean = jsonable(redact(data or {}, self.sensitive))
+        clean = jsonable(redact(data or {}, self.sensitive, render=True))
         return self._put(
             [self._event("GENERIC_EVENT", severity, {"event_name": name, "event_data": clean})]
         )
@@ -239,7 +239,7 @@ class Reporter:
     def _forward(self, event: Event) -> None:
         data = {
             "measurements": event.measurements,
-            "metadata": redact(event.metadata, self.sensitive),
+            "metadata": redact(event.metadata, self.sensitive, render=True),
         }
         self._put(
             [
