@@ -61,8 +61,6 @@ class ResilienceError(Exception):
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     def __reduce__(self) -> tuple[object, ...]:
         """Pickle by state: subclasses take keyword-only arguments the default cannot replay."""
         return (_rebuild, (type(self), self.args, self.__dict__))
@@ -80,8 +78,6 @@ class CircuitOpenError(ResilienceError):
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     def __init__(
         self,
@@ -120,8 +116,6 @@ class RateLimitedError(ResilienceError):
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     def __init__(self, key: str, retry_after: float, *, limit: str = "", reason: str = "") -> None:
         self.key = key
         self.retry_after = max(0.0, retry_after)
@@ -146,8 +140,6 @@ class BoundedTimeoutError(ResilienceError, TimeoutError):
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     def __init__(self, key: str, *, limit: int, weight: int, timeout: float) -> None:
         self.key = key
         self.limit = limit
@@ -171,8 +163,6 @@ class StoreUnavailableError(ResilienceError):
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     def __init__(self, key: str, *, store: str = "store", timeout: float | None = None) -> None:
         self.key = key
         self.store = store
@@ -193,8 +183,6 @@ class AttemptTimeoutError(ResilienceError, TimeoutError):
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     def __init__(self, name: str, timeout: float) -> None:
         self.name = name

@@ -114,7 +114,7 @@ def retry_after_from(outcome: object) -> float | None:
 
 
 def safe_delay(
-    hook: Callable[[Any], object] | None, outcome: object, *, decorator: str, name: str
+    hook: Callable[[Any], object] | None, outcome: object, *, decorator: str, name: str = ""
 ) -> float | None:
     """
     Ask a delay hook for a server-given delay, never letting it replace the caller's error.
