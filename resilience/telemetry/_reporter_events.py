@@ -82,6 +82,9 @@ class ReporterStats:
     """
     A reporter's accounting: ``accepted == sent + failed + queued`` at every moment.
 
+    ``queued`` counts the events waiting and those being sent (or retried); a batch's
+    dropped-events notice is not an accepted event and is counted nowhere but ``overflow``.
+
     .. versionadded:: 0.1.0
     """
 
