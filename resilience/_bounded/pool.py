@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = ["MemoryPoolBackend", "PermitQueue", "PoolBackend"]
+__all__ = ["CountedPoolBackend", "MemoryPoolBackend", "PermitQueue", "PoolBackend"]
 
 
 class PoolBackend(Protocol):
@@ -78,6 +78,8 @@ class MemoryPoolBackend:
     lock at all. Several units at once are taken under the lock, all or none: a one-unit
     caller may pop between them, and then the units taken so far go back. The ``maxlen``
     keeps a release beyond what was taken from ever raising the free units above *limit*.
+    A pool of more than ``TOKENS_MAX`` units (``memory_pool`` decides) is a
+    ``CountedPoolBackend`` instead: a counter under a lock, in constant memory.
     """
 
     __slots__ = ("_free", "_lock", "_pop", "_push", "limit")
@@ -136,6 +138,40 @@ class MemoryPoolBackend:
     async def arelease(self, weight: int) -> None:
         """The async twin of ``release`` (no I/O: the same call)."""
         self.release(weight)
+
+
+class CountedPoolBackend(MemoryPoolBackend):
+    """A memory pool too large for tokens: the units in use as a counter under the lock."""
+
+    __slots__ = ("_used",)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """The units taken now."""
+        return self._used
+
+    def try_acquire(self, weight: int) -> bool:
+        """Take *weight* units if they are free now; return whether they were taken."""
+        with self._lock:
+            if self._used + weight > self.limit:
+                return False
+            self._used += weight
+            return True
+
+    def release(self, weight: int) -> None:
+        """Give back *weight* units (never below zero in use)."""
+        with self._lock:
+            used = self._used - weight
+            self._used = used if used > 0 else 0
+
+    def available(self) -> int:
+        """Return the free units now."""
+        return self.limit - self._used
 
 
 class _Waiter:
@@ -313,8 +349,14 @@ class _MemoryPermitQueue(PermitQueue):
                 self._dispatch()
 
 
+#: The largest pool kept as tokens (8 bytes each); larger ones count under a lock.
+TOKENS_MAX = 1024
+
+
 def memory_pool(key: str, policy: BoundedPolicy, store: MemoryStore) -> MemoryPoolBackend:
     """``MemoryStore``'s ``"pool"`` factory."""
+    if policy.limit > TOKENS_MAX:
+        return CountedPoolBackend(policy.limit)
     return MemoryPoolBackend(policy.limit)
 
 
