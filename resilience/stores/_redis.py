@@ -296,6 +296,11 @@ class RedisStore(BackendRegistry):
                     return await client.eval(source, len(keys), *keys, *args)
         except (TimeoutError, OSError, self._error) as error:
             raise self.unavailable(key, error, limit) from error
+        except Exception as error:
+            # Not the library's own error: a client left broken (e.g. cancelled while it
+            # connected). Start the next call on a fresh twin; this one is unavailable.
+            self._async_clients.pop(asyncio.get_running_loop(), None)
+            raise self.unavailable(key, error, limit) from error
 
     def _async_client(self) -> Any:
         if self._given_async is not None:
@@ -345,6 +350,10 @@ class RedisStore(BackendRegistry):
         client = self._async_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+            # A Sentinel-managed twin also holds clients of the sentinels themselves.
+            manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+            for sentinel in getattr(manager, "sentinels", ()):
+                await sentinel.aclose()
 
 
 def _unquote(text: str) -> str:

@@ -46,6 +46,7 @@ _SCHEMES = {
 _PLAIN = (str, int, float, bool, bytes, type(None))
 _SHAREABLE = frozenset({"credential_provider"})
 _NOT_COPIED = frozenset({"connection_pool", "retry", "retry_on_error"})
+_MAX_CONNECTIONS = 8
 
 
 def library(client: Any) -> ModuleType:
@@ -246,8 +247,13 @@ def _mirror_standalone(client: Any, target: ModuleType, timeout: float, *, to_as
     if connection_class is None:
         msg = f"RedisStore cannot mirror a {name} connection between sync and asyncio clients"
         raise TypeError(msg)
-    twin_pool = target.ConnectionPool(
-        connection_class=connection_class, **_fit(kwargs, connection_class)
+    # A bounded pool: a burst of tasks queues for a few connections instead of opening one
+    # each (a TLS handshake apiece), and the store's timeout bounds the queueing too.
+    twin_pool = target.BlockingConnectionPool(
+        connection_class=connection_class,
+        max_connections=_MAX_CONNECTIONS,
+        timeout=timeout,
+        **_fit(kwargs, connection_class),
     )
     return standalone.from_pool(twin_pool)  # the client owns (and closes) its pool
 
