@@ -76,7 +76,8 @@ class Server:
                 time.sleep(0.02)
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, **kwargs)
+        kwargs.setdefault("socket_timeout", 2)
+        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
 
     def kill(self) -> None:
         if self.process is not None:
@@ -99,6 +100,8 @@ def _base(port: int) -> list[str]:
         "yes",
         "--protected-mode",
         "no",
+        "--repl-diskless-sync-delay",
+        "0",
     ]
 
 
@@ -203,7 +206,7 @@ class Servers:
                     "--cluster-config-file",
                     f"nodes-{port}.conf",
                     "--cluster-node-timeout",
-                    "1000",
+                    "2000",
                     "--cluster-port",
                     str(free_port()),
                     "--cluster-replica-validity-factor",
@@ -246,7 +249,7 @@ class Servers:
             config.write_text(
                 f"port {sentinel_port}\nbind 127.0.0.1\nprotected-mode no\n"
                 f"sentinel monitor svc 127.0.0.1 {primary_port} 1\n"
-                "sentinel down-after-milliseconds svc 400\n"
+                "sentinel down-after-milliseconds svc 2000\n"
                 "sentinel failover-timeout svc 2000\n"
                 "sentinel parallel-syncs svc 1\n"
             )
@@ -280,7 +283,7 @@ def wait_cluster_ok(nodes: list[Server], timeout: float = 20.0) -> None:
             time.sleep(0.05)
 
 
-def wait_replicated(primary: Server, replica: Server, timeout: float = 10.0) -> None:
+def wait_replicated(primary: Server, replica: Server, timeout: float = 30.0) -> None:
     """Until *replica* has caught up with *primary*."""
     deadline = time.monotonic() + timeout
     with replica.client() as client:

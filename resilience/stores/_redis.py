@@ -248,7 +248,7 @@ class RedisStore(BackendRegistry):
             "BusyLoadingError",
         ):
             reason = f"{type(error).__name__}: {error}"
-            if "MOVED" in str(error) and not self.cluster:
+            if type(error).__name__ in ("MovedError", "AskError") and not self.cluster:
                 reason += " (a cluster node: RedisStore(url, cluster=True) or a cluster client)"
         return StoreUnavailableError(key, store=self._description, timeout=timeout, reason=reason)
 
