@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from resilience._breaker.contract import Admission, BreakerBackend
     from resilience._decorating import Kind
     from resilience._policies import CircuitBreakerPolicy
-    from resilience.typing import Clock
 
 
 __all__ = ["BreakerLayer"]
@@ -104,7 +103,7 @@ class BreakerLayer(Layer):
             announce(admission.transition)
         if admission.ticket >= 0:
             return admission.ticket
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self.policy.clock)
         error = CircuitOpenError(
             self.name,
             admission.retry_after,

@@ -108,7 +108,6 @@ class CircuitBreaker:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
     __slots__ = ("name", "store")
 
     def __init__(self, name: str, store: Any = None) -> None:

@@ -16,7 +16,7 @@ time the rule allows after every start already reserved), so waiters are served 
 order and none can starve. A caller whose turn is further away than its ``timeout`` is
 refused at once without reserving anything. The accounting (``RateState``) is a pure state
 machine fed with ``now``; a backend applies it atomically and reads time itself, and the
-decorator layer (``_rate_layer``) only sleeps until the reserved time. A cancelled waiter's
+decorator layer (``_rate.layer``) only sleeps until the reserved time. A cancelled waiter's
 slot stays used (conservative: it can only lower the rate, never break the rule).
 
 A woken waiter is usually late by the timer's granularity, and by different amounts, so
@@ -24,7 +24,7 @@ the start it actually makes is also checked against a second log of *actual* sta
 (``admit``) before it goes; a late predecessor makes it wait that little bit more. So the
 rule holds for the starts a server sees, not only for the reservations.
 
-The key's shared backoff window (``_window``) is one more lower bound on the start time:
+The key's shared backoff window (``_rate.window``) is one more lower bound on the start time:
 callers reserve their turns after it ends, and re-reserve if it was extended while they
 slept.
 
@@ -258,7 +258,7 @@ class MemoryRateBackend:
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         self._acquire()
         try:
             return self._state.reserve(
@@ -269,7 +269,7 @@ class MemoryRateBackend:
 
     def admit(self) -> float:
         """Record an actual start now if the rule allows it (see ``RateBackend``)."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         with self._lock:
             return self._state.admit(clock.monotonic(), getattr(clock, "slack", 0.0))
 
@@ -281,7 +281,7 @@ class MemoryRateBackend:
 
     def pending(self) -> int:
         """Return how many reserved starts lie in the future."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         with self._lock:
             return self._state.pending(clock.monotonic())
 

@@ -61,7 +61,7 @@ class MemoryWindowBackend:
         self._lock = threading.Lock()
 
     def _now(self) -> float:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         return clock.monotonic()
 
     def extend(self, seconds: float) -> float:
@@ -101,7 +101,6 @@ class BackoffWindow:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
     __slots__ = ("_backend", "_clock", "key")
 
     def __init__(self, key: str, backend: WindowBackend, clock: Clock | None = None) -> None:
@@ -141,8 +140,7 @@ class BackoffWindow:
         self._backend.clear()
 
     def _clock_now(self) -> Clock:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self._clock)
 
     def wait(self) -> float:
         """Block until the window is closed, re-checking after each sleep; return seconds waited."""

@@ -51,8 +51,9 @@ _MAX_CONNECTIONS = 8
 
 def library(client: Any) -> ModuleType:
     """Return ``redis`` or ``valkey``: the library *client* (an instance) comes from."""
-    name = type(client).__module__.partition(".")[0]
-    if name not in ("redis", "valkey"):
+    names = [klass.__module__.partition(".")[0] for klass in type(client).__mro__]
+    name = next((name for name in names if name in ("redis", "valkey")), "")
+    if not name:
         msg = (
             "RedisStore takes a URL, a redis-py or valkey-py client (standalone, Sentinel's "
             f"master_for, cluster; sync or asyncio) or a pair of them, got {type(client).__name__}"
@@ -166,8 +167,9 @@ def _pool_kwargs(client: Any) -> dict[str, Any]:
 
 
 def _needs_limits(kwargs: dict[str, Any], timeout: float) -> bool:
-    read, connect = kwargs.get("socket_timeout"), kwargs.get("socket_connect_timeout")
-    return read is None or read > timeout or connect is None or connect > timeout
+    """Whether a paused server could hold a call longer than *timeout* (reads unbounded)."""
+    read = kwargs.get("socket_timeout")
+    return read is None or read > timeout
 
 
 def bounded(client: Any, timeout: float) -> tuple[Any, bool]:
