@@ -177,7 +177,7 @@ class CountedPoolBackend(MemoryPoolBackend):
 class _Waiter:
     """One waiting caller: a thread (``lock``) or a task (``future`` on ``loop``)."""
 
-    __slots__ = ("expired", "future", "granted", "lock", "loop", "thread", "weight")
+    __slots__ = ("error", "expired", "future", "granted", "lock", "loop", "thread", "weight")
 
     def __init__(
         self,
@@ -188,6 +188,7 @@ class _Waiter:
         self.weight = weight
         self.granted = False
         self.expired = False
+        self.error: Exception | None = None  # the store failed while it waited
         self.future = future
         self.loop = loop
         self.thread = threading.get_ident()
@@ -253,6 +254,22 @@ class PermitQueue:
                 head.granted = False
                 backend.release(head.weight)
 
+    def _fail_all(self, error: Exception) -> None:
+        """The store failed: wake every waiter with *error* (the lock is held)."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.error = error
+            if waiter.lock is not None:
+                waiter.lock.release()
+                continue
+            assert waiter.future is not None
+            assert waiter.loop is not None
+            if waiter.thread == threading.get_ident():
+                _resolve(waiter.future)
+                continue
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+
     def _enqueue(self, waiter: _Waiter) -> None:
         with self._lock:
             self.waiters.append(waiter)
@@ -284,6 +301,8 @@ class PermitQueue:
         except BaseException:
             self._abandon(waiter)
             raise
+        if waiter.error is not None:
+            raise waiter.error
         if got:
             return True
         with self._lock:
@@ -317,6 +336,8 @@ class PermitQueue:
         finally:
             if timer is not None:
                 timer.cancel()
+        if waiter.error is not None:
+            raise waiter.error
         return not waiter.expired
 
     async def _expire(self, waiter: _Waiter, clock: Clock, timeout: float) -> None:
