@@ -129,6 +129,10 @@ class MemoryPoolBackend:
         """Return the free units now."""
         return len(self._free)
 
+    def idle(self) -> bool:
+        """Whether no permit is held: a fresh pool would be the same (eviction)."""
+        return self.used == 0
+
     # Async twins for the protocol; the layer calls the sync methods of a memory pool
     # directly (they never block), so these cost nothing on its hot path.
     async def atry_acquire(self, weight: int, timeout: float | None = None) -> bool:
@@ -213,6 +217,13 @@ class PermitQueue:
         self.backend = backend
         self.waiters: deque[_Waiter] = deque()
         self._lock = threading.Lock()
+
+    def idle(self) -> bool:
+        """Whether nobody waits and its pool is idle (eviction; a Redis pool's is in Redis)."""
+        if self.waiters:
+            return False
+        idle = getattr(self.backend, "idle", None)
+        return True if idle is None else bool(idle())
 
     def try_acquire(self, weight: int) -> bool:
         """Take *weight* units at once if nobody is waiting and they are free."""
