@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 from resilience import http
 from resilience._backoff import Backoff
-from resilience._clock import current_clock
+from resilience._clock import resolve
 from resilience._compose import Stack
 from resilience._policies import BoundedPolicy, RetryPolicy
 from resilience._retry_after import _lower_headers
@@ -143,7 +143,7 @@ def stainless_retry_after(
 
 
 def _now() -> float:
-    clock: Any = current_clock()
+    clock: Any = resolve(None)
     now: float = clock.time()
     return now
 
@@ -394,7 +394,7 @@ def _watched(decorated: Callable[..., Any], timeout: float) -> Callable[..., Any
 
     @functools.wraps(decorated)
     async def watched(*args: Any, **kwargs: Any) -> Any:
-        clock: Any = current_clock()
+        clock: Any = resolve(None)
         if progress.calls == 0:
             progress.last = clock.monotonic()
         progress.calls += 1

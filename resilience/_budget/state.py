@@ -26,11 +26,12 @@ from resilience import _clock
 from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
 from resilience._validate import check_number, duration
-from resilience.stores._memory import DEFAULT_STORE, MemoryStore
-from resilience.stores._redis import RedisStore, store_unavailable
+from resilience.stores._memory import DEFAULT_STORE
+from resilience.stores._registry import store_unavailable
 
 
 if TYPE_CHECKING:
+    from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
 
 
@@ -140,7 +141,7 @@ class MemoryBudgetBackend:
         self._lock = threading.Lock()
 
     def _now(self) -> float:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         return clock.monotonic()
 
     def deposit(self) -> None:
@@ -159,20 +160,9 @@ class MemoryBudgetBackend:
             return self._state.balance(self._now())
 
 
-def _memory_budget(key: str, budget: RetryBudget, store: MemoryStore) -> MemoryBudgetBackend:
+def memory_budget(key: str, budget: RetryBudget, store: MemoryStore) -> MemoryBudgetBackend:
+    """``MemoryStore``'s ``"budget"`` factory."""
     return MemoryBudgetBackend(budget)
-
-
-MemoryStore.register("budget", _memory_budget)
-
-
-def _redis_budget(key: str, budget: RetryBudget, store: RedisStore) -> BudgetBackend:
-    from resilience._budget.redis import RedisBudgetBackend  # noqa: PLC0415 - lazy
-
-    return RedisBudgetBackend(key, budget, store)
-
-
-RedisStore.register("budget", _redis_budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,8 +185,6 @@ class RetryBudget(FromDict):
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     ratio: float = 0.1
     window: float | timedelta = 10.0
@@ -252,15 +240,30 @@ class RetryBudget(FromDict):
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
 
-    def try_retry(self) -> bool:
+    def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
         """
         Take one retry if the budget allows it; return whether it did.
+
+        ``@retry`` passes the failure asking for the retry (*outcome*, and *server_delay*:
+        whether its wait came from the server); a budget counts every retry alike.
 
         An unreachable store allows the retry (the policy's own limits still apply) and
         emits ``resilience.store.unavailable``: the caller's error is never replaced.
         """
         try:
             return self.backend().withdraw()
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="retry_budget", fail_open=True)
+            return True
+
+    async def atry_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
+        """The async twin of ``try_retry``: a remote store's round trip does not block."""
+        backend = self.backend()
+        awithdraw = getattr(backend, "awithdraw", None)
+        try:
+            if awithdraw is None:
+                return backend.withdraw()
+            return bool(await awithdraw())
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
             return True
