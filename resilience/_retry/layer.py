@@ -1,5 +1,5 @@
 """
-``RetryLayer``: ``@retry``'s per-policy constants and its drivers for plain calls.
+``RetryLayer``: what ``@retry`` retries, how it gives up, and its drivers for plain calls.
 
 A driver is one loop per kind and flavour: attempt, and on a retryable outcome ask the core
 (``RetryCall``, in ``core``) what to do, do it (withdraw from the budget, wait, or give up),
