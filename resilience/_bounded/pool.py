@@ -129,6 +129,10 @@ class MemoryPoolBackend:
         """Return the free units now."""
         return len(self._free)
 
+    def idle(self) -> bool:
+        """Whether no permit is held: a fresh pool would be the same (eviction)."""
+        return self.used == 0
+
     # Async twins for the protocol; the layer calls the sync methods of a memory pool
     # directly (they never block), so these cost nothing on its hot path.
     async def atry_acquire(self, weight: int, timeout: float | None = None) -> bool:
@@ -177,7 +181,7 @@ class CountedPoolBackend(MemoryPoolBackend):
 class _Waiter:
     """One waiting caller: a thread (``lock``) or a task (``future`` on ``loop``)."""
 
-    __slots__ = ("expired", "future", "granted", "lock", "loop", "thread", "weight")
+    __slots__ = ("error", "expired", "future", "granted", "lock", "loop", "thread", "weight")
 
     def __init__(
         self,
@@ -188,6 +192,7 @@ class _Waiter:
         self.weight = weight
         self.granted = False
         self.expired = False
+        self.error: Exception | None = None  # the store failed while it waited
         self.future = future
         self.loop = loop
         self.thread = threading.get_ident()
@@ -212,6 +217,13 @@ class PermitQueue:
         self.backend = backend
         self.waiters: deque[_Waiter] = deque()
         self._lock = threading.Lock()
+
+    def idle(self) -> bool:
+        """Whether nobody waits and its pool is idle (eviction; a Redis pool's is in Redis)."""
+        if self.waiters:
+            return False
+        idle = getattr(self.backend, "idle", None)
+        return True if idle is None else bool(idle())
 
     def try_acquire(self, weight: int) -> bool:
         """Take *weight* units at once if nobody is waiting and they are free."""
@@ -253,6 +265,22 @@ class PermitQueue:
                 head.granted = False
                 backend.release(head.weight)
 
+    def _fail_all(self, error: Exception) -> None:
+        """The store failed: wake every waiter with *error* (the lock is held)."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.error = error
+            if waiter.lock is not None:
+                waiter.lock.release()
+                continue
+            assert waiter.future is not None
+            assert waiter.loop is not None
+            if waiter.thread == threading.get_ident():
+                _resolve(waiter.future)
+                continue
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+
     def _enqueue(self, waiter: _Waiter) -> None:
         with self._lock:
             self.waiters.append(waiter)
@@ -284,6 +312,8 @@ class PermitQueue:
         except BaseException:
             self._abandon(waiter)
             raise
+        if waiter.error is not None:
+            raise waiter.error
         if got:
             return True
         with self._lock:
@@ -317,6 +347,8 @@ class PermitQueue:
         finally:
             if timer is not None:
                 timer.cancel()
+        if waiter.error is not None:
+            raise waiter.error
         return not waiter.expired
 
     async def _expire(self, waiter: _Waiter, clock: Clock, timeout: float) -> None:
