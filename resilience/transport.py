@@ -97,6 +97,14 @@ class _PerOrigin:
         return sender
 
 
+def _window_cap(stack: Stack) -> float:
+    """The most seconds one server delay may hold an origin's window: the stack's own cap."""
+    for policy in (stack.retry, stack.rate_limited):
+        if policy is not None:
+            return float(policy.retry_after_cap)  # type: ignore[arg-type]
+    return 60.0
+
+
 class ResilientTransport(httpx.BaseTransport):
     """
     A sync httpx transport that sends each request through a resilience stack.
@@ -117,6 +125,7 @@ class ResilientTransport(httpx.BaseTransport):
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._cap = _window_cap(self.stack)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send *request* through the stack."""
@@ -133,7 +142,7 @@ class ResilientTransport(httpx.BaseTransport):
             response.close()
             delay = server_delay(response)
             if delay is not None and delay > 0.0:
-                window.set(delay, reason=f"HTTP {response.status_code}")
+                window.set(min(delay, self._cap), reason=f"HTTP {response.status_code}")
         return response
 
     def close(self) -> None:
@@ -161,6 +170,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._cap = _window_cap(self.stack)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send *request* through the stack."""
@@ -177,7 +187,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
             await response.aclose()
             delay = server_delay(response)
             if delay is not None and delay > 0.0:
-                window.set(delay, reason=f"HTTP {response.status_code}")
+                window.set(min(delay, self._cap), reason=f"HTTP {response.status_code}")
         return response
 
     async def aclose(self) -> None:
