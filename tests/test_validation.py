@@ -33,6 +33,7 @@ from resilience import (
     ResilienceError,
     RetryBudget,
     RetryPolicy,
+    Stack,
     TracedPolicy,
     bounded,
     circuit_breaker,
@@ -121,6 +122,7 @@ POLICIES: list[tuple[type[Any], Callable[[Any], Any], dict[str, Any]]] = [
     (RateLimitPolicy, rate_limited, {"rate": 5, "key": "hostile"}),
     (BoundedPolicy, bounded, {"limit": 2, "key": "hostile"}),
     (TracedPolicy, traced, {"name": "hostile", "log": False}),
+    (Stack, lambda stack: stack, {"bounded": BoundedPolicy(limit=2, key="hostile-stack")}),
 ]
 
 
