@@ -30,7 +30,13 @@ import httpx2
 
 from resilience._compose import Stack, _as_stack
 from resilience.presets import tinker
-from resilience.transport import _attempt, _attempt_async, _PerOrigin, window_key
+from resilience.transport import (
+    _attempt,
+    _attempt_async,
+    _PerOrigin,
+    _window_cap,
+    window_key,
+)
 
 
 __all__ = ["AsyncResilientTransport", "ResilientTransport", "window_key"]
@@ -63,7 +69,7 @@ class ResilientTransport(httpx2.BaseTransport):
         return response
 
     def _send_once(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = _attempt(self._inner, request)
+        response: httpx2.Response = _attempt(self._inner, request, _window_cap(self.stack))
         return response
 
     def close(self) -> None:
@@ -98,7 +104,9 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
         return response
 
     async def _send_once(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = await _attempt_async(self._inner, request)
+        response: httpx2.Response = await _attempt_async(
+            self._inner, request, _window_cap(self.stack)
+        )
         return response
 
     async def aclose(self) -> None:
