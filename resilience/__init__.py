@@ -8,7 +8,8 @@ alone and stack in any order; they read frozen policy dataclasses.
 from __future__ import annotations
 
 from resilience._backoff import Backoff
-from resilience._bounded.face import bounded
+from resilience._bounded.adaptive import AdaptiveLimit
+from resilience._bounded.face import BoundedPool, bounded, get_bounded
 from resilience._breaker.face import (
     CircuitBreaker,
     CircuitBreakerStats,
@@ -37,10 +38,12 @@ from resilience._traced import TracedPolicy, traced
 
 
 __all__ = [
+    "AdaptiveLimit",
     "AttemptTimeoutError",
     "Backoff",
     "BackoffWindow",
     "BoundedPolicy",
+    "BoundedPool",
     "BoundedTimeoutError",
     "CircuitBreaker",
     "CircuitBreakerPolicy",
@@ -59,6 +62,7 @@ __all__ = [
     "bounded",
     "circuit_breaker",
     "exempt",
+    "get_bounded",
     "get_circuit_breaker",
     "is_active",
     "layers_of",

@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from resilience._backoff import Backoff
+from resilience._bounded.adaptive import AdaptiveLimit
 from resilience._budget.state import RetryBudget
 from resilience._dictable import FromDict
 from resilience._fallback import check_fallback
@@ -281,7 +282,8 @@ class BoundedPolicy(FromDict):
     How many units of weight ``@bounded`` lets run at once.
 
     Args:
-        limit: The pool's size in units, a whole number >= 1.
+        limit: The pool's size in units, a whole number >= 1, or an ``AdaptiveLimit``
+            whose live limit moves with latency and drops (see ``get_bounded``).
         key: Decorators with the same key share one pool (default: the callable's name).
         weight: Units one call holds while it runs (1 <= weight <= limit).
         timeout: The most seconds to wait for permits (None: forever).
@@ -294,7 +296,7 @@ class BoundedPolicy(FromDict):
     .. versionadded:: 0.1.0
     """
 
-    limit: int
+    limit: int | AdaptiveLimit
     key: str | None = None
     weight: int = 1
     timeout: float | timedelta | None = None
@@ -304,17 +306,24 @@ class BoundedPolicy(FromDict):
 
     def __post_init__(self) -> None:
         owner = "BoundedPolicy"
-        check_int(owner, "limit", self.limit, low=1)
+        if isinstance(self.limit, AdaptiveLimit):
+            lowest, what = self.limit.min_limit, "limit.min_limit"
+        else:
+            check_int(owner, "limit", self.limit, low=1)
+            lowest, what = self.limit, "limit"
         if self.key is not None and not isinstance(self.key, str):
             msg = f"{owner}.key must be a string or None, got {type(self.key).__name__}"
             raise TypeError(msg)
         check_int(owner, "weight", self.weight, low=1)
-        if self.weight > self.limit:
+        if self.weight > lowest:
             msg = (
-                f"{owner}.weight must be <= limit ({self.limit}) or no call could ever run, "
+                f"{owner}.weight must be <= {what} ({lowest}) or no call could ever run, "
                 f"got {self.weight}"
             )
             raise ValueError(msg)
         _set(self, "timeout", duration(owner, "timeout", self.timeout, allow_none=True))
         _check_clock(owner, self.clock)
         check_bool(owner, "fail_open", self.fail_open)
+
+
+BoundedPolicy._nested = {"limit": AdaptiveLimit}

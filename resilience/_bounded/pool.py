@@ -278,7 +278,11 @@ class PermitQueue:
 
 
 def _memory_pool(key: str, policy: BoundedPolicy, store: MemoryStore) -> MemoryPoolBackend:
-    return MemoryPoolBackend(policy.limit)
+    if isinstance(policy.limit, int):
+        return MemoryPoolBackend(policy.limit)
+    from resilience._bounded.adaptive import AdaptivePoolBackend  # noqa: PLC0415 - circular
+
+    return AdaptivePoolBackend(policy.limit)
 
 
 def _permit_queue(key: str, backend: PoolBackend, store: Any) -> PermitQueue:
