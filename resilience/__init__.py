@@ -28,12 +28,15 @@ from resilience._errors import (
     RateLimitedError,
     ResilienceError,
     StoreUnavailableError,
+    ThrottledError,
 )
 from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
 from resilience._rate.face import rate_limited
 from resilience._rate.window import BackoffWindow, backoff_window
 from resilience._retry.face import retry
 from resilience._retry_after import parse_retry_after, retry_after_from
+from resilience._throttle.face import throttled
+from resilience._throttle.state import ThrottlePolicy
 from resilience._traced import TracedPolicy, traced
 
 
@@ -57,6 +60,8 @@ __all__ = [
     "Stack",
     "StoreUnavailableError",
     "SystemClock",
+    "ThrottlePolicy",
+    "ThrottledError",
     "TracedPolicy",
     "backoff_window",
     "bounded",
@@ -72,6 +77,7 @@ __all__ = [
     "retry",
     "retry_after_from",
     "set_active",
+    "throttled",
     "traced",
 ]
 
