@@ -16,6 +16,7 @@ from resilience._breaker.face import (
     circuit_breaker,
     get_circuit_breaker,
 )
+from resilience._budget.quota import RetryQuota, RetryThrottle
 from resilience._budget.state import RetryBudget
 from resilience._clock import SystemClock
 from resilience._compose import Stack, exempt, resilient
@@ -57,6 +58,8 @@ __all__ = [
     "ResilienceError",
     "RetryBudget",
     "RetryPolicy",
+    "RetryQuota",
+    "RetryThrottle",
     "Stack",
     "StoreUnavailableError",
     "SystemClock",

@@ -16,6 +16,7 @@ from typing import Any
 
 from resilience._backoff import Backoff
 from resilience._bounded.adaptive import AdaptiveLimit
+from resilience._budget.quota import RetryQuota, RetryThrottle
 from resilience._budget.state import RetryBudget
 from resilience._dictable import FromDict
 from resilience._fallback import check_fallback
@@ -70,7 +71,8 @@ class RetryPolicy(FromDict):
         clock: Where time is read and how waits happen (default: the process's clock).
         fallback: Answer instead of raising when the retry gives up on an exception: a
             value, or a callable (sync or async) that receives the exception. None: raise.
-        budget: A ``RetryBudget`` shared with other policies: retries stop when it is spent.
+        budget: A ``RetryBudget``, ``RetryQuota`` or ``RetryThrottle`` shared with other
+            policies: retries stop when it is spent.
 
     .. versionadded:: 0.1.0
     """
@@ -87,7 +89,7 @@ class RetryPolicy(FromDict):
     name: str | None = None
     clock: Clock | None = None
     fallback: Any = None
-    budget: RetryBudget | None = None
+    budget: RetryBudget | RetryQuota | RetryThrottle | None = None
     _retryable: Callable[[BaseException], bool] = field(
         init=False,
         repr=False,
@@ -116,8 +118,13 @@ class RetryPolicy(FromDict):
             raise TypeError(msg)
         _check_clock(owner, self.clock)
         check_fallback(owner, self.fallback)
-        if self.budget is not None and not isinstance(self.budget, RetryBudget):
-            msg = f"{owner}.budget must be a RetryBudget or None, got {type(self.budget).__name__}"
+        if self.budget is not None and not isinstance(
+            self.budget, RetryBudget | RetryQuota | RetryThrottle
+        ):
+            msg = (
+                f"{owner}.budget must be a RetryBudget, RetryQuota, RetryThrottle or None, "
+                f"got {type(self.budget).__name__}"
+            )
             raise TypeError(msg)
 
 

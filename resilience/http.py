@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import sys
 
+from resilience._quota import Quota, parse_quota
 from resilience._retry_after import _lower_headers, retry_after_from
 
 
 __all__ = [
     "RETRYABLE_STATUSES",
+    "Quota",
     "is_retryable_error",
     "is_retryable_response",
     "is_retryable_status",
+    "parse_quota",
     "server_delay",
     "status_of",
 ]

@@ -252,9 +252,13 @@ class RetryBudget(FromDict):
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
 
-    def try_retry(self) -> bool:
+    def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
         """
         Take one retry if the budget allows it; return whether it did.
+
+        *outcome* and *server_delay* (what failed, and whether it carried a server delay)
+        are what a ``RetryQuota`` prices a retry by; a ``RetryBudget`` counts every retry
+        alike.
 
         An unreachable store allows the retry (the policy's own limits still apply) and
         emits ``resilience.store.unavailable``: the caller's error is never replaced.
@@ -264,6 +268,9 @@ class RetryBudget(FromDict):
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
             return True
+
+    def gave_up(self, outcome: object = None) -> None:
+        """The retry core gave up on a call: nothing to do for a budget (quotas use it)."""
 
     def balance(self) -> float:
         """Return how many retries the budget allows now (may be fractional)."""

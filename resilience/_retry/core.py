@@ -122,12 +122,12 @@ class RetryCall:
             self.server_delay = False
         if testing:
             delay = 0.0
-        if layer.guarded and not self._within_limits(delay, now):
+        if layer.guarded and not self._within_limits(outcome, delay, now):
             return None
         self.attempt += 1
         return delay
 
-    def _within_limits(self, delay: float, now: float) -> bool:
+    def _within_limits(self, outcome: object, delay: float, now: float) -> bool:
         """Whether the timeout and the budget allow a retry after *delay*."""
         policy = self.layer.policy
         timeout = policy.timeout
@@ -135,7 +135,7 @@ class RetryCall:
             self.reason = f"the next wait of {delay:.3f} s would cross the timeout of {timeout:g} s"
             return False
         budget = policy.budget
-        if budget is not None and not budget.try_retry():
+        if budget is not None and not budget.try_retry(outcome, self.server_delay):
             self.reason = f"the retry budget is spent ({budget.describe()})"
             return False
         return True
@@ -176,6 +176,9 @@ class RetryCall:
         """Emit the give-up event; re-raise the last exception or return the last result."""
         elapsed = now - self.started
         name = self.layer.name
+        budget = self.layer.policy.budget
+        if budget is not None:  # a quota refunds only calls that did not give up
+            budget.gave_up(outcome)
         if BUS.subs:
             emit(
                 "resilience.retry.give_up",
