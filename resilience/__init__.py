@@ -7,15 +7,13 @@ alone and stack in any order; they read frozen policy dataclasses.
 
 from __future__ import annotations
 
+from resilience import _exports
 from resilience._backoff import Backoff
 from resilience._bounded.adaptive import AdaptiveLimit
 from resilience._bounded.face import BoundedPool, bounded, get_bounded
-from resilience._breaker.face import (
-    CircuitBreaker,
-    CircuitBreakerStats,
-    circuit_breaker,
-    get_circuit_breaker,
-)
+from resilience._breaker.contract import CircuitBreakerStats
+from resilience._breaker.face import circuit_breaker
+from resilience._breaker.registry import CircuitBreaker, get_circuit_breaker
 from resilience._budget.quota import RetryQuota, RetryThrottle
 from resilience._budget.state import RetryBudget
 from resilience._clock import SystemClock
@@ -83,6 +81,8 @@ __all__ = [
     "throttled",
     "traced",
 ]
+
+_exports.publish(__name__, globals())
 
 
 def __getattr__(name: str) -> str:

@@ -57,8 +57,6 @@ class Quota:
     .. versionadded:: 0.2.0
     """
 
-    __module__ = "resilience.http"
-
     name: str
     limit: int | None = None
     remaining: int | None = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import sys
 
+from resilience import _exports
 from resilience._quota import Quota, parse_quota
 from resilience._retry_after import _lower_headers, retry_after_from
 
@@ -144,3 +145,6 @@ def server_delay(outcome: object) -> float | None:
         if verdict == "false":
             return None
     return retry_after_from(outcome)
+
+
+_exports.publish(__name__, globals())  # Quota and parse_quota live in _quota

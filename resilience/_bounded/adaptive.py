@@ -72,8 +72,6 @@ class AdaptiveLimit(FromDict):
     .. versionadded:: 0.2.0
     """
 
-    __module__ = "resilience"
-
     algorithm: str = "gradient2"
     initial: int = 20
     min_limit: int = 1

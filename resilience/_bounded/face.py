@@ -2,15 +2,15 @@
 ``@bounded``: at most *limit* units of weight run at once, for threads and asyncio tasks.
 
 This module is the decorator's public face: ``bounded()`` with its overloads and
-``BoundedFields``. The pool's parts live in their own modules, and the names other code
-imports from here are re-exported:
+``BoundedFields``. The pool's parts live beside it:
 
-- ``_bounded_pool``: the ``PoolBackend`` protocol every store implements,
-  ``MemoryPoolBackend`` (a counter under a lock) and ``PermitQueue``, the per-process FIFO
-  where threads and tasks wait their turn (how grants, timeouts and cancellation meet is in
-  its docstring); it registers the ``"pool"`` and ``"pool.queue"`` store factories;
-- ``_bounded_layer``: ``BoundedLayer``, the sync and async drivers that take permits before
-  the call and give them back after it.
+- ``pool``: the ``PoolBackend`` protocol every store implements, ``MemoryPoolBackend`` (a
+  counter under a lock) and ``PermitQueue``, the per-process FIFO where threads and tasks
+  wait their turn (how grants, timeouts and cancellation meet is in its docstring); it
+  registers the ``"pool"`` and ``"pool.queue"`` store factories;
+- ``layer``: ``BoundedLayer``, the sync and async drivers that take permits before the call
+  and give them back after it;
+- ``redis``: the pool as Redis leases, the same accounting as ``MemoryPoolBackend``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from resilience._bounded.layer import BoundedLayer
-from resilience._bounded.pool import MemoryPoolBackend, PermitQueue, PoolBackend
 from resilience._decorating import Decorator, is_target, policy_from
 from resilience._policies import BoundedPolicy
 from resilience.stores._memory import DEFAULT_STORE
@@ -28,19 +27,11 @@ from resilience.stores._memory import DEFAULT_STORE
 
 if TYPE_CHECKING:
     from resilience._bounded.adaptive import AdaptiveLimit
+    from resilience._bounded.pool import PermitQueue
     from resilience.typing import Clock
 
 
-__all__ = [
-    "BoundedFields",
-    "BoundedPool",
-    "BoundedLayer",
-    "MemoryPoolBackend",
-    "PermitQueue",
-    "PoolBackend",
-    "bounded",
-    "get_bounded",
-]
+__all__ = ["BoundedFields", "BoundedPool", "bounded", "get_bounded"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -102,7 +93,6 @@ class BoundedPool:
     .. versionadded:: 0.2.0
     """
 
-    __module__ = "resilience"
     __slots__ = ("_last", "key", "store")
 
     def __init__(self, key: str, store: Any) -> None:

@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
 from resilience._validate import check_int, check_number
-from resilience.stores._memory import DEFAULT_STORE, MemoryStore
-from resilience.stores._redis import RedisStore, store_unavailable
+from resilience.stores._memory import DEFAULT_STORE
+from resilience.stores._registry import store_unavailable
 
 
 if TYPE_CHECKING:
     from resilience._decorating import Runner
+    from resilience.stores._memory import MemoryStore
 
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "RetryThrottle",
     "TokenBackend",
     "is_throttling",
+    "memory_tokens",
 ]
 
 _MILLI = 1000
@@ -95,18 +97,9 @@ class MemoryTokenBackend:
             return ok, tokens
 
 
-def _memory_tokens(key: str, owner: Any, store: MemoryStore) -> MemoryTokenBackend:
+def memory_tokens(key: str, owner: Any, store: MemoryStore) -> MemoryTokenBackend:
+    """``MemoryStore``'s ``"tokens"`` factory (``RetryQuota``, ``RetryThrottle``)."""
     return MemoryTokenBackend(owner.bucket_capacity)
-
-
-def _redis_tokens(key: str, owner: Any, store: RedisStore) -> TokenBackend:
-    from resilience._budget.redis import RedisTokenBackend  # noqa: PLC0415 - lazy
-
-    return RedisTokenBackend(key, owner.bucket_capacity, store)
-
-
-MemoryStore.register("tokens", _memory_tokens)
-RedisStore.register("tokens", _redis_tokens)
 
 
 def _status(obj: object) -> object:
@@ -257,8 +250,6 @@ class RetryQuota(_Bucket):
     .. versionadded:: 0.2.0
     """
 
-    __module__ = "resilience"
-
     capacity: int = 500
     retry_cost: int = 14
     throttle_cost: int = 5
@@ -341,8 +332,6 @@ class RetryThrottle(_Bucket):
 
     .. versionadded:: 0.2.0
     """
-
-    __module__ = "resilience"
 
     max_tokens: int = 10
     token_ratio: float = 0.1

@@ -9,7 +9,7 @@ the newest bucket, ``tc``/``tr`` the totals, ``c0``..``c9``/``r0``..``r9`` the b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from resilience.stores._redis import NOW_LUA
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from resilience.stores._redis import RedisStore
 
 
-__all__ = ["RedisBudgetBackend", "RedisTokenBackend"]
+__all__ = ["RedisBudgetBackend", "RedisTokenBackend", "redis_budget_backend", "redis_tokens"]
 
 # ARGV: 1 now, 2 ttl ms, 3 ratio, 4 bucket width us, 5 floor (retries allowed whatever the
 # calls), 6 the step: 'deposit', 'withdraw' or 'balance'. Reply: the balance (text) or 1/0.
@@ -170,3 +170,13 @@ class RedisTokenBackend:
 
     def __repr__(self) -> str:
         return f"<RedisTokenBackend {self._keys[0]!r}>"
+
+
+def redis_budget_backend(key: str, budget: RetryBudget, store: RedisStore) -> RedisBudgetBackend:
+    """``RedisStore``'s ``"budget"`` factory."""
+    return RedisBudgetBackend(key, budget, store)
+
+
+def redis_tokens(key: str, owner: Any, store: RedisStore) -> RedisTokenBackend:
+    """``RedisStore``'s ``"tokens"`` factory (``RetryQuota``, ``RetryThrottle``)."""
+    return RedisTokenBackend(key, owner.bucket_capacity, store)

@@ -22,7 +22,7 @@ from resilience._errors import StoreUnavailableError, ThrottledError
 from resilience._rate.layer import EPOCH
 from resilience._throttle.state import MemoryThrottleBackend, ThrottleBackend, ThrottlePolicy
 from resilience.stores._memory import DEFAULT_STORE
-from resilience.stores._redis import store_unavailable
+from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
 
 

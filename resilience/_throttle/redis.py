@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from resilience.stores._redis import RedisStore
 
 
-__all__ = ["RedisThrottleBackend"]
+__all__ = ["RedisThrottleBackend", "redis_throttle"]
 
 # ARGV: 1 now, 2 ttl ms, 3 k, 4 bucket width us, 5 the step: 'read', 'accept' or 'reject'.
 # Reply: {probability (text), requests, accepts} as counted before the step.
@@ -127,3 +127,8 @@ def _parse(reply: object) -> tuple[float, int, int]:
     probability, requests, accepts = cast("list[Any]", reply)
     text = probability.decode() if isinstance(probability, bytes) else str(probability)
     return float(text), int(requests), int(accepts)
+
+
+def redis_throttle(key: str, policy: ThrottlePolicy, store: RedisStore) -> RedisThrottleBackend:
+    """``RedisStore``'s ``"throttle"`` factory."""
+    return RedisThrottleBackend(key, policy, store)

@@ -26,15 +26,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 from resilience import _clock
 from resilience._dictable import FromDict
 from resilience._validate import check_number, duration, exception_predicate, optional_callable
-from resilience.stores._memory import MemoryStore
-from resilience.stores._redis import RedisStore
 
 
 if TYPE_CHECKING:
+    from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock, ExceptionFilter
 
 
-__all__ = ["MemoryThrottleBackend", "ThrottleBackend", "ThrottlePolicy", "ThrottleState"]
+__all__ = [
+    "MemoryThrottleBackend",
+    "ThrottleBackend",
+    "ThrottlePolicy",
+    "ThrottleState",
+    "memory_throttle",
+]
 
 BUCKETS = 10
 
@@ -58,8 +63,6 @@ class ThrottlePolicy(FromDict):
 
     .. versionadded:: 0.2.0
     """
-
-    __module__ = "resilience"
 
     k: float = 2.0
     window: float | timedelta = 120.0
@@ -168,8 +171,7 @@ class MemoryThrottleBackend:
         self._lock = threading.Lock()
 
     def _now(self) -> float:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
-        return clock.monotonic()
+        return _clock.resolve(self._clock).monotonic()
 
     def probability(self) -> tuple[float, int, int]:
         """Return ``(probability, requests, accepts)`` now."""
@@ -191,15 +193,6 @@ class MemoryThrottleBackend:
             self._state.record(now, accepted)
 
 
-def _memory_throttle(key: str, policy: ThrottlePolicy, store: MemoryStore) -> MemoryThrottleBackend:
+def memory_throttle(key: str, policy: ThrottlePolicy, store: MemoryStore) -> MemoryThrottleBackend:
+    """``MemoryStore``'s ``"throttle"`` factory."""
     return MemoryThrottleBackend(policy)
-
-
-def _redis_throttle(key: str, policy: ThrottlePolicy, store: RedisStore) -> ThrottleBackend:
-    from resilience._throttle.redis import RedisThrottleBackend  # noqa: PLC0415 - lazy
-
-    return RedisThrottleBackend(key, policy, store)
-
-
-MemoryStore.register("throttle", _memory_throttle)
-RedisStore.register("throttle", _redis_throttle)
