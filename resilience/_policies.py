@@ -251,8 +251,17 @@ class RateLimitPolicy(FromDict):
         fail_open: When the *store* cannot be reached in time, let calls start without a
             token (and emit ``resilience.store.unavailable``) instead of raising
             ``StoreUnavailableError``.
+        cost: Units of *rate* one call takes: an int >= 1, or a callable given the call's
+            arguments that returns one (such as an estimate of an LLM request's tokens).
+        settle: A callable given the call's result that returns the units really used
+            (or None to keep the estimate); the difference is given back to, or charged
+            to, the budget as of the call's start.
+        pace_from_headers: Read the quota a server advertises (``RateLimit``,
+            ``x-ratelimit-*``, ``anthropic-ratelimit-*``) on every result and exception;
+            when one has nothing left, open the key's backoff window until it resets.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *cost*, *settle* and *pace_from_headers*.
     """
 
     rate: int
@@ -266,6 +275,9 @@ class RateLimitPolicy(FromDict):
     delay_hook: Callable[[Any], float | None] | None = retry_after_from
     retry_after_cap: float | timedelta = 60.0
     fail_open: bool = False
+    cost: int | Callable[..., int] = 1
+    settle: Callable[[Any], int | None] | None = None
+    pace_from_headers: bool = False
 
     def __post_init__(self) -> None:
         owner = "RateLimitPolicy"
@@ -281,6 +293,16 @@ class RateLimitPolicy(FromDict):
         optional_callable(owner, "delay_hook", self.delay_hook)
         _set(self, "retry_after_cap", duration(owner, "retry_after_cap", self.retry_after_cap))
         check_bool(owner, "fail_open", self.fail_open)
+        if not callable(self.cost):
+            check_int(owner, "cost", self.cost, low=1)
+            if self.cost > self.rate:
+                msg = (
+                    f"{owner}.cost ({self.cost}) must be <= rate ({self.rate}) or no call "
+                    f"could ever start"
+                )
+                raise ValueError(msg)
+        optional_callable(owner, "settle", self.settle)
+        check_bool(owner, "pace_from_headers", self.pace_from_headers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from resilience import _clock, _config
 from resilience._decorating import KeyedLayer, Runner
 from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
+from resilience._quota import pause_for
 from resilience._rate.state import MemoryRateBackend, RateBackend
 from resilience._rate.window import WindowBackend
 from resilience.stores._memory import DEFAULT_STORE
@@ -59,7 +60,16 @@ class RateLimitLayer(KeyedLayer):
     """``@rate_limited``'s layer: reserve a start, sleep until it, open the window on 429s."""
 
     decorator = "rate_limited"
-    __slots__ = ("_backend", "_epoch", "_remote", "_window", "limit", "max_wait", "rtt")
+    __slots__ = (
+        "_backend",
+        "_epoch",
+        "_remote",
+        "_window",
+        "limit",
+        "max_wait",
+        "rtt",
+        "weighted",
+    )
     policy: RateLimitPolicy
 
     def __init__(self, policy: RateLimitPolicy) -> None:
@@ -72,6 +82,7 @@ class RateLimitLayer(KeyedLayer):
         self.limit = f"{policy.rate} per {policy.per:g} s{burst}"
         self._epoch = -1
         self._remote = False
+        self.weighted = policy.cost != 1 or policy.settle is not None
         # A remote store's async round trip is bounded by the policy's timeout too.
         timeout = policy.timeout
         self.rtt: float | None = timeout if policy.wait and timeout else None  # type: ignore[assignment]
@@ -93,6 +104,13 @@ class RateLimitLayer(KeyedLayer):
         self._backend = backend
         # Memory backends never block: the async runner calls their sync methods directly.
         self._remote = not isinstance(backend, MemoryRateBackend)
+        if self.weighted and not hasattr(backend, "reserve_units"):
+            msg = (
+                f"@rate_limited key {self.key!r}: cost= and settle= need a store whose rate "
+                f"backend counts units ({type(backend).__name__} does not yet); use a "
+                f"MemoryStore"
+            )
+            raise ValueError(msg)
         self._epoch = EPOCH.n
         return backend
 
@@ -164,8 +182,11 @@ class RateLimitLayer(KeyedLayer):
 
     def _failed(self, exc: BaseException) -> None:
         """A call failed: if it carries a server delay, open the key's backoff window."""
+        if self.policy.pace_from_headers:
+            self._pace(exc)
         hook = self.policy.delay_hook
-        assert hook is not None
+        if hook is None:
+            return
         try:
             delay = hook(exc)
         except Exception:  # a broken hook must not replace the caller's error
@@ -181,14 +202,185 @@ class RateLimitLayer(KeyedLayer):
                 {"key": self.key, "name": self.name, "reason": "failure", "exception": exc},
             )
 
+    # -- advertised quotas (pace_from_headers) ----------------------------------------------
+
+    def _pace(self, outcome: object) -> None:
+        """An exhausted advertised quota opens the key's backoff window until it resets."""
+        pause = pause_for(outcome)
+        if pause is None:
+            return
+        seconds = min(pause, float(self.policy.retry_after_cap))  # type: ignore[arg-type]
+        try:
+            left = self._window.extend(seconds)
+        except StoreUnavailableError as error:
+            self._unavailable(error)
+            return
+        if BUS.subs:
+            emit(
+                "resilience.window.set",
+                {"seconds": seconds, "remaining": left},
+                {"key": self.key, "name": self.name, "reason": "quota"},
+            )
+
+    # -- weighted calls (cost, settle) ------------------------------------------------------
+
+    def _cost(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """The call's units: the policy's int, or its callable's answer, checked."""
+        cost = self.policy.cost
+        if not callable(cost):
+            return cost
+        units: object = cost(*args, **kwargs)
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            msg = (
+                f"@rate_limited cost for {self.name} must return a whole number >= 1, got {units!r}"
+            )
+            raise ValueError(msg)
+        if units > self.policy.rate:
+            msg = (
+                f"@rate_limited cost for {self.name} is {units} units, above the rate of "
+                f"{self.policy.rate} per {self.policy.per:g} s: it could never start"
+            )
+            raise ValueError(msg)
+        return units
+
+    def _settle(self, backend: Any, result: object, cost: int, stamps: list[float]) -> None:
+        settle = self.policy.settle
+        assert settle is not None
+        used: object = settle(result)
+        if used is None:
+            return
+        if not isinstance(used, int) or isinstance(used, bool) or used < 0:
+            msg = f"@rate_limited settle for {self.name} must return a whole number >= 0 or None"
+            raise ValueError(msg)
+        delta = min(used, self.policy.rate) - cost
+        if delta:
+            backend.settle_units(stamps[0], stamps[1], delta)
+
+    def _units_waited(
+        self, backend: Any, reply: tuple[float, float, float], waited: float, cost: int
+    ) -> tuple[float, list[float]]:
+        wait, reserved, started = reply
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        return wait, [reserved, started]
+
+    def _reserve_units_sync(self, backend: Any, cost: int) -> list[float]:
+        """Reserve *cost* units and wait for the turn; return ``[reserved, started]``."""
+        wait, stamps = self._units_waited(
+            backend, backend.reserve_units(self.max_wait, cost), 0.0, cost
+        )
+        if wait and BUS.subs:
+            self._announce(wait, backend.pending())
+        clock = self._clock()
+        waited = 0.0
+        while wait > 0.0:
+            clock.sleep(wait)
+            waited += wait
+            wait, again = self._units_waited(
+                backend, backend.resume_units(max(0.0, self.max_wait - waited), cost), waited, cost
+            )
+            if not math.isnan(again[0]):
+                stamps[0] = again[0]
+            stamps[1] = again[1]
+        return stamps
+
+    async def _reserve_units_async(self, backend: Any, cost: int) -> list[float]:
+        """The async twin of ``_reserve_units_sync``."""
+        wait, stamps = self._units_waited(
+            backend, backend.reserve_units(self.max_wait, cost), 0.0, cost
+        )
+        if wait and BUS.subs:
+            self._announce(wait, backend.pending())
+        clock = self._clock()
+        waited = 0.0
+        while wait > 0.0:
+            await clock.asleep(wait)
+            waited += wait
+            wait, again = self._units_waited(
+                backend, backend.resume_units(max(0.0, self.max_wait - waited), cost), waited, cost
+            )
+            if not math.isnan(again[0]):
+                stamps[0] = again[0]
+            stamps[1] = again[1]
+        return stamps
+
+    def _build_weighted_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        hooked = self.policy.delay_hook is not None or self.policy.pace_from_headers
+        pace = self.policy.pace_from_headers
+        settles = self.policy.settle is not None
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            cost = layer._cost(args, kwargs)
+            stamps = layer._reserve_units_sync(backend, cost)
+            try:
+                result = call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if hooked:
+                    layer._failed(exc)
+                raise
+            if pace:
+                layer._pace(result)
+            if settles:
+                layer._settle(backend, result, cost, stamps)
+            return result
+
+        return run
+
+    def _build_weighted_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        hooked = self.policy.delay_hook is not None or self.policy.pace_from_headers
+        pace = self.policy.pace_from_headers
+        settles = self.policy.settle is not None
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            cost = layer._cost(args, kwargs)
+            stamps = await layer._reserve_units_async(backend, cost)
+            try:
+                result = await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if hooked:
+                    layer._failed(exc)
+                raise
+            if pace:
+                layer._pace(result)
+            if settles:
+                layer._settle(backend, result, cost, stamps)
+            return result
+
+        return run
+
     # -- runners ---------------------------------------------------------------------------
 
     def build_sync(self, call_next: Runner) -> Runner:
+        if self.weighted:
+            return self._build_weighted_sync(call_next)
         layer = self
         switches = _config.state
         epoch = EPOCH
         max_wait = self.max_wait
-        hooked = self.policy.delay_hook is not None
+        pace = self.policy.pace_from_headers
+        plain = self.policy.delay_hook is None and not pace
 
         def run(
             wrapped: Callable[..., Any],
@@ -205,22 +397,28 @@ class RateLimitLayer(KeyedLayer):
                     layer._wait_sync(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
-            if not hooked:
+            if plain:
                 return call_next(wrapped, instance, args, kwargs)
             try:
-                return call_next(wrapped, instance, args, kwargs)
+                result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
                 layer._failed(exc)
                 raise
+            if pace:
+                layer._pace(result)
+            return result
 
         return run
 
     def build_async(self, call_next: Runner) -> Runner:
+        if self.weighted:
+            return self._build_weighted_async(call_next)
         layer = self
         switches = _config.state
         epoch = EPOCH
         max_wait = self.max_wait
-        hooked = self.policy.delay_hook is not None
+        pace = self.policy.pace_from_headers
+        plain = self.policy.delay_hook is None and not pace
 
         async def run(
             wrapped: Callable[..., Any],
@@ -240,12 +438,15 @@ class RateLimitLayer(KeyedLayer):
                     await layer._wait_async(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
-            if not hooked:
+            if plain:
                 return await call_next(wrapped, instance, args, kwargs)
             try:
-                return await call_next(wrapped, instance, args, kwargs)
+                result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
                 layer._failed(exc)
                 raise
+            if pace:
+                layer._pace(result)
+            return result
 
         return run
