@@ -182,6 +182,9 @@ class _Bucket(FromDict):
     def record_call(self) -> None:
         """Nothing to count per call: quotas are charged per retry (``RetryBudget`` parity)."""
 
+    async def arecord_call(self) -> None:
+        """The async twin of ``record_call`` (nothing to count)."""
+
     def counting(self, runner: Runner, kind: str = "sync") -> Callable[..., Any]:
         """Return *runner* inside a ticket, refunding when the call returns without giving up."""
         settle = self._settle
