@@ -13,6 +13,8 @@ without one:
   ``gradient = clamp(tolerance * long / short, 0.5, 1)``; the new limit is
   ``limit * gradient + queue headroom``, smoothed by 0.2; while fewer than half the permits
   are in use it holds (nothing learnt from an idle pool). Drops shrink it by the ratio.
+  Samples are taken in windows of about one round of the pool, so the long average spans
+  minutes of traffic rather than seconds.
 - ``Vegas``: an estimate of the queue from the lowest RTT seen,
   ``queue = limit * (1 - rtt_min / rtt)``: grow while the queue is short, shrink when it is
   long or on a drop.
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 ALGORITHMS = ("gradient2", "aimd", "vegas")
+_WARMUP = 10  # windows averaged plainly before the long RTT becomes an EMA
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,16 +149,27 @@ class Gradient2:
     """
     Netflix's Gradient2: the long-window RTT against the short window's, with headroom.
 
+    Samples are gathered into windows (as Netflix's ``WindowedLimit`` does): a window closes
+    after ``max(short_window, limit)`` samples, about one round of the pool, and its average
+    RTT is the short RTT. The long RTT is an exponential average over *long_window* windows
+    (not samples, so it drifts slowly under sustained load); when it exceeds twice the short
+    one it decays fast (latency fell for good). A drop ends its window at once and
+    multiplies the limit by the backoff ratio; a window where fewer than half the permits
+    were in use holds it.
+
     Args:
         policy: The bounds, the start and the drop ratio.
         tolerance: How much the short RTT may exceed the long one before the limit shrinks.
         smoothing: The weight of each new estimate against the current limit.
-        long_window: Samples in the long RTT's exponential average.
-        short_window: Samples in the short RTT's exponential average.
+        long_window: Windows in the long RTT's exponential average.
+        short_window: The fewest samples in a window.
         queue_size: Headroom added on top of ``limit * gradient``, so the limit can grow.
     """
 
     __slots__ = (
+        "busy",
+        "count",
+        "dropped",
         "estimate",
         "high",
         "limit",
@@ -165,10 +179,10 @@ class Gradient2:
         "low",
         "queue_size",
         "ratio",
-        "short_a",
-        "short_rtt",
+        "short_window",
         "smoothing",
         "tolerance",
+        "total",
     )
 
     def __init__(
@@ -189,39 +203,51 @@ class Gradient2:
         self.tolerance = tolerance
         self.smoothing = smoothing
         self.long_a = 2.0 / (long_window + 1)
-        self.short_a = 2.0 / (short_window + 1)
+        self.short_window = short_window
         self.long_n = 0
         self.long_rtt = 0.0
-        self.short_rtt = 0.0
         self.queue_size = queue_size
+        self.count = 0
+        self.total = 0.0
+        self.busy = 0
+        self.dropped = False
 
     def update(self, rtt: float, in_use: int, dropped: bool) -> int:
-        """Take one call's sample and return the new limit."""
+        """Take one call's sample; at the end of a window, return the new limit."""
+        if dropped:
+            self.dropped = True
+        elif rtt > 0.0 and math.isfinite(rtt):
+            self.total += rtt
+            self.count += 1
+        self.busy = max(self.busy, in_use)
+        if not dropped and self.count < max(self.short_window, self.limit):
+            return self.limit
+        self._close()
+        return self.limit
+
+    def _close(self) -> None:
+        """A window ends: move the limit from its average RTT (or its drop)."""
+        count, total, busy, dropped = self.count, self.total, self.busy, self.dropped
+        self.count, self.total, self.busy, self.dropped = 0, 0.0, 0, False
         if dropped:
             self.estimate = max(float(self.low), self.estimate * self.ratio)
-            self.limit = max(self.low, math.floor(self.estimate))
-            return self.limit
-        if not rtt > 0.0 or not math.isfinite(rtt):
-            return self.limit
-        if self.long_n == 0:
-            self.long_rtt = self.short_rtt = rtt
-        else:
-            self.short_rtt += self.short_a * (rtt - self.short_rtt)
-            # The long average warms up as a plain mean, then moves as an EMA.
-            alpha = max(self.long_a, 1.0 / (self.long_n + 1))
-            self.long_rtt += alpha * (rtt - self.long_rtt)
-        self.long_n += 1
-        short, long_rtt = self.short_rtt, self.long_rtt
-        if long_rtt / short > 2.0:  # latency fell for good: let the long window follow fast
-            self.long_rtt = long_rtt = long_rtt * 0.95
-        if 2 * in_use < self.estimate:  # application-limited: nothing to learn
-            return self.limit
-        gradient = min(1.0, max(0.5, self.tolerance * long_rtt / short))
-        target = self.estimate * gradient + self.queue_size
-        estimate = self.estimate * (1.0 - self.smoothing) + target * self.smoothing
-        self.estimate = min(float(self.high), max(float(self.low), estimate))
+        elif count:
+            short = total / count
+            if self.long_n == 0:
+                self.long_rtt = short
+            else:  # a plain mean over the first ten windows, then an EMA (Netflix's warm-up)
+                alpha = 1.0 / (self.long_n + 1) if self.long_n < _WARMUP else self.long_a
+                self.long_rtt += alpha * (short - self.long_rtt)
+            self.long_n += 1
+            long_rtt = self.long_rtt
+            if long_rtt / short > 2.0:  # latency fell for good: let the long window follow
+                self.long_rtt = long_rtt = long_rtt * 0.95
+            if 2 * busy >= self.estimate:  # below half in use: application-limited, hold
+                gradient = min(1.0, max(0.5, self.tolerance * long_rtt / short))
+                target = self.estimate * gradient + self.queue_size
+                estimate = self.estimate * (1.0 - self.smoothing) + target * self.smoothing
+                self.estimate = min(float(self.high), max(float(self.low), estimate))
         self.limit = max(self.low, min(self.high, math.floor(self.estimate)))
-        return self.limit
 
 
 class Vegas:

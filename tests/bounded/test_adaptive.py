@@ -129,11 +129,11 @@ class TestGradientAndVegas:
     ) -> None:
         """Busy at a flat RTT it grows; when the RTT triples it comes back down."""
         machine = kind(AdaptiveLimit(initial=10))
-        for _ in range(200):
+        for _ in range(3000):
             machine.update(0.1, machine.limit, dropped=False)
         grown = machine.limit
         assert grown > 30
-        for _ in range(200):
+        for _ in range(3000):
             machine.update(0.3, machine.limit, dropped=False)
         assert machine.limit < grown / 2
 
