@@ -308,6 +308,16 @@ class AdaptivePoolBackend(MemoryPoolBackend):
         finally:
             self._release()
 
+    def sample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> None:
+        """``sample`` and ``release`` under one lock: the call's end, in one step."""
+        self._acquire()
+        try:
+            self.limit = self.algorithm.update(rtt, in_use, dropped)
+            used = self.used - weight
+            self.used = used if used > 0 else 0
+        finally:
+            self._release()
+
     def try_acquire_used(self, weight: int) -> int:
         """Take *weight* units if free now; return the units held just after (0: not taken)."""
         self._acquire()

@@ -201,6 +201,7 @@ class BoundedLayer(KeyedLayer):
                 return call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+            sample = backend.sample_release
             in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
             if not in_use:
                 layer._wait_sync(queue)
@@ -217,9 +218,12 @@ class BoundedLayer(KeyedLayer):
                 dropped = None
                 raise
             finally:
-                if dropped is not None:
-                    backend.sample(clock.monotonic() - started, in_use, dropped)
-                queue.release(weight)
+                if dropped is None:
+                    queue.release(weight)
+                else:
+                    sample(weight, clock.monotonic() - started, in_use, dropped)
+                    if queue.waiters:
+                        queue.wake()
 
         return run
 
@@ -242,6 +246,7 @@ class BoundedLayer(KeyedLayer):
                 return await call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+            sample = backend.sample_release
             in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
             if not in_use:
                 await layer._wait_async(queue)
@@ -258,9 +263,12 @@ class BoundedLayer(KeyedLayer):
                 dropped = None
                 raise
             finally:
-                if dropped is not None:
-                    backend.sample(clock.monotonic() - started, in_use, dropped)
-                queue.release(weight)
+                if dropped is None:
+                    queue.release(weight)
+                else:
+                    sample(weight, clock.monotonic() - started, in_use, dropped)
+                    if queue.waiters:
+                        queue.wake()
 
         return run
 

@@ -171,6 +171,12 @@ class PermitQueue:
         """The async twin of ``release`` (a remote store's queue gives back without blocking)."""
         self.release(weight)
 
+    def wake(self) -> None:
+        """Let waiters in after units came back to the backend some other way."""
+        if self.waiters:
+            with self._lock:
+                self._dispatch()
+
     def _dispatch(self) -> None:
         """Grant the head of the queue while its weight fits (the lock is held)."""
         waiters = self.waiters

@@ -224,12 +224,8 @@ class RateLimitLayer(KeyedLayer):
 
     # -- weighted calls (cost, settle) ------------------------------------------------------
 
-    def _cost(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-        """The call's units: the policy's int, or its callable's answer, checked."""
-        cost = self.policy.cost
-        if not callable(cost):
-            return cost
-        units: object = cost(*args, **kwargs)
+    def _cost(self, units: object) -> int:
+        """A callable cost's answer that is not a whole number in [1, rate]: say why."""
         if not isinstance(units, int) or isinstance(units, bool) or units < 1:
             msg = (
                 f"@rate_limited cost for {self.name} must return a whole number >= 1, got {units!r}"
@@ -243,7 +239,7 @@ class RateLimitLayer(KeyedLayer):
             raise ValueError(msg)
         return units
 
-    def _settle(self, backend: Any, result: object, cost: int, stamps: list[float]) -> None:
+    def _settle(self, backend: Any, result: object, cost: int, stamps: tuple[float, float]) -> None:
         settle = self.policy.settle
         assert settle is not None
         used: object = settle(result)
@@ -256,53 +252,45 @@ class RateLimitLayer(KeyedLayer):
         if delta:
             backend.settle_units(stamps[0], stamps[1], delta)
 
-    def _units_waited(
-        self, backend: Any, reply: tuple[float, float, float], waited: float, cost: int
-    ) -> tuple[float, list[float]]:
-        wait, reserved, started = reply
+    def _wait_units_sync(
+        self, backend: Any, wait: float, cost: int, reserved: float
+    ) -> tuple[float, float]:
+        """Wait for a reserved turn of *cost* units; return ``(reserved, started)``."""
         if wait < 0.0:
             raise self._refuse(-wait)
-        return wait, [reserved, started]
-
-    def _reserve_units_sync(self, backend: Any, cost: int) -> list[float]:
-        """Reserve *cost* units and wait for the turn; return ``[reserved, started]``."""
-        wait, stamps = self._units_waited(
-            backend, backend.reserve_units(self.max_wait, cost), 0.0, cost
-        )
-        if wait and BUS.subs:
+        if BUS.subs:
             self._announce(wait, backend.pending())
         clock = self._clock()
-        waited = 0.0
+        waited, started = 0.0, math.nan
         while wait > 0.0:
             clock.sleep(wait)
             waited += wait
-            wait, again = self._units_waited(
-                backend, backend.resume_units(max(0.0, self.max_wait - waited), cost), waited, cost
-            )
-            if not math.isnan(again[0]):
-                stamps[0] = again[0]
-            stamps[1] = again[1]
-        return stamps
+            wait, again, started = backend.resume_units(max(0.0, self.max_wait - waited), cost)
+            if wait < 0.0:
+                raise self._refuse(-wait)
+            if not math.isnan(again):
+                reserved = again
+        return reserved, started
 
-    async def _reserve_units_async(self, backend: Any, cost: int) -> list[float]:
-        """The async twin of ``_reserve_units_sync``."""
-        wait, stamps = self._units_waited(
-            backend, backend.reserve_units(self.max_wait, cost), 0.0, cost
-        )
-        if wait and BUS.subs:
+    async def _wait_units_async(
+        self, backend: Any, wait: float, cost: int, reserved: float
+    ) -> tuple[float, float]:
+        """The async twin of ``_wait_units_sync``."""
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        if BUS.subs:
             self._announce(wait, backend.pending())
         clock = self._clock()
-        waited = 0.0
+        waited, started = 0.0, math.nan
         while wait > 0.0:
             await clock.asleep(wait)
             waited += wait
-            wait, again = self._units_waited(
-                backend, backend.resume_units(max(0.0, self.max_wait - waited), cost), waited, cost
-            )
-            if not math.isnan(again[0]):
-                stamps[0] = again[0]
-            stamps[1] = again[1]
-        return stamps
+            wait, again, started = backend.resume_units(max(0.0, self.max_wait - waited), cost)
+            if wait < 0.0:
+                raise self._refuse(-wait)
+            if not math.isnan(again):
+                reserved = again
+        return reserved, started
 
     def _build_weighted_sync(self, call_next: Runner) -> Runner:
         layer = self
@@ -311,6 +299,11 @@ class RateLimitLayer(KeyedLayer):
         hooked = self.policy.delay_hook is not None or self.policy.pace_from_headers
         pace = self.policy.pace_from_headers
         settles = self.policy.settle is not None
+        policy_cost = self.policy.cost
+        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
+        fixed = 0 if callable(policy_cost) else policy_cost
+        max_wait = self.max_wait
+        rate = self.policy.rate
 
         def run(
             wrapped: Callable[..., Any],
@@ -320,9 +313,16 @@ class RateLimitLayer(KeyedLayer):
         ) -> Any:
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
-            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            cost = layer._cost(args, kwargs)
-            stamps = layer._reserve_units_sync(backend, cost)
+            backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            cost = fixed or estimate(*args, **kwargs)
+            if type(cost) is not int or not 0 < cost <= rate:
+                cost = layer._cost(cost)
+            wait, reserved, started = backend.reserve_units(max_wait, cost)
+            stamps = (
+                layer._wait_units_sync(backend, wait, cost, reserved)
+                if wait
+                else (reserved, started)
+            )
             try:
                 result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
@@ -344,6 +344,11 @@ class RateLimitLayer(KeyedLayer):
         hooked = self.policy.delay_hook is not None or self.policy.pace_from_headers
         pace = self.policy.pace_from_headers
         settles = self.policy.settle is not None
+        policy_cost = self.policy.cost
+        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
+        fixed = 0 if callable(policy_cost) else policy_cost
+        max_wait = self.max_wait
+        rate = self.policy.rate
 
         async def run(
             wrapped: Callable[..., Any],
@@ -353,9 +358,16 @@ class RateLimitLayer(KeyedLayer):
         ) -> Any:
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
-            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            cost = layer._cost(args, kwargs)
-            stamps = await layer._reserve_units_async(backend, cost)
+            backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            cost = fixed or estimate(*args, **kwargs)
+            if type(cost) is not int or not 0 < cost <= rate:
+                cost = layer._cost(cost)
+            wait, reserved, started = backend.reserve_units(max_wait, cost)
+            stamps = (
+                await layer._wait_units_async(backend, wait, cost, reserved)
+                if wait
+                else (reserved, started)
+            )
             try:
                 result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:

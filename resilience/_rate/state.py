@@ -181,9 +181,22 @@ class RateState:
             ``(wait, reserved, started)``: *wait* as ``reserve`` answers it; *reserved* the
             reservation's time; *started* the actual start when admitted now, else NaN.
         """
-        log, per = self.log, self.per
+        log, starts, per = self.log, self.starts, self.per
         while log and log[0] + per <= now:
             log.popleft()
+        if floor <= now and not self.spaced:
+            # The common case, inline: room now in both logs (no window, nobody ahead).
+            while starts and starts[0] + per + slack <= now:
+                starts.popleft()
+            room = self.rate - cost
+            if len(log) <= room and len(starts) <= room and (not log or log[-1] <= now):
+                if cost == 1:
+                    log.append(now)
+                    starts.append(now)
+                else:
+                    log.extend([now] * cost)
+                    starts.extend([now] * cost)
+                return 0.0, now, now
         start = now if now > floor else floor
         if log and log[-1] > start:
             start = log[-1]

@@ -128,7 +128,6 @@ class ThrottleLayer(Layer):
         switches = _config.state
         epoch = EPOCH
         is_failure = self.policy._is_failure
-        rand = self.policy.rand or random.random
 
         def run(
             wrapped: Callable[..., Any],
@@ -139,12 +138,8 @@ class ThrottleLayer(Layer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            if layer._remote:
+            if layer._remote or backend.chance():
                 layer._draw(backend)
-            else:
-                probability, req, acc = backend.probability()
-                if probability > 0.0 and rand() < probability:
-                    layer._refuse(backend, probability, req, acc)
             try:
                 result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
@@ -163,7 +158,6 @@ class ThrottleLayer(Layer):
         switches = _config.state
         epoch = EPOCH
         is_failure = self.policy._is_failure
-        rand = self.policy.rand or random.random
 
         async def run(
             wrapped: Callable[..., Any],
@@ -177,10 +171,8 @@ class ThrottleLayer(Layer):
             remote = layer._remote
             if remote:
                 await layer._adraw(backend)
-            else:
-                probability, req, acc = backend.probability()
-                if probability > 0.0 and rand() < probability:
-                    layer._refuse(backend, probability, req, acc)
+            elif backend.chance():
+                layer._draw(backend)
             try:
                 result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:

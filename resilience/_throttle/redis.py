@@ -107,6 +107,10 @@ class RedisThrottleBackend:
         """Return ``(probability, requests, accepts)`` now."""
         return self._step("read")
 
+    def chance(self) -> float:
+        """Return the rejection probability now."""
+        return self._step("read")[0]
+
     async def aprobability(self) -> tuple[float, int, int]:
         """The async twin of ``probability``."""
         return await self._astep("read")

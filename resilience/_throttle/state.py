@@ -98,7 +98,16 @@ class ThrottleState:
         window: The window in seconds.
     """
 
-    __slots__ = ("accepts", "current", "k", "requests", "total_accepts", "total_requests", "width")
+    __slots__ = (
+        "accepts",
+        "current",
+        "k",
+        "requests",
+        "total_accepts",
+        "total_requests",
+        "until",
+        "width",
+    )
 
     def __init__(self, k: float, window: float) -> None:
         self.k = k
@@ -108,6 +117,7 @@ class ThrottleState:
         self.total_requests = 0
         self.total_accepts = 0
         self.current = -math.inf
+        self.until = -math.inf  # the end of the current bucket: before it, nothing to roll
 
     def _roll(self, now: float) -> int:
         """Expire the buckets that slid out of the window; return the current bucket's slot."""
@@ -123,6 +133,7 @@ class ThrottleState:
                 self.requests[slot] = 0
                 self.accepts[slot] = 0
             self.current = index
+            self.until = (index + 1) * self.width
         return int(self.current) % BUCKETS
 
     def probability(self, now: float) -> float:
@@ -153,6 +164,10 @@ class ThrottleBackend(Protocol):
         """Return ``(probability, requests, accepts)`` now."""
         ...
 
+    def chance(self) -> float:
+        """Return the rejection probability now (only its being above 0 is relied on)."""
+        ...
+
     def record(self, accepted: bool) -> None:
         """Count one request, and one accept if *accepted*."""
         ...
@@ -161,7 +176,7 @@ class ThrottleBackend(Protocol):
 class MemoryThrottleBackend:
     """A throttle's counts in this process: ``ThrottleState`` under a lock."""
 
-    __slots__ = ("_clock", "_lock", "_state")
+    __slots__ = ("_acquire", "_clock", "_lock", "_release", "_state")
 
     def __init__(self, policy: ThrottlePolicy) -> None:
         window = policy.window
@@ -169,28 +184,48 @@ class MemoryThrottleBackend:
         self._state = ThrottleState(policy.k, window)
         self._clock = policy.clock
         self._lock = threading.Lock()
-
-    def _now(self) -> float:
-        return _clock.resolve(self._clock).monotonic()
+        self._acquire = self._lock.acquire  # bound once: cheaper than `with` on the hot path
+        self._release = self._lock.release
 
     def probability(self) -> tuple[float, int, int]:
         """Return ``(probability, requests, accepts)`` now."""
         state = self._state
-        now = self._now()
+        now = _clock.resolve(self._clock).monotonic()
         with self._lock:
-            # Inline the common case: still in the current bucket and nothing to reject.
-            if (
-                math.floor(now / state.width) == state.current
-                and state.total_requests <= state.k * state.total_accepts
-            ):
-                return 0.0, state.total_requests, state.total_accepts
             return state.probability(now), state.total_requests, state.total_accepts
+
+    def chance(self) -> float:
+        """
+        The rejection probability now; no lock while nothing is to be refused (the hot path).
+
+        Reading two counts without the lock can only see a state a moment old, which the
+        locked ``probability`` then confirms before anything is refused.
+        """
+        state = self._state
+        if (
+            _clock.resolve(self._clock).monotonic() < state.until
+            and state.total_requests <= state.k * state.total_accepts
+        ):
+            return 0.0
+        return self.probability()[0]
 
     def record(self, accepted: bool) -> None:
         """Count one request, and one accept if *accepted*."""
-        now = self._now()
-        with self._lock:
-            self._state.record(now, accepted)
+        state = self._state
+        now = _clock.resolve(self._clock).monotonic()
+        self._acquire()
+        try:
+            if now < state.until:  # the current bucket: no roll (the common case, inline)
+                slot = int(state.current) % BUCKETS
+                state.requests[slot] += 1
+                state.total_requests += 1
+                if accepted:
+                    state.accepts[slot] += 1
+                    state.total_accepts += 1
+            else:
+                state.record(now, accepted)
+        finally:
+            self._release()
 
 
 def memory_throttle(key: str, policy: ThrottlePolicy, store: MemoryStore) -> MemoryThrottleBackend:
