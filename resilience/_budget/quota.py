@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
-from resilience._validate import check_int, check_number
+from resilience._validate import check_int, check_number, check_store
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
 
@@ -266,7 +266,7 @@ class RetryQuota(_Bucket):
         check_int(owner, "capacity", self.capacity, low=1)
         for name in ("retry_cost", "throttle_cost", "success_refund"):
             check_int(owner, name, getattr(self, name), low=0)
-        _check_key(owner, self.key)
+        _check_key(owner, self.key, self.store)
         if self.key is None:
             object.__setattr__(self, "_own", MemoryTokenBackend(self.capacity))
 
@@ -350,7 +350,7 @@ class RetryThrottle(_Bucket):
             msg = f"{owner}.token_ratio must be in (0, max_tokens], got {ratio!r}"
             raise ValueError(msg)
         object.__setattr__(self, "token_ratio", ratio)
-        _check_key(owner, self.key)
+        _check_key(owner, self.key, self.store)
         if self.key is None:
             object.__setattr__(self, "_own", MemoryTokenBackend(self.bucket_capacity))
 
@@ -407,7 +407,8 @@ class RetryThrottle(_Bucket):
         )
 
 
-def _check_key(owner: str, key: object) -> None:
+def _check_key(owner: str, key: object, store: object = None) -> None:
+    check_store(owner, store)
     if key is not None and not isinstance(key, str):
         msg = f"{owner}.key must be a string or None, got {type(key).__name__}"
         raise TypeError(msg)

@@ -28,6 +28,7 @@ from resilience._policies import RateLimitPolicy
 from resilience._quota import pause_for
 from resilience._rate.state import MemoryRateBackend, RateBackend
 from resilience._rate.window import WindowBackend
+from resilience._retry_after import safe_delay
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
@@ -184,16 +185,10 @@ class RateLimitLayer(KeyedLayer):
         """A call failed: if it carries a server delay, open the key's backoff window."""
         if self.policy.pace_from_headers:
             self._pace(exc)
-        hook = self.policy.delay_hook
-        if hook is None:
+        delay = safe_delay(self.policy.delay_hook, exc, decorator="rate_limited", name=self.name)
+        if not delay:  # None or 0: no window
             return
-        try:
-            delay = hook(exc)
-        except Exception:  # a broken hook must not replace the caller's error
-            return
-        if delay is None or not delay > 0.0 or not math.isfinite(delay):
-            return
-        seconds = min(float(delay), float(self.policy.retry_after_cap))  # type: ignore[arg-type]
+        seconds = min(delay, float(self.policy.retry_after_cap))  # type: ignore[arg-type]
         left = self._window.extend(seconds)
         if BUS.subs:
             emit(

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
 from resilience._dictable import FromDict
-from resilience._validate import check_number, duration, exception_predicate, optional_callable
+from resilience._validate import (
+    check_number,
+    check_store,
+    duration,
+    exception_predicate,
+    optional_callable,
+)
 
 
 if TYPE_CHECKING:
@@ -87,6 +93,7 @@ class ThrottlePolicy(FromDict):
             msg = f"{owner}.key must be a string or None, got {type(self.key).__name__}"
             raise TypeError(msg)
         optional_callable(owner, "rand", self.rand)
+        check_store(owner, self.store)
 
 
 class ThrottleState:
