@@ -16,6 +16,7 @@ never block.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from collections.abc import Callable
@@ -234,18 +235,22 @@ class RateLimitLayer(KeyedLayer):
             raise ValueError(msg)
         return units
 
-    def _settle(self, backend: Any, result: object, cost: int, stamps: tuple[float, float]) -> None:
+    def _settled(self, result: object, cost: int) -> int:
+        """The units to give back (< 0) or charge (> 0) once *result* shows the real usage."""
         settle = self.policy.settle
         assert settle is not None
         used: object = settle(result)
         if used is None:
-            return
+            return 0
         if not isinstance(used, int) or isinstance(used, bool) or used < 0:
             msg = f"@rate_limited settle for {self.name} must return a whole number >= 0 or None"
             raise ValueError(msg)
-        delta = min(used, self.policy.rate) - cost
-        if delta:
-            backend.settle_units(stamps[0], stamps[1], delta)
+        return min(used, self.policy.rate) - cost
+
+    def _release_failed(self, error: StoreUnavailableError) -> None:
+        """A settle did not reach the store: the estimate stands; never mask the result."""
+        with contextlib.suppress(StoreUnavailableError):
+            self._unavailable(error)
 
     def _wait_units_sync(
         self, backend: Any, wait: float, cost: int, reserved: float
@@ -274,13 +279,17 @@ class RateLimitLayer(KeyedLayer):
         if wait < 0.0:
             raise self._refuse(-wait)
         if BUS.subs:
-            self._announce(wait, backend.pending())
+            self._announce(wait, await backend.apending() if self._remote else backend.pending())
         clock = self._clock()
         waited, started = 0.0, math.nan
         while wait > 0.0:
             await clock.asleep(wait)
             waited += wait
-            wait, again, started = backend.resume_units(max(0.0, self.max_wait - waited), cost)
+            left = max(0.0, self.max_wait - waited)
+            if self._remote:
+                wait, again, started = await backend.aresume_units(left, cost)
+            else:
+                wait, again, started = backend.resume_units(left, cost)
             if wait < 0.0:
                 raise self._refuse(-wait)
             if not math.isnan(again):
@@ -312,12 +321,16 @@ class RateLimitLayer(KeyedLayer):
             cost = fixed or estimate(*args, **kwargs)
             if type(cost) is not int or not 0 < cost <= rate:
                 cost = layer._cost(cost)
-            wait, reserved, started = backend.reserve_units(max_wait, cost)
-            stamps = (
-                layer._wait_units_sync(backend, wait, cost, reserved)
-                if wait
-                else (reserved, started)
-            )
+            stamps: tuple[float, float] | None = None
+            try:
+                wait, reserved, started = backend.reserve_units(max_wait, cost)
+                stamps = (
+                    layer._wait_units_sync(backend, wait, cost, reserved)
+                    if wait
+                    else (reserved, started)
+                )
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without units
             try:
                 result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
@@ -326,8 +339,13 @@ class RateLimitLayer(KeyedLayer):
                 raise
             if pace:
                 layer._pace(result)
-            if settles:
-                layer._settle(backend, result, cost, stamps)
+            if settles and stamps is not None:
+                delta = layer._settled(result, cost)
+                if delta:
+                    try:
+                        backend.settle_units(stamps[0], stamps[1], delta)
+                    except StoreUnavailableError as error:
+                        layer._release_failed(error)
             return result
 
         return run
@@ -357,12 +375,19 @@ class RateLimitLayer(KeyedLayer):
             cost = fixed or estimate(*args, **kwargs)
             if type(cost) is not int or not 0 < cost <= rate:
                 cost = layer._cost(cost)
-            wait, reserved, started = backend.reserve_units(max_wait, cost)
-            stamps = (
-                await layer._wait_units_async(backend, wait, cost, reserved)
-                if wait
-                else (reserved, started)
-            )
+            stamps: tuple[float, float] | None = None
+            try:
+                if layer._remote:
+                    wait, reserved, started = await backend.areserve_units(max_wait, cost)
+                else:
+                    wait, reserved, started = backend.reserve_units(max_wait, cost)
+                stamps = (
+                    await layer._wait_units_async(backend, wait, cost, reserved)
+                    if wait
+                    else (reserved, started)
+                )
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without units
             try:
                 result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
@@ -371,8 +396,16 @@ class RateLimitLayer(KeyedLayer):
                 raise
             if pace:
                 layer._pace(result)
-            if settles:
-                layer._settle(backend, result, cost, stamps)
+            if settles and stamps is not None:
+                delta = layer._settled(result, cost)
+                if delta:
+                    try:
+                        if layer._remote:
+                            await backend.asettle_units(stamps[0], stamps[1], delta)
+                        else:
+                            backend.settle_units(stamps[0], stamps[1], delta)
+                    except StoreUnavailableError as error:
+                        layer._release_failed(error)
             return result
 
         return run

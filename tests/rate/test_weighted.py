@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resilience import RateLimitedError, RateLimitPolicy, rate_limited, testing
@@ -44,10 +44,10 @@ class TestPolicy:
 
 
 class TestWeighted:
-    def test_a_call_takes_its_cost(self, clock: FakeClock) -> None:
+    def test_a_call_takes_its_cost(self, store: object, clock: FakeClock) -> None:
         """10 per minute at cost 3: three calls at once, the fourth refused until 60 s."""
 
-        @rate_limited(rate=10, per=60.0, cost=3, wait=False, key="cost")
+        @rate_limited(rate=10, per=60.0, cost=3, wait=False, key="cost", store=store)
         def call() -> None: ...
 
         for _ in range(3):
@@ -57,12 +57,12 @@ class TestWeighted:
         assert 60.0 == pytest.approx(info.value.retry_after)
 
     def test_callable_cost_sees_the_arguments_and_is_checked_before_calling(
-        self, clock: FakeClock
+        self, store: object, clock: FakeClock
     ) -> None:
         """The callable gets the call's arguments; above rate it is a ValueError first."""
         ran = []
 
-        @rate_limited(rate=100, per=60.0, key="tokens", cost=lambda text: len(text))
+        @rate_limited(rate=100, per=60.0, key="tokens", cost=lambda text: len(text), store=store)
         def call(text: str) -> None:
             ran.append(text)
 
@@ -75,10 +75,10 @@ class TestWeighted:
             call("d" * 101)
         assert 3 == len(ran)
 
-    def test_settle_refunds_as_of_the_start(self, clock: FakeClock) -> None:
+    def test_settle_refunds_as_of_the_start(self, store: object, clock: FakeClock) -> None:
         """Estimate 8, used 2: the refund lets the next 8 start at once."""
 
-        @rate_limited(rate=10, per=60.0, cost=8, settle=lambda r: r.used, key="refund")
+        @rate_limited(rate=10, per=60.0, cost=8, settle=lambda r: r.used, key="refund", store=store)
         def call(used: int) -> Reply:
             return Reply({}, used)
 
@@ -88,10 +88,10 @@ class TestWeighted:
         call(8)
         assert [60.0] == clock.sleeps
 
-    def test_settle_charges_the_difference(self, clock: FakeClock) -> None:
+    def test_settle_charges_the_difference(self, store: object, clock: FakeClock) -> None:
         """Estimate 2, used 9: the next call of 2 waits for the window to pass."""
 
-        @rate_limited(rate=10, per=60.0, cost=2, settle=lambda r: r.used, key="charge")
+        @rate_limited(rate=10, per=60.0, cost=2, settle=lambda r: r.used, key="charge", store=store)
         def call(used: int) -> Reply:
             return Reply({}, used)
 
@@ -99,10 +99,12 @@ class TestWeighted:
         call(1)
         assert [60.0] == clock.sleeps
 
-    def test_settle_none_keeps_the_estimate(self, clock: FakeClock) -> None:
+    def test_settle_none_keeps_the_estimate(self, store: object, clock: FakeClock) -> None:
         """None from settle: the estimate stands."""
 
-        @rate_limited(rate=4, per=10.0, cost=2, settle=lambda r: None, key="keep", wait=False)
+        @rate_limited(
+            rate=4, per=10.0, cost=2, settle=lambda r: None, key="keep", wait=False, store=store
+        )
         def call() -> None: ...
 
         call()
@@ -138,12 +140,14 @@ class TestWeighted:
                 earlier = sum(u for t, _, u in seen[:i] if start - 5.0 + 1e-9 < t <= start)
                 assert earlier + cost <= 10
 
-    def test_stacked_rpm_and_tpm_both_hold(self, clock: FakeClock) -> None:
+    def test_stacked_rpm_and_tpm_both_hold(self, store: object, clock: FakeClock) -> None:
         """Requests per minute and tokens per minute stacked: both limits hold."""
         starts: list[tuple[float, int]] = []
 
-        @rate_limited(rate=3, per=60.0, key="rpm")
-        @rate_limited(rate=1000, per=60.0, key="tpm", cost=lambda n: n, settle=lambda r: r)
+        @rate_limited(rate=3, per=60.0, key="rpm", store=store)
+        @rate_limited(
+            rate=1000, per=60.0, key="tpm", cost=lambda n: n, settle=lambda r: r, store=store
+        )
         def complete(tokens: int) -> int:
             starts.append((clock.monotonic(), tokens))
             return tokens
@@ -158,7 +162,8 @@ class TestWeighted:
 
     @pytest.mark.anyio
     async def test_async_weighted_calls(self, clock: FakeClock) -> None:
-        """Tasks share the weighted budget the same way."""
+        """Tasks share the weighted budget the same way (memory: virtual time jumps while a
+        task awaits real I/O, so Redis's exact start times are checked by the sync tests)."""
         starts: list[float] = []
 
         @rate_limited(rate=10, per=1.0, key="async-w", cost=5)
@@ -169,12 +174,46 @@ class TestWeighted:
         await asyncio.gather(*(call() for _ in range(6)))
         assert [0.0, 0.0, 1.0, 1.0, 2.0, 2.0] == sorted(starts)
 
-    def test_redis_refuses_weighted_for_now(self, redis_store: object) -> None:
-        """A RedisStore cannot count units yet: a clear ValueError at decoration."""
-        with pytest.raises(ValueError, match="cost= and settle="):
+    @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(
+        st.lists(
+            st.tuples(st.integers(1, 10), st.integers(0, 10), st.floats(0.0, 3.0)),
+            min_size=1,
+            max_size=15,
+        )
+    )
+    def test_memory_and_redis_agree(
+        self, redis_store: object, calls: list[tuple[int, int, float]]
+    ) -> None:
+        """The same costs, usages and gaps give the same start times on both stores."""
+        from resilience.stores import MemoryStore
 
-            @rate_limited(rate=10, cost=2, store=redis_store, key="w-redis")
-            def call() -> None: ...
+        runs = []
+        for store in (MemoryStore(), redis_store):
+            testing.reset()
+            with testing.virtual_time() as clock:
+                seen: list[float] = []
+
+                @rate_limited(
+                    rate=10,
+                    per=5.0,
+                    cost=lambda c, u: c,
+                    settle=lambda u: u,
+                    key="agree",
+                    store=store,
+                )
+                def call(cost: int, used: int) -> int:
+                    seen.append(round(clock.monotonic(), 6))
+                    return used
+
+                for cost, used, gap in calls:
+                    clock.advance(gap)
+                    call(cost, used)
+                runs.append(seen)
+                clear = getattr(store, "clear", None)
+                if clear is not None:
+                    clear()
+        assert runs[0] == pytest.approx(runs[1], abs=2e-6)  # Redis keeps whole microseconds
 
 
 class TestState:
