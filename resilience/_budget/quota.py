@@ -171,6 +171,19 @@ class _Bucket(FromDict):
             store_unavailable(error, decorator="retry_quota", fail_open=True)
             return None
 
+    async def _astep(self, take: int, need: int, give: int) -> tuple[bool, int] | None:
+        """``_step`` through the backend's async twin when it has one (Redis)."""
+        backend = self.backend()
+        astep = getattr(backend, "astep", None)
+        try:
+            if astep is None:
+                return backend.step(take, need, give)
+            stepped: tuple[bool, int] = await astep(take, need, give)
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="retry_quota", fail_open=True)
+            return None
+        return stepped
+
     def _ticket(self) -> _Ticket | None:
         ticket = _TICKET.get()
         return ticket if ticket is not None and ticket.owner is self else None
@@ -280,11 +293,11 @@ class RetryQuota(_Bucket):
         stepped = self._step(0, 0, 0)
         return self.capacity if stepped is None else stepped[1]
 
-    def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
-        """Take the retry's cost if the bucket holds it; return whether it did."""
+    def _cost(self, outcome: object, server_delay: bool) -> int:
         throttled = server_delay or is_throttling(outcome)
-        cost = self.throttle_cost if throttled else self.retry_cost
-        stepped = self._step(cost, cost, 0)
+        return self.throttle_cost if throttled else self.retry_cost
+
+    def _taken(self, stepped: tuple[bool, int] | None, cost: int) -> bool:
         if stepped is None:
             return True
         ticket = self._ticket()
@@ -293,9 +306,15 @@ class RetryQuota(_Bucket):
             ticket.last_cost = cost
         return stepped[0]
 
+    def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
+        """Take the retry's cost if the bucket holds it; return whether it did."""
+        cost = self._cost(outcome, server_delay)
+        return self._taken(self._step(cost, cost, 0), cost)
+
     async def atry_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
-        """The async twin of ``try_retry`` (a remote bucket: the same one-step script)."""
-        return self.try_retry(outcome, server_delay)
+        """The async twin of ``try_retry``: a Redis bucket answers on the asyncio client."""
+        cost = self._cost(outcome, server_delay)
+        return self._taken(await self._astep(cost, cost, 0), cost)
 
     def gave_up(self, outcome: object = None) -> None:
         """The retry core gave up on this call: no refund when it returns."""
@@ -371,7 +390,9 @@ class RetryThrottle(_Bucket):
 
     def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
         """The failed attempt takes its token; then a retry is allowed above half the tokens."""
-        level = self._fail()
+        return self._allowed(self._fail())
+
+    def _allowed(self, level: int | None) -> bool:
         if level is None:
             return True
         allowed = 2 * level > self.bucket_capacity
@@ -384,8 +405,9 @@ class RetryThrottle(_Bucket):
         return allowed
 
     async def atry_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
-        """The async twin of ``try_retry``."""
-        return self.try_retry(outcome, server_delay)
+        """The async twin of ``try_retry``: a Redis bucket answers on the asyncio client."""
+        stepped = await self._astep(_MILLI, 0, 0)
+        return self._allowed(None if stepped is None else stepped[1])
 
     def gave_up(self, outcome: object = None) -> None:
         """The retry core gave up: the last failed attempt takes its token; no refund."""

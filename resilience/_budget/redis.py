@@ -168,6 +168,12 @@ class RedisTokenBackend:
         ok, tokens = self.store.run(_TOKENS, self._keys, args, key=self.key)
         return bool(ok), int(tokens)
 
+    async def astep(self, take: int, need: int, give: int) -> tuple[bool, int]:
+        """The async twin of ``step``, on the store's asyncio client."""
+        args = [self._capacity, take, need, give, self.store.ttl_ms]
+        ok, tokens = await self.store.arun(_TOKENS, self._keys, args, key=self.key)
+        return bool(ok), int(tokens)
+
     def __repr__(self) -> str:
         return f"<RedisTokenBackend {self._keys[0]!r}>"
 

@@ -187,6 +187,34 @@ class TestRetryQuota:
         assert 45 == quota.tokens()  # 50 - 5 - 14 + 14
 
 
+@pytest.mark.anyio
+class TestAsyncStores:
+    async def test_async_quota_and_throttle_on_any_store(self, store: object) -> None:
+        """Async retries price and refund through the store's async client too."""
+        quota = RetryQuota(capacity=50, key="q-async", store=store)
+        throttle = RetryThrottle(key="t-async", store=store)
+        errors: list[BaseException] = [Status(429), ConnectionError()]
+
+        @retry(attempts=5, backoff=NO_WAIT, budget=quota)
+        async def priced() -> str:
+            if errors:
+                raise errors.pop(0)
+            return "ok"
+
+        @retry(attempts=3, backoff=NO_WAIT, budget=throttle)
+        async def throttled_call() -> None:
+            raise ConnectionError
+
+        assert "ok" == await priced()
+        with pytest.raises(ConnectionError):
+            await throttled_call()
+        assert 45 == quota.tokens()  # 50 - 5 - 14 + 14
+        assert 7.0 == throttle.tokens()  # three failed attempts
+        aclose = getattr(store, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 class TestRetryThrottle:
     def test_the_grpc_sequence(self, store: object) -> None:
         """10 tokens: attempts fail until the level is not above 5; successes add 0.1."""
