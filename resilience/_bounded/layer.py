@@ -182,6 +182,13 @@ class BoundedLayer(KeyedLayer):
 
     # -- an adaptive limit: time each call and feed its sample to the pool's algorithm --------
 
+    def _moved(self, before: int, after: int, dropped: bool) -> None:
+        emit(
+            "resilience.bounded.limit",
+            {"limit": float(after), "previous": float(before)},
+            {"key": self.key, "name": self.name, "dropped": dropped},
+        )
+
     def _build_adaptive_sync(self, call_next: Runner) -> Runner:
         layer = self
         switches = _config.state
@@ -221,9 +228,12 @@ class BoundedLayer(KeyedLayer):
                 if dropped is None:
                     queue.release(weight)
                 else:
+                    before = backend.limit
                     sample(weight, clock.monotonic() - started, in_use, dropped)
                     if queue.waiters:
                         queue.wake()
+                    if BUS.subs and backend.limit != before:
+                        layer._moved(before, backend.limit, dropped)
 
         return run
 
@@ -266,9 +276,12 @@ class BoundedLayer(KeyedLayer):
                 if dropped is None:
                     queue.release(weight)
                 else:
+                    before = backend.limit
                     sample(weight, clock.monotonic() - started, in_use, dropped)
                     if queue.waiters:
                         queue.wake()
+                    if BUS.subs and backend.limit != before:
+                        layer._moved(before, backend.limit, dropped)
 
         return run
 

@@ -19,7 +19,7 @@ from resilience import (
     get_bounded,
 )
 from resilience._bounded.adaptive import Aimd, Gradient2, Vegas
-from resilience.testing import FakeClock
+from resilience.testing import FakeClock, capture_events
 
 
 samples = st.lists(
@@ -195,6 +195,26 @@ class TestBoundedAdaptiveAsync:
         pool = get_bounded("cancel")
         assert (0, 0) == (pool.in_use, pool.waiting)
         assert 1 <= pool.limit <= 10
+
+
+class TestLimitEvents:
+    def test_each_move_of_the_limit_is_an_event(self, clock: FakeClock) -> None:
+        """resilience.bounded.limit carries the new and the previous limit."""
+
+        @bounded(limit=AdaptiveLimit(algorithm="aimd", initial=2, max_limit=3), key="moves")
+        def call(fail: bool) -> None:
+            if fail:
+                raise ConnectionError
+
+        with capture_events("resilience.bounded.limit") as events:
+            call(False)  # 1 of 2 in use: busy, 2 -> 3
+            call(False)  # 1 of 3 in use: idle, holds
+            with pytest.raises(ConnectionError):
+                call(True)  # a drop: floor(3 * 0.9) = 2
+        assert [(3.0, 2.0, False), (2.0, 3.0, True)] == [
+            (e.measurements["limit"], e.measurements["previous"], e.metadata["dropped"])
+            for e in events
+        ]
 
 
 class TestBoundedAdaptiveThreads:
