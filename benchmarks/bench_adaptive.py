@@ -4,7 +4,8 @@ The price of issue 16's layers on the path where nothing is refused.
 - ``@bounded`` with an ``AdaptiveLimit`` against a fixed ``@bounded``: one permit with room,
   plus timing the call and feeding the sample to the algorithm.
 - ``@throttled`` while the upstream accepts everything (probability 0) against
-  ``@circuit_breaker`` closed: both count the outcome of each call.
+  ``@circuit_breaker`` closed (which records nothing on a success) and against a
+  failure-rate breaker over a time window (which, like the throttle, counts every call).
 - A weighted ``@rate_limited`` (a callable ``cost``) against an unweighted one, both with
   room.
 """
@@ -38,6 +39,9 @@ def scenarios() -> list[Scenario]:
     )
     throttle = throttled(key=f"bench-{next(_keys)}")(work)
     breaker = circuit_breaker(name=f"bench-{next(_keys)}")(work)
+    windowed = circuit_breaker(
+        name=f"bench-{next(_keys)}", failure_rate=0.5, window_duration=120.0
+    )(work)
     plain = rate_limited(rate=HUGE, per=1.0, key=f"bench-{next(_keys)}")(work)
     weighted = rate_limited(rate=HUGE, per=1.0, key=f"bench-{next(_keys)}", cost=lambda: 1)(work)
     return [
@@ -55,8 +59,17 @@ def scenarios() -> list[Scenario]:
         Scenario(
             title=THROTTLE,
             kind="sync",
-            contenders={"bare call": work, "resilience": throttle, "@circuit_breaker": breaker},
-            note="every call succeeds: probability 0, nothing refused",
+            contenders={
+                "bare call": work,
+                "resilience": throttle,
+                "@circuit_breaker": breaker,
+                "@circuit_breaker(failure_rate, window_duration)": windowed,
+            },
+            note=(
+                "every call succeeds: probability 0, nothing refused; the default breaker "
+                "records nothing on success, the failure-rate one counts every call in a "
+                "time window as the throttle does"
+            ),
         ),
         Scenario(
             title=WEIGHTED,
@@ -72,5 +85,12 @@ def targets() -> list[Target]:
     return [
         Target(ADAPTIVE, "resilience", "fixed @bounded", 1.5, "adaptive <= 1.5x fixed"),
         Target(THROTTLE, "resilience", "@circuit_breaker", 1.0, "no slower than the breaker"),
+        Target(
+            THROTTLE,
+            "resilience",
+            "@circuit_breaker(failure_rate, window_duration)",
+            1.0,
+            "no slower than a breaker counting the same window",
+        ),
         Target(WEIGHTED, "resilience", "unweighted", 1.1, "weighted <= 1.1x unweighted"),
     ]
