@@ -30,7 +30,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from resilience._bounded.pool import MemoryPoolBackend
+from resilience._bounded.pool import CountedPoolBackend
 from resilience._dictable import FromDict
 from resilience._validate import check_choice, check_int, check_number, exception_predicate
 
@@ -289,43 +289,41 @@ class Vegas:
         return self.limit
 
 
-class AdaptivePoolBackend(MemoryPoolBackend):
+class AdaptivePoolBackend(CountedPoolBackend):
     """A memory pool whose limit an ``AdaptiveLimit`` machine moves after each call."""
 
-    __slots__ = ("adaptive", "algorithm")
+    __slots__ = ("adaptive", "algorithm", "fed")
 
     def __init__(self, adaptive: AdaptiveLimit) -> None:
         super().__init__(adaptive.initial)
         self.adaptive = adaptive
         self.algorithm = adaptive.make()
+        self.fed = False
 
     def sample(self, rtt: float, in_use: int, dropped: bool) -> int:
         """Feed one finished call to the algorithm and set the live limit; return it."""
-        self._acquire()
-        try:
+        with self._lock:
+            self.fed = True
             self.limit = limit = self.algorithm.update(rtt, in_use, dropped)
             return limit
-        finally:
-            self._release()
 
     def sample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> None:
         """``sample`` and ``release`` under one lock: the call's end, in one step."""
-        self._acquire()
-        try:
+        with self._lock:
+            self.fed = True
             self.limit = self.algorithm.update(rtt, in_use, dropped)
-            used = self.used - weight
-            self.used = used if used > 0 else 0
-        finally:
-            self._release()
+            used = self._used - weight
+            self._used = used if used > 0 else 0
 
     def try_acquire_used(self, weight: int) -> int:
         """Take *weight* units if free now; return the units held just after (0: not taken)."""
-        self._acquire()
-        try:
-            used = self.used + weight
+        with self._lock:
+            used = self._used + weight
             if used > self.limit:
                 return 0
-            self.used = used
+            self._used = used
             return used
-        finally:
-            self._release()
+
+    def idle(self) -> bool:
+        """Whether a fresh pool would be the same: nothing held and nothing learnt yet."""
+        return self._used == 0 and not self.fed

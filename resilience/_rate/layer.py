@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config
-from resilience._decorating import KeyedLayer, Runner
+from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
 from resilience._quota import pause_for
@@ -420,7 +420,8 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         max_wait = self.max_wait
         pace = self.policy.pace_from_headers
-        plain = self.policy.delay_hook is None and not pace
+        hooked = self.policy.delay_hook is not None or pace
+        direct = call_next is terminal
 
         def run(
             wrapped: Callable[..., Any],
@@ -437,12 +438,14 @@ class RateLimitLayer(KeyedLayer):
                     layer._wait_sync(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
-            if plain:
-                return call_next(wrapped, instance, args, kwargs)
             try:
-                result = call_next(wrapped, instance, args, kwargs)
+                if direct:  # innermost: call the function itself, one frame less
+                    result = wrapped(*args, **kwargs)
+                else:
+                    result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._failed(exc)
+                if hooked:
+                    layer._failed(exc)
                 raise
             if pace:
                 layer._pace(result)
@@ -458,7 +461,8 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         max_wait = self.max_wait
         pace = self.policy.pace_from_headers
-        plain = self.policy.delay_hook is None and not pace
+        hooked = self.policy.delay_hook is not None or pace
+        direct = call_next is terminal
 
         async def run(
             wrapped: Callable[..., Any],
@@ -478,12 +482,14 @@ class RateLimitLayer(KeyedLayer):
                     await layer._wait_async(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
-            if plain:
-                return await call_next(wrapped, instance, args, kwargs)
             try:
-                result = await call_next(wrapped, instance, args, kwargs)
+                if direct:  # innermost: await the function itself, one frame less
+                    result = await wrapped(*args, **kwargs)
+                else:
+                    result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._failed(exc)
+                if hooked:
+                    layer._failed(exc)
                 raise
             if pace:
                 layer._pace(result)
