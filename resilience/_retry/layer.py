@@ -141,6 +141,9 @@ class RetryLayer(Layer):
     def _gave_up(self, call: RetryCall, outcome: Any, is_exc: bool, now: float) -> Fallback | None:
         """Emit the give-up event and note it on the error; the fallback that answers, if any."""
         elapsed = now - call.started
+        budget = self.policy.budget
+        if budget is not None:  # a quota refunds only the calls that did not give up
+            budget.gave_up(outcome)
         if BUS.subs:
             emit(
                 "resilience.retry.give_up",
