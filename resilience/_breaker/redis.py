@@ -7,7 +7,9 @@ script: atomic on the server, one round trip, on the server's clock. The state l
 hash, ``<ns>:breaker:<name>``; a count window (the last N calls) adds a string of ``0``/``1``
 bytes, ``<ns>:breaker:<name>:ring``, read and written with ``GETRANGE``/``SETRANGE`` so every
 step is O(1). A time window keeps its ten buckets as fields of the hash. Times are whole
-microseconds (see ``NOW_LUA``). Every script refreshes the keys' idle expiry.
+microseconds (see ``NOW_LUA``). Every script refreshes the keys' expiry: the store's
+``idle_ttl``, or longer while the state still matters (an open spell until its
+``reset_timeout``, a time window for its span). Both keys share the hash tag ``{<name>}``.
 
 Hash fields: ``s`` state (0 closed, 1 open, 2 half-open), ``c`` consecutive failures, ``e``
 spell number, ``p`` probes running, ``o`` opened at, ``r`` reason, ``n`` times opened, ``f``
@@ -123,6 +125,18 @@ local function window_clear()
   end
 end
 
+-- How long the keys must live: the idle ttl, and while the state still matters (an open
+-- spell until its reset_timeout, a time window's span) at least that: its horizon.
+local function life()
+  local ms = ttl
+  if state == OPEN then
+    local left = math.ceil((opened_at + reset_us - now) / 1000)
+    if left > ms then ms = left end
+  end
+  if span > 0 and math.ceil(span / 1000) > ms then ms = math.ceil(span / 1000) end
+  return ms
+end
+
 local function reported()
   if state == OPEN and now >= opened_at + reset_us then return HALF_OPEN end
   return state
@@ -137,8 +151,9 @@ local function save()
     flat[#flat + 1] = value
   end
   redis.call('HSET', K, unpack(flat))
-  redis.call('PEXPIRE', K, ttl)
-  if size > 0 then redis.call('PEXPIRE', RING, ttl) end
+  local ms = life()
+  redis.call('PEXPIRE', K, ms)
+  if size > 0 then redis.call('PEXPIRE', RING, ms) end
 end
 
 -- {from, to, reason, consecutive, window calls, window failures}
@@ -172,7 +187,7 @@ _ADMIT: Final = (
     _COMMON
     + """
 if state == CLOSED then
-  redis.call('PEXPIRE', K, ttl)
+  redis.call('PEXPIRE', K, life())
   return {0, 0, 0, '', CLOSED, consecutive}
 end
 local open_for = now - opened_at
@@ -224,7 +239,7 @@ end
 if state ~= CLOSED or outcome == 2 then return false end
 if outcome == 0 then
   if size == 0 and span == 0 and consecutive == 0 then
-    redis.call('PEXPIRE', K, ttl)
+    redis.call('PEXPIRE', K, life())
     return false
   end
   consecutive = 0
@@ -269,7 +284,7 @@ local shown = reported()
 local is_open = (state == OPEN or state == HALF_OPEN) and 1 or 0
 local retry_after = 0
 if shown == OPEN then retry_after = opened_at + reset_us - now end
-if raw[1] ~= nil then redis.call('PEXPIRE', K, ttl) end
+if raw[1] ~= nil then redis.call('PEXPIRE', K, life()) end
 return {shown, consecutive, wcalls, wfails, state == HALF_OPEN and probes or 0, is_open,
   now - opened_at, retry_after, num('n'), num('f'), num('j')}
 """
@@ -324,10 +339,10 @@ class RedisBreaker:
         self.dirty = True
         self._windowed = config.window_size is not None or config.window_duration is not None
         self._keys = (store.key("breaker", name), store.key("breaker", name, "ring"))
-        # An open state must outlive reset_timeout (and a time window its span) when idle.
-        longest = max(config.reset_timeout, config.window_duration or 0.0) * 2
+        # The scripts keep an open state until reset_timeout passed, and a time window's
+        # buckets for its span, even past the idle ttl (``life()``).
         self._args: tuple[Any, ...] = (
-            max(store.ttl_ms, round(longest * 1000)),
+            store.ttl_ms,
             config.failure_threshold,
             round(config.reset_timeout * _US),
             config.half_open_max_calls,
