@@ -13,7 +13,7 @@ limits: ``MovingWindowRateLimiter`` on ``RedisStorage``, the same server):
   scripts, networking), over the same decisions;
 - bytes per idle key (``MEMORY USAGE`` of every key one limiter leaves after 100 decisions);
 - round trips per healthy breaker call over 10,000 calls (``EVALSHA`` calls counted by the
-  server), in consecutive-failure mode.
+  server), in consecutive-failure mode, without and with ``local_breakers=True``.
 """
 
 from __future__ import annotations
@@ -153,13 +153,19 @@ def bytes_per_idle_key(client: redis.Redis, name: str, url: str) -> tuple[int, i
     return len(names), sum(int(client.memory_usage(n) or 0) for n in names)
 
 
-def breaker_round_trips(client: redis.Redis, url: str, calls: int = 10_000) -> float:
-    store = RedisStore(url, namespace="bench", idle_ttl=60.0)
+def breaker_round_trips(
+    client: redis.Redis, url: str, calls: int = 10_000, *, local: bool = False
+) -> float:
+    store = RedisStore(url, namespace="bench", idle_ttl=60.0, local_breakers=local)
 
     @circuit_breaker(name=f"healthy-{uuid.uuid4().hex[:6]}", store=store)
     def healthy() -> int:
         return 1
 
+    healthy()
+    deadline = time.monotonic() + 5
+    while local and not store.breaker_listener().live and time.monotonic() < deadline:
+        time.sleep(0.01)
     healthy()
     before = _stats(client)[2]
     for _ in range(calls):
@@ -206,6 +212,11 @@ def main() -> None:
         )
         trips = breaker_round_trips(client, url)
         lines.append(f"| round trips / healthy breaker call (10,000 calls) | {trips:.2f} | n/a | |")
+        trips = breaker_round_trips(client, url, local=True)
+        lines.append(
+            "| the same with `RedisStore(local_breakers=True)` (consecutive mode) | "
+            f"{trips:.2f} | n/a | |"
+        )
     finally:
         client.close()
         process.kill()
