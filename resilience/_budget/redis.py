@@ -3,7 +3,7 @@
 
 The same accounting as ``resilience._budget.state.BudgetState`` (calls and retries in ten buckets
 of ``window / 10``, with running totals), written in Lua so that each step is one script,
-one round trip, on the server's clock. The state is one hash, ``<ns>:budget:<key>``: ``cur``
+one round trip, on the server's clock. The state is one hash, ``<ns>:budget:{<key>}``: ``cur``
 the newest bucket, ``tc``/``tr`` the totals, ``c0``..``c9``/``r0``..``r9`` the buckets.
 """
 
@@ -92,7 +92,7 @@ class RedisBudgetBackend:
         window = float(budget.window)  # type: ignore[arg-type]  # seconds after validation
         self._keys = (store.key("budget", key),)
         self._args = (
-            max(store.ttl_ms, round(window * 2000)),
+            max(store.ttl_ms, round(window * 1000)),  # the idle ttl, or the window's horizon
             repr(budget.ratio),
             repr(window * _US / 10),
             repr(budget.min_retries_per_second * window),

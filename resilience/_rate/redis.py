@@ -3,17 +3,23 @@ The Redis backend of ``@rate_limited``: the sliding log of reserved starts, kept
 
 Same rule and same accounting as ``RateState`` (read its module docstring), as Redis data:
 
-- ``<ns>:rate:<key>:log``: a list of the last *rate* reserved start times (whole
-  microseconds of server time), in reservation order, so non-decreasing. A reservation
-  is decided and appended by one script, so callers in different processes are served in
-  the order they reach Redis.
-- ``<ns>:rate:<key>:starts``: a list of the last *rate* actual starts (``admit``).
-- ``<ns>:window:<key>``: the key's backoff window (see ``_rate.redis_window``), read by the same
+- ``<ns>:rate:{<key>}:log``: a list of the last reserved start times (whole
+  microseconds of server time), in reservation order, so non-decreasing; at least the
+  last *rate*, trimmed to those once it holds 2 x *rate* (one LTRIM per *rate* pushes). A
+  reservation is decided and appended by one script, so callers in different processes
+  are served in the order they reach Redis.
+- ``<ns>:rate:{<key>}:starts``: the same for actual starts (``admit``).
+- ``<ns>:window:{<key>}``: the key's backoff window (see ``_rate.redis_window``), read by the same
   script as one more lower bound on the start.
 
-Every method is one Lua script, one round trip (EVALSHA); every script PEXPIREs what it
-writes, so an idle budget disappears after the store's ``idle_ttl`` (or after its last
-reservation has left the window, whichever is later).
+Every key shares the hash tag ``{<key>}``, so one script touches one cluster slot. Every
+method is one Lua script, one round trip (EVALSHA); a decision reads only the entries it
+needs (``LINDEX`` at -1, -rate, -burst: no scan, no pop loop) and every script PEXPIREs
+what it writes, so an idle budget disappears after the store's ``idle_ttl`` or once its
+last entry has left the window (its horizon), whichever is later. An immediate start costs
+9 commands (``TIME``, ``GET`` of the window, 2 ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the
+log; ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the starts), plus one per burst check and an
+amortized ``LTRIM``.
 """
 
 from __future__ import annotations
@@ -51,60 +57,64 @@ local function window_end()
   return nil
 end
 
--- Keep a list alive for at least its idle ttl and until *until_us* has left the window.
+-- Keep a list alive for at least its idle ttl and until *until_us* has left the window
+-- (after that nothing in it constrains a start: its horizon).
 local function keep(name, until_us)
   local ms = math.ceil((until_us + per - now) / 1000)
   if ms < ttl then ms = ttl end
   redis.call('PEXPIRE', name, ms)
 end
 
+-- Append *t*; trim to the last *rate* entries once the list holds twice that (amortized:
+-- one LTRIM per *rate* pushes). Entries before the last *rate* never constrain anything:
+-- the rule reads the entries at -1, -rate and -burst only.
+local function push(name, t)
+  if redis.call('RPUSH', name, fmt(t)) >= 2 * rate then
+    redis.call('LTRIM', name, -rate, -1)
+  end
+end
+
+local function at(name, index)
+  local v = redis.call('LINDEX', name, index)
+  if v then return tonumber(v) end
+  return nil
+end
+
 -- RateState.admit: record an actual start now, or return the microseconds to wait first.
 -- *slack* covers the jitter between this server reading and where the call really begins.
 local function admit()
-  local count = redis.call('LLEN', starts)
   local need = now
-  if count >= rate then
-    local first = tonumber(redis.call('LINDEX', starts, -rate)) + per + slack
-    if first > need then need = first end
-  end
-  if burst < rate and count >= burst then
-    local edge = tonumber(redis.call('LINDEX', starts, -burst)) + gap + slack
-    if edge > need then need = edge end
+  local first = at(starts, -rate)
+  if first and first + per + slack > need then need = first + per + slack end
+  if burst < rate then
+    local edge = at(starts, -burst)
+    if edge and edge + gap + slack > need then need = edge + gap + slack end
   end
   if need > now then return need - now end
-  redis.call('RPUSH', starts, fmt(now))
-  if count >= rate then redis.call('LTRIM', starts, -rate, -1) end
+  push(starts, now)
   keep(starts, now)
   return 0
 end
 
 -- RateState.reserve: reserve the earliest allowed start within *max_wait* (< 0: no limit).
+-- An entry older than the window gives a bound in the past: no need to drop it first.
 local function reserve(max_wait)
-  while true do  -- drop reservations no window that matters holds any more
-    local head = redis.call('LINDEX', log, 0)
-    if not head or tonumber(head) + per > now then break end
-    redis.call('LPOP', log)
-  end
   local start = now
   local floor = window_end()
   if floor and floor > start then start = floor end
-  local count = redis.call('LLEN', log)
-  if count > 0 then
-    local last = tonumber(redis.call('LINDEX', log, -1))
+  local last = at(log, -1)
+  if last then
     if last > start then start = last end
-    if count >= rate then
-      local first = tonumber(redis.call('LINDEX', log, -rate)) + per
-      if first > start then start = first end
-    end
-    if burst < rate and count >= burst then
-      local edge = tonumber(redis.call('LINDEX', log, -burst)) + gap
-      if edge > start then start = edge end
+    local first = at(log, -rate)
+    if first and first + per > start then start = first + per end
+    if burst < rate then
+      local edge = at(log, -burst)
+      if edge and edge + gap > start then start = edge + gap end
     end
   end
   local wait = start - now
   if max_wait >= 0 and wait > max_wait then return -wait end
-  redis.call('RPUSH', log, fmt(start))
-  if count >= rate then redis.call('LTRIM', log, -rate, -1) end
+  push(log, start)
   keep(log, start)
   if wait > 0 then return wait end
   return admit()
