@@ -23,7 +23,7 @@ import threading
 
 from typing import TYPE_CHECKING, cast
 
-from resilience import _config
+from resilience import _config, _deadline
 from resilience._errors import ResilienceError
 from resilience._retry_after import retry_after_from
 from resilience.telemetry import _retrying
@@ -124,8 +124,21 @@ class RetryCall:
             delay = 0.0
         if layer.guarded and not self._within_limits(delay, now):
             return None
+        if _deadline._current.get() is not None and not self._before_deadline(delay):
+            return None
         self.attempt += 1
         return delay
+
+    def _before_deadline(self, delay: float) -> bool:
+        """Whether the wait of *delay* ends before the current deadline (with time to call)."""
+        scope = _deadline._current.get()
+        left = _deadline.remaining()
+        if scope is None or left is None or delay < left:
+            return True
+        self.reason = (
+            f"the next wait of {delay:.3f} s would cross {scope.describe()} ({left:.3f} s left)"
+        )
+        return False
 
     def _within_limits(self, delay: float, now: float) -> bool:
         """Whether the timeout and the budget allow a retry after *delay*."""

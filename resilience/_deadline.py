@@ -1,0 +1,285 @@
+"""
+Deadlines that travel with the call: ``deadline(seconds)`` and ``remaining()``.
+
+A deadline lives in a ``contextvars`` variable, so it follows the call into asyncio tasks
+and into threads started with ``contextvars.copy_context()``. The variable holds the
+innermost ``deadline`` entered, whose ``at`` is already the earliest end of it and every
+deadline around it (an inner one never extends an outer one), so ``remaining()`` is one
+variable read and one clock read. Times are read on the decorators' clock (the process
+default, which ``resilience.testing.virtual_time()`` replaces), so virtual time moves
+deadlines too.
+
+Sync blocks are never interrupted: leaving a ``with deadline()`` after an overrun does not
+raise. ``async with deadline()`` (and ``@deadline`` on a coroutine function) cancels its
+block at the deadline, as ``asyncio.timeout`` does, and raises ``DeadlineExceededError``
+instead of the ``CancelledError``. Every decorator reads ``remaining()`` where it waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+
+from collections.abc import Callable
+from contextvars import ContextVar, Token
+from types import CodeType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from resilience import _clock
+from resilience._decorating import Layer, Runner, apply
+from resilience._errors import DeadlineExceededError
+from resilience._validate import duration
+
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from resilience.typing import Clock
+
+
+__all__ = ["Deadline", "call_later", "current", "deadline", "remaining"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+_current: ContextVar[Deadline | None] = ContextVar("resilience_deadline", default=None)
+_default = _clock._default  # never replaced, only its attribute
+_INF = math.inf
+
+
+class Deadline:
+    """
+    A deadline for a block of code and everything it calls (``resilience.deadline``).
+
+    Use it as a context manager (``with`` and ``async with``) or as a decorator of sync
+    and async callables; nested deadlines keep the earliest end. A ``Deadline`` object is
+    entered once at a time: make one per block (``with deadline(2.0):``), as a decorator
+    does for each call.
+
+    Args:
+        seconds: How long from entering the block, in seconds (a float or a
+            ``timedelta``), >= 0; ``math.inf`` sets no limit of its own.
+
+    Attributes:
+        seconds: The length given.
+        where: Where the deadline was made (``file:line``), for messages.
+
+    .. versionadded:: 0.2.0
+    """
+
+    __module__ = "resilience"
+    __slots__ = (
+        "_cancelling",
+        "_code",
+        "_fired",
+        "_handle",
+        "_line",
+        "_task",
+        "_token",
+        "at",
+        "owner",
+        "seconds",
+    )
+
+    def __init__(self, seconds: float | Any, /) -> None:
+        if type(seconds) is not float or not seconds >= 0.0:  # the common case: one test
+            seconds = duration("deadline", "seconds", seconds, allow_inf=True)
+        self.seconds: float = seconds  # type: ignore[assignment]  # never None: no allow_none
+        frame = sys._getframe(1)
+        self._code: CodeType | None = frame.f_code
+        self._line = frame.f_lineno
+        self.at = _INF
+        self.owner: Deadline = self
+
+    @property
+    def where(self) -> str:
+        """Where the deadline was made, as ``file:line`` (empty when unknown)."""
+        code = self._code
+        return "" if code is None else f"{code.co_filename}:{self._line}"
+
+    def _fresh(self) -> Deadline:
+        """A deadline of the same length and origin, for one call of a decorated callable."""
+        scope = Deadline.__new__(Deadline)
+        scope.seconds = self.seconds
+        scope._code = self._code
+        scope._line = self._line
+        scope.at = _INF
+        scope.owner = scope
+        return scope
+
+    def error(self, name: str = "") -> DeadlineExceededError:
+        """The error that says this deadline (or the outer one that set its end) passed."""
+        owner = self.owner
+        return DeadlineExceededError(owner.seconds, where=owner.where, name=name)
+
+    def describe(self) -> str:
+        """The governing deadline in words, for notes: ``the deadline of 2 s set at f.py:3``."""
+        owner = self.owner
+        where = owner.where
+        at = f" set at {where}" if where else ""
+        return f"the deadline of {owner.seconds:g} s{at}"
+
+    # -- sync ------------------------------------------------------------------------------
+
+    def __enter__(self) -> Deadline:
+        at = _default.clock.monotonic() + self.seconds  # type: ignore[attr-defined]
+        outer = _current.get()
+        if outer is not None and outer.at <= at:  # an inner deadline never extends an outer
+            self.at = outer.at
+            self.owner = outer.owner
+        else:
+            self.at = at
+            self.owner = self
+        self._token: Token[Deadline | None] = _current.set(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
+
+    # -- async -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Deadline:
+        self.__enter__()
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - async with runs inside a task
+            msg = "async with deadline() needs a running asyncio task"
+            raise RuntimeError(msg)
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._fired = False
+        self._handle: _Cancellable | None = None
+        if self.at != _INF:
+            clock: Clock = _default.clock  # type: ignore[assignment]
+            self._handle = call_later(clock, self.at - clock.monotonic(), self._fire)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        handle = self._handle
+        if handle is not None:
+            handle.cancel()
+        _current.reset(self._token)
+        if (
+            self._fired
+            and self._task.uncancel() <= self._cancelling
+            and exc_type is asyncio.CancelledError
+        ):
+            raise self.error() from exc
+
+    def _fire(self) -> None:
+        self._fired = True
+        self._task.cancel()
+
+    # -- as a decorator --------------------------------------------------------------------
+
+    @overload
+    def __call__(self, target: classmethod[T, P, R]) -> classmethod[T, P, R]: ...
+    @overload
+    def __call__(self, target: staticmethod[P, R]) -> staticmethod[P, R]: ...
+    @overload
+    def __call__(self, target: Callable[P, R]) -> Callable[P, R]: ...
+    def __call__(self, target: Any) -> Any:
+        """Decorate *target*: each call runs under a fresh deadline of ``seconds``."""
+        return apply(_DeadlineLayer(self), target)
+
+    def __repr__(self) -> str:
+        where = self.where
+        return f"deadline({self.seconds!r})" + (f" set at {where}" if where else "")
+
+
+deadline = Deadline
+"""``deadline(seconds)``: the public spelling of ``Deadline``."""
+
+
+def remaining() -> float | None:
+    """
+    Return the seconds left before the current deadline (never below 0.0), or None.
+
+    None means no deadline is set in this context.
+
+    .. versionadded:: 0.2.0
+    """
+    scope = _current.get()
+    if scope is None:
+        return None
+    left: float = scope.at - _default.clock.monotonic()  # type: ignore[attr-defined]
+    return left if left > 0.0 else 0.0
+
+
+def current() -> Deadline | None:
+    """The innermost deadline entered in this context (its ``at`` is the effective end)."""
+    return _current.get()
+
+
+class _DeadlineLayer(Layer):
+    """``@deadline``'s layer: every call enters a fresh deadline of the template's length."""
+
+    decorator = "deadline"
+    __slots__ = ()
+    policy: Deadline
+
+    def build_sync(self, call_next: Runner) -> Runner:
+        template = self.policy
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            with template._fresh():
+                return call_next(wrapped, instance, args, kwargs)
+
+        return run
+
+    def build_async(self, call_next: Runner) -> Runner:
+        template = self.policy
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            async with template._fresh():
+                return await call_next(wrapped, instance, args, kwargs)
+
+        return run
+
+
+# -- timers on any clock ---------------------------------------------------------------------
+
+
+class _Cancellable:
+    """What ``call_later`` returns: something with ``cancel()``."""
+
+    def cancel(self) -> object:  # pragma: no cover - a protocol, never instantiated
+        raise NotImplementedError
+
+
+def call_later(clock: Clock, delay: float, callback: Callable[[], object]) -> Any:
+    """
+    Run *callback* in the running loop after *delay* seconds on *clock*; ``.cancel()`` stops it.
+
+    The real clock uses the loop's own timers (the loop's ``time()`` is the same monotonic
+    clock); a clock with a ``call_later`` of its own (``FakeClock``) schedules in virtual
+    time; any other clock gets a small task that sleeps through it.
+    """
+    loop = asyncio.get_running_loop()
+    if clock is _clock.SYSTEM_CLOCK:
+        return loop.call_later(delay, callback)
+    schedule = getattr(clock, "call_later", None)
+    if schedule is not None:
+        return schedule(delay, callback)
+    return loop.create_task(_sleep_then(clock, delay, callback))
+
+
+async def _sleep_then(clock: Clock, delay: float, callback: Callable[[], object]) -> None:
+    await clock.asleep(max(0.0, delay))
+    callback()
