@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = ["Deadline", "call_later", "current", "deadline", "remaining"]
+__all__ = ["Deadline", "call_later", "current", "deadline", "format_timeout", "remaining"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -109,10 +109,10 @@ class Deadline:
         scope.owner = scope
         return scope
 
-    def error(self, name: str = "") -> DeadlineExceededError:
+    def error(self, name: str = "", **detail: str) -> DeadlineExceededError:
         """The error that says this deadline (or the outer one that set its end) passed."""
         owner = self.owner
-        return DeadlineExceededError(owner.seconds, where=owner.where, name=name)
+        return DeadlineExceededError(owner.seconds, where=owner.where, name=name, **detail)
 
     def describe(self) -> str:
         """The governing deadline in words, for notes: ``the deadline of 2 s set at f.py:3``."""
@@ -251,6 +251,26 @@ class _DeadlineLayer(Layer):
                 return await call_next(wrapped, instance, args, kwargs)
 
         return run
+
+
+_GRPC_UNITS = (("n", 1e9), ("u", 1e6), ("m", 1e3), ("S", 1.0), ("M", 1 / 60), ("H", 1 / 3600))
+
+
+def format_timeout(seconds: float, style: str = "seconds") -> str:
+    """
+    Write a time left for a downstream header: ``"seconds"`` (``"1.250"``) or ``"grpc"``.
+
+    The gRPC form (``grpc-timeout``) is at most 8 digits and a unit, the finest that fits
+    (``250m``, ``3S``); values are rounded down, so the server never waits longer than we do.
+    """
+    seconds = max(0.0, seconds)
+    if style == "grpc":
+        for unit, scale in _GRPC_UNITS:
+            value = math.floor(seconds * scale)
+            if value < 100_000_000:
+                return f"{value}{unit}"
+        return "99999999H"
+    return f"{math.floor(seconds * 1000) / 1000:.3f}"
 
 
 # -- timers on any clock ---------------------------------------------------------------------

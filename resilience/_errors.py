@@ -197,15 +197,21 @@ class DeadlineExceededError(ResilienceError, TimeoutError):
 
     __module__ = "resilience"
 
-    def __init__(self, seconds: float, *, where: str = "", name: str = "") -> None:
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        where: str = "",
+        name: str = "",
+        detail: str = "the work still running was cancelled",
+    ) -> None:
         self.seconds = seconds
         self.where = where
         self.name = name
         at = f" set at {where}" if where else ""
         what = f" ({name})" if name else ""
-        super().__init__(
-            f"the deadline of {seconds:.3f} s{at} passed{what}; the work still running was cancelled"
-        )
+        then = f"; {detail}" if detail else ""
+        super().__init__(f"the deadline of {seconds:.3f} s{at} passed{what}{then}")
 
 
 def _rebuild(

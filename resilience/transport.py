@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from resilience import _deadline
 from resilience._compose import Stack, _as_stack
 from resilience._rate.window import backoff_window
 from resilience.http import server_delay
@@ -63,6 +64,38 @@ def _origin(url: httpx.URL) -> str:
     default = {"http": 80, "https": 443}.get(url.scheme)
     port = "" if url.port in (None, default) else f":{url.port}"
     return f"{url.scheme}://{url.host.lower()}{port}"
+
+
+def _within_deadline(request: httpx.Request, header: str | None, style: str) -> None:
+    """Clip the request's timeouts to ``remaining()``; name the time left in *header*."""
+    left = _deadline.remaining()
+    if left is None:
+        return
+    scope = _deadline.current()
+    if left <= 0.0 and scope is not None:
+        raise scope.error(str(request.url), detail="the request was not sent")
+    timeouts = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {
+        phase: left if value is None or value > left else value
+        for phase, value in {
+            "connect": None,
+            "read": None,
+            "write": None,
+            "pool": None,
+            **timeouts,
+        }.items()
+    }
+    if header is not None:
+        request.headers[header] = _deadline.format_timeout(left, style)
+
+
+def _style(header: str | None, style: str | None) -> str:
+    if style is None:
+        return "grpc" if header is not None and header.lower() == "grpc-timeout" else "seconds"
+    if style not in ("grpc", "seconds"):
+        msg = f"deadline_format must be 'grpc' or 'seconds', got {style!r}"
+        raise ValueError(msg)
+    return style
 
 
 def _named(stack: Stack, origin: str) -> Stack:
@@ -104,6 +137,13 @@ class ResilientTransport(httpx.BaseTransport):
     Args:
         stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
         transport: The transport that really sends (default ``httpx.HTTPTransport()``).
+        deadline_header: Send the time left before ``resilience.deadline()`` downstream in
+            this header (such as ``"grpc-timeout"`` or ``"x-request-timeout"``).
+        deadline_format: ``"grpc"`` (``250m``) or ``"seconds"`` (``0.250``); default
+            ``"grpc"`` for a ``grpc-timeout`` header, else ``"seconds"``.
+
+    Under a deadline every request's timeouts are at most ``remaining()``, and a request
+    whose deadline has already passed is not sent (``DeadlineExceededError``).
 
     .. versionadded:: 0.1.0
     """
@@ -113,10 +153,14 @@ class ResilientTransport(httpx.BaseTransport):
         stack: Stack | Mapping[str, Any] | None = None,
         *,
         transport: httpx.BaseTransport | None = None,
+        deadline_header: str | None = None,
+        deadline_format: str | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._deadline_header = deadline_header
+        self._deadline_style = _style(deadline_header, deadline_format)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send *request* through the stack."""
@@ -127,6 +171,7 @@ class ResilientTransport(httpx.BaseTransport):
         window = backoff_window(window_key(request.url, request.headers))
         if window.remaining() > 0.0:
             window.wait()
+        _within_deadline(request, self._deadline_header, self._deadline_style)
         response = self._inner.handle_request(request)
         if response.status_code >= 400:
             response.read()  # frees the connection; the body stays readable
@@ -148,6 +193,8 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
     Args:
         stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
         transport: The transport that really sends (default ``httpx.AsyncHTTPTransport()``).
+        deadline_header: As for ``ResilientTransport``.
+        deadline_format: As for ``ResilientTransport``.
 
     .. versionadded:: 0.1.0
     """
@@ -157,10 +204,14 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         stack: Stack | Mapping[str, Any] | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        deadline_header: str | None = None,
+        deadline_format: str | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._deadline_header = deadline_header
+        self._deadline_style = _style(deadline_header, deadline_format)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send *request* through the stack."""
@@ -171,6 +222,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         window = backoff_window(window_key(request.url, request.headers))
         if window.remaining() > 0.0:
             await window.wait_async()
+        _within_deadline(request, self._deadline_header, self._deadline_style)
         response = await self._inner.handle_async_request(request)
         if response.status_code >= 400:
             await response.aread()
