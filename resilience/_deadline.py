@@ -45,13 +45,13 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 _current: ContextVar[Deadline | None] = ContextVar("resilience_deadline", default=None)
-_default = _clock._default  # never replaced, only its attribute
+_now = _clock.resolve  # resolve(None): the default clock in force right now
 _INF = math.inf
 
 
-class Deadline:
+class deadline:  # noqa: N801 - the contract's name, a context manager like contextlib.suppress
     """
-    A deadline for a block of code and everything it calls (``resilience.deadline``).
+    A deadline for a block of code and everything it calls.
 
     Use it as a context manager (``with`` and ``async with``) or as a decorator of sync
     and async callables; nested deadlines keep the earliest end. A ``Deadline`` object is
@@ -69,7 +69,6 @@ class Deadline:
     .. versionadded:: 0.2.0
     """
 
-    __module__ = "resilience"
     __slots__ = (
         "_cancelling",
         "_code",
@@ -101,7 +100,7 @@ class Deadline:
 
     def _fresh(self) -> Deadline:
         """A deadline of the same length and origin, for one call of a decorated callable."""
-        scope = Deadline.__new__(Deadline)
+        scope = deadline.__new__(deadline)
         scope.seconds = self.seconds
         scope._code = self._code
         scope._line = self._line
@@ -124,7 +123,7 @@ class Deadline:
     # -- sync ------------------------------------------------------------------------------
 
     def __enter__(self) -> Deadline:
-        at = _default.clock.monotonic() + self.seconds  # type: ignore[attr-defined]
+        at = _now(None).monotonic() + self.seconds
         outer = _current.get()
         if outer is not None and outer.at <= at:  # an inner deadline never extends an outer
             self.at = outer.at
@@ -151,7 +150,7 @@ class Deadline:
         self._fired = False
         self._handle: _Cancellable | None = None
         if self.at != _INF:
-            clock: Clock = _default.clock  # type: ignore[assignment]
+            clock = _now(None)
             self._handle = call_later(clock, self.at - clock.monotonic(), self._fire)
         return self
 
@@ -193,8 +192,8 @@ class Deadline:
         return f"deadline({self.seconds!r})" + (f" set at {where}" if where else "")
 
 
-deadline = Deadline
-"""``deadline(seconds)``: the public spelling of ``Deadline``."""
+Deadline = deadline
+"""The class of ``deadline`` objects, under a class's usual spelling (for annotations)."""
 
 
 def remaining() -> float | None:
@@ -208,7 +207,7 @@ def remaining() -> float | None:
     scope = _current.get()
     if scope is None:
         return None
-    left: float = scope.at - _default.clock.monotonic()  # type: ignore[attr-defined]
+    left: float = scope.at - _now(None).monotonic()
     return left if left > 0.0 else 0.0
 
 

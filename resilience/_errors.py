@@ -206,8 +206,6 @@ class DeadlineExceededError(ResilienceError, TimeoutError):
     .. versionadded:: 0.2.0
     """
 
-    __module__ = "resilience"
-
     def __init__(
         self,
         seconds: float,

@@ -37,7 +37,7 @@ from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from resilience import _clock, _config
+from resilience import _clock, _config, _exports
 from resilience._decorating import Layer, Runner, apply
 from resilience._validate import check_number, duration
 from resilience.telemetry._bus import BUS, emit
@@ -264,7 +264,7 @@ class _LatencyLayer(_ChaosLayer):
     __slots__ = ()
 
     def _clock(self) -> Any:
-        return _clock._default.clock
+        return _clock.resolve(None)
 
     def act_sync(self, call_next: Runner, call: tuple[Any, Any, Any, Any]) -> Any:
         delay: float = self.policy
@@ -447,3 +447,6 @@ def inject_result(
     if checked == 0.0:
         return _Injector(None, checked)
     return _Injector(lambda: _ResultLayer(result, checked, enabled, seed), checked)
+
+
+_exports.publish(__name__, globals())

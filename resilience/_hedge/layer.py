@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from resilience import _clock, _config
 from resilience._deadline import call_later, remaining
 from resilience._decorating import Kind, Layer, Runner
+from resilience._errors import CONTROL_FLOW
 from resilience._hedge.policy import HedgingPolicy
 from resilience.telemetry._bus import BUS, emit
 from resilience.telemetry._spans import Span, _next_ids, enter_span, exit_span, now_ns
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = ["HedgeLayer"]
 
-_CONTROL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit)
+_CONTROL = CONTROL_FLOW
 
 
 class HedgeLayer(Layer):
@@ -67,8 +68,7 @@ class HedgeLayer(Layer):
 
     def clock(self) -> Clock:
         """The policy's clock, or the process default (virtual under ``virtual_time()``)."""
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self.policy.clock)
 
     def handles(self, is_exc: bool, value: Any) -> bool:
         """Whether an outcome is handled: an exception matching ``on``, or a result for ``on_result``."""

@@ -42,8 +42,6 @@ class HedgingPolicy(FromDict):
     .. versionadded:: 0.2.0
     """
 
-    __module__ = "resilience"
-
     max_hedged_attempts: int = 1
     delay: float | timedelta | None = 2.0
     on: ExceptionFilter = Exception

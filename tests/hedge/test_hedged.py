@@ -536,3 +536,26 @@ def test_matches_model(draw: tuple[list[int], list[bool]], delay: float | None) 
     assert pytest.approx(end) == finished_at
     assert pytest.approx(starts) == started
     assert clean
+
+
+@pytest.mark.parametrize("flow", [KeyboardInterrupt, SystemExit, GeneratorExit])
+@pytest.mark.parametrize("delay", [1.0, 0.0, None])
+async def test_control_flow_passes_through(
+    clock: FakeClock, flow: type[BaseException], delay: float | None
+) -> None:
+    """Control flow from the primary passes through untouched in every mode, never to on=."""
+    seen: list[BaseException] = []
+    error = flow()
+    calls: list[int] = []
+
+    @hedged(delay=delay, max_hedged_attempts=2, on=lambda e: seen.append(e) or True)
+    async def target() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        await clock.asleep(100.0)
+
+    with pytest.raises(flow) as caught:
+        await target()
+    assert caught.value is error
+    assert [] == seen
