@@ -47,6 +47,7 @@ T = TypeVar("T")
 _current: ContextVar[Deadline | None] = ContextVar("resilience_deadline", default=None)
 _now = _clock.resolve  # resolve(None): the default clock in force right now
 _INF = math.inf
+_getframe = sys._getframe
 
 
 class deadline:  # noqa: N801 - the contract's name, a context manager like contextlib.suppress
@@ -82,15 +83,16 @@ class deadline:  # noqa: N801 - the contract's name, a context manager like cont
         "seconds",
     )
 
+    at: float  # the effective end on the clock, set on entering
+
     def __init__(self, seconds: float | Any, /) -> None:
         if type(seconds) is not float or not seconds >= 0.0:  # the common case: one test
             seconds = duration("deadline", "seconds", seconds, allow_inf=True)
         self.seconds: float = seconds  # type: ignore[assignment]  # never None: no allow_none
-        frame = sys._getframe(1)
+        frame = _getframe(1)  # where it is set, for messages (the code and line, not the frame)
         self._code: CodeType | None = frame.f_code
         self._line = frame.f_lineno
-        self.at = _INF
-        self.owner: Deadline = self
+        self.owner: Deadline = self  # `at` is set on entering
 
     @property
     def where(self) -> str:
@@ -134,7 +136,7 @@ class deadline:  # noqa: N801 - the contract's name, a context manager like cont
         self._token: Token[Deadline | None] = _current.set(self)
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         _current.reset(self._token)
 
     # -- async -----------------------------------------------------------------------------
