@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from resilience import _clock
 from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
-from resilience._validate import check_number, duration
+from resilience._validate import check_number, check_store, duration
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
 
@@ -205,6 +205,7 @@ class RetryBudget(FromDict):
         if self.key is not None and not isinstance(self.key, str):
             msg = f"{owner}.key must be a string or None, got {type(self.key).__name__}"
             raise TypeError(msg)
+        check_store(owner, self.store)
         if self.key is None:
             object.__setattr__(self, "_own", MemoryBudgetBackend(self))
 
@@ -240,15 +241,30 @@ class RetryBudget(FromDict):
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
 
-    def try_retry(self) -> bool:
+    def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
         """
         Take one retry if the budget allows it; return whether it did.
+
+        ``@retry`` passes the failure asking for the retry (*outcome*, and *server_delay*:
+        whether its wait came from the server); a budget counts every retry alike.
 
         An unreachable store allows the retry (the policy's own limits still apply) and
         emits ``resilience.store.unavailable``: the caller's error is never replaced.
         """
         try:
             return self.backend().withdraw()
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="retry_budget", fail_open=True)
+            return True
+
+    async def atry_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
+        """The async twin of ``try_retry``: a remote store's round trip does not block."""
+        backend = self.backend()
+        awithdraw = getattr(backend, "awithdraw", None)
+        try:
+            if awithdraw is None:
+                return backend.withdraw()
+            return bool(await awithdraw())
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
             return True
