@@ -31,7 +31,8 @@ import httpx
 
 from resilience import _deadline
 from resilience._compose import Stack, _as_stack
-from resilience._rate.window import backoff_window
+from resilience._errors import RateLimitedError
+from resilience._rate.window import BackoffWindow, backoff_window
 from resilience.http import server_delay
 from resilience.presets import tinker
 
@@ -87,6 +88,16 @@ def _within_deadline(request: httpx.Request, header: str | None, style: str) -> 
     }
     if header is not None:
         request.headers[header] = _deadline.format_timeout(left, style)
+
+
+def _window_within_deadline(window: BackoffWindow) -> None:
+    """A backoff window that outlasts the deadline: refuse at once instead of waiting."""
+    left = _deadline.remaining()
+    wait = window.remaining()
+    if left is not None and wait >= left:
+        scope = _deadline.current()
+        reason = f"the backoff window outlasts {scope.describe()}" if scope is not None else ""
+        raise RateLimitedError(window.key, wait, reason=reason)
 
 
 def _style(header: str | None, style: str | None) -> str:
@@ -170,6 +181,7 @@ class ResilientTransport(httpx.BaseTransport):
     def _send_once(self, request: httpx.Request) -> httpx.Response:
         window = backoff_window(window_key(request.url, request.headers))
         if window.remaining() > 0.0:
+            _window_within_deadline(window)
             window.wait()
         _within_deadline(request, self._deadline_header, self._deadline_style)
         response = self._inner.handle_request(request)
@@ -221,6 +233,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
     async def _send_once(self, request: httpx.Request) -> httpx.Response:
         window = backoff_window(window_key(request.url, request.headers))
         if window.remaining() > 0.0:
+            _window_within_deadline(window)
             await window.wait_async()
         _within_deadline(request, self._deadline_header, self._deadline_style)
         response = await self._inner.handle_async_request(request)

@@ -98,3 +98,18 @@ def test_grpc_format(seconds: float) -> None:
     assert len(digits) <= 8
     assert digits.isdigit()
     assert int(digits) * scale <= seconds * (1 + 1e-12)
+
+
+def test_window_past_deadline_refused_at_once(clock: FakeClock) -> None:
+    """A backoff window that outlasts the deadline is refused at once, without waiting."""
+    from resilience import RateLimitedError, backoff_window
+    from resilience.transport import window_key
+
+    seen = Capture()
+    transport = ResilientTransport(STACK, transport=httpx.MockTransport(seen))
+    backoff_window(window_key(httpx.URL("http://example.invalid/"))).set(30.0)
+    with httpx.Client(transport=transport) as client, deadline(5.0):
+        with pytest.raises(RateLimitedError, match="outlasts the deadline of 5 s"):
+            client.get("http://example.invalid/")
+    assert 0.0 == clock.monotonic()
+    assert [] == seen.requests

@@ -524,7 +524,8 @@ def test_matches_model(draw: tuple[list[int], list[bool]], delay: float | None) 
                 outcome: object = await decorated()
             except Handled as exc:
                 outcome = exc
-            return outcome, clock.monotonic(), target.started, only_this_task()
+            every_finished = sorted(target.finished) == list(range(len(target.started)))
+            return outcome, clock.monotonic(), target.started, only_this_task() and every_finished
 
     outcome, finished_at, started, clean = asyncio.run(run())
     expected = winner if not handled[winner] else Handled
@@ -559,3 +560,29 @@ async def test_control_flow_passes_through(
         await target()
     assert caught.value is error
     assert [] == seen
+
+
+async def test_opentelemetry_one_span_per_call_attempts_as_children(clock: FakeClock) -> None:
+    """Through the OpenTelemetry bridge: one span for the call, each attempt its child."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from resilience.telemetry.otel import attach_opentelemetry
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    adapter = attach_opentelemetry(tracer_provider=provider)
+    try:
+        target = Recorder(clock, [10.0, 1.0])
+        await traced("fetch", log=False)(hedged(delay=1.0)(target))()
+    finally:
+        adapter.detach()
+        provider.shutdown()
+    spans = exporter.get_finished_spans()
+    (call,) = [s for s in spans if s.name == "fetch"]
+    attempts = [s for s in spans if s.name == "resilience.hedge.attempt"]
+    assert 2 == len(attempts)
+    assert all(s.parent is not None and s.parent.span_id == call.context.span_id for s in attempts)
+    assert all(s.context.trace_id == call.context.trace_id for s in attempts)
