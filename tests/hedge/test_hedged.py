@@ -586,3 +586,49 @@ async def test_opentelemetry_one_span_per_call_attempts_as_children(clock: FakeC
     assert 2 == len(attempts)
     assert all(s.parent is not None and s.parent.span_id == call.context.span_id for s in attempts)
     assert all(s.context.trace_id == call.context.trace_id for s in attempts)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=4), min_size=4, max_size=4),
+    st.lists(st.booleans(), min_size=4, max_size=4),
+    st.sampled_from([0.0, None, 1.0]),
+    st.none() | st.integers(min_value=0, max_value=6),
+)
+def test_no_attempt_outlives_the_call(
+    yields: list[int], fails: list[bool], delay: float | None, cancel_after: int | None
+) -> None:
+    """Real tasks that yield to the loop; caller cancelled or not: every attempt has finished."""
+
+    async def run() -> None:
+        before = asyncio.all_tasks()
+        finished: list[int] = []
+        count = [0]
+
+        @hedged(delay=delay, max_hedged_attempts=3, on=KeyError)
+        async def target() -> int:
+            number = count[0]
+            count[0] += 1
+            try:
+                for _ in range(yields[number]):
+                    await asyncio.sleep(0)
+                if fails[number]:
+                    raise KeyError(number)
+                return number
+            finally:
+                finished.append(number)
+
+        call = asyncio.ensure_future(target())
+        if cancel_after is not None:
+            for _ in range(cancel_after):
+                await asyncio.sleep(0)
+            call.cancel()
+        try:
+            await call
+        except (KeyError, asyncio.CancelledError):
+            pass
+        assert sorted(finished) == list(range(count[0]))
+        assert asyncio.all_tasks() <= before
+
+    with virtual_time():
+        asyncio.run(run())
