@@ -632,3 +632,27 @@ def test_no_attempt_outlives_the_call(
 
     with virtual_time():
         asyncio.run(run())
+
+
+async def test_hedging_rides_out_injected_latency(clock: FakeClock) -> None:
+    """Stacked over chaos latency: every call answers within delay + one fast attempt."""
+    from resilience.chaos import inject_latency
+
+    @hedged(delay=0.1, max_hedged_attempts=3)
+    @inject_latency(5.0, rate=0.3, seed=11)
+    async def fetch() -> str:
+        await clock.asleep(0.01)
+        return "ok"
+
+    hidden = 0
+    for _ in range(50):
+        start = clock.monotonic()
+        with capture_events("resilience.chaos.latency") as slow:
+            assert "ok" == await fetch()
+        took = clock.monotonic() - start
+        if len(slow) < 4:  # some attempt was fast: the call took at most 3 delays and it
+            assert took <= 0.1 * 3 + 0.01 + 1e-9
+            hidden += bool(slow)
+        else:  # every attempt was slowed: the primary's 5 s stands
+            assert 5.0 <= took <= 5.01 + 1e-9
+    assert hidden > 5  # latency was injected, and hedging hid it
