@@ -6,11 +6,11 @@ The race and its driver live in ``_hedge.layer``; the policy in ``_hedge.policy`
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
-from resilience._decorating import Decorator, apply, is_target, policy_from
+from resilience._decorating import apply, is_target, policy_from
 from resilience._hedge.layer import HedgeLayer
 from resilience._hedge.policy import HedgingPolicy
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock, ExceptionFilter
 
 
-__all__ = ["HedgedFields", "hedged"]
+__all__ = ["HedgedDecorator", "HedgedFields", "hedged"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,16 +38,53 @@ class HedgedFields(TypedDict, total=False):
     clock: Clock | None
 
 
+class HedgedDecorator:
+    """
+    What ``@hedged(...)`` returns: applies a fresh ``HedgeLayer`` to each coroutine function.
+
+    Typed for coroutine functions only, so a type checker flags a sync target as the
+    decorator does at run time.
+    """
+
+    __slots__ = ("policy",)
+
+    def __init__(self, policy: HedgingPolicy) -> None:
+        self.policy = policy
+
+    @overload
+    def __call__(
+        self, target: classmethod[T, P, Coroutine[Any, Any, R]]
+    ) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self, target: staticmethod[P, Coroutine[Any, Any, R]]
+    ) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
+    @overload
+    def __call__(
+        self, target: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
+    def __call__(self, target: Any) -> Any:
+        """Decorate *target* (a coroutine function)."""
+        return apply(HedgeLayer(self.policy), target)
+
+    def __repr__(self) -> str:
+        return f"<decorator {self.policy!r}>"
+
+
 @overload
-def hedged(func: classmethod[T, P, R], /) -> classmethod[T, P, R]: ...
+def hedged(
+    func: classmethod[T, P, Coroutine[Any, Any, R]], /
+) -> classmethod[T, P, Coroutine[Any, Any, R]]: ...
 @overload
-def hedged(func: staticmethod[P, R], /) -> staticmethod[P, R]: ...
+def hedged(
+    func: staticmethod[P, Coroutine[Any, Any, R]], /
+) -> staticmethod[P, Coroutine[Any, Any, R]]: ...
 @overload
-def hedged(func: Callable[P, R], /) -> Callable[P, R]: ...
+def hedged(func: Callable[P, Coroutine[Any, Any, R]], /) -> Callable[P, Coroutine[Any, Any, R]]: ...
 @overload
 def hedged(
     policy: HedgingPolicy | None = None, /, **fields: Unpack[HedgedFields]
-) -> Decorator[HedgingPolicy]: ...
+) -> HedgedDecorator: ...
 def hedged(policy: Any = None, /, **fields: Any) -> Any:
     """
     Hedge an async callable: when an attempt is slow, start another beside it.
@@ -71,4 +108,4 @@ def hedged(policy: Any = None, /, **fields: Any) -> Any:
     """
     if is_target(policy) and not fields:  # bare @hedged
         return apply(HedgeLayer(HedgingPolicy()), policy)
-    return Decorator(policy_from(HedgingPolicy, "hedged", policy, fields), HedgeLayer)
+    return HedgedDecorator(policy_from(HedgingPolicy, "hedged", policy, fields))

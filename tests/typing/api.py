@@ -160,6 +160,16 @@ def chaotic_sync(a: int) -> int:
     return a
 
 
+def plain_sync(a: int) -> int:
+    return a
+
+
+# A sync target is refused at run time (TypeError); the type checker refuses it too (an
+# unneeded ignore would itself be an error under --strict).
+refused: object = resilience.hedged(delay=1.0)(plain_sync)  # type: ignore[arg-type]
+refused_bare: object = resilience.hedged(plain_sync)  # type: ignore[arg-type]
+
+
 async def check_v2() -> None:
     assert_type(await hedged_bare(1), str)
     assert_type(await hedged_stacked(2, b="x"), list[str])
