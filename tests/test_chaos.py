@@ -256,3 +256,19 @@ class TestStacked:
             return "real"
 
         assert all(fetch() == "real" for _ in range(50))
+
+
+@pytest.mark.parametrize("flow", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_control_flow_passes_through(clock: FakeClock, flow: type) -> None:
+    """Control flow from the real call passes through every chaos layer untouched."""
+    error = flow()
+
+    @inject_latency(1.0, rate=1.0)
+    @inject_result("fake", rate=0.5, seed=1)
+    def target() -> None:
+        raise error
+
+    with pytest.raises(flow) as caught:
+        for _ in range(10):
+            target()
+    assert caught.value is error

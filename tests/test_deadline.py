@@ -300,3 +300,48 @@ class TestLimits:
         assert "the deadline of 2 s" in caught.value.__notes__[-1]
         release.set()
         await holder
+
+
+def test_decorator_refuses_generators() -> None:
+    """@deadline decorates sync and async callables; a generator function is a TypeError."""
+    with pytest.raises(TypeError, match="@deadline does not support generator functions"):
+
+        @deadline(1.0)
+        def items():  # type: ignore[no-untyped-def]
+            yield 1
+
+
+def test_sync_bounded_deadline_passed(clock: FakeClock) -> None:
+    """A sync @bounded caller whose deadline has passed gets BoundedTimeoutError at once."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+
+    @bounded(limit=1)
+    def hold() -> None:
+        entered.set()
+        release.wait(5)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    entered.wait(5)
+    try:
+        with deadline(0.0), pytest.raises(BoundedTimeoutError):
+            hold()
+    finally:
+        release.set()
+        holder.join()
+
+
+@pytest.mark.parametrize("flow", [KeyboardInterrupt, SystemExit, GeneratorExit])
+async def test_control_flow_passes_through_deadline(clock: FakeClock, flow: type) -> None:
+    """Control flow raised under @deadline (and async with) passes through, the same object."""
+    error = flow()
+
+    @deadline(5.0)
+    async def target() -> None:
+        raise error
+
+    with pytest.raises(flow) as caught:
+        await target()
+    assert caught.value is error

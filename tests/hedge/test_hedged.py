@@ -656,3 +656,13 @@ async def test_hedging_rides_out_injected_latency(clock: FakeClock) -> None:
         else:  # every attempt was slowed: the primary's 5 s stands
             assert 5.0 <= took <= 5.01 + 1e-9
     assert hidden > 5  # latency was injected, and hedging hid it
+
+
+async def test_switched_off_calls_once(clock: FakeClock) -> None:
+    """With resilience.set_active(False) the call runs once, unhedged."""
+    from resilience import set_active
+
+    target = Recorder(clock, [10.0, 1.0])
+    set_active(False)
+    assert 0 == await hedged(delay=1.0)(target)()
+    assert [0.0] == target.started
