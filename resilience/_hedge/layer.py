@@ -42,18 +42,21 @@ if TYPE_CHECKING:
 __all__ = ["HedgeLayer"]
 
 _CONTROL = CONTROL_FLOW
+_ASYNC_BUDGET = "atry_retry"  # a budget's async withdrawal, when it has one
 
 
 class HedgeLayer(Layer):
     """``@hedged``'s layer: the drivers of the race, one per mode."""
 
     decorator = "hedged"
-    __slots__ = ("total",)
+    __slots__ = ("asks_async", "total")
     policy: HedgingPolicy
 
     def __init__(self, policy: HedgingPolicy) -> None:
         super().__init__(policy)
         self.total = policy.max_hedged_attempts + 1
+        # A budget with an async withdrawal is asked from the hedge's own task.
+        self.asks_async = callable(getattr(policy.budget, _ASYNC_BUDGET, None))
 
     def bind(self, kind: Kind, qualname: str) -> None:
         self.name = self.policy.name or qualname
@@ -103,7 +106,7 @@ class HedgeLayer(Layer):
             primary: tuple[bool, Any] | None = None
             for number in range(total):
                 if number:
-                    if budget is not None and not budget.try_retry():
+                    if budget is not None and not await _withdraw(budget):
                         layer._refused(number)
                         break
                     if remaining() == 0.0:
@@ -242,6 +245,13 @@ class HedgeLayer(Layer):
             )
 
 
+async def _withdraw(budget: Any) -> bool:
+    """Take one hedge from the budget, through its async twin when it has one."""
+    atry = getattr(budget, _ASYNC_BUDGET, None)
+    allowed: bool = await atry() if atry is not None else budget.try_retry()
+    return allowed
+
+
 async def _deposit(budget: Any) -> None:
     """Count the call in the budget, through its async twin when it has one."""
     arecord = getattr(budget, "arecord_call", None)
@@ -267,6 +277,7 @@ class _Race:
         "instance",
         "interrupted",
         "kwargs",
+        "launched",
         "layer",
         "parent",
         "primary",
@@ -298,6 +309,7 @@ class _Race:
         self.args = args
         self.kwargs = kwargs
         self.started = 1  # the primary
+        self.launched = 0  # hedges that really started (the budget allowed them)
         self.running = 1
         self.inline = True  # the caller's task is inside the primary's await
         self.interrupted = False  # we cancelled the caller's task for a hedge that won
@@ -357,8 +369,8 @@ class _Race:
         elif self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
         layer = self.layer
-        if BUS.subs and self.started > 1:
-            layer._event("won", winner[0], {"attempts": float(self.started)})
+        if BUS.subs and self.launched:
+            layer._event("won", winner[0], {"attempts": float(self.launched + 1)})
 
     # -- the driver's side ---------------------------------------------------------------
 
@@ -368,11 +380,17 @@ class _Race:
             pass
 
     def start_next(self) -> bool:
-        """Start the next attempt as a task (False when the budget refuses it)."""
+        """
+        Start the next attempt as a task (False when the budget refuses it).
+
+        A budget with an async twin (``atry_retry``, as a Redis-backed one has) is asked
+        inside the new task, so its round trip never blocks the loop; a refused hedge then
+        ends without calling, like a handled outcome that cannot be followed.
+        """
         layer = self.layer
         budget = layer.policy.budget
         number = self.started
-        if budget is not None and not budget.try_retry():
+        if budget is not None and not layer.asks_async and not budget.try_retry():
             self.refused = True
             layer._refused(number)
             return False
@@ -380,8 +398,6 @@ class _Race:
         self.running += 1
         loop = asyncio.get_running_loop()
         self.tasks.append(loop.create_task(self._attempt(number)))
-        if BUS.subs:
-            layer._event("started", number, {"in_flight": float(self.running)})
         timer = self.timer
         if timer is not None:
             timer.cancel()
@@ -394,6 +410,21 @@ class _Race:
     async def _attempt(self, number: int) -> None:
         """One hedge, in its own task: run it and report its outcome (never raise)."""
         layer = self.layer
+        budget = layer.policy.budget
+        if budget is not None and layer.asks_async:
+            try:
+                allowed = await budget.atry_retry()
+            except asyncio.CancelledError:
+                self.running -= 1
+                return
+            if not allowed:
+                self.refused = True
+                layer._refused(number)
+                self.ended(number, True, None, True)  # gone without an outcome
+                return
+        self.launched += 1
+        if BUS.subs:
+            layer._event("started", number, {"in_flight": float(self.running)})
         span = self._enter(number) if self.parent is not None else None
         try:
             result = await self.call_next(self.wrapped, self.instance, self.args, self.kwargs)

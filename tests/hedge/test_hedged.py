@@ -666,3 +666,39 @@ async def test_switched_off_calls_once(clock: FakeClock) -> None:
     set_active(False)
     assert 0 == await hedged(delay=1.0)(target)()
     assert [0.0] == target.started
+
+
+async def test_redis_budget_asked_without_blocking(clock: FakeClock, redis_store: object) -> None:
+    """A Redis-backed budget is asked through its async twin, from the hedge's own task."""
+    from resilience.telemetry import attach
+
+    spent = RetryBudget(ratio=0.0, min_retries_per_second=0.0, key="hedge-spent", store=redis_store)
+    roomy = RetryBudget(ratio=1.0, min_retries_per_second=1.0, key="hedge-roomy", store=redis_store)
+    refused = asyncio.Event()
+    handle = attach(lambda event: refused.set(), ["resilience.hedge.refused"])
+    calls: list[int] = []
+
+    async def target() -> int:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            await refused.wait()  # the primary answers once the hedge was refused
+            return 0
+        return 1
+
+    try:
+        assert 0 == await hedged(delay=1.0, budget=spent)(target)()
+        assert [0] == calls  # the hedge never called
+        calls.clear()
+        never = asyncio.Event()
+
+        async def slow_primary() -> int:
+            calls.append(len(calls))
+            if len(calls) == 1:
+                await never.wait()
+            return len(calls) - 1
+
+        assert 1 == await hedged(delay=1.0, budget=roomy)(slow_primary)()
+        assert [0, 1] == calls
+    finally:
+        handle.detach()
+        await redis_store.aclose()  # type: ignore[attr-defined]  # the async twin, in this loop
