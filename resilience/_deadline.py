@@ -202,12 +202,12 @@ def remaining() -> float | None:
     """
     Return the seconds left before the current deadline (never below 0.0), or None.
 
-    None means no deadline is set in this context.
+    None means no deadline is set in this context (or only ``deadline(math.inf)``).
 
     .. versionadded:: 0.2.0
     """
     scope = _current.get()
-    if scope is None:
+    if scope is None or scope.at == _INF:  # deadline(math.inf) sets no limit of its own
         return None
     left: float = scope.at - _now(None).monotonic()
     return left if left > 0.0 else 0.0

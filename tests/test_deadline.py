@@ -345,3 +345,23 @@ async def test_control_flow_passes_through_deadline(clock: FakeClock, flow: type
     with pytest.raises(flow) as caught:
         await target()
     assert caught.value is error
+
+
+def test_infinite_deadline_sets_no_limit(clock: FakeClock) -> None:
+    """deadline(math.inf) limits nothing: remaining() is None, retries and pools carry on."""
+    import math
+
+    calls: list[int] = []
+
+    @retry(attempts=3, backoff=Backoff(base=1.0, jitter="none"))
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError
+        return "ok"
+
+    with deadline(math.inf):
+        assert remaining() is None
+        assert "ok" == flaky()
+        with deadline(2.0):
+            assert 2.0 == remaining()

@@ -206,8 +206,7 @@ class RetryCall:
         scope = _deadline_in_force()
         if scope is not None:
             until = _deadline.remaining()
-            assert until is not None
-            if left is None or until < left[0]:
+            if until is not None and (left is None or until < left[0]):
                 left = until, f"{scope.describe()} ({until:.3f} s left)"
         return left
 
