@@ -15,7 +15,8 @@ plus a digest of the API key (as Tinkex keys its limiter): every request of ever
 that key waits the window out before it is sent. Error responses are read in full before a
 retry, so their connections go back to the pool and the last one can still be inspected.
 
-Needs httpx (``pip install 'resilience[http]'``).
+Needs httpx (``pip install 'resilience[http]'``). The same transports for ``httpx2`` (which
+current OpenAI and Anthropic SDKs are built on) are in ``resilience.transport_httpx2``.
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ __all__ = ["AsyncResilientTransport", "ResilientTransport", "window_key"]
 _KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 
 
-def window_key(url: httpx.URL, headers: httpx.Headers | Mapping[str, str] | None = None) -> str:
+def window_key(url: Any, headers: Mapping[str, str] | None = None) -> str:
     """
     The backoff-window key of a request: its origin plus a digest of its API key.
 
     The origin is lower-cased and drops default ports, so ``https://API.example.com:443/v1``
     and ``https://api.example.com`` share one window. The API key (``Authorization``,
     ``X-API-Key`` or ``Api-Key``) is never kept in the key, only a short SHA-256 digest.
+    *url* is an ``httpx.URL`` or ``httpx2.URL`` (anything with ``scheme``, ``host``, ``port``).
     """
     origin = _origin(url)
     secret = None
@@ -61,13 +63,13 @@ def window_key(url: httpx.URL, headers: httpx.Headers | Mapping[str, str] | None
     return f"{origin}#{digest}"
 
 
-def _origin(url: httpx.URL) -> str:
+def _origin(url: Any) -> str:
     default = {"http": 80, "https": 443}.get(url.scheme)
     port = "" if url.port in (None, default) else f":{url.port}"
     return f"{url.scheme}://{url.host.lower()}{port}"
 
 
-def _within_deadline(request: httpx.Request, header: str | None, style: str) -> None:
+def _within_deadline(request: Any, header: str | None, style: str) -> None:
     """Clip the request's timeouts to ``remaining()``; name the time left in *header*."""
     left = _deadline.remaining()
     if left is None:
@@ -130,7 +132,7 @@ class _PerOrigin:
         self._senders: dict[str, Callable[..., Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, url: httpx.URL) -> Callable[..., Any]:
+    def get(self, url: Any) -> Callable[..., Any]:
         origin = _origin(url)
         sender = self._senders.get(origin)
         if sender is None:
@@ -139,6 +141,55 @@ class _PerOrigin:
                 if sender is None:
                     sender = self._senders[origin] = self._make(_named(self._stack, origin))
         return sender
+
+
+def _prepare(request: Any) -> BackoffWindow:
+    """
+    What is decided before one attempt is sent: the backoff window it must wait out.
+
+    The one place that looks at a request before it goes (its key and, with deadlines, its
+    timeouts), shared by the sync and async, httpx and httpx2 transports.
+    """
+    return backoff_window(window_key(request.url, request.headers))
+
+
+def _after(response: Any, window: BackoffWindow) -> None:
+    """An error response opens the window for the server's delay (its body already read)."""
+    delay = server_delay(response)
+    if delay is not None and delay > 0.0:
+        window.set(delay, reason=f"HTTP {response.status_code}")
+
+
+def _attempt(inner: Any, request: Any, header: str | None = None, style: str = "seconds") -> Any:
+    """One attempt through a sync httpx or httpx2 transport *inner*."""
+    window = _prepare(request)
+    if window.remaining() > 0.0:
+        _window_within_deadline(window)
+        window.wait()
+    _within_deadline(request, header, style)
+    response = inner.handle_request(request)
+    if response.status_code >= 400:
+        response.read()  # frees the connection; the body stays readable
+        response.close()
+        _after(response, window)
+    return response
+
+
+async def _attempt_async(
+    inner: Any, request: Any, header: str | None = None, style: str = "seconds"
+) -> Any:
+    """One attempt through an async httpx or httpx2 transport *inner*."""
+    window = _prepare(request)
+    if window.remaining() > 0.0:
+        _window_within_deadline(window)
+        await window.wait_async()
+    _within_deadline(request, header, style)
+    response = await inner.handle_async_request(request)
+    if response.status_code >= 400:
+        await response.aread()
+        await response.aclose()
+        _after(response, window)
+    return response
 
 
 class ResilientTransport(httpx.BaseTransport):
@@ -179,18 +230,9 @@ class ResilientTransport(httpx.BaseTransport):
         return response
 
     def _send_once(self, request: httpx.Request) -> httpx.Response:
-        window = backoff_window(window_key(request.url, request.headers))
-        if window.remaining() > 0.0:
-            _window_within_deadline(window)
-            window.wait()
-        _within_deadline(request, self._deadline_header, self._deadline_style)
-        response = self._inner.handle_request(request)
-        if response.status_code >= 400:
-            response.read()  # frees the connection; the body stays readable
-            response.close()
-            delay = server_delay(response)
-            if delay is not None and delay > 0.0:
-                window.set(delay, reason=f"HTTP {response.status_code}")
+        response: httpx.Response = _attempt(
+            self._inner, request, self._deadline_header, self._deadline_style
+        )
         return response
 
     def close(self) -> None:
@@ -231,18 +273,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _send_once(self, request: httpx.Request) -> httpx.Response:
-        window = backoff_window(window_key(request.url, request.headers))
-        if window.remaining() > 0.0:
-            _window_within_deadline(window)
-            await window.wait_async()
-        _within_deadline(request, self._deadline_header, self._deadline_style)
-        response = await self._inner.handle_async_request(request)
-        if response.status_code >= 400:
-            await response.aread()
-            await response.aclose()
-            delay = server_delay(response)
-            if delay is not None and delay > 0.0:
-                window.set(delay, reason=f"HTTP {response.status_code}")
+        response: httpx.Response = await _attempt_async(
+            self._inner, request, self._deadline_header, self._deadline_style
+        )
         return response
 
     async def aclose(self) -> None:

@@ -113,3 +113,20 @@ def test_window_past_deadline_refused_at_once(clock: FakeClock) -> None:
             client.get("http://example.invalid/")
     assert 0.0 == clock.monotonic()
     assert [] == seen.requests
+
+
+def test_httpx2_transport_clipped_too(clock: FakeClock) -> None:
+    """The httpx2 transports share the attempt: their requests are clipped the same way."""
+    httpx2 = pytest.importorskip("httpx2")
+    from resilience.transport_httpx2 import ResilientTransport as Httpx2Transport
+
+    seen: list[object] = []
+
+    def server(request: object) -> object:
+        seen.append(request)
+        return httpx2.Response(200)
+
+    transport = Httpx2Transport(STACK, transport=httpx2.MockTransport(server))
+    with httpx2.Client(transport=transport) as client, deadline(1.5):
+        client.get("http://example.invalid/")
+    assert 1.5 == seen[0].extensions["timeout"]["read"]  # type: ignore[attr-defined]
