@@ -126,7 +126,10 @@ def test_httpx2_transport_clipped_too(clock: FakeClock) -> None:
         seen.append(request)
         return httpx2.Response(200)
 
-    transport = Httpx2Transport(STACK, transport=httpx2.MockTransport(server))
+    transport = Httpx2Transport(
+        STACK, transport=httpx2.MockTransport(server), deadline_header="grpc-timeout"
+    )
     with httpx2.Client(transport=transport) as client, deadline(1.5):
         client.get("http://example.invalid/")
     assert 1.5 == seen[0].extensions["timeout"]["read"]  # type: ignore[attr-defined]
+    assert "1500000u" == seen[0].headers["grpc-timeout"]  # type: ignore[attr-defined]

@@ -441,14 +441,14 @@ class TestStacked:
             async def fetch(self) -> int:
                 return 1
 
-            def close(self) -> int:
+            def count(self) -> int:
                 return 2
 
         client = Client()
         assert 1 == await client.fetch()
-        assert 2 == client.close()
+        assert 2 == client.count()
         assert ["hedged", "retry"] == [layer.decorator for layer in layers_of(Client.fetch)]
-        assert ["retry"] == [layer.decorator for layer in layers_of(Client.close)]
+        assert ["retry"] == [layer.decorator for layer in layers_of(Client.count)]
 
     async def test_deadline_stops_hedging(self, clock: FakeClock) -> None:
         """No hedge starts once the deadline has passed; the deadline cancels the call."""
