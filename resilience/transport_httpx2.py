@@ -30,7 +30,14 @@ import httpx2
 
 from resilience._compose import Stack, _as_stack
 from resilience.presets import tinker
-from resilience.transport import _attempt, _attempt_async, _PerOrigin, _style, window_key
+from resilience.transport import (
+    _attempt,
+    _attempt_async,
+    _PerOrigin,
+    _style,
+    _window_cap,
+    window_key,
+)
 
 
 __all__ = ["AsyncResilientTransport", "ResilientTransport", "window_key"]
@@ -70,7 +77,11 @@ class ResilientTransport(httpx2.BaseTransport):
 
     def _send_once(self, request: httpx2.Request) -> httpx2.Response:
         response: httpx2.Response = _attempt(
-            self._inner, request, self._deadline_header, self._deadline_style
+            self._inner,
+            request,
+            _window_cap(self.stack),
+            self._deadline_header,
+            self._deadline_style,
         )
         return response
 
@@ -113,7 +124,11 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
 
     async def _send_once(self, request: httpx2.Request) -> httpx2.Response:
         response: httpx2.Response = await _attempt_async(
-            self._inner, request, self._deadline_header, self._deadline_style
+            self._inner,
+            request,
+            _window_cap(self.stack),
+            self._deadline_header,
+            self._deadline_style,
         )
         return response
 
