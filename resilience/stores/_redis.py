@@ -112,6 +112,8 @@ class RedisStore(BackendRegistry):
     __module__ = "resilience.stores"
 
     _loaders: ClassVar[dict[str, Callable[[str, RedisStore], Any] | str]] = {}
+    #: The state lives in Redis: a handle nothing holds can be dropped from this process.
+    stateless_backends: ClassVar[bool] = True
 
     def __init__(
         self,
