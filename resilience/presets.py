@@ -48,7 +48,7 @@ import sys
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from resilience import http
 from resilience._backoff import Backoff
@@ -76,6 +76,8 @@ STAINLESS_MAX_RETRIES = 2
 STAINLESS_MAX_CONNECTIONS = 1000
 OPENAI_MAX_RETRY_AFTER = 120.0
 ANTHROPIC_MAX_SLEEP = 4_294_967.0  # the SDK's bound on time.sleep's argument
+
+F = TypeVar("F")
 
 _pool_numbers = itertools.count(1)
 
@@ -362,6 +364,12 @@ class RetryHandlerStack(Stack):
             msg = f"pool_scope must be 'attempt' or 'call', got {self.pool_scope!r}"
             raise ValueError(msg)
 
+    @overload
+    def __call__(self, target: classmethod[Any, Any, Any]) -> classmethod[Any, Any, Any]: ...
+    @overload
+    def __call__(self, target: staticmethod[Any, Any]) -> staticmethod[Any, Any]: ...
+    @overload
+    def __call__(self, target: F) -> F: ...
     def __call__(self, target: Any) -> Any:
         """Decorate *target*: the stack, the pool around the loop if asked, the watchdog."""
         from resilience import bounded  # noqa: PLC0415 - the package imports this module

@@ -30,10 +30,10 @@ import httpx2
 
 from resilience._compose import Stack, _as_stack
 from resilience.presets import tinker
-from resilience.transport import _attempt, _attempt_async, _PerOrigin, window_key
+from resilience.transport import _attempt, _attempt_async, _PerOrigin
 
 
-__all__ = ["AsyncResilientTransport", "ResilientTransport", "window_key"]
+__all__ = ["AsyncResilientTransport", "ResilientTransport"]
 
 
 class ResilientTransport(httpx2.BaseTransport):
