@@ -164,7 +164,7 @@ class TestVirtualTime:
         assert resolve(None) is outside
 
     def test_nobody_reads_the_default_but_the_helper(self):
-        """Every module resolves its clock through _clock.resolve, never the private default."""
+        """Every module resolves its clock through _clock (resolve, or DEFAULT on a hot path)."""
         from pathlib import Path
 
         root = Path(resilience.__file__).parent

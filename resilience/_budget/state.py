@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from resilience import _clock
 from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
-from resilience._validate import check_number, duration
+from resilience._validate import check_number, check_store, duration
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
 
@@ -159,6 +159,13 @@ class MemoryBudgetBackend:
         with self._lock:
             return self._state.balance(self._now())
 
+    def idle(self) -> bool:
+        """Whether every call and retry slid out of the window (eviction)."""
+        with self._lock:
+            state = self._state
+            state._roll(self._now())
+            return state.total_calls == 0 and state.total_retries == 0
+
 
 def memory_budget(key: str, budget: RetryBudget, store: MemoryStore) -> MemoryBudgetBackend:
     """``MemoryStore``'s ``"budget"`` factory."""
@@ -205,6 +212,7 @@ class RetryBudget(FromDict):
         if self.key is not None and not isinstance(self.key, str):
             msg = f"{owner}.key must be a string or None, got {type(self.key).__name__}"
             raise TypeError(msg)
+        check_store(owner, self.store)
         if self.key is None:
             object.__setattr__(self, "_own", MemoryBudgetBackend(self))
 

@@ -22,11 +22,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config
-from resilience._decorating import KeyedLayer, Runner
+from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
 from resilience._rate.state import MemoryRateBackend, RateBackend
 from resilience._rate.window import WindowBackend
+from resilience._retry_after import safe_delay
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
@@ -164,15 +165,10 @@ class RateLimitLayer(KeyedLayer):
 
     def _failed(self, exc: BaseException) -> None:
         """A call failed: if it carries a server delay, open the key's backoff window."""
-        hook = self.policy.delay_hook
-        assert hook is not None
-        try:
-            delay = hook(exc)
-        except Exception:  # a broken hook must not replace the caller's error
+        delay = safe_delay(self.policy.delay_hook, exc, decorator="rate_limited", name=self.name)
+        if not delay:  # None or 0: no window
             return
-        if delay is None or not delay > 0.0 or not math.isfinite(delay):
-            return
-        seconds = min(float(delay), float(self.policy.retry_after_cap))  # type: ignore[arg-type]
+        seconds = min(delay, float(self.policy.retry_after_cap))  # type: ignore[arg-type]
         left = self._window.extend(seconds)
         if BUS.subs:
             emit(
@@ -189,6 +185,7 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         max_wait = self.max_wait
         hooked = self.policy.delay_hook is not None
+        direct = call_next is terminal
 
         def run(
             wrapped: Callable[..., Any],
@@ -205,12 +202,13 @@ class RateLimitLayer(KeyedLayer):
                     layer._wait_sync(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
-            if not hooked:
-                return call_next(wrapped, instance, args, kwargs)
             try:
+                if direct:  # innermost: call the function itself, one frame less
+                    return wrapped(*args, **kwargs)
                 return call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._failed(exc)
+                if hooked:
+                    layer._failed(exc)
                 raise
 
         return run
@@ -221,6 +219,7 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         max_wait = self.max_wait
         hooked = self.policy.delay_hook is not None
+        direct = call_next is terminal
 
         async def run(
             wrapped: Callable[..., Any],
@@ -240,12 +239,13 @@ class RateLimitLayer(KeyedLayer):
                     await layer._wait_async(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
-            if not hooked:
-                return await call_next(wrapped, instance, args, kwargs)
             try:
+                if direct:  # innermost: await the function itself, one frame less
+                    return await wrapped(*args, **kwargs)
                 return await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._failed(exc)
+                if hooked:
+                    layer._failed(exc)
                 raise
 
         return run

@@ -85,6 +85,10 @@ class MemoryWindowBackend:
         with self._lock:
             self.end = -math.inf
 
+    def idle(self) -> bool:
+        """Whether the window is closed: a fresh backend would answer the same (eviction)."""
+        return self.end <= self._now()
+
 
 def memory_window(key: str, policy: Any, store: Any) -> MemoryWindowBackend:
     """``MemoryStore``'s ``"window"`` factory."""

@@ -11,7 +11,14 @@ from resilience import _exports
 from resilience.telemetry._backends import HttpBackend
 from resilience.telemetry._bus import Event, EventHandler, Handle, attach, detach, emit
 from resilience.telemetry._metrics import counter, gauge, measure
-from resilience.telemetry._redact import REDACTED, add_sensitive, redact, sensitive_names
+from resilience.telemetry._redact import (
+    REDACTED,
+    add_pattern,
+    add_sensitive,
+    redact,
+    scrub,
+    sensitive_names,
+)
 from resilience.telemetry._reporter import Reporter
 from resilience.telemetry._reporter_events import Batch, ReporterStats
 from resilience.telemetry._spans import Span, current_span
@@ -30,6 +37,7 @@ __all__ = [
     "Reporter",
     "ReporterStats",
     "Span",
+    "add_pattern",
     "add_sensitive",
     "attach",
     "attach_structlog",
@@ -44,6 +52,7 @@ __all__ = [
     "is_user_error",
     "measure",
     "redact",
+    "scrub",
     "sensitive_names",
     "set_enabled",
 ]
