@@ -348,9 +348,10 @@ class RetryHandlerStack(Stack):
         pool_scope: ``"attempt"`` holds the connection permit only while an attempt runs
             (our recommendation: waits give it back); ``"call"`` holds it for the whole
             retry loop, as the SDK's semaphore does.
-        watchdog: For async callables, cancel a call when no call of the decorated function
-            has succeeded for the retry's ``progress_timeout``, raising ``NoProgressError``
-            (the SDK raises its ``APIConnectionError`` with the same message).
+        watchdog: For async functions and methods, cancel a call when no call of the
+            decorated function has succeeded for the retry's ``progress_timeout``, raising
+            ``NoProgressError`` (the SDK raises its ``APIConnectionError`` with the same
+            message). Classmethods and staticmethods get the stack alone.
 
     .. versionadded:: 0.1.0
     """
@@ -380,8 +381,12 @@ class RetryHandlerStack(Stack):
         else:
             decorated = Stack.__call__(self, target)
         timeout = self.retry.progress_timeout if self.retry is not None else None
-        function = decorated.__func__ if isinstance(decorated, classmethod) else decorated
-        if not self.watchdog or timeout is None or not inspect.iscoroutinefunction(function):
+        if (
+            not self.watchdog
+            or timeout is None
+            or isinstance(decorated, classmethod | staticmethod)  # watched as plain functions only
+            or not inspect.iscoroutinefunction(decorated)
+        ):
             return decorated
         return _watched(decorated, float(timeout))  # type: ignore[arg-type]
 
