@@ -9,6 +9,7 @@ The exception tree: every error this package raises on its own account.
           ├── RateLimitedError
           ├── BoundedTimeoutError (also a TimeoutError)
           ├── AttemptTimeoutError (also a TimeoutError)
+          ├── ThrottledError
           └── StoreUnavailableError
 
 On giving up, ``@retry`` re-raises the caller's *original* exception, never one of these.
@@ -36,6 +37,7 @@ __all__ = [
     "RateLimitedError",
     "ResilienceError",
     "StoreUnavailableError",
+    "ThrottledError",
     "is_control_flow",
 ]
 
@@ -201,6 +203,31 @@ class AttemptTimeoutError(ResilienceError, TimeoutError):
         self.name = name
         self.timeout = timeout
         super().__init__(f"attempt of {name} took longer than {timeout:.3f} s and was cancelled")
+
+
+class ThrottledError(ResilienceError):
+    """
+    A call was refused locally by ``@throttled``: the upstream has been refusing too many.
+
+    Attributes:
+        key: The throttle's key (or the decorated callable's name).
+        probability: The rejection probability the call drew against.
+        requests: The requests counted over the window before the call.
+        accepts: The accepts counted over the window before the call.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(self, key: str, *, probability: float, requests: int, accepts: int) -> None:
+        self.key = key
+        self.probability = probability
+        self.requests = requests
+        self.accepts = accepts
+        super().__init__(
+            f"throttled {key!r} locally: the upstream accepted {accepts} of {requests} "
+            f"recent requests, so calls are refused with probability {probability:.3f}; "
+            f"retry later"
+        )
 
 
 def _rebuild(

@@ -103,6 +103,14 @@ _RETRY_COUNT = "x-stainless-retry-count"
 _ATTEMPTS = "resilience.attempts"
 
 
+def _window_cap(stack: Stack) -> float:
+    """The most seconds one server delay may hold an origin's window: the stack's own cap."""
+    for policy in (stack.retry, stack.rate_limited):
+        if policy is not None:
+            return float(policy.retry_after_cap)  # type: ignore[arg-type]
+    return 60.0
+
+
 def _prepare(request: Any) -> BackoffWindow:
     """
     What is decided before one attempt is sent: the backoff window it must wait out.
@@ -119,14 +127,14 @@ def _prepare(request: Any) -> BackoffWindow:
     return backoff_window(window_key(request.url, request.headers))
 
 
-def _after(response: Any, window: BackoffWindow) -> None:
-    """An error response opens the window for the server's delay (its body already read)."""
+def _after(response: Any, window: BackoffWindow, cap: float) -> None:
+    """An error response opens the window for the server's delay, at most *cap* seconds."""
     delay = server_delay(response)
     if delay is not None and delay > 0.0:
-        window.set(delay, reason=f"HTTP {response.status_code}")
+        window.set(min(delay, cap), reason=f"HTTP {response.status_code}")
 
 
-def _attempt(inner: Any, request: Any) -> Any:
+def _attempt(inner: Any, request: Any, cap: float = 60.0) -> Any:
     """One attempt through a sync httpx or httpx2 transport *inner*."""
     window = _prepare(request)
     if window.remaining() > 0.0:
@@ -135,11 +143,11 @@ def _attempt(inner: Any, request: Any) -> Any:
     if response.status_code >= 400:
         response.read()  # frees the connection; the body stays readable
         response.close()
-        _after(response, window)
+        _after(response, window, cap)
     return response
 
 
-async def _attempt_async(inner: Any, request: Any) -> Any:
+async def _attempt_async(inner: Any, request: Any, cap: float = 60.0) -> Any:
     """One attempt through an async httpx or httpx2 transport *inner*."""
     window = _prepare(request)
     if window.remaining() > 0.0:
@@ -148,7 +156,7 @@ async def _attempt_async(inner: Any, request: Any) -> Any:
     if response.status_code >= 400:
         await response.aread()
         await response.aclose()
-        _after(response, window)
+        _after(response, window, cap)
     return response
 
 
@@ -172,6 +180,7 @@ class ResilientTransport(httpx.BaseTransport):
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._cap = _window_cap(self.stack)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send *request* through the stack."""
@@ -179,7 +188,7 @@ class ResilientTransport(httpx.BaseTransport):
         return response
 
     def _send_once(self, request: httpx.Request) -> httpx.Response:
-        response: httpx.Response = _attempt(self._inner, request)
+        response: httpx.Response = _attempt(self._inner, request, self._cap)
         return response
 
     def close(self) -> None:
@@ -207,6 +216,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._cap = _window_cap(self.stack)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send *request* through the stack."""
@@ -214,7 +224,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _send_once(self, request: httpx.Request) -> httpx.Response:
-        response: httpx.Response = await _attempt_async(self._inner, request)
+        response: httpx.Response = await _attempt_async(self._inner, request, self._cap)
         return response
 
     async def aclose(self) -> None:

@@ -30,7 +30,12 @@ import httpx2
 
 from resilience._compose import Stack, _as_stack
 from resilience.presets import tinker
-from resilience.transport import _attempt, _attempt_async, _PerOrigin
+from resilience.transport import (
+    _attempt,
+    _attempt_async,
+    _PerOrigin,
+    _window_cap,
+)
 
 
 __all__ = ["AsyncResilientTransport", "ResilientTransport"]
@@ -63,7 +68,7 @@ class ResilientTransport(httpx2.BaseTransport):
         return response
 
     def _send_once(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = _attempt(self._inner, request)
+        response: httpx2.Response = _attempt(self._inner, request, _window_cap(self.stack))
         return response
 
     def close(self) -> None:
@@ -98,7 +103,9 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
         return response
 
     async def _send_once(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = await _attempt_async(self._inner, request)
+        response: httpx2.Response = await _attempt_async(
+            self._inner, request, _window_cap(self.stack)
+        )
         return response
 
     async def aclose(self) -> None:

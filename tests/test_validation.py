@@ -33,6 +33,7 @@ from resilience import (
     ResilienceError,
     RetryBudget,
     RetryPolicy,
+    Stack,
     TracedPolicy,
     bounded,
     circuit_breaker,
@@ -121,6 +122,7 @@ POLICIES: list[tuple[type[Any], Callable[[Any], Any], dict[str, Any]]] = [
     (RateLimitPolicy, rate_limited, {"rate": 5, "key": "hostile"}),
     (BoundedPolicy, bounded, {"limit": 2, "key": "hostile"}),
     (TracedPolicy, traced, {"name": "hostile", "log": False}),
+    (Stack, lambda stack: stack, {"bounded": BoundedPolicy(limit=2, key="hostile-stack")}),
 ]
 
 
@@ -352,3 +354,23 @@ class TestFromEnv:
     def test_none_word_still_means_none_for_numbers(self) -> None:
         """'none' written out is still how to say "unbounded"."""
         assert RetryPolicy.from_env("R_", {"R_ATTEMPTS": "none"}).attempts is None
+
+
+class TestHugeServerDelays:
+    def test_transport_caps_a_huge_retry_after(self) -> None:
+        """Retry-After: 10**11 s neither breaks the request nor holds the window past the cap."""
+        import httpx
+
+        from resilience import Stack
+        from resilience.transport import ResilientTransport, window_key
+        from tests.httpserver import serve
+
+        stack = Stack(retry=RetryPolicy(attempts=1, retry_after_cap=30.0))
+        with serve() as (base, _server), virtual_time():
+            transport = ResilientTransport(stack)
+            with httpx.Client(transport=transport) as client:
+                response = client.get(f"{base}/status/503?Retry-After=99999999999")
+            assert 503 == response.status_code
+            url = httpx.URL(f"{base}/status/503")
+            remaining = resilience.backoff_window(window_key(url)).remaining()
+            assert 0.0 < remaining <= 30.0

@@ -13,19 +13,26 @@ from typing import assert_type
 import resilience
 
 from resilience import (
+    AdaptiveLimit,
     Backoff,
     BoundedPolicy,
     CircuitBreakerPolicy,
     RetryPolicy,
+    RetryQuota,
+    RetryThrottle,
     Stack,
+    ThrottlePolicy,
     bounded,
     circuit_breaker,
+    get_bounded,
     parse_retry_after,
     presets,
     rate_limited,
     retry,
+    throttled,
     traced,
 )
+from resilience.http import Quota, parse_quota
 
 
 @retry
@@ -122,6 +129,36 @@ class Service:
         return None
 
 
+@bounded(limit=AdaptiveLimit(algorithm="aimd"), key="typing-adaptive")
+async def adaptive_permit(a: int) -> float:
+    return 1.0
+
+
+@throttled
+def throttled_bare(a: int) -> str:
+    return str(a)
+
+
+@throttled(ThrottlePolicy(k=1.5), key="typing-throttle")
+async def throttled_async(a: int, *, b: str = "") -> bytes:
+    return b""
+
+
+@retry(attempts=3, budget=RetryQuota(key="typing-quota"))
+def quota_retried(a: int) -> int:
+    return a
+
+
+@retry(attempts=3, budget=RetryThrottle())
+async def throttle_retried() -> str:
+    return ""
+
+
+@rate_limited(rate=1000, per=60.0, cost=lambda text: len(text), settle=lambda used: used)
+def weighted(text: str) -> int:
+    return len(text)
+
+
 async def check() -> None:
     assert_type(bare(1), float)
     assert_type(bare(1, b="y"), float)
@@ -152,3 +189,13 @@ async def check() -> None:
     wrapped: Callable[[int], float] = decorator(bare)
     assert_type(resilience.is_active(), bool)
     del wrapped
+    assert_type(await adaptive_permit(1), float)
+    assert_type(get_bounded("typing-adaptive").limit, int)
+    assert_type(throttled_bare(1), str)
+    assert_type(await throttled_async(1, b="x"), bytes)
+    assert_type(quota_retried(1), int)
+    assert_type(await throttle_retried(), str)
+    assert_type(weighted("abc"), int)
+    assert_type(parse_quota({"x-ratelimit-remaining": "1"}), list[Quota])
+    assert_type(RetryQuota().tokens(), int)
+    assert_type(RetryThrottle().tokens(), float)
