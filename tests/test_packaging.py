@@ -52,6 +52,7 @@ PUBLIC_MODULES = [
     "resilience.telemetry.otel",
     "resilience.testing",
     "resilience.transport",
+    "resilience.transport_httpx2",
     "resilience.typing",
 ]
 
