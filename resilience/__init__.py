@@ -19,16 +19,20 @@ from resilience._budget.state import RetryBudget
 from resilience._clock import SystemClock
 from resilience._compose import Stack, exempt, resilient
 from resilience._config import is_active, set_active
+from resilience._deadline import deadline, remaining
 from resilience._decorating import layers_of
 from resilience._errors import (
     AttemptTimeoutError,
     BoundedTimeoutError,
     CircuitOpenError,
+    DeadlineExceededError,
     RateLimitedError,
     ResilienceError,
     StoreUnavailableError,
     ThrottledError,
 )
+from resilience._hedge.face import hedged
+from resilience._hedge.policy import HedgingPolicy
 from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
 from resilience._rate.face import rate_limited
 from resilience._rate.window import BackoffWindow, backoff_window
@@ -51,6 +55,8 @@ __all__ = [
     "CircuitBreakerPolicy",
     "CircuitBreakerStats",
     "CircuitOpenError",
+    "DeadlineExceededError",
+    "HedgingPolicy",
     "RateLimitPolicy",
     "RateLimitedError",
     "ResilienceError",
@@ -67,13 +73,16 @@ __all__ = [
     "backoff_window",
     "bounded",
     "circuit_breaker",
+    "deadline",
     "exempt",
     "get_bounded",
     "get_circuit_breaker",
+    "hedged",
     "is_active",
     "layers_of",
     "parse_retry_after",
     "rate_limited",
+    "remaining",
     "resilient",
     "retry",
     "retry_after_from",

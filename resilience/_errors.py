@@ -9,6 +9,7 @@ The exception tree: every error this package raises on its own account.
           ├── RateLimitedError
           ├── BoundedTimeoutError (also a TimeoutError)
           ├── AttemptTimeoutError (also a TimeoutError)
+          ├── DeadlineExceededError (also a TimeoutError)
           ├── ThrottledError
           └── StoreUnavailableError
 
@@ -34,6 +35,7 @@ __all__ = [
     "AttemptTimeoutError",
     "BoundedTimeoutError",
     "CircuitOpenError",
+    "DeadlineExceededError",
     "RateLimitedError",
     "ResilienceError",
     "StoreUnavailableError",
@@ -203,6 +205,37 @@ class AttemptTimeoutError(ResilienceError, TimeoutError):
         self.name = name
         self.timeout = timeout
         super().__init__(f"attempt of {name} took longer than {timeout:.3f} s and was cancelled")
+
+
+class DeadlineExceededError(ResilienceError, TimeoutError):
+    """
+    A deadline set with ``resilience.deadline()`` passed while async work was still running.
+
+    The work was cancelled at the deadline. Sync code cannot be interrupted, so it never
+    raises this: a sync block that overruns keeps its own outcome.
+
+    Attributes:
+        seconds: The deadline's length in seconds, as it was set.
+        where: Where it was set (``file:line``), or ``""`` when unknown.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        where: str = "",
+        name: str = "",
+        detail: str = "the work still running was cancelled",
+    ) -> None:
+        self.seconds = seconds
+        self.where = where
+        self.name = name
+        at = f" set at {where}" if where else ""
+        what = f" ({name})" if name else ""
+        then = f"; {detail}" if detail else ""
+        super().__init__(f"the deadline of {seconds:.3f} s{at} passed{what}{then}")
 
 
 class ThrottledError(ResilienceError):

@@ -34,6 +34,7 @@ from resilience.transport import (
     _attempt,
     _attempt_async,
     _PerOrigin,
+    _style,
     _window_cap,
     window_key,
 )
@@ -49,6 +50,8 @@ class ResilientTransport(httpx2.BaseTransport):
     Args:
         stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
         transport: The transport that really sends (default ``httpx2.HTTPTransport()``).
+        deadline_header: As for ``resilience.transport.ResilientTransport``.
+        deadline_format: As for ``resilience.transport.ResilientTransport``.
 
     .. versionadded:: 0.1.0
     """
@@ -58,10 +61,14 @@ class ResilientTransport(httpx2.BaseTransport):
         stack: Stack | Mapping[str, Any] | None = None,
         *,
         transport: httpx2.BaseTransport | None = None,
+        deadline_header: str | None = None,
+        deadline_format: str | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx2.HTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._deadline_header = deadline_header
+        self._deadline_style = _style(deadline_header, deadline_format)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send *request* through the stack."""
@@ -69,7 +76,13 @@ class ResilientTransport(httpx2.BaseTransport):
         return response
 
     def _send_once(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = _attempt(self._inner, request, _window_cap(self.stack))
+        response: httpx2.Response = _attempt(
+            self._inner,
+            request,
+            _window_cap(self.stack),
+            self._deadline_header,
+            self._deadline_style,
+        )
         return response
 
     def close(self) -> None:
@@ -84,6 +97,8 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
     Args:
         stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
         transport: The transport that really sends (default ``httpx2.AsyncHTTPTransport()``).
+        deadline_header: As for ``resilience.transport.ResilientTransport``.
+        deadline_format: As for ``resilience.transport.ResilientTransport``.
 
     .. versionadded:: 0.1.0
     """
@@ -93,10 +108,14 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
         stack: Stack | Mapping[str, Any] | None = None,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
+        deadline_header: str | None = None,
+        deadline_format: str | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx2.AsyncHTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._deadline_header = deadline_header
+        self._deadline_style = _style(deadline_header, deadline_format)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send *request* through the stack."""
@@ -105,7 +124,11 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
 
     async def _send_once(self, request: httpx2.Request) -> httpx2.Response:
         response: httpx2.Response = await _attempt_async(
-            self._inner, request, _window_cap(self.stack)
+            self._inner,
+            request,
+            _window_cap(self.stack),
+            self._deadline_header,
+            self._deadline_style,
         )
         return response
 

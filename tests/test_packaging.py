@@ -44,6 +44,7 @@ def test_py_typed_shipped():
 
 PUBLIC_MODULES = [
     "resilience",
+    "resilience.chaos",
     "resilience.http",
     "resilience.presets",
     "resilience.stores",

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import resilience
 
 from resilience import (
+    AdaptiveLimit,
     Backoff,
     BoundedPolicy,
     CircuitBreakerPolicy,
@@ -34,11 +35,13 @@ from resilience import (
     RetryBudget,
     RetryPolicy,
     Stack,
+    ThrottlePolicy,
     TracedPolicy,
     bounded,
     circuit_breaker,
     rate_limited,
     retry,
+    throttled,
     traced,
 )
 from resilience._validate import MAX_DURATION
@@ -110,9 +113,10 @@ def _end_to_end(decorator: Callable[[Any], Any], field: str = "") -> None:
                 continue
 
 
-def _refused_by_name(error: Exception, owner: str, field: str) -> None:
+def _refused_by_name(error: Exception, owner: str, *fields: str) -> None:
+    """*error* is a ValueError/TypeError naming one of *fields* (a relation names either)."""
     assert isinstance(error, ValueError | TypeError), repr(error)
-    assert field in str(error), f"{owner}.{field}: {error}"
+    assert any(field in str(error) for field in fields), f"{owner}.{fields}: {error}"
 
 
 # (policy class, decorator, the fields that make a valid base policy)
@@ -123,6 +127,7 @@ POLICIES: list[tuple[type[Any], Callable[[Any], Any], dict[str, Any]]] = [
     (BoundedPolicy, bounded, {"limit": 2, "key": "hostile"}),
     (TracedPolicy, traced, {"name": "hostile", "log": False}),
     (Stack, lambda stack: stack, {"bounded": BoundedPolicy(limit=2, key="hostile-stack")}),
+    (ThrottlePolicy, throttled, {"key": "hostile-throttle"}),
 ]
 
 
@@ -205,6 +210,26 @@ def test_budget_field(field: str, value: Any) -> None:
     reset()
     with virtual_time():
         _end_to_end(retry(RetryPolicy(attempts=3, budget=budget)))
+
+
+ADAPTIVE_FIELDS = ["algorithm", "initial", "min_limit", "max_limit", "backoff_ratio", "on_drop"]
+
+
+@pytest.mark.parametrize("field", ADAPTIVE_FIELDS)
+@settings(max_examples=40)
+@given(value=hostile)
+def test_adaptive_limit_field(field: str, value: Any) -> None:
+    """AdaptiveLimit refuses a hostile value by name, or works as a @bounded limit."""
+    try:
+        limit = AdaptiveLimit(**{field: value})
+    except Exception as error:
+        # initial, min_limit and max_limit are checked against each other as well
+        bounds = ("initial", "min_limit", "max_limit")
+        _refused_by_name(error, "AdaptiveLimit", *(bounds if field in bounds else (field,)))
+        return
+    reset()
+    with virtual_time():
+        _end_to_end(bounded(BoundedPolicy(limit=limit, key="hostile-adaptive")), field)
 
 
 class TestDurations:

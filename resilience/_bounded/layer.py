@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from resilience import _clock, _config
+from resilience import _clock, _config, _deadline
 from resilience._bounded.adaptive import AdaptiveLimit, AdaptivePoolBackend
 from resilience._bounded.pool import MemoryPoolBackend, PermitQueue
 from resilience._decorating import KeyedLayer, Runner, terminal
@@ -89,7 +89,14 @@ class BoundedLayer(KeyedLayer):
     def _clock(self) -> Clock:
         return _clock.resolve(self.policy.clock)
 
-    def _waited(self, queue: PermitQueue, got: bool, started: float, clock: Clock) -> None:
+    def _waited(
+        self,
+        queue: PermitQueue,
+        got: bool,
+        started: float,
+        clock: Clock,
+        timeout: float | None = None,
+    ) -> None:
         waited = clock.monotonic() - started
         if BUS.subs:
             name = "resilience.bounded.wait" if got else "resilience.bounded.timeout"
@@ -104,22 +111,36 @@ class BoundedLayer(KeyedLayer):
                 },
             )
         if not got:
-            timeout = waited if self.timeout is None else self.timeout
-            raise BoundedTimeoutError(
-                self.key, limit=queue.backend.limit, weight=self.policy.weight, timeout=timeout
+            error = BoundedTimeoutError(
+                self.key,
+                limit=queue.backend.limit,
+                weight=self.policy.weight,
+                timeout=waited if timeout is None else timeout,
             )
+            deadline = _deadline.current()
+            if deadline is not None and timeout != self.timeout:
+                error.add_note(f"resilience.bounded: waited until {deadline.describe()}")
+            raise error
+
+    def _timeout(self) -> float | None:
+        """The policy's timeout, shortened to the time left before the current deadline."""
+        left = _deadline.remaining()
+        timeout = self.timeout
+        return timeout if left is None or (timeout is not None and timeout <= left) else left
 
     def _wait_sync(self, queue: PermitQueue) -> None:
         clock: Clock = _clock.SYSTEM_CLOCK  # threads block on a real lock: measure real time
         started = clock.monotonic()
-        got = queue.acquire(self.policy.weight, self.timeout)
-        self._waited(queue, got, started, clock)
+        timeout = self._timeout()
+        got = queue.acquire(self.policy.weight, timeout)
+        self._waited(queue, got, started, clock, timeout)
 
     async def _wait_async(self, queue: PermitQueue) -> None:
         clock = self._clock()
         started = clock.monotonic()
-        got = await queue.acquire_async(self.policy.weight, self.timeout, clock)
-        self._waited(queue, got, started, clock)
+        timeout = self._timeout()
+        got = await queue.acquire_async(self.policy.weight, timeout, clock)
+        self._waited(queue, got, started, clock, timeout)
 
     # -- a remote store (Redis) ----------------------------------------------------------
 

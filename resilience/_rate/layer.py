@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from resilience import _clock, _config
+from resilience import _clock, _config, _deadline
 from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
@@ -56,6 +56,13 @@ class _Epoch:
 
 EPOCH = _Epoch()
 _config.on_reset(EPOCH.bump)
+_deadline_now = _deadline._current.get
+
+
+def _until_deadline(max_wait: float) -> float:
+    """*max_wait*, shortened to the time left before the current deadline (if any)."""
+    left = _deadline.remaining()
+    return max_wait if left is None or left >= max_wait else left
 
 
 class RateLimitLayer(KeyedLayer):
@@ -141,14 +148,14 @@ class RateLimitLayer(KeyedLayer):
 
     def _next(self, backend: RateBackend, waited: float) -> float:
         """After a sleep: 0.0 to start, or the next wait (a window extended, a late wake)."""
-        wait = backend.resume(max(0.0, self.max_wait - waited))
+        wait = backend.resume(max(0.0, _until_deadline(self.max_wait - waited)))
         if wait < 0.0:
             raise self._refuse(-wait)
         return wait
 
     async def _anext(self, backend: RateBackend, waited: float) -> float:
         """``_next`` through the backend's async twin (a remote store)."""
-        wait = await backend.aresume(max(0.0, self.max_wait - waited), self.rtt)
+        wait = await backend.aresume(max(0.0, _until_deadline(self.max_wait - waited)), self.rtt)
         if wait < 0.0:
             raise self._refuse(-wait)
         return wait
@@ -432,8 +439,9 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
             try:
-                wait = backend.reserve(max_wait)
+                wait = backend.reserve(bound)
                 if wait:
                     layer._wait_sync(backend, wait)
             except StoreUnavailableError as error:
@@ -473,11 +481,12 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
             try:
                 if layer._remote:
-                    wait = await backend.areserve(max_wait, layer.rtt)
+                    wait = await backend.areserve(bound, layer.rtt)
                 else:
-                    wait = backend.reserve(max_wait)
+                    wait = backend.reserve(bound)
                 if wait:
                     await layer._wait_async(backend, wait)
             except StoreUnavailableError as error:

@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
-from resilience import _config
+from resilience import _config, _deadline
 from resilience._errors import ResilienceError
 from resilience._retry_after import retry_after_from, safe_delay
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["WITHDRAW", "Allowance", "LastSuccess", "RetryCall", "Rules", "Verdict"]
 
 _SWITCHES = _config.state  # never replaced, only its attributes set
+_deadline_in_force = _deadline._current.get  # the innermost deadline, or None
 
 
 class Verdict(enum.Enum):
@@ -196,7 +197,8 @@ class RetryCall:
             self.server_delay = False
         if testing:
             delay = 0.0
-        if rules.guarded:  # a limit on time, or a budget to ask
+        # A limit on time or a budget to ask (per policy), or a deadline (per context).
+        if rules.guarded or _deadline_in_force() is not None:
             if self._crosses(delay, now):
                 return None
             if rules.budget is not None:
@@ -219,19 +221,27 @@ class RetryCall:
         """
         The seconds left for waits and attempts and what sets them; None without a limit.
 
-        Every limit on time is read here: ``timeout`` counts from the call's start. (A new
-        limit, such as a deadline, goes here, and makes ``Rules.guarded`` true.)
+        Every limit on time is read here: ``timeout`` counts from the call's start, and the
+        deadline in force (``resilience.deadline``) caps it when it ends sooner.
         """
         rules = self.rules
-        if rules.timeout is None:
-            return None
-        return rules.timeout - (now - self.started), rules.timeout_text
+        left = None
+        if rules.timeout is not None:
+            left = rules.timeout - (now - self.started), rules.timeout_text
+        scope = _deadline_in_force()
+        if scope is not None:
+            until = _deadline.remaining()
+            if until is not None and (left is None or until < left[0]):
+                left = until, f"{scope.describe()} ({until:.3f} s left)"
+        return left
 
     def _crosses(self, delay: float, now: float) -> bool:
         """Whether a wait of *delay* would end past the time left (then say so in ``reason``)."""
         left = self.time_left(now)
-        if left is None or delay <= left[0]:
+        if left is None or delay < left[0]:
             return False
+        if delay == left[0] and left[1] is self.rules.timeout_text:
+            return False  # a wait may end exactly at the timeout (a deadline leaves no time)
         self.reason = f"the next wait of {delay:.3f} s would cross {left[1]}"
         return True
 

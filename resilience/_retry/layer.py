@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from resilience import _clock, _config
+from resilience import _clock, _config, _deadline
 from resilience._decorating import Kind, Layer, Runner
 from resilience._errors import AttemptTimeoutError
 from resilience._fallback import Fallback
@@ -334,14 +334,19 @@ class RetryLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            scope = asyncio.timeout(limit)
+            left = _deadline.remaining()
+            bound = limit if left is None or left >= limit else left  # never past the deadline
+            scope = asyncio.timeout(bound)
             try:
                 async with scope:
                     return await call_next(wrapped, instance, args, kwargs)
             except TimeoutError as exc:
-                if scope.expired():
-                    raise AttemptTimeoutError(name, limit) from exc
-                raise
+                if not scope.expired():
+                    raise
+                deadline = _deadline.current()
+                if bound < limit and deadline is not None:
+                    raise deadline.error(name) from exc
+                raise AttemptTimeoutError(name, limit) from exc
 
         return timed
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from resilience import _clock
 from resilience._dictable import FromDict
 from resilience._validate import (
+    check_clock,
     check_number,
     check_store,
     duration,
@@ -94,6 +95,7 @@ class ThrottlePolicy(FromDict):
             raise TypeError(msg)
         optional_callable(owner, "rand", self.rand)
         check_store(owner, self.store)
+        check_clock(owner, self.clock)
 
 
 class ThrottleState:

@@ -414,6 +414,8 @@ def _left(deadline: float | None) -> float | None:
 
 
 @atexit.register
-def _close_all() -> None:
+def _close_all(timeout: float = 5.0) -> None:
+    """At exit: drain every open reporter, all of them within *timeout* seconds in total."""
+    deadline = time.monotonic() + timeout
     for reporter in list(_open):
-        reporter.close(timeout=5.0)
+        reporter.close(timeout=_left(deadline))

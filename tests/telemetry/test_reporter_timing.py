@@ -171,3 +171,15 @@ def test_stats_add_up_at_every_moment(
     assert 0 == stats.queued
     assert stats.accepted == stats.sent + stats.failed
     assert stats.accepted + stats.overflow >= events  # every log() was accepted or counted
+
+
+def test_exit_drain_shares_one_deadline(hanging: Hanging) -> None:
+    """At interpreter exit, three hanging reporters take the exit timeout once, not thrice."""
+    from resilience.telemetry._reporter import _close_all
+
+    reporters = [Reporter(hanging, enabled=True, clock=FakeClock()) for _ in range(3)]
+    for reporter in reporters:
+        reporter.log("e", {"n": 1})
+    done, elapsed = _timed(lambda: _close_all(TIMEOUT) or True)
+    assert done
+    assert elapsed <= TIMEOUT * 1.1

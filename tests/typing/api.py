@@ -31,6 +31,7 @@ from resilience import (
     throttled,
     traced,
 )
+from resilience.chaos import inject_fault, inject_latency, inject_result, set_enabled
 from resilience.http import Quota, parse_quota
 
 
@@ -126,6 +127,71 @@ class Service:
     @retry(attempts=2)
     async def amethod(self) -> None:
         return None
+
+
+@resilience.hedged
+async def hedged_bare(a: int) -> str:
+    return str(a)
+
+
+@resilience.hedged(delay=0.1, max_hedged_attempts=2, on=ConnectionError)
+@retry(attempts=2)
+async def hedged_stacked(a: int, *, b: str = "") -> list[str]:
+    return [b] * a
+
+
+@resilience.hedged(resilience.HedgingPolicy(delay=None))
+async def hedged_policy() -> bytes:
+    return b""
+
+
+@resilience.deadline(2.0)
+async def under_deadline(a: int) -> float:
+    return float(a)
+
+
+@resilience.deadline(timedelta(seconds=1))
+def sync_under_deadline(a: str) -> str:
+    return a
+
+
+@inject_fault(ConnectionError("x"), rate=0.1, seed=1)
+@inject_latency(0.5, rate=0.1)
+@inject_result(None, rate=0.1, enabled=lambda: True)
+async def chaotic(a: int) -> int | None:
+    return a
+
+
+@inject_fault(TimeoutError, rate=0.5)
+def chaotic_sync(a: int) -> int:
+    return a
+
+
+def plain_sync(a: int) -> int:
+    return a
+
+
+# A sync target is refused at run time (TypeError); the type checker refuses it too (an
+# unneeded ignore would itself be an error under --strict).
+refused: object = resilience.hedged(delay=1.0)(plain_sync)  # type: ignore[arg-type]
+refused_bare: object = resilience.hedged(plain_sync)  # type: ignore[arg-type]
+
+
+async def check_v2() -> None:
+    assert_type(await hedged_bare(1), str)
+    assert_type(await hedged_stacked(2, b="x"), list[str])
+    assert_type(await hedged_policy(), bytes)
+    assert_type(await under_deadline(1), float)
+    assert_type(sync_under_deadline("a"), str)
+    assert_type(await chaotic(1), int | None)
+    assert_type(chaotic_sync(1), int)
+    assert_type(resilience.remaining(), float | None)
+    with resilience.deadline(1.0) as scope:
+        assert_type(scope, resilience.deadline)
+    async with resilience.deadline(1.0):
+        pass
+    with set_enabled(False):
+        pass
 
 
 @bounded(limit=AdaptiveLimit(algorithm="aimd"), key="typing-adaptive")
