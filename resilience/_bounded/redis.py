@@ -323,6 +323,12 @@ class RedisPermitQueue(PermitQueue):
 
 def redis_pool_backend(key: str, policy: BoundedPolicy, store: RedisStore) -> RedisPoolBackend:
     """Build the Redis pool of *key* from *policy* (the ``"pool"`` factory)."""
+    if not isinstance(policy.limit, int):
+        msg = (
+            f"@bounded key {key!r}: an AdaptiveLimit is kept in memory for now; "
+            f"use a MemoryStore, or a fixed limit on a RedisStore"
+        )
+        raise ValueError(msg)
     return RedisPoolBackend(store, key, policy.limit, store.lease)
 
 

@@ -9,7 +9,7 @@ the newest bucket, ``tc``/``tr`` the totals, ``c0``..``c9``/``r0``..``r9`` the b
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from resilience.stores._redis import NOW_LUA
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from resilience.stores._redis import RedisStore
 
 
-__all__ = ["RedisBudgetBackend", "redis_budget_backend"]
+__all__ = ["RedisBudgetBackend", "RedisTokenBackend", "redis_budget_backend", "redis_tokens"]
 
 # ARGV: 1 now, 2 ttl ms, 3 ratio, 4 bucket width us, 5 floor (retries allowed whatever the
 # calls), 6 the step: 'deposit', 'withdraw' or 'balance'. Reply: the balance (text) or 1/0.
@@ -131,6 +131,58 @@ class RedisBudgetBackend:
         return f"<RedisBudgetBackend {self._keys[0]!r}>"
 
 
+# KEYS: the bucket. ARGV: 1 capacity, 2 take, 3 need, 4 give, 5 ttl ms. A missing bucket is
+# full. Reply: {1 if taken (or nothing to take) else 0, tokens after}.
+_TOKENS: Final = """
+local capacity = tonumber(ARGV[1])
+local take, need, give = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tokens = tonumber(redis.call('GET', KEYS[1])) or capacity
+local ok = 1
+if take > 0 then
+  if tokens >= need then
+    tokens = math.max(0, tokens - take)
+  else
+    ok = 0
+  end
+end
+tokens = math.min(capacity, tokens + give)
+redis.call('SET', KEYS[1], string.format('%d', tokens), 'PX', tonumber(ARGV[5]))
+return {ok, tokens}
+"""
+
+
+class RedisTokenBackend:
+    """``TokenBackend`` in Redis: one integer per key, each step one script."""
+
+    __slots__ = ("_capacity", "_keys", "key", "store")
+
+    def __init__(self, key: str, capacity: int, store: RedisStore) -> None:
+        self.key = key
+        self.store = store
+        self._capacity = capacity
+        self._keys = (store.key("tokens", key),)
+
+    def step(self, take: int, need: int, give: int) -> tuple[bool, int]:
+        """Take *take* tokens if at least *need* are there, then add *give*."""
+        args = [self._capacity, take, need, give, self.store.ttl_ms]
+        ok, tokens = self.store.run(_TOKENS, self._keys, args, key=self.key)
+        return bool(ok), int(tokens)
+
+    async def astep(self, take: int, need: int, give: int) -> tuple[bool, int]:
+        """The async twin of ``step``, on the store's asyncio client."""
+        args = [self._capacity, take, need, give, self.store.ttl_ms]
+        ok, tokens = await self.store.arun(_TOKENS, self._keys, args, key=self.key)
+        return bool(ok), int(tokens)
+
+    def __repr__(self) -> str:
+        return f"<RedisTokenBackend {self._keys[0]!r}>"
+
+
 def redis_budget_backend(key: str, budget: RetryBudget, store: RedisStore) -> RedisBudgetBackend:
     """``RedisStore``'s ``"budget"`` factory."""
     return RedisBudgetBackend(key, budget, store)
+
+
+def redis_tokens(key: str, owner: Any, store: RedisStore) -> RedisTokenBackend:
+    """``RedisStore``'s ``"tokens"`` factory (``RetryQuota``, ``RetryThrottle``)."""
+    return RedisTokenBackend(key, owner.bucket_capacity, store)

@@ -151,6 +151,138 @@ return n
 )
 
 
+# -- weighted calls: RateState.reserve_units / admit_units / settle_units, as Lua ----------
+# A call of cost c is c copies of its start in the lists; ARGV[9] is the cost.
+_UNITS = (
+    _COMMON
+    + """
+local cost = tonumber(ARGV[9])
+
+local function bound(list, start, span, spacing)
+  local count = redis.call('LLEN', list)
+  local back = rate - cost + 1
+  if count >= back then
+    local t = tonumber(redis.call('LINDEX', list, -back)) + span
+    if t > start then start = t end
+  end
+  if burst < rate then
+    local c = cost
+    if c > burst then c = burst end
+    local bback = burst - c + 1
+    if count >= bback then
+      local e = tonumber(redis.call('LINDEX', list, -bback)) + spacing
+      if e > start then start = e end
+    end
+  end
+  return start
+end
+
+local function push(list, value, n)
+  local values = {}
+  for i = 1, n do values[i] = value end
+  for i = 1, n, 1000 do
+    redis.call('RPUSH', list, unpack(values, i, math.min(i + 999, n)))
+  end
+  redis.call('LTRIM', list, -rate, -1)
+end
+
+local function admit_units()
+  local need = bound(starts, now, per + slack, gap + slack)
+  if need > now then return need - now end
+  push(starts, fmt(now), cost)
+  keep(starts, now)
+  return 0
+end
+
+local function reserve_units(max_wait)
+  while true do
+    local head = redis.call('LINDEX', log, 0)
+    if not head or tonumber(head) + per > now then break end
+    redis.call('LPOP', log)
+  end
+  local start = now
+  local floor = window_end()
+  if floor and floor > start then start = floor end
+  local last = redis.call('LINDEX', log, -1)
+  if last and tonumber(last) > start then start = tonumber(last) end
+  start = bound(log, start, per, gap)
+  local wait = start - now
+  if max_wait >= 0 and wait > max_wait then return {-wait, start, -1} end
+  push(log, fmt(start), cost)
+  keep(log, start)
+  if wait > 0 then return {wait, start, -1} end
+  local need = admit_units()
+  if need == 0 then return {0, start, now} end
+  return {need, start, -1}
+end
+"""
+)
+
+_RESERVE_UNITS = _UNITS + "return reserve_units(tonumber(ARGV[7]))\n"
+
+_RESUME_UNITS = (
+    _UNITS
+    + """
+local floor = window_end()
+if floor and floor > now then return reserve_units(tonumber(ARGV[7])) end
+local need = admit_units()
+if need == 0 then return {0, -1, now} end
+return {need, -1, -1}
+"""
+)
+
+# ARGV[10] the reservation, ARGV[11] the actual start (microseconds; -1: none), ARGV[12]
+# the units to give back (< 0) or charge (> 0), as of those times.
+_SETTLE_UNITS = (
+    _COMMON
+    + """
+local delta = tonumber(ARGV[12])
+local function settle(list, stamp)
+  if stamp < 0 then return end
+  local value = fmt(stamp)
+  if delta < 0 then
+    redis.call('LREM', list, delta, value)
+    return
+  end
+  local items = redis.call('LRANGE', list, 0, -1)
+  local out, placed = {}, false
+  for i = 1, #items do
+    if not placed and tonumber(items[i]) > stamp then
+      for _ = 1, delta do out[#out + 1] = value end
+      placed = true
+    end
+    out[#out + 1] = items[i]
+  end
+  if not placed then
+    for _ = 1, delta do out[#out + 1] = value end
+  end
+  redis.call('DEL', list)
+  for i = 1, #out, 1000 do
+    redis.call('RPUSH', list, unpack(out, i, math.min(i + 999, #out)))
+  end
+  redis.call('LTRIM', list, -rate, -1)
+  keep(list, stamp)
+end
+settle(log, tonumber(ARGV[10]))
+settle(starts, tonumber(ARGV[11]))
+return 1
+"""
+)
+
+
+def _stamp(micros: int) -> float:
+    return math.nan if micros < 0 else micros / 1_000_000
+
+
+def _units_reply(reply: Any) -> tuple[float, float, float]:
+    wait, reserved, started = (int(part) for part in reply)
+    return wait / 1_000_000, _stamp(reserved), _stamp(started)
+
+
+def _stamp_arg(seconds: float) -> int:
+    return -1 if math.isnan(seconds) else round(seconds * 1_000_000)
+
+
 def _micros(seconds: float) -> int:
     return math.ceil(seconds * 1_000_000)
 
@@ -225,6 +357,46 @@ class RedisRateBackend:
     async def apending(self) -> int:
         """The async twin of ``pending``."""
         return int(await self.store.arun(_PENDING, self._keys, self._argv(), key=self.key))
+
+    # -- weighted calls (cost, settle) ------------------------------------------------------
+
+    def _units_argv(self, max_wait: float | None, cost: int) -> list[Any]:
+        return [*self._argv(max_wait), cost]
+
+    def reserve_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """``reserve`` for *cost* units: ``(wait, reserved, started)`` (see ``RateState``)."""
+        argv = self._units_argv(max_wait, cost)
+        return _units_reply(self.store.run(_RESERVE_UNITS, self._keys, argv, key=self.key))
+
+    async def areserve_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """The async twin of ``reserve_units``."""
+        argv = self._units_argv(max_wait, cost)
+        reply = await self.store.arun(_RESERVE_UNITS, self._keys, argv, key=self.key)
+        return _units_reply(reply)
+
+    def resume_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """``resume`` for *cost* units: ``(wait, reserved, started)``; reserved NaN if kept."""
+        argv = self._units_argv(max_wait, cost)
+        return _units_reply(self.store.run(_RESUME_UNITS, self._keys, argv, key=self.key))
+
+    async def aresume_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """The async twin of ``resume_units``."""
+        argv = self._units_argv(max_wait, cost)
+        reply = await self.store.arun(_RESUME_UNITS, self._keys, argv, key=self.key)
+        return _units_reply(reply)
+
+    def _settle_argv(self, reserved: float, started: float, delta: int) -> list[Any]:
+        return [*self._units_argv(None, 1), _stamp_arg(reserved), _stamp_arg(started), delta]
+
+    def settle_units(self, reserved: float, started: float, delta: int) -> None:
+        """Give back or charge *delta* units as of the call's start (see ``RateState``)."""
+        argv = self._settle_argv(reserved, started, delta)
+        self.store.run(_SETTLE_UNITS, self._keys, argv, key=self.key)
+
+    async def asettle_units(self, reserved: float, started: float, delta: int) -> None:
+        """The async twin of ``settle_units``."""
+        argv = self._settle_argv(reserved, started, delta)
+        await self.store.arun(_SETTLE_UNITS, self._keys, argv, key=self.key)
 
     def __repr__(self) -> str:
         return (

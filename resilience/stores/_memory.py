@@ -67,6 +67,8 @@ MemoryStore.register("window", "resilience._rate.window:memory_window")
 MemoryStore.register("pool", "resilience._bounded.pool:memory_pool")
 MemoryStore.register("pool.queue", "resilience._bounded.pool:permit_queue")
 MemoryStore.register("budget", "resilience._budget.state:memory_budget")
+MemoryStore.register("throttle", "resilience._throttle.state:memory_throttle")
+MemoryStore.register("tokens", "resilience._budget.quota:memory_tokens")
 
 DEFAULT_STORE = MemoryStore()
 on_reset(DEFAULT_STORE.clear)

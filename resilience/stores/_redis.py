@@ -483,3 +483,5 @@ RedisStore.register("window", "resilience._rate.redis_window:redis_window_backen
 RedisStore.register("pool", "resilience._bounded.redis:redis_pool_backend")
 RedisStore.register("pool.queue", "resilience._bounded.redis:redis_permit_queue")
 RedisStore.register("budget", "resilience._budget.redis:redis_budget_backend")
+RedisStore.register("throttle", "resilience._throttle.redis:redis_throttle")
+RedisStore.register("tokens", "resilience._budget.redis:redis_tokens")
