@@ -304,21 +304,28 @@ class RedisStore(BackendRegistry):
         *timeout* (if smaller than the store's) bounds this one call, e.g. by a policy's own
         remaining time.
         """
-        client = self._async_client()
         limit = self.timeout if timeout is None else min(self.timeout, max(timeout, 0.0))
-        try:
-            async with asyncio.timeout(limit):
-                try:
-                    return await client.evalsha(self._sha(source), len(keys), *keys, *args)
-                except self._no_script:
-                    return await client.eval(source, len(keys), *keys, *args)
-        except (TimeoutError, OSError, self._error) as error:
-            raise self.unavailable(key, error, limit) from error
-        except Exception as error:
-            # Not the library's own error: a client left broken (e.g. cancelled while it
-            # connected). Start the next call on a fresh twin; this one is unavailable.
-            self._async_clients.pop(asyncio.get_running_loop(), None)
-            raise self.unavailable(key, error, limit) from error
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        for attempt in (1, 2):
+            client = self._async_client()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    try:
+                        return await client.evalsha(self._sha(source), len(keys), *keys, *args)
+                    except self._no_script:
+                        return await client.eval(source, len(keys), *keys, *args)
+            except (TimeoutError, OSError, self._error) as error:
+                raise self.unavailable(key, error, limit) from error
+            except Exception as error:
+                # Not the library's own error: a client left broken (e.g. a connection
+                # cancelled while it connected). Drop it; try once more on a fresh twin
+                # within the same deadline.
+                if self._given_async is None:
+                    self._async_clients.pop(loop, None)
+                if attempt == 2 or self._given_async is not None or loop.time() >= deadline:
+                    raise self.unavailable(key, error, limit) from error
+        raise AssertionError  # pragma: no cover - the loop returns or raises
 
     def _async_client(self) -> Any:
         if self._given_async is not None:
