@@ -33,6 +33,14 @@ from resilience._rate.face import rate_limited
 from resilience._rate.window import BackoffWindow, backoff_window
 from resilience._retry.face import retry
 from resilience._retry_after import parse_retry_after, retry_after_from
+from resilience._snapshot import (
+    BreakerSnapshot,
+    BudgetSnapshot,
+    LimiterSnapshot,
+    PoolSnapshot,
+    Snapshot,
+    snapshot,
+)
 from resilience._traced import TracedPolicy, traced
 
 
@@ -42,15 +50,20 @@ __all__ = [
     "BackoffWindow",
     "BoundedPolicy",
     "BoundedTimeoutError",
+    "BreakerSnapshot",
+    "BudgetSnapshot",
     "CircuitBreaker",
     "CircuitBreakerPolicy",
     "CircuitBreakerStats",
     "CircuitOpenError",
+    "LimiterSnapshot",
+    "PoolSnapshot",
     "RateLimitPolicy",
     "RateLimitedError",
     "ResilienceError",
     "RetryBudget",
     "RetryPolicy",
+    "Snapshot",
     "Stack",
     "StoreUnavailableError",
     "SystemClock",
@@ -68,6 +81,7 @@ __all__ = [
     "retry",
     "retry_after_from",
     "set_active",
+    "snapshot",
     "traced",
 ]
 

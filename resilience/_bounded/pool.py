@@ -29,6 +29,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
+from resilience._snapshot import PoolSnapshot
 from resilience.stores._memory import MemoryStore
 from resilience.stores._redis import RedisStore
 
@@ -68,6 +69,10 @@ class PoolBackend(Protocol):
 
     async def arelease(self, weight: int) -> None:
         """The async twin of ``release``."""
+        ...
+
+    def snapshot(self, key: str) -> PoolSnapshot:
+        """Return the operator's view of the pool of *key*, changing nothing."""
         ...
 
 
@@ -117,6 +122,10 @@ class MemoryPoolBackend:
     async def arelease(self, weight: int) -> None:
         """The async twin of ``release`` (no I/O: the same call)."""
         self.release(weight)
+
+    def snapshot(self, key: str) -> PoolSnapshot:
+        """Return the operator's view of the pool of *key* (waiters: see ``PermitQueue``)."""
+        return PoolSnapshot(key, self.limit, None, self.used, None, None)
 
 
 class _Waiter:
@@ -302,3 +311,4 @@ MemoryStore.register("pool", _memory_pool)
 MemoryStore.register("pool.queue", _permit_queue)
 RedisStore.register("pool", _redis_pool)
 RedisStore.register("pool.queue", _redis_permit_queue)
+RedisStore.register_view("pool", "resilience._bounded.redis")

@@ -58,6 +58,7 @@ def _redis_loader(key: str, store: Any) -> BreakerBackend | None:
 
 RedisStore.register("breaker", _redis_factory)
 RedisStore.register_loader("breaker", _redis_loader)
+RedisStore.register_view("breaker", "resilience._breaker.redis")
 
 # -- the registry -----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
+from resilience._snapshot import LimiterSnapshot, epoch_of
 from resilience._validate import duration
 from resilience.stores._memory import DEFAULT_STORE, MemoryStore
 from resilience.stores._redis import RedisStore
@@ -48,6 +49,10 @@ class WindowBackend(Protocol):
 
     def clear(self) -> None:
         """Close the window at once."""
+        ...
+
+    def snapshot(self, key: str) -> LimiterSnapshot:
+        """Return the operator's view of the window of *key* (no limiter), changing nothing."""
         ...
 
 
@@ -86,6 +91,20 @@ class MemoryWindowBackend:
         with self._lock:
             self.end = -math.inf
 
+    def view(self) -> tuple[float, float | None]:
+        """Return (seconds left, epoch seconds of the end or None when closed)."""
+        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        now = clock.monotonic()
+        end = self.end
+        if end <= now:
+            return 0.0, None
+        return end - now, epoch_of(end, now, clock.time())
+
+    def snapshot(self, key: str) -> LimiterSnapshot:
+        """Return the operator's view of the window of *key* (no limiter), changing nothing."""
+        left, ends_at = self.view()
+        return LimiterSnapshot(key, None, None, None, 0, 0, left > 0.0, left, ends_at)
+
 
 def _memory_window(key: str, policy: Any, store: Any) -> MemoryWindowBackend:
     return MemoryWindowBackend(getattr(policy, "clock", None))
@@ -101,6 +120,7 @@ def _redis_window(key: str, policy: Any, store: Any) -> WindowBackend:
 
 
 RedisStore.register("window", _redis_window)
+RedisStore.register_view("window", "resilience._rate.redis_window")
 
 
 class BackoffWindow:

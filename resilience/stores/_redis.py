@@ -110,6 +110,7 @@ class RedisStore(BackendRegistry):
     __module__ = "resilience.stores"
 
     _loaders: ClassVar[dict[str, Callable[[str, RedisStore], Any]]] = {}
+    _views: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -152,6 +153,9 @@ class RedisStore(BackendRegistry):
             )
             raise TypeError(msg)
         super().__init__()
+        from resilience.stores._redis_snapshot import MetaWriter  # noqa: PLC0415 - circular
+
+        self._meta = MetaWriter(self)
         self._scripts: dict[str, Any] = {}
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
@@ -169,6 +173,27 @@ class RedisStore(BackendRegistry):
         None when Redis holds nothing for the key.
         """
         cls._loaders[concern] = loader
+
+    @classmethod
+    def register_view(cls, concern: str, module: str) -> None:
+        """Make ``snapshot()`` read the keys of *concern* with the ``VIEW`` of *module*."""
+        cls._views[concern] = module
+
+    def backend(self, concern: str, key: str, policy: Any) -> Any:
+        """Return the backend of *concern* for *key*; a new one's numbers go to the meta hash."""
+        found = self._backends.get((concern, key))
+        if found is None:
+            found = super().backend(concern, key, policy)
+            meta = getattr(found, "meta", None)
+            if meta is not None:
+                self._meta.declare(concern, key, meta())
+        return found
+
+    def snapshot(self) -> Any:
+        """Read every breaker, limiter, window, pool and budget of the namespace (no writes)."""
+        from resilience.stores._redis_snapshot import snapshot  # noqa: PLC0415 - on use
+
+        return snapshot(self)
 
     def peek(self, concern: str, key: str) -> Any:
         """
@@ -292,6 +317,8 @@ class RedisStore(BackendRegistry):
     def clear(self) -> None:
         """Delete every key of this store's namespace (for tests) and forget backends."""
         redis = _redis()
+        self._meta.settle()
+        self._meta.forget()
         self._forget_backends()
         try:
             for name in self.client.scan_iter(match=f"{self.namespace}:*", count=500):
@@ -308,6 +335,7 @@ class RedisStore(BackendRegistry):
 
     def close(self) -> None:
         """Close the connections this store opened (a client passed in stays open)."""
+        self._meta.stop()
         if self._owns_client:
             self.client.close()
 

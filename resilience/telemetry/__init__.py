@@ -18,6 +18,7 @@ from resilience.telemetry._reporter import (
     find_user_error,
     is_user_error,
 )
+from resilience.telemetry._rolling import NameMetrics, RollingMetrics
 from resilience.telemetry._spans import Span, current_span
 from resilience.telemetry._structlog import attach_structlog
 from resilience.telemetry._switch import env_enabled, is_enabled, set_enabled
@@ -30,8 +31,10 @@ __all__ = [
     "EventHandler",
     "Handle",
     "HttpBackend",
+    "NameMetrics",
     "Reporter",
     "ReporterStats",
+    "RollingMetrics",
     "Span",
     "add_sensitive",
     "attach",

@@ -1,0 +1,338 @@
+"""
+The operator's view of a ``RedisStore``: every key of its namespace, read without a write.
+
+``snapshot(store)`` makes one ``SCAN`` pass over the namespace (per node), groups the keys
+by concern and key (each concern registered its key suffixes and its reader with
+``RedisStore.register_view``), then sends one pipeline of plain reads (``TIME``,
+``HGETALL``, ``LRANGE``, ``GET``, ``ZRANGE``): no script, no blocking command, never a
+write. Each backend's keys are read back to back, so every record is consistent with
+itself; the records of different keys are read within one pipeline's round trip.
+
+The numbers a key's data does not hold (a limiter's rate, a pool's limit, a budget's
+ratio) come from the namespace's *meta* hash, ``<ns>:meta``: when a process first makes a
+backend it records the backend's ``meta()`` there, off the call path (a daemon thread, so
+a slow or absent server never delays a call), and refreshes it every ``idle_ttl / 2``
+seconds while the store lives. A breaker keeps its numbers in its own hash.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import threading
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from resilience._errors import StoreUnavailableError
+from resilience._snapshot import LimiterSnapshot, PoolSnapshot, Snapshot
+
+
+if TYPE_CHECKING:
+    from resilience.stores._redis import RedisStore
+
+
+__all__ = [
+    "MetaWriter",
+    "View",
+    "meta_key",
+    "read_one",
+    "snapshot",
+    "text",
+    "view_of",
+    "views",
+]
+
+Read = tuple[Any, ...]
+"""One pipelined read: a redis-py method name, its arguments and maybe its keywords."""
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """How the snapshot reads one concern: its key suffixes, its reads, its record."""
+
+    suffixes: tuple[str, ...]
+    reads: Callable[[RedisStore, str], list[Read]]
+    build: Callable[[RedisStore, str, list[Any], int, float, dict[str, Any] | None], Any]
+
+
+def text(value: Any) -> str:
+    """Decode a Redis reply to text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def meta_key(store: RedisStore) -> str:
+    """The hash of every declared backend's numbers in *store*'s namespace."""
+    return f"{store.namespace}:meta"
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    import redis  # noqa: PLC0415 - optional dependency, loaded by RedisStore already
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def _now_us(store: RedisStore, replies: list[Any]) -> tuple[int, list[Any]]:
+    """The scripts' clock in whole microseconds: the test clock's, else the server's TIME."""
+    clock = store.clock
+    if clock is not None:
+        return round(clock.monotonic() * 1_000_000), replies
+    seconds, micros = replies[0]
+    return int(seconds) * 1_000_000 + int(micros), replies[1:]
+
+
+def _wall(store: RedisStore, now_us: int) -> float:
+    clock = store.clock
+    if clock is not None:
+        return float(clock.time())
+    return now_us / 1_000_000  # server TIME is epoch time
+
+
+def views(store: RedisStore) -> dict[str, View]:
+    """Every registered concern's ``View`` (each registered the module that defines it)."""
+    return {concern: view_of(store, concern) for concern in store._views}
+
+
+def view_of(store: RedisStore, concern: str) -> View:
+    """The ``View`` of *concern*: the ``VIEW`` of the module it registered."""
+    found: View = getattr(importlib.import_module(store._views[concern]), "VIEW")  # noqa: B009
+    return found
+
+
+def _split(store: RedisStore, name: str, known: dict[str, View]) -> tuple[str, str] | None:
+    """Return (concern, key) of a Redis key name of *store*'s namespace, or None."""
+    prefix = f"{store.namespace}:"
+    if not name.startswith(prefix):
+        return None
+    concern, _, rest = name[len(prefix) :].partition(":")
+    view = known.get(concern)
+    if view is None or not rest:
+        return None
+    for suffix in view.suffixes:
+        if suffix and rest.endswith(f":{suffix}"):
+            return concern, rest[: -len(suffix) - 1]
+    if "" in view.suffixes:
+        return concern, rest
+    return None
+
+
+def _scan(store: RedisStore) -> list[str]:
+    """Every key name of the namespace: one SCAN pass on each node."""
+    client = store.client
+    nodes = getattr(client, "get_primaries", None)
+    match = f"{store.namespace}:*"
+    if nodes is None:
+        return [text(n) for n in client.scan_iter(match=match, count=1000)]
+    names: list[str] = []
+    for node in nodes():
+        connection = client.get_redis_connection(node)
+        names.extend(text(n) for n in connection.scan_iter(match=match, count=1000))
+    return names
+
+
+def _pipeline(store: RedisStore, reads: Sequence[Read]) -> list[Any]:
+    pipe = store.client.pipeline(transaction=False)
+    if store.clock is None:
+        pipe.time()
+    for method, args, *keywords in reads:
+        getattr(pipe, method)(*args, **(keywords[0] if keywords else {}))
+    return list(pipe.execute())
+
+
+def read_one(store: RedisStore, concern: str, key: str, meta: dict[str, Any] | None) -> Any:
+    """
+    Read one backend's record (for ``snapshot()`` on a backend this process made).
+
+    Raises:
+        StoreUnavailableError: Redis did not answer within the store's timeout.
+    """
+    view = view_of(store, concern)
+    reads = view.reads(store, key)
+    try:
+        replies = _pipeline(store, reads)
+    except _errors() as error:
+        raise StoreUnavailableError(key, store=store.describe(), timeout=store.timeout) from error
+    now_us, replies = _now_us(store, replies)
+    return view.build(store, key, replies, now_us, _wall(store, now_us), meta)
+
+
+def _metas(store: RedisStore, raw: dict[Any, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for field, value in raw.items():
+        concern, _, key = text(field).partition(":")
+        try:
+            found[(concern, key)] = json.loads(text(value))
+        except ValueError:
+            continue
+    # This process's own backends know their numbers even before the meta write lands.
+    for (concern, key), backend in list(store._backends.items()):
+        meta = getattr(backend, "meta", None)
+        if meta is not None:
+            found[(concern, key)] = meta()
+    return found
+
+
+def snapshot(store: RedisStore) -> Snapshot:
+    """
+    Read every breaker, limiter, window, pool and budget of *store*'s namespace.
+
+    Raises:
+        StoreUnavailableError: Redis did not answer within the store's timeout.
+    """
+    known = views(store)
+    try:
+        names = _scan(store)
+        wanted = sorted(
+            {found for name in names if (found := _split(store, name, known)) is not None}
+        )
+        reads: list[Read] = [("hgetall", (meta_key(store),))]
+        spans: list[tuple[str, str, int]] = []
+        for concern, key in wanted:
+            batch = known[concern].reads(store, key)
+            spans.append((concern, key, len(batch)))
+            reads.extend(batch)
+        replies = _pipeline(store, reads)
+    except _errors() as error:
+        raise StoreUnavailableError(
+            f"{store.namespace}:*", store=store.describe(), timeout=store.timeout
+        ) from error
+    now_us, replies = _now_us(store, replies)
+    wall = _wall(store, now_us)
+    metas = _metas(store, replies[0] or {})
+    at = 1
+    records: dict[tuple[str, str], Any] = {}
+    for concern, key, count in spans:
+        part = replies[at : at + count]
+        at += count
+        record = known[concern].build(store, key, part, now_us, wall, metas.get((concern, key)))
+        if record is not None:
+            records[(concern, key)] = record
+    return _assemble(store, records, wall)
+
+
+def _assemble(store: RedisStore, records: dict[tuple[str, str], Any], wall: float) -> Snapshot:
+    breakers, limiters, pools, budgets = [], [], [], []
+    windows = {key: r for (concern, key), r in records.items() if concern == "window"}
+    for (concern, key), record in records.items():
+        if concern == "breaker":
+            breakers.append(record)
+        elif concern == "rate":
+            window: LimiterSnapshot | None = windows.pop(key, None)
+            if window is not None:
+                limiters.append(
+                    replace(
+                        record,
+                        window_remaining=window.window_remaining,
+                        window_ends_at=window.window_ends_at,
+                        saturated=record.saturated or window.saturated,
+                    )
+                )
+            else:
+                limiters.append(record)
+        elif concern == "pool":
+            pools.append(_with_waiters(store, key, record))
+        elif concern == "budget":
+            budgets.append(record)
+    limiters.extend(windows.values())
+    return Snapshot.of(wall, store.describe(), breakers, limiters, pools, budgets)
+
+
+def _with_waiters(store: RedisStore, key: str, record: PoolSnapshot) -> PoolSnapshot:
+    """Add the waiters of this process's queue for the pool, if any (Redis keeps none)."""
+    queue = store._backends.get(("pool.queue", key))
+    if queue is None:
+        return record
+    return replace(record, waiting=len(queue.waiters))
+
+
+class MetaWriter:
+    """
+    Records declared backends' numbers in ``<ns>:meta``, off every call path.
+
+    One daemon thread per store, started by the first declaration: it writes what is new
+    at once and everything again every ``idle_ttl / 2`` seconds, so the hash outlives
+    neither the store's processes by much nor its own expiry.
+    """
+
+    __slots__ = (
+        "_done",
+        "_entries",
+        "_lock",
+        "_pending",
+        "_store",
+        "_thread",
+        "_version",
+        "_wake",
+    )
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+        self._entries: dict[str, str] = {}
+        self._pending = False
+        self._version = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def declare(self, concern: str, key: str, meta: dict[str, Any]) -> None:
+        """Record *meta* for *concern*/*key* soon."""
+        with self._lock:
+            self._entries[f"{concern}:{key}"] = json.dumps(meta)
+            self._pending = True
+            self._version += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="resilience-meta", daemon=True
+                )
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        refresh = self._store.idle_ttl / 2
+        while not self._done.is_set():
+            self.flush()
+            self._wake.wait(refresh)
+            self._wake.clear()
+
+    def flush(self) -> None:
+        """Write every entry now (errors are left for the next round)."""
+        store = self._store
+        with self._lock:
+            entries = dict(self._entries)
+            version = self._version
+        if not entries:
+            return
+        try:
+            pipe = store.client.pipeline(transaction=False)
+            pipe.hset(meta_key(store), mapping=entries)
+            pipe.pexpire(meta_key(store), store.ttl_ms)
+            pipe.execute()
+        except _errors():
+            return
+        with self._lock:
+            if version == self._version:
+                self._pending = False
+
+    def settle(self, timeout: float = 1.0) -> None:
+        """Wait until what was declared is written (or *timeout* passed)."""
+        if self._thread is None:
+            return
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.01)):
+            with self._lock:
+                if not self._pending:
+                    return
+            deadline.wait(0.01)
+
+    def forget(self) -> None:
+        """Drop every entry (the store was cleared)."""
+        with self._lock:
+            self._entries.clear()
+            self._pending = False
+
+    def stop(self) -> None:
+        """End the thread (the store is closing)."""
+        self._done.set()
+        self._wake.set()
