@@ -87,6 +87,7 @@ class Scene:
         _fail(probing, 2)
         closed = _breaker(store, "b-closed", failure_threshold=3, reset_timeout=5.0)
         _fail(closed, 1)
+        assert "ok" == _breaker(store, "b-quiet")()  # never failed: Redis keeps no state
         rated = _breaker(store, "b-rate", failure_rate=0.5, window_duration=10.0, minimum_calls=10)
         for _ in range(3):
             rated()
@@ -157,10 +158,10 @@ class TestFields:
         """Open, half-open (idle and probing), closed with a failure, and failure-rate mode."""
         taken = snapshot(snap_store)
         breakers = _by(taken.breakers, "name")
-        assert ["b-open", "b-half", "b-probing", "b-closed", "b-rate"] == [
+        assert ["b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate"] == [
             b.name for b in taken.breakers
         ]
-        assert ["open", "half_open", "half_open", "closed", "closed"] == [
+        assert ["open", "half_open", "half_open", "closed", "closed", "closed"] == [
             b.state for b in taken.breakers
         ]
         assert (
@@ -198,6 +199,13 @@ class TestFields:
             closed.reason,
             closed.consecutive_failures,
             closed.failure_threshold,
+        )
+        quiet = breakers["b-quiet"]
+        assert (0, 0, 5, 30.0) == (
+            quiet.consecutive_failures,
+            quiet.failures,
+            quiet.failure_threshold,
+            quiet.reset_timeout,
         )
         rated = breakers["b-rate"]
         assert (4, 1, 0.25, 0.5) == (
@@ -270,7 +278,7 @@ class TestFields:
     def test_json_and_filter(self, scene, snap_store):
         """to_dict() is plain JSON; a prefix keeps only matching names and keys."""
         data = json.loads(json.dumps(snapshot(snap_store, prefix="b-").to_dict()))
-        assert {"b-open", "b-half", "b-probing", "b-closed", "b-rate"} == {
+        assert {"b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate"} == {
             b["name"] for b in data["breakers"]
         }
         assert [] == data["limiters"] == data["pools"] == data["budgets"]
@@ -335,6 +343,7 @@ def test_redis_fleet_view_from_another_process_store(scene, snap_store):
         theirs = snapshot(other)
     finally:
         other.close()
+    assert 6 == len(theirs.breakers)  # b-quiet too: its config is in the meta hash
     assert mine.breakers == theirs.breakers
     assert mine.limiters == theirs.limiters
     assert mine.budgets == theirs.budgets

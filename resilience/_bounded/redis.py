@@ -263,8 +263,8 @@ class RedisPoolBackend:
 
     def snapshot(self, key: str) -> PoolSnapshot:
         """Return the operator's view of this pool (plain reads: no script, no write)."""
-        found: PoolSnapshot | None = read_one(self.store, "pool", key, self.meta())
-        return found or PoolSnapshot(key, self.limit, None, 0, None, None, {})
+        found: PoolSnapshot = read_one(self.store, "pool", key, self.meta())
+        return found
 
     def __repr__(self) -> str:
         return f"<RedisPoolBackend {self.key!r} limit={self.limit} on {self.store.describe()}>"
@@ -357,7 +357,7 @@ def _build(
 ) -> PoolSnapshot | None:
     leases = [(text(lease), int(score)) for lease, score in replies[0] or ()]
     weights = {text(k): int(v) for k, v in (replies[1] or {}).items()}
-    if not leases and not weights:
+    if not leases and not weights and meta is None:
         return None
     live = [(lease, expiry) for lease, expiry in leases if expiry > now]
     holders: dict[str, int] = {}

@@ -452,16 +452,14 @@ class RedisBreaker:
             rejected=int(rejected),
         )
 
+    def meta(self) -> dict[str, Any]:
+        """The config, for the operator's view of a breaker that has no state in Redis yet."""
+        return {"cfg": list(self.config)}
+
     def snapshot(self) -> BreakerSnapshot:
         """Return the operator's view of this breaker (plain reads: no script, no write)."""
-        found: BreakerSnapshot | None = read_one(self.store, "breaker", self.name, None)
-        if found is not None:
-            return found
-        config = self.config
-        return BreakerSnapshot(
-            self.name, "closed", None, "", 0, config.failure_threshold, None,
-            config.failure_rate, 0, 0, 0, 0.0, config.reset_timeout, 0, 0, 0,
-        )  # fmt: skip
+        found: BreakerSnapshot = read_one(self.store, "breaker", self.name, self.meta())
+        return found
 
     def __repr__(self) -> str:
         return f"<RedisBreaker {self.name!r} at {self._keys[0]!r}>"
@@ -506,9 +504,12 @@ def _build(
     meta: dict[str, Any] | None,
 ) -> BreakerSnapshot | None:
     h = {_text(k): _text(v) for k, v in (replies[0] or {}).items()}
-    if "cfg" not in h:
+    if "cfg" in h:
+        config = BreakerConfig(*json.loads(h["cfg"]))
+    elif meta is not None:  # declared, never failed: no state in Redis yet
+        config = BreakerConfig(*meta["cfg"])
+    else:
         return None
-    config = BreakerConfig(*json.loads(h["cfg"]))
     stored = int(h.get("s") or 0)
     opened = int(h.get("o") or 0)
     reset_us = round(config.reset_timeout * _US)

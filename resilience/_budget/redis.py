@@ -142,11 +142,7 @@ class RedisBudgetBackend:
 
     def snapshot(self, key: str) -> BudgetSnapshot:
         """Return the operator's view of this budget (one HGETALL: no script, no write)."""
-        found: BudgetSnapshot | None = read_one(self.store, "budget", key, self.meta())
-        if found is None:
-            ratio, window = self._meta["ratio"], self._meta["window"]
-            floor = self._meta["min_retries_per_second"] * window
-            return BudgetSnapshot(key, floor, ratio, window, 0, 0)
+        found: BudgetSnapshot = read_one(self.store, "budget", key, self.meta())
         return found
 
     def __repr__(self) -> str:
@@ -169,7 +165,7 @@ def _build(
     meta: dict[str, Any] | None,
 ) -> BudgetSnapshot | None:
     h = {text(k): text(v) for k, v in (replies[0] or {}).items()}
-    if not h:
+    if not h and meta is None:
         return None
     calls = retries = 0
     ratio = window = balance = None

@@ -224,9 +224,7 @@ class RedisRateBackend:
 
     def snapshot(self, key: str) -> LimiterSnapshot:
         """Return the operator's view of this budget (plain reads: no script, no write)."""
-        found: LimiterSnapshot | None = read_one(self.store, "rate", key, self.meta())
-        if found is None:
-            return LimiterSnapshot(key, self.rate, self.per, self.burst, 0, 0, False, 0.0, None)
+        found: LimiterSnapshot = read_one(self.store, "rate", key, self.meta())
         return found
 
     def __repr__(self) -> str:
@@ -269,7 +267,7 @@ def _build(
     window_end = None
     if end is not None and left > 0:
         window_end = epoch_of(end / 1_000_000, now / 1_000_000, wall)
-    if not log and not starts and end is None:
+    if not log and not starts and end is None and meta is None:
         return None
     rate = per = burst = None
     ahead = sum(1 for t in log if t > now)

@@ -9,10 +9,12 @@ write. Each backend's keys are read back to back, so every record is consistent 
 itself; the records of different keys are read within one pipeline's round trip.
 
 The numbers a key's data does not hold (a limiter's rate, a pool's limit, a budget's
-ratio) come from the namespace's *meta* hash, ``<ns>:meta``: when a process first makes a
-backend it records the backend's ``meta()`` there, off the call path (a daemon thread, so
-a slow or absent server never delays a call), and refreshes it every ``idle_ttl / 2``
-seconds while the store lives. A breaker keeps its numbers in its own hash.
+ratio, a breaker's config before its first failure) come from the namespace's *meta*
+hash, ``<ns>:meta``: when a process first makes a backend it records the backend's
+``meta()`` there, off the call path (a daemon thread, so a slow or absent server never
+delays a call), and refreshes it every ``idle_ttl / 2`` seconds while the store lives.
+So a declared backend whose state is idle (or expired) still shows, with zero counts;
+the entries of processes gone for ``idle_ttl`` expire with the hash.
 """
 
 from __future__ import annotations
@@ -183,10 +185,10 @@ def snapshot(store: RedisStore) -> Snapshot:
     known = views(store)
     try:
         names = _scan(store)
-        wanted = sorted(
-            {found for name in names if (found := _split(store, name, known)) is not None}
-        )
-        reads: list[Read] = [("hgetall", (meta_key(store),))]
+        metas = _metas(store, store.client.hgetall(meta_key(store)) or {})
+        found = {hit for name in names if (hit := _split(store, name, known)) is not None}
+        wanted = sorted(found | {m for m in metas if m[0] in known})
+        reads: list[Read] = []
         spans: list[tuple[str, str, int]] = []
         for concern, key in wanted:
             batch = known[concern].reads(store, key)
@@ -199,8 +201,7 @@ def snapshot(store: RedisStore) -> Snapshot:
         ) from error
     now_us, replies = _now_us(store, replies)
     wall = _wall(store, now_us)
-    metas = _metas(store, replies[0] or {})
-    at = 1
+    at = 0
     records: dict[tuple[str, str], Any] = {}
     for concern, key, count in spans:
         part = replies[at : at + count]
