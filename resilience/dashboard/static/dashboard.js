@@ -45,11 +45,12 @@ function spark(points) {
   svg.setAttribute("viewBox", `0 0 ${HISTORY - 1} 28`);
   svg.setAttribute("preserveAspectRatio", "none");
   const top = Math.max(1, ...points);
-  const offset = HISTORY - points.length;
+  const drawn = points.length > 1 ? points : [points[0], points[0]];
+  const step = (HISTORY - 1) / (drawn.length - 1);
   const line = document.createElementNS(ns, "polyline");
   line.setAttribute(
     "points",
-    points.map((v, i) => `${offset + i},${(27 - (v / top) * 25).toFixed(2)}`).join(" ")
+    drawn.map((v, i) => `${(i * step).toFixed(2)},${(27 - (v / top) * 25).toFixed(2)}`).join(" ")
   );
   svg.append(line);
   return svg;
