@@ -7,14 +7,12 @@ alone and stack in any order; they read frozen policy dataclasses.
 
 from __future__ import annotations
 
+from resilience import _exports
 from resilience._backoff import Backoff
 from resilience._bounded.face import bounded
-from resilience._breaker.face import (
-    CircuitBreaker,
-    CircuitBreakerStats,
-    circuit_breaker,
-    get_circuit_breaker,
-)
+from resilience._breaker.contract import CircuitBreakerStats
+from resilience._breaker.face import circuit_breaker
+from resilience._breaker.registry import CircuitBreaker, get_circuit_breaker
 from resilience._budget.state import RetryBudget
 from resilience._clock import SystemClock
 from resilience._compose import Stack, exempt, resilient
@@ -84,6 +82,8 @@ __all__ = [
     "snapshot",
     "traced",
 ]
+
+_exports.publish(__name__, globals())
 
 
 def __getattr__(name: str) -> str:

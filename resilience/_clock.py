@@ -10,8 +10,14 @@ from __future__ import annotations
 import asyncio
 import time as _time
 
+from typing import TYPE_CHECKING
 
-__all__ = ["SystemClock", "current_clock", "set_default_clock"]
+
+if TYPE_CHECKING:
+    from resilience.typing import Clock
+
+
+__all__ = ["SystemClock", "current_clock", "resolve", "set_default_clock"]
 
 
 class SystemClock:
@@ -23,7 +29,6 @@ class SystemClock:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
     __slots__ = ()
 
     #: Seconds between a clock reading and the moment the work it admits really starts
@@ -62,18 +67,28 @@ class _Default:
     __slots__ = ("clock",)
 
     def __init__(self) -> None:
-        self.clock: object = SYSTEM_CLOCK
+        self.clock: Clock = SYSTEM_CLOCK
 
 
 _default = _Default()
 
 
-def current_clock() -> object:
+def resolve(clock: Clock | None) -> Clock:
+    """
+    Return *clock*, or the process-wide default when it is None (a policy without its own).
+
+    Read it at each use rather than once at decoration: ``virtual_time()`` swaps the default
+    while decorated functions already exist.
+    """
+    return clock or _default.clock
+
+
+def current_clock() -> Clock:
     """Return the process-wide default clock (a ``resilience.typing.Clock``)."""
     return _default.clock
 
 
-def set_default_clock(clock: object) -> object:
+def set_default_clock(clock: Clock) -> Clock:
     """Install *clock* as the process-wide default and return the previous one."""
     previous = _default.clock
     _default.clock = clock

@@ -14,21 +14,44 @@ The exception tree: every error this package raises on its own account.
 On giving up, ``@retry`` re-raises the caller's *original* exception, never one of these.
 Each error carries structured attributes and a message that names the breaker, limiter or key
 and how long to wait, so a log line explains itself.
+
+``CONTROL_FLOW`` lists the exceptions that are not failures at all (cancellation, Ctrl-C,
+interpreter exit, a generator being closed): every decorator lets them through untouched,
+never retried, counted, handed to a predicate, a fallback or a delay hook.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+from typing import Final
 
 
 __all__ = [
+    "CONTROL_FLOW",
     "AttemptTimeoutError",
     "BoundedTimeoutError",
     "CircuitOpenError",
     "RateLimitedError",
     "ResilienceError",
     "StoreUnavailableError",
+    "is_control_flow",
 ]
+
+
+#: Control flow, not failure (contract v2): these pass through every decorator untouched.
+CONTROL_FLOW: Final[tuple[type[BaseException], ...]] = (
+    asyncio.CancelledError,
+    KeyboardInterrupt,
+    SystemExit,
+    GeneratorExit,
+)
+
+
+def is_control_flow(exc: object) -> bool:
+    """Whether *exc* is cancellation, an interrupt, an exit or a generator's close."""
+    return isinstance(exc, CONTROL_FLOW)
 
 
 class ResilienceError(Exception):
@@ -37,8 +60,6 @@ class ResilienceError(Exception):
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     def __reduce__(self) -> tuple[object, ...]:
         """Pickle by state: subclasses take keyword-only arguments the default cannot replay."""
@@ -57,8 +78,6 @@ class CircuitOpenError(ResilienceError):
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     def __init__(
         self,
@@ -97,8 +116,6 @@ class RateLimitedError(ResilienceError):
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     def __init__(self, key: str, retry_after: float, *, limit: str = "", reason: str = "") -> None:
         self.key = key
         self.retry_after = max(0.0, retry_after)
@@ -123,8 +140,6 @@ class BoundedTimeoutError(ResilienceError, TimeoutError):
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     def __init__(self, key: str, *, limit: int, weight: int, timeout: float) -> None:
         self.key = key
         self.limit = limit
@@ -148,8 +163,6 @@ class StoreUnavailableError(ResilienceError):
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     def __init__(self, key: str, *, store: str = "store", timeout: float | None = None) -> None:
         self.key = key
         self.store = store
@@ -170,8 +183,6 @@ class AttemptTimeoutError(ResilienceError, TimeoutError):
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     def __init__(self, name: str, timeout: float) -> None:
         self.name = name

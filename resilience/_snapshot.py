@@ -74,8 +74,6 @@ class BreakerSnapshot:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     name: str
     state: str
     since: float | None
@@ -114,8 +112,6 @@ class LimiterSnapshot:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     key: str
     rate: int | None
     per: float | None
@@ -146,8 +142,6 @@ class PoolSnapshot:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     key: str
     limit: int | None
     live_limit: int | None
@@ -173,8 +167,6 @@ class BudgetSnapshot:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
-
     key: str
     balance: float | None
     ratio: float | None
@@ -199,8 +191,6 @@ class Snapshot:
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     taken_at: float
     store: str

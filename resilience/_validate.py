@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from resilience._errors import CONTROL_FLOW
+
 
 __all__ = [
     "check_bool",
@@ -150,9 +152,14 @@ def exception_predicate(owner: str, field: str, value: object) -> Callable[[Base
     Turn an exception class, a tuple of them, or a predicate into one predicate.
 
     Classes are checked with ``isinstance``; a predicate is called with the exception.
+    Control flow (``CONTROL_FLOW``: cancellation, interrupts, exits) is never a match, and
+    is never shown to the user's predicate, even with ``on=BaseException``.
     """
+    flow = CONTROL_FLOW
     if isinstance(value, type) and issubclass(value, BaseException):
         exc_type: type[BaseException] = value
+        if not issubclass(value, Exception) or issubclass(value, flow):
+            return lambda exc: isinstance(exc, exc_type) and not isinstance(exc, flow)
         return lambda exc: isinstance(exc, exc_type)
     if isinstance(value, tuple):
         if not value or not all(
@@ -164,10 +171,10 @@ def exception_predicate(owner: str, field: str, value: object) -> Callable[[Base
             )
             raise TypeError(msg)
         exc_types: tuple[type[BaseException], ...] = value
-        return lambda exc: isinstance(exc, exc_types)
+        return lambda exc: isinstance(exc, exc_types) and not isinstance(exc, flow)
     if callable(value):
         predicate: Callable[[BaseException], Any] = value
-        return lambda exc: bool(predicate(exc))
+        return lambda exc: not isinstance(exc, flow) and bool(predicate(exc))
     msg = (
         f"{_name(owner, field)} must be an exception class, a tuple of exception classes, "
         f"or a predicate exc -> bool, got {type(value).__name__} {value!r}"

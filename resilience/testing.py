@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from resilience import _exports
 from resilience._clock import SYSTEM_CLOCK, set_default_clock
 from resilience._config import is_testing, reset_all, set_testing
 from resilience.telemetry._bus import Event, attach, detach_all
@@ -262,3 +263,6 @@ def retry_policies() -> SearchStrategy[RetryPolicy]:
         backoff=backoffs(decorrelated=True),
         retry_after_cap=st.floats(min_value=0.0, max_value=3600.0),
     )
+
+
+_exports.publish(__name__, globals())

@@ -14,7 +14,7 @@ from hypothesis import given
 import resilience
 
 from resilience import Backoff, RetryPolicy, retry
-from resilience._clock import current_clock
+from resilience._clock import current_clock, resolve
 from resilience.telemetry import emit
 from resilience.testing import (
     FakeClock,
@@ -108,6 +108,27 @@ class TestVirtualTime:
         with virtual_time() as default:
             retry(RetryPolicy(clock=own, backoff=Backoff(jitter="none")))(_fails_once())()
         assert ([0.5], []) == (own.sleeps, default.sleeps)
+
+    def test_resolve_reads_the_default_at_each_call(self):
+        """The one clock lookup: a policy's own clock, else the default in force right now."""
+        own = FakeClock()
+        assert resolve(own) is own
+        outside = resolve(None)
+        with virtual_time() as clock:
+            assert (resolve(None), resolve(own)) == (clock, own)
+        assert resolve(None) is outside
+
+    def test_nobody_reads_the_default_but_the_helper(self):
+        """Every module resolves its clock through _clock.resolve, never the private default."""
+        from pathlib import Path
+
+        root = Path(resilience.__file__).parent
+        readers = sorted(
+            str(path.relative_to(root))
+            for path in root.rglob("*.py")
+            if path.name != "_clock.py" and "_default.clock" in path.read_text()
+        )
+        assert readers == []
 
 
 def _fails_once():

@@ -2,15 +2,15 @@
 ``@bounded``: at most *limit* units of weight run at once, for threads and asyncio tasks.
 
 This module is the decorator's public face: ``bounded()`` with its overloads and
-``BoundedFields``. The pool's parts live in their own modules, and the names other code
-imports from here are re-exported:
+``BoundedFields``. The pool's parts live beside it:
 
-- ``_bounded_pool``: the ``PoolBackend`` protocol every store implements,
-  ``MemoryPoolBackend`` (a counter under a lock) and ``PermitQueue``, the per-process FIFO
-  where threads and tasks wait their turn (how grants, timeouts and cancellation meet is in
-  its docstring); it registers the ``"pool"`` and ``"pool.queue"`` store factories;
-- ``_bounded_layer``: ``BoundedLayer``, the sync and async drivers that take permits before
-  the call and give them back after it.
+- ``pool``: the ``PoolBackend`` protocol every store implements, ``MemoryPoolBackend`` (a
+  counter under a lock) and ``PermitQueue``, the per-process FIFO where threads and tasks
+  wait their turn (how grants, timeouts and cancellation meet is in its docstring); it
+  registers the ``"pool"`` and ``"pool.queue"`` store factories;
+- ``layer``: ``BoundedLayer``, the sync and async drivers that take permits before the call
+  and give them back after it;
+- ``redis``: the pool as Redis leases, the same accounting as ``MemoryPoolBackend``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
 from resilience._bounded.layer import BoundedLayer
-from resilience._bounded.pool import MemoryPoolBackend, PermitQueue, PoolBackend
 from resilience._decorating import Decorator, is_target, policy_from
 from resilience._policies import BoundedPolicy
 
@@ -29,14 +28,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = [
-    "BoundedFields",
-    "BoundedLayer",
-    "MemoryPoolBackend",
-    "PermitQueue",
-    "PoolBackend",
-    "bounded",
-]
+__all__ = ["BoundedFields", "bounded"]
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -1,7 +1,7 @@
 """
 ``BoundedLayer``: how a call takes permits from a pool and gives them back.
 
-The pool and its waiting room live in ``_bounded_pool``. The layer's fast path is
+The pool and its waiting room live in ``_bounded.pool``. The layer's fast path is
 ``PermitQueue.try_acquire`` inline (nobody waiting, then the backend's own ``try_acquire``)
 and a release in a ``finally``, so permits come back on return, exception and cancellation;
 only a caller that has to wait goes through ``_wait_sync``/``_wait_async``, which time the
@@ -24,7 +24,7 @@ from resilience._errors import BoundedTimeoutError, StoreUnavailableError
 from resilience._policies import BoundedPolicy
 from resilience._rate.layer import EPOCH
 from resilience.stores._memory import DEFAULT_STORE
-from resilience.stores._redis import store_unavailable
+from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -69,8 +69,7 @@ class BoundedLayer(KeyedLayer):
         return queue
 
     def _clock(self) -> Clock:
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self.policy.clock)
 
     def _waited(self, queue: PermitQueue, got: bool, started: float, clock: Clock) -> None:
         waited = clock.monotonic() - started

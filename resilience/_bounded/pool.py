@@ -15,9 +15,9 @@ the permits back; not yet, it leaves the queue and lets the next waiter in. No p
 leaks and no dead waiter blocks the queue. A heavy waiter at the head is not overtaken by
 lighter ones behind it (strict FIFO: it cannot starve).
 
-Importing this module registers the ``"pool"`` and ``"pool.queue"`` factories of
-``MemoryStore`` and ``RedisStore`` (the Redis ones import ``stores._redis_pool`` on first
-use: it imports this module).
+The stores register their factories of ``"pool"`` and ``"pool.queue"`` themselves
+(``stores._memory`` names ``memory_pool`` and ``permit_queue`` below; ``stores._redis`` names
+its twin in ``_bounded.redis``).
 """
 
 from __future__ import annotations
@@ -30,12 +30,11 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience._snapshot import PoolSnapshot
-from resilience.stores._memory import MemoryStore
-from resilience.stores._redis import RedisStore
 
 
 if TYPE_CHECKING:
     from resilience._policies import BoundedPolicy
+    from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
 
 
@@ -286,29 +285,12 @@ class PermitQueue:
         _resolve(waiter.future)
 
 
-def _memory_pool(key: str, policy: BoundedPolicy, store: MemoryStore) -> MemoryPoolBackend:
+def memory_pool(key: str, policy: BoundedPolicy, store: MemoryStore) -> MemoryPoolBackend:
+    """``MemoryStore``'s ``"pool"`` factory."""
     return MemoryPoolBackend(policy.limit)
 
 
-def _permit_queue(key: str, backend: PoolBackend, store: Any) -> PermitQueue:
+def permit_queue(key: str, backend: PoolBackend, store: Any) -> PermitQueue:
+    """``MemoryStore``'s ``"pool.queue"`` factory."""
     # Given the key's pool backend (not a policy): factories run under the store's lock.
     return PermitQueue(backend)
-
-
-def _redis_pool(key: str, policy: BoundedPolicy, store: Any) -> PoolBackend:
-    from resilience._bounded.redis import redis_pool_backend  # noqa: PLC0415 - circular
-
-    return redis_pool_backend(key, policy, store)
-
-
-def _redis_permit_queue(key: str, backend: PoolBackend, store: Any) -> PermitQueue:
-    from resilience._bounded.redis import redis_permit_queue  # noqa: PLC0415 - circular
-
-    return redis_permit_queue(key, backend, store)
-
-
-MemoryStore.register("pool", _memory_pool)
-MemoryStore.register("pool.queue", _permit_queue)
-RedisStore.register("pool", _redis_pool)
-RedisStore.register("pool.queue", _redis_permit_queue)
-RedisStore.register_view("pool", "resilience._bounded.redis")

@@ -2,7 +2,7 @@
 The contract between ``@circuit_breaker`` and the stores that keep a breaker's state.
 
 ``BreakerBackend`` is the protocol every store's backend implements (``MemoryBreaker`` in
-``_breaker_memory``, ``RedisBreaker`` in ``stores._redis_breaker``); this module also holds
+``_breaker.memory``, ``RedisBreaker`` in ``_breaker.redis``); this module also holds
 the values that cross it: the state and outcome codes, ``BreakerConfig`` (a breaker's
 numbers), ``Admission`` (the answer to ``admit``), ``Transition`` (a state change, for
 events) and ``CircuitBreakerStats`` (a snapshot). Nothing here keeps state.
@@ -160,8 +160,6 @@ class CircuitBreakerStats:
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     name: str
     state: str

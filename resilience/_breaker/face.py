@@ -2,18 +2,18 @@
 ``@circuit_breaker``: stop calling a dependency that keeps failing, and probe it for recovery.
 
 This module is the decorator's public face: ``circuit_breaker()`` with its overloads and
-``CircuitBreakerFields``. The breaker's parts live in their own modules, and the names other
-code imports from here are re-exported:
+``CircuitBreakerFields``. The breaker's parts live beside it:
 
-- ``_breaker_backend``: the ``BreakerBackend`` protocol every store implements, the values
-  that cross it (``BreakerConfig``, ``Admission``, ``Transition``, ``CircuitBreakerStats``)
-  and the state and outcome codes;
-- ``_breaker_memory``: ``MemoryBreaker``, the state machine in this process's memory, and
-  the failure-rate windows ``CountWindow`` and ``TimeWindow``;
-- ``_breaker_registry``: the backend each store makes for a name, ``CircuitBreaker`` (the
-  handle) and ``get_circuit_breaker()``;
-- ``_breaker_layer``: ``BreakerLayer``, the sync, async and generator drivers that feed each
-  call's outcome to the backend.
+- ``contract``: the ``BreakerBackend`` protocol every store implements, the values that
+  cross it (``BreakerConfig``, ``Admission``, ``Transition``, ``CircuitBreakerStats``) and
+  the state and outcome codes;
+- ``memory``: ``MemoryBreaker``, the state machine in this process's memory, and the
+  failure-rate windows ``CountWindow`` and ``TimeWindow``;
+- ``redis``: ``RedisBreaker``, the same state machine as Lua scripts;
+- ``registry``: the backend each store makes for a name, ``CircuitBreaker`` (the handle)
+  and ``get_circuit_breaker()``;
+- ``layer``: ``BreakerLayer``, the sync, async and generator drivers that feed each call's
+  outcome to the backend.
 """
 
 from __future__ import annotations
@@ -22,19 +22,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
-from resilience._breaker.contract import (
-    FAILURE,
-    IGNORED,
-    SUCCESS,
-    Admission,
-    BreakerBackend,
-    BreakerConfig,
-    CircuitBreakerStats,
-    Transition,
-)
 from resilience._breaker.layer import BreakerLayer
-from resilience._breaker.memory import CountWindow, MemoryBreaker, TimeWindow
-from resilience._breaker.registry import CircuitBreaker, get_circuit_breaker
 from resilience._decorating import Decorator, apply, is_target, policy_from
 from resilience._policies import CircuitBreakerPolicy
 
@@ -43,24 +31,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock, ExceptionFilter
 
 
-__all__ = [
-    "FAILURE",
-    "IGNORED",
-    "SUCCESS",
-    "Admission",
-    "BreakerBackend",
-    "BreakerConfig",
-    "BreakerLayer",
-    "CircuitBreaker",
-    "CircuitBreakerFields",
-    "CircuitBreakerStats",
-    "CountWindow",
-    "MemoryBreaker",
-    "TimeWindow",
-    "Transition",
-    "circuit_breaker",
-    "get_circuit_breaker",
-]
+__all__ = ["CircuitBreakerFields", "circuit_breaker"]
 
 P = ParamSpec("P")
 R = TypeVar("R")

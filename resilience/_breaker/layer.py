@@ -26,7 +26,7 @@ from resilience._decorating import Layer, Runner, terminal
 from resilience._errors import CircuitOpenError, StoreUnavailableError
 from resilience._fallback import Fallback
 from resilience.stores._memory import DEFAULT_STORE
-from resilience.stores._redis import store_unavailable
+from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from resilience._breaker.contract import Admission, BreakerBackend
     from resilience._decorating import Kind
     from resilience._policies import CircuitBreakerPolicy
-    from resilience.typing import Clock
 
 
 __all__ = ["BreakerLayer"]
@@ -104,7 +103,7 @@ class BreakerLayer(Layer):
             announce(admission.transition)
         if admission.ticket >= 0:
             return admission.ticket
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self.policy.clock)
         error = CircuitOpenError(
             self.name,
             admission.retry_after,

@@ -1,11 +1,11 @@
 """
 ``MemoryBreaker``: a breaker's state machine in this process's memory, and its windows.
 
-``MemoryBreaker`` implements ``BreakerBackend`` (``_breaker_backend``) under one lock per
+``MemoryBreaker`` implements ``BreakerBackend`` (``_breaker.contract``) under one lock per
 breaker: closed, open, half-open, with probe slots and spell numbers. In failure-rate mode it
 counts outcomes in a ``CountWindow`` (the last N calls) or a ``TimeWindow`` (the last N
 seconds). ``live`` holds every instance, so a store clear can retire the ones it dropped.
-``stores._redis_breaker`` runs the same machine in Lua.
+``_breaker.redis`` runs the same machine in Lua.
 """
 
 from __future__ import annotations
@@ -215,8 +215,7 @@ class MemoryBreaker:
         live.add(self)
 
     def _time(self) -> Clock:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self._clock)
 
     # -- the protocol -------------------------------------------------------------------------
 

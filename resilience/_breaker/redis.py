@@ -40,7 +40,6 @@ from resilience.stores._redis_snapshot import View, read_one
 if TYPE_CHECKING:
     from resilience._policies import CircuitBreakerPolicy
     from resilience.stores._redis import RedisStore
-    from resilience.typing import Clock
 
 
 __all__ = ["RedisBreaker"]
@@ -436,7 +435,7 @@ class RedisBreaker:
             total_failures,
             rejected,
         ) = self._run(_STATS)
-        clock: Clock = self._policy_clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._policy_clock)
         return CircuitBreakerStats(
             name=self.name,
             state=STATE_NAMES[int(state)],

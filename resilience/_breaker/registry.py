@@ -1,8 +1,8 @@
 """
 Which backend a breaker's name gets, and the handle ``get_circuit_breaker(name)`` returns.
 
-Each store class gets a factory for the ``"breaker"`` concern (``MemoryBreaker`` for
-``MemoryStore``; ``RedisBreaker``, imported on first use, for ``RedisStore``), so every
+Each store class registers its factory for the ``"breaker"`` concern itself (``MemoryBreaker``
+for ``MemoryStore``; ``RedisBreaker``, imported on first use, for ``RedisStore``), so every
 decorator naming a breaker on a store shares one backend. ``declared`` keeps the live
 decorators per store and name, so a name still resolves after ``testing.reset()`` cleared
 the store, and ``retire_orphans`` sends the decorators holding a dropped backend to fetch a
@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from resilience import _config
 from resilience._breaker.contract import BreakerBackend, BreakerConfig, CircuitBreakerStats
-from resilience._breaker.memory import MemoryBreaker, live
-from resilience.stores._memory import DEFAULT_STORE, MemoryStore
-from resilience.stores._redis import RedisStore
+from resilience._breaker.memory import live
+from resilience.stores._memory import DEFAULT_STORE
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -37,28 +36,6 @@ __all__ = [
     "get_circuit_breaker",
     "retire_orphans",
 ]
-
-# -- the stores' factories --------------------------------------------------------------------
-
-
-MemoryStore.register("breaker", MemoryBreaker)  # called as (name, policy, store)
-
-
-def _redis_factory(key: str, policy: Any, store: Any) -> BreakerBackend:
-    from resilience._breaker.redis import RedisBreaker  # noqa: PLC0415 - on first use
-
-    return RedisBreaker(key, policy, store)
-
-
-def _redis_loader(key: str, store: Any) -> BreakerBackend | None:
-    from resilience._breaker.redis import RedisBreaker  # noqa: PLC0415 - on first use
-
-    return RedisBreaker.load(key, store)
-
-
-RedisStore.register("breaker", _redis_factory)
-RedisStore.register_loader("breaker", _redis_loader)
-RedisStore.register_view("breaker", "resilience._breaker.redis")
 
 # -- the registry -----------------------------------------------------------------------------
 
@@ -131,7 +108,6 @@ class CircuitBreaker:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
     __slots__ = ("name", "store")
 
     def __init__(self, name: str, store: Any = None) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from resilience.stores._redis import RedisStore
 
 
-__all__ = ["RedisBudgetBackend"]
+__all__ = ["RedisBudgetBackend", "redis_budget_backend"]
 
 # ARGV: 1 now, 2 ttl ms, 3 ratio, 4 bucket width us, 5 floor (retries allowed whatever the
 # calls), 6 the step: 'deposit', 'withdraw' or 'balance'. Reply: the balance (text) or 1/0.
@@ -147,6 +147,11 @@ class RedisBudgetBackend:
 
     def __repr__(self) -> str:
         return f"<RedisBudgetBackend {self._keys[0]!r}>"
+
+
+def redis_budget_backend(key: str, budget: RetryBudget, store: RedisStore) -> RedisBudgetBackend:
+    """``RedisStore``'s ``"budget"`` factory."""
+    return RedisBudgetBackend(key, budget, store)
 
 
 # -- the operator's view: one HGETALL, never a script ------------------------------------------

@@ -27,11 +27,12 @@ from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
 from resilience._snapshot import BudgetSnapshot
 from resilience._validate import check_number, duration
-from resilience.stores._memory import DEFAULT_STORE, MemoryStore
-from resilience.stores._redis import RedisStore, store_unavailable
+from resilience.stores._memory import DEFAULT_STORE
+from resilience.stores._registry import store_unavailable
 
 
 if TYPE_CHECKING:
+    from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
 
 
@@ -157,7 +158,7 @@ class MemoryBudgetBackend:
         self._lock = threading.Lock()
 
     def _now(self) -> float:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         return clock.monotonic()
 
     def deposit(self) -> None:
@@ -190,21 +191,9 @@ class MemoryBudgetBackend:
         )
 
 
-def _memory_budget(key: str, budget: RetryBudget, store: MemoryStore) -> MemoryBudgetBackend:
+def memory_budget(key: str, budget: RetryBudget, store: MemoryStore) -> MemoryBudgetBackend:
+    """``MemoryStore``'s ``"budget"`` factory."""
     return MemoryBudgetBackend(budget)
-
-
-MemoryStore.register("budget", _memory_budget)
-
-
-def _redis_budget(key: str, budget: RetryBudget, store: RedisStore) -> BudgetBackend:
-    from resilience._budget.redis import RedisBudgetBackend  # noqa: PLC0415 - lazy
-
-    return RedisBudgetBackend(key, budget, store)
-
-
-RedisStore.register("budget", _redis_budget)
-RedisStore.register_view("budget", "resilience._budget.redis")
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +216,6 @@ class RetryBudget(FromDict):
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience"
 
     ratio: float = 0.1
     window: float | timedelta = 10.0

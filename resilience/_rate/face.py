@@ -2,15 +2,16 @@
 ``@rate_limited``: at most *rate* call starts in any window of *per* seconds.
 
 This module is the decorator's public face: ``rate_limited()`` with its overloads and
-``RateLimitFields``. The limiter's parts live in their own modules, and the names other code
-imports from here are re-exported:
+``RateLimitFields``. The limiter's parts live beside it:
 
-- ``_rate_state``: the algorithm (read its docstring), ``RateState``'s pure sliding-log
+- ``state``: the algorithm (read its docstring), ``RateState``'s pure sliding-log
   accounting, the ``RateBackend`` protocol every store implements and ``MemoryRateBackend``,
-  registered as ``MemoryStore``'s ``"rate"`` backend (``RedisStore``'s too);
-- ``_rate_layer``: ``RateLimitLayer``, the sync and async drivers that reserve a start,
-  wait for it or refuse it, and open the key's backoff window on a server-given delay; and
-  ``EPOCH``, which ``resilience.testing.reset()`` bumps so layers fetch their backends again.
+  registered as ``MemoryStore``'s ``"rate"`` backend;
+- ``layer``: ``RateLimitLayer``, the sync and async drivers that reserve a start, wait for
+  it or refuse it, and open the key's backoff window on a server-given delay; and ``EPOCH``,
+  which ``resilience.testing.reset()`` bumps so layers fetch their backends again;
+- ``window``: the shared backoff windows (``backoff_window``) a Retry-After opens;
+- ``redis`` and ``redis_window``: the same accounting and windows as Lua scripts.
 """
 
 from __future__ import annotations
@@ -21,23 +22,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, ov
 
 from resilience._decorating import Decorator, is_target, policy_from
 from resilience._policies import RateLimitPolicy
-from resilience._rate.layer import EPOCH, RateLimitLayer
-from resilience._rate.state import MemoryRateBackend, RateBackend, RateState
+from resilience._rate.layer import RateLimitLayer
 
 
 if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = [
-    "EPOCH",
-    "MemoryRateBackend",
-    "RateBackend",
-    "RateLimitFields",
-    "RateLimitLayer",
-    "RateState",
-    "rate_limited",
-]
+__all__ = ["RateLimitFields", "rate_limited"]
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -1,7 +1,7 @@
 """
 ``RateLimitLayer``: how a call goes through a rate limit.
 
-The budget's accounting and its backends live in ``_rate_state``; this layer only asks the
+The budget's accounting and its backends live in ``_rate.state``; this layer only asks the
 key's backend for a start (``reserve``), sleeps until the reserved time and asks again
 (``resume``: admitted now, a little more waiting after a late wake, or a new turn behind a
 backoff window extended while it slept). A turn further away than the policy's ``timeout``
@@ -28,7 +28,7 @@ from resilience._policies import RateLimitPolicy
 from resilience._rate.state import MemoryRateBackend, RateBackend
 from resilience._rate.window import WindowBackend
 from resilience.stores._memory import DEFAULT_STORE
-from resilience.stores._redis import store_unavailable
+from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -97,8 +97,7 @@ class RateLimitLayer(KeyedLayer):
         return backend
 
     def _clock(self) -> Clock:
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self.policy.clock)
 
     # -- slow paths: waiting, refusing, opening the window ---------------------------------
 

@@ -8,7 +8,7 @@ Same rule and same accounting as ``RateState`` (read its module docstring), as R
   is decided and appended by one script, so callers in different processes are served in
   the order they reach Redis.
 - ``<ns>:rate:<key>:starts``: a list of the last *rate* actual starts (``admit``).
-- ``<ns>:window:<key>``: the key's backoff window (see ``_redis_window``), read by the same
+- ``<ns>:window:<key>``: the key's backoff window (see ``_rate.redis_window``), read by the same
   script as one more lower bound on the start.
 
 Every method is one Lua script, one round trip (EVALSHA); every script PEXPIREs what it

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from resilience.stores._redis import RedisStore
 
 
-__all__ = ["RedisWindowBackend"]
+__all__ = ["RedisWindowBackend", "redis_window_backend"]
 
 # ARGV: 1 now, 2 idle ttl ms, 3 seconds to extend by (us). Reply: microseconds left.
 _EXTEND: Final = (
@@ -109,6 +109,11 @@ class RedisWindowBackend:
 
     def __repr__(self) -> str:
         return f"<RedisWindowBackend {self._keys[0]!r}>"
+
+
+def redis_window_backend(key: str, policy: object, store: RedisStore) -> RedisWindowBackend:
+    """``RedisStore``'s ``"window"`` factory."""
+    return RedisWindowBackend(key, store)
 
 
 # -- the operator's view: one GET, never a script ----------------------------------------------

@@ -16,7 +16,7 @@ time the rule allows after every start already reserved), so waiters are served 
 order and none can starve. A caller whose turn is further away than its ``timeout`` is
 refused at once without reserving anything. The accounting (``RateState``) is a pure state
 machine fed with ``now``; a backend applies it atomically and reads time itself, and the
-decorator layer (``_rate_layer``) only sleeps until the reserved time. A cancelled waiter's
+decorator layer (``_rate.layer``) only sleeps until the reserved time. A cancelled waiter's
 slot stays used (conservative: it can only lower the rate, never break the rule).
 
 A woken waiter is usually late by the timer's granularity, and by different amounts, so
@@ -24,12 +24,12 @@ the start it actually makes is also checked against a second log of *actual* sta
 (``admit``) before it goes; a late predecessor makes it wait that little bit more. So the
 rule holds for the starts a server sees, not only for the reservations.
 
-The key's shared backoff window (``_window``) is one more lower bound on the start time:
+The key's shared backoff window (``_rate.window``) is one more lower bound on the start time:
 callers reserve their turns after it ends, and re-reserve if it was extended while they
 slept.
 
-Importing this module registers the ``"rate"`` backend factories of ``MemoryStore``
-(``MemoryRateBackend``) and ``RedisStore`` (``RedisRateBackend``).
+``MemoryStore`` builds ``MemoryRateBackend`` (``memory_rate`` below), ``RedisStore``
+``RedisRateBackend`` (in ``_rate.redis``); each store registers its own factory.
 """
 
 from __future__ import annotations
@@ -42,15 +42,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from resilience import _clock
-from resilience._rate.redis import redis_rate_backend
 from resilience._rate.window import MemoryWindowBackend
 from resilience._snapshot import LimiterSnapshot
-from resilience.stores._memory import MemoryStore
-from resilience.stores._redis import RedisStore
 
 
 if TYPE_CHECKING:
     from resilience._policies import RateLimitPolicy
+    from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
 
 
@@ -281,7 +279,7 @@ class MemoryRateBackend:
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         self._acquire()
         try:
             return self._state.reserve(
@@ -292,7 +290,7 @@ class MemoryRateBackend:
 
     def admit(self) -> float:
         """Record an actual start now if the rule allows it (see ``RateBackend``)."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         with self._lock:
             return self._state.admit(clock.monotonic(), getattr(clock, "slack", 0.0))
 
@@ -304,7 +302,7 @@ class MemoryRateBackend:
 
     def pending(self) -> int:
         """Return how many reserved starts lie in the future."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         with self._lock:
             return self._state.pending(clock.monotonic())
 
@@ -324,7 +322,7 @@ class MemoryRateBackend:
 
     def snapshot(self, key: str) -> LimiterSnapshot:
         """Return the operator's view of the budget of *key*, changing nothing."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         with self._lock:
             starts, waiting, waits = self._state.view(clock.monotonic())
         left, ends_at = self._window.view()
@@ -341,14 +339,10 @@ class MemoryRateBackend:
         )
 
 
-def _memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:
+def memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:
+    """``MemoryStore``'s ``"rate"`` factory."""
     # The layer creates the key's window first (factories run under the store's lock).
     window = store.peek("window", key) or MemoryWindowBackend(policy.clock)
     per = policy.per
     assert isinstance(per, float)
     return MemoryRateBackend(policy.rate, per, policy.burst, window, policy.clock)
-
-
-MemoryStore.register("rate", _memory_rate)
-RedisStore.register("rate", redis_rate_backend)
-RedisStore.register_view("rate", "resilience._rate.redis")

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from resilience import _clock
 from resilience._snapshot import LimiterSnapshot, epoch_of
 from resilience._validate import duration
-from resilience.stores._memory import DEFAULT_STORE, MemoryStore
-from resilience.stores._redis import RedisStore
+from resilience.stores._memory import DEFAULT_STORE
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -67,7 +66,7 @@ class MemoryWindowBackend:
         self._lock = threading.Lock()
 
     def _now(self) -> float:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         return clock.monotonic()
 
     def extend(self, seconds: float) -> float:
@@ -93,7 +92,7 @@ class MemoryWindowBackend:
 
     def view(self) -> tuple[float, float | None]:
         """Return (seconds left, epoch seconds of the end or None when closed)."""
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         now = clock.monotonic()
         end = self.end
         if end <= now:
@@ -106,21 +105,9 @@ class MemoryWindowBackend:
         return LimiterSnapshot(key, None, None, None, 0, 0, left > 0.0, left, ends_at)
 
 
-def _memory_window(key: str, policy: Any, store: Any) -> MemoryWindowBackend:
+def memory_window(key: str, policy: Any, store: Any) -> MemoryWindowBackend:
+    """``MemoryStore``'s ``"window"`` factory."""
     return MemoryWindowBackend(getattr(policy, "clock", None))
-
-
-MemoryStore.register("window", _memory_window)
-
-
-def _redis_window(key: str, policy: Any, store: Any) -> WindowBackend:
-    from resilience._rate.redis_window import RedisWindowBackend  # noqa: PLC0415 - lazy
-
-    return RedisWindowBackend(key, store)
-
-
-RedisStore.register("window", _redis_window)
-RedisStore.register_view("window", "resilience._rate.redis_window")
 
 
 class BackoffWindow:
@@ -133,7 +120,6 @@ class BackoffWindow:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience"
     __slots__ = ("_backend", "_clock", "key")
 
     def __init__(self, key: str, backend: WindowBackend, clock: Clock | None = None) -> None:
@@ -173,8 +159,7 @@ class BackoffWindow:
         self._backend.clear()
 
     def _clock_now(self) -> Clock:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self._clock)
 
     def wait(self) -> float:
         """Block until the window is closed, re-checking after each sleep; return seconds waited."""

@@ -2,13 +2,12 @@
 ``@retry``: call again on failure, waiting by a ``Backoff`` or by what the server says.
 
 This module is the decorator's public face: ``retry()`` with its overloads and
-``RetryFields``. The retry loop lives in its own modules:
+``RetryFields``. The retry loop lives beside it:
 
-- ``_retry_call``: ``RetryCall``, the decisions of one call's loop (no I/O, no sleeping),
-  and ``Progress``, when a decorated function last succeeded;
-- ``_retry_layer``: ``RetryLayer``, the per-policy constants and the sync and async drivers
-  (re-exported here);
-- ``_retry_generators``: the generator and async-generator drivers.
+- ``core``: ``RetryCall``, the decisions of one call's loop (no I/O, no sleeping), and
+  ``Progress``, when a decorated function last succeeded;
+- ``layer``: ``RetryLayer``, the per-policy constants and the sync and async drivers;
+- ``generators``: the generator and async-generator drivers.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock, ExceptionFilter
 
 
-__all__ = ["RetryFields", "RetryLayer", "retry"]
+__all__ = ["RetryFields", "retry"]
 
 P = ParamSpec("P")
 R = TypeVar("R")

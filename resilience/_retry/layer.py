@@ -115,8 +115,7 @@ class RetryLayer(Layer):
         return runner if budget is None else budget.counting(runner, kind)  # one call, one deposit
 
     def _clock(self) -> Clock:
-        clock: Clock = self.policy.clock or _clock._default.clock  # type: ignore[assignment]
-        return clock
+        return _clock.resolve(self.policy.clock)
 
     def _start(self, started: float | None) -> tuple[Clock, RetryCall, float]:
         clock = self._clock()
@@ -188,7 +187,7 @@ class RetryLayer(Layer):
                         raise
                     outcome: Any = exc
                 # `_retry_sync` without on_result, inline: a call fewer per failing call.
-                clock: Clock = policy.clock or _clock._default.clock  # type: ignore[assignment]
+                clock = _clock.resolve(policy.clock)
                 now = clock.monotonic()
                 call = RetryCall(layer, now)
                 if not inflight:  # `tracker.enter(now)`, inline
@@ -336,7 +335,7 @@ class RetryLayer(Layer):
                     outcome: Any = exc
                 # `_retry_async` without on_result and attempt_timeout, inline: a second
                 # coroutine per failing call costs more than the rest of its bookkeeping.
-                clock: Clock = policy.clock or _clock._default.clock  # type: ignore[assignment]
+                clock = _clock.resolve(policy.clock)
                 now = clock.monotonic()
                 call = RetryCall(layer, now)
                 if not inflight:  # `tracker.enter(now)`, inline

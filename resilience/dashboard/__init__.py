@@ -13,7 +13,10 @@ proxy that authenticates (see ``docs/operating.md``).
 .. versionadded:: 0.1.0
 """
 
+from resilience import _exports
 from resilience.dashboard._server import Dashboard, serve
 
 
 __all__ = ["Dashboard", "serve"]
+
+_exports.publish(__name__, globals())

@@ -71,8 +71,6 @@ class Dashboard:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.dashboard"
-
     def __init__(
         self,
         store: Any,

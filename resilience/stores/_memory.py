@@ -5,10 +5,11 @@ A store hands out *backends*: one object per (concern, name/key) that keeps that
 applies each transition atomically. Decorators with the same name/key on the same store get
 the same backend, so they share one breaker, one budget, one window or one pool.
 
-Each concern's module (``_breaker``, ``_rate``, ``_bounded``...) defines the backend protocol
-it needs and registers a factory for it with ``MemoryStore.register(concern, factory)``; a
-store for another medium (Redis) registers its own factories for the same concerns, so a
-decorator asks ``store.backend(concern, key, policy)`` without knowing the medium.
+Each concern's package (``_breaker``, ``_rate``, ``_bounded``...) defines the backend protocol
+it needs and its memory implementation; this module registers them by name (imported on
+first use); a store for another medium (Redis) registers its own implementations of the same
+protocols, so a decorator asks ``store.backend(concern, key, policy)`` without knowing the
+medium.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class MemoryStore(BackendRegistry):
                 pools.append(replace(backend.snapshot(key), waiting=waiting))
             elif concern == "budget":
                 budgets.append(backend.snapshot(key))
-        clock: Any = _clock._default.clock
+        clock = _clock.current_clock()
         return Snapshot.of(clock.time(), "memory", breakers, limiters, pools, budgets)
 
     def clear(self) -> None:
@@ -84,6 +85,13 @@ class MemoryStore(BackendRegistry):
     def __repr__(self) -> str:
         return f"MemoryStore({len(self._backends)} backends)"
 
+
+MemoryStore.register("breaker", "resilience._breaker.memory:MemoryBreaker")
+MemoryStore.register("rate", "resilience._rate.state:memory_rate")
+MemoryStore.register("window", "resilience._rate.window:memory_window")
+MemoryStore.register("pool", "resilience._bounded.pool:memory_pool")
+MemoryStore.register("pool.queue", "resilience._bounded.pool:permit_queue")
+MemoryStore.register("budget", "resilience._budget.state:memory_budget")
 
 DEFAULT_STORE = MemoryStore()
 on_reset(DEFAULT_STORE.clear)

@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from resilience._errors import StoreUnavailableError
 from resilience._validate import duration
-from resilience.stores._registry import BackendRegistry
-from resilience.telemetry._bus import BUS, emit
+from resilience.stores._registry import BackendRegistry, resolve
 
 
 if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = ["NOW_LUA", "RedisStore", "store_unavailable"]
+__all__ = ["NOW_LUA", "RedisStore"]
 
 NOW_LUA = """
 local function now_us()
@@ -49,30 +48,6 @@ server's clock (``TIME``: machines with skewed clocks agree); with ``RedisStore(
 time. Whole microseconds keep Lua's doubles exact and replies integers (Redis truncates Lua
 floats in replies: return ``tostring(x)`` for a fraction).
 """
-
-
-def store_unavailable(error: StoreUnavailableError, *, decorator: str, fail_open: bool) -> None:
-    """
-    Emit ``resilience.store.unavailable`` for *error*, then re-raise it unless *fail_open*.
-
-    Every stateful layer calls this in its ``except StoreUnavailableError`` branch: with
-    ``fail_open`` the call then proceeds as if admitted (no count, no token, no permit).
-    The event's metadata: ``key``, ``store``, ``decorator``, ``fail_open``; its measurement:
-    ``timeout`` (seconds).
-    """
-    if BUS.subs:
-        emit(
-            "resilience.store.unavailable",
-            {"timeout": error.timeout or 0.0},
-            {
-                "key": error.key,
-                "store": error.store,
-                "decorator": decorator,
-                "fail_open": fail_open,
-            },
-        )
-    if not fail_open:
-        raise error
 
 
 def _redis() -> Any:
@@ -109,7 +84,7 @@ class RedisStore(BackendRegistry):
 
     __module__ = "resilience.stores"
 
-    _loaders: ClassVar[dict[str, Callable[[str, RedisStore], Any]]] = {}
+    _loaders: ClassVar[dict[str, Callable[[str, RedisStore], Any] | str]] = {}
     _views: ClassVar[dict[str, str]] = {}
 
     def __init__(
@@ -164,7 +139,7 @@ class RedisStore(BackendRegistry):
     # -- backends ---------------------------------------------------------------------------
 
     @classmethod
-    def register_loader(cls, concern: str, loader: Callable[[str, RedisStore], Any]) -> None:
+    def register_loader(cls, concern: str, loader: Callable[[str, RedisStore], Any] | str) -> None:
         """
         Make *loader(key, store)* rebuild a backend of *concern* from what Redis holds.
 
@@ -204,6 +179,8 @@ class RedisStore(BackendRegistry):
         """
         found = self._backends.get((concern, key))
         loader = self._loaders.get(concern)
+        if isinstance(loader, str):
+            loader = self._loaders[concern] = resolve(loader)
         if found is None and loader is not None:
             with self._lock:
                 found = self._backends.get((concern, key))
@@ -344,3 +321,19 @@ class RedisStore(BackendRegistry):
         client = self._async_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+
+
+# Each concern's Redis twin, imported when the first backend of that concern is built.
+RedisStore.register("breaker", "resilience._breaker.redis:RedisBreaker")
+RedisStore.register_loader("breaker", "resilience._breaker.redis:RedisBreaker.load")
+RedisStore.register("rate", "resilience._rate.redis:redis_rate_backend")
+RedisStore.register("window", "resilience._rate.redis_window:redis_window_backend")
+RedisStore.register("pool", "resilience._bounded.redis:redis_pool_backend")
+RedisStore.register("pool.queue", "resilience._bounded.redis:redis_permit_queue")
+RedisStore.register("budget", "resilience._budget.redis:redis_budget_backend")
+# The operator's view: each concern's plain reads of its keys (``_redis_snapshot.View``).
+RedisStore.register_view("breaker", "resilience._breaker.redis")
+RedisStore.register_view("rate", "resilience._rate.redis")
+RedisStore.register_view("window", "resilience._rate.redis_window")
+RedisStore.register_view("pool", "resilience._bounded.redis")
+RedisStore.register_view("budget", "resilience._budget.redis")

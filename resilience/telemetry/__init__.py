@@ -7,21 +7,18 @@ Attach a handler with ``attach(handler, events=None)``; it receives ``Event`` ob
 context, and a ``Reporter`` batches events to a backend for a session.
 """
 
+from resilience import _exports
+from resilience.telemetry._backends import HttpBackend
 from resilience.telemetry._bus import Event, EventHandler, Handle, attach, detach, emit
 from resilience.telemetry._metrics import counter, gauge, measure
 from resilience.telemetry._redact import REDACTED, add_sensitive, redact, sensitive_names
-from resilience.telemetry._reporter import (
-    Batch,
-    HttpBackend,
-    Reporter,
-    ReporterStats,
-    find_user_error,
-    is_user_error,
-)
+from resilience.telemetry._reporter import Reporter
+from resilience.telemetry._reporter_events import Batch, ReporterStats
 from resilience.telemetry._rolling import NameMetrics, RollingMetrics
 from resilience.telemetry._spans import Span, current_span
 from resilience.telemetry._structlog import attach_structlog
 from resilience.telemetry._switch import env_enabled, is_enabled, set_enabled
+from resilience.telemetry._user_errors import find_user_error, is_user_error
 
 
 __all__ = [
@@ -53,3 +50,6 @@ __all__ = [
     "sensitive_names",
     "set_enabled",
 ]
+
+
+_exports.publish(__name__, globals())

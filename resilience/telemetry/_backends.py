@@ -27,7 +27,6 @@ class HttpBackend:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.telemetry"
     __slots__ = ("headers", "timeout", "url")
 
     def __init__(

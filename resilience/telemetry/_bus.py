@@ -45,8 +45,6 @@ class Event:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.telemetry"
-
     name: str
     measurements: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -64,7 +62,6 @@ class Handle:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.telemetry"
     __slots__ = ("events", "handler")
 
     def __init__(self, handler: EventHandler, events: tuple[str, ...] | None) -> None:

@@ -15,10 +15,14 @@ import math
 from collections.abc import Callable, Mapping
 from contextvars import Token
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from resilience.telemetry._bus import emit
 from resilience.telemetry._spans import Span, enter_span, exit_span, new_span, now_ns
+
+
+if TYPE_CHECKING:
+    from resilience.typing import Clock
 
 
 __all__ = ["counter", "gauge", "measure"]
@@ -72,11 +76,10 @@ class measure:  # noqa: N801 - used like a function: `with measure(...)`, `@meas
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.telemetry"
     __slots__ = ("_frames", "clock", "metadata", "name")
 
     def __init__(
-        self, name: str, metadata: Mapping[str, Any] | None = None, *, clock: object = None
+        self, name: str, metadata: Mapping[str, Any] | None = None, *, clock: Clock | None = None
     ) -> None:
         self.name = _check_name(name)
         self.metadata = _check_metadata(metadata)

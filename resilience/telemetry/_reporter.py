@@ -9,8 +9,9 @@ failed send is retried with a ``resilience.Backoff`` and then dropped and counte
 the async twins hand the waiting to a worker thread so the event loop never blocks.
 ``RESILIENCE_TELEMETRY=0`` or ``set_enabled(False)`` makes reporters queue nothing.
 
-Owns ``Reporter`` (queue, worker thread, flush/close/drain); re-exports, for older imports, the
-data types (``_reporter_events``), ``HttpBackend`` (``_backends``) and ``_user_errors``' checks.
+Owns ``Reporter`` (queue, worker thread, flush/close/drain); the data types it sends live in
+``_reporter_events``, ``HttpBackend`` in ``_backends`` and the user-error checks in
+``_user_errors``.
 """
 
 from __future__ import annotations
@@ -44,19 +45,9 @@ from resilience.telemetry._reporter_events import (
     process_id,
 )
 from resilience.telemetry._switch import env_enabled, switch
-from resilience.telemetry._user_errors import find_user_error, is_user_error
-from resilience.typing import Clock
 
 
-__all__ = [
-    "Batch",
-    "HttpBackend",
-    "Reporter",
-    "ReporterStats",
-    "find_user_error",
-    "is_user_error",
-    "jsonable",
-]
+__all__ = ["Reporter"]
 
 _log = structlog.get_logger("resilience")
 _open: weakref.WeakSet[Reporter] = weakref.WeakSet()
@@ -83,8 +74,6 @@ class Reporter:
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience.telemetry"
 
     def __init__(
         self,
@@ -150,7 +139,7 @@ class Reporter:
     # -- queueing (any thread, never blocks on I/O) -------------------------------------
 
     def _now(self) -> datetime:
-        clock: Clock = self.clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self.clock)
         return datetime.fromtimestamp(clock.time(), UTC)
 
     def _event(self, kind: str, severity: str, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -282,7 +271,7 @@ class Reporter:
         return Batch(self.session_id, process_id(), events, dropped)
 
     def _send(self, batch: Batch) -> None:
-        clock: Clock = self.clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self.clock)
         for retry in range(self.retries + 1):
             try:
                 self.backend(batch)

@@ -59,8 +59,6 @@ class Batch:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.telemetry"
-
     session_id: str
     process_id: str
     events: tuple[dict[str, Any], ...]
@@ -87,8 +85,6 @@ class ReporterStats:
 
     .. versionadded:: 0.1.0
     """
-
-    __module__ = "resilience.telemetry"
 
     accepted: int
     queued: int

@@ -18,11 +18,15 @@ import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resilience.telemetry._bus import emit
 from resilience.telemetry._spans import now_ns
 from resilience.telemetry._structlog import log_event
+
+
+if TYPE_CHECKING:
+    from resilience.typing import Clock
 
 
 __all__ = [
@@ -60,7 +64,9 @@ def _next_attempt() -> int:
     return counter[0]
 
 
-def _stop(layer: Any, attempt: int, started: int, exc: BaseException | None, clock: object) -> None:
+def _stop(
+    layer: Any, attempt: int, started: int, exc: BaseException | None, clock: Clock | None
+) -> None:
     elapsed = now_ns(clock) - started
     metadata: dict[str, Any] = {"name": layer.name, "attempt": attempt}
     if exc is None:

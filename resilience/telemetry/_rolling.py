@@ -102,8 +102,6 @@ class NameMetrics:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.telemetry"
-
     name: str
     window: float
     calls: int
@@ -189,8 +187,6 @@ class RollingMetrics:
     .. versionadded:: 0.1.0
     """
 
-    __module__ = "resilience.telemetry"
-
     def __init__(
         self,
         window: float | timedelta = 10.0,
@@ -238,7 +234,7 @@ class RollingMetrics:
     # -- counting -----------------------------------------------------------------------
 
     def _index(self) -> int:
-        clock: Clock = self._clock or _clock._default.clock  # type: ignore[assignment]
+        clock = _clock.resolve(self._clock)
         return math.floor(clock.monotonic() / self._width)
 
     def _get(self, name: str) -> _Series:

@@ -15,9 +15,13 @@ import random
 import time
 
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from resilience import _clock
+
+
+if TYPE_CHECKING:
+    from resilience.typing import Clock
 
 
 __all__ = ["Span", "current_span", "enter_span", "exit_span", "new_span", "now_ns"]
@@ -137,14 +141,14 @@ def exit_span(token: Token[Span | None]) -> None:
     _current.reset(token)
 
 
-def now_ns(clock: object | None) -> int:
+def now_ns(clock: Clock | None) -> int:
     """
     Return monotonic nanoseconds: ``perf_counter_ns`` on real time, else the clock's reading.
 
     *clock* None means the process default, which ``virtual_time()`` may have replaced.
     """
-    chosen = _clock._default.clock if clock is None else clock
+    chosen = _clock.resolve(clock)
     if chosen is _clock.SYSTEM_CLOCK:
         return time.perf_counter_ns()
-    seconds: float = chosen.monotonic()  # type: ignore[attr-defined]
+    seconds: float = chosen.monotonic()
     return round(seconds * 1e9)

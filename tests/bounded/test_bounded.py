@@ -9,7 +9,7 @@ import time
 import pytest
 
 from resilience import BoundedPolicy, BoundedTimeoutError, bounded, set_active
-from resilience._bounded.face import MemoryPoolBackend, PermitQueue
+from resilience._bounded.pool import MemoryPoolBackend, PermitQueue
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.testing import FakeClock, capture_events
 

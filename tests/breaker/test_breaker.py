@@ -24,14 +24,8 @@ from resilience import (
     get_circuit_breaker,
     set_active,
 )
-from resilience._breaker.face import (
-    FAILURE,
-    IGNORED,
-    SUCCESS,
-    CountWindow,
-    MemoryBreaker,
-    TimeWindow,
-)
+from resilience._breaker.contract import FAILURE, IGNORED, SUCCESS
+from resilience._breaker.memory import CountWindow, MemoryBreaker, TimeWindow
 from resilience.stores import MemoryStore
 from resilience.testing import FakeClock, capture_events, reset
 

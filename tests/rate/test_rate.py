@@ -20,7 +20,7 @@ from resilience import (
     rate_limited,
     set_active,
 )
-from resilience._rate.face import RateState
+from resilience._rate.state import RateState
 from resilience.testing import FakeClock, capture_events
 
 
