@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 
@@ -239,34 +239,61 @@ class Snapshot:
 
         Non-finite numbers become None, so ``json.dumps`` writes standard JSON.
         """
+        clean = _Cleaner()
+        return {
+            "taken_at": self.taken_at,
+            "store": clean(self.store),
+            "breakers": [clean.record(b) for b in self.breakers],
+            "limiters": [clean.record(r) for r in self.limiters],
+            "pools": [clean.record(p) for p in self.pools],
+            "budgets": [clean.record(b) for b in self.budgets],
+            "metrics": None
+            if self.metrics is None
+            else [clean.data(m.to_dict()) for m in self.metrics],
+        }
+
+
+_PLAIN: Final = (int, bool, type(None))
+
+
+class _Cleaner:
+    """Redacts each distinct text once per snapshot (names repeat across a fleet's records)."""
+
+    __slots__ = ("_redact", "_seen")
+
+    def __init__(self) -> None:
         from resilience.telemetry._redact import redact  # noqa: PLC0415 - telemetry loads late
 
-        data = {
-            "taken_at": self.taken_at,
-            "store": self.store,
-            "breakers": [asdict(b) for b in self.breakers],
-            "limiters": [asdict(r) for r in self.limiters],
-            "pools": [asdict(p) for p in self.pools],
-            "budgets": [asdict(b) for b in self.budgets],
-            "metrics": None if self.metrics is None else [m.to_dict() for m in self.metrics],
-        }
-        clean: dict[str, Any] = _finite(redact(data))
-        return clean
+        self._redact = redact
+        self._seen: dict[str, Any] = {}
+
+    def __call__(self, text: str) -> Any:
+        found = self._seen.get(text)
+        if found is None:
+            found = self._seen[text] = self._redact({"text": text})["text"]
+        return found
+
+    def value(self, value: Any) -> Any:
+        if value.__class__ in _PLAIN:
+            return value
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, float):
+            return value if math.isfinite(value) else None
+        if isinstance(value, dict):
+            return {self(str(k)): self.value(v) for k, v in value.items()}
+        return value
+
+    def record(self, record: Any) -> dict[str, Any]:
+        return {name: self.value(getattr(record, name)) for name in record.__slots__}
+
+    def data(self, data: dict[str, Any]) -> dict[str, Any]:
+        return {name: self.value(value) for name, value in data.items()}
 
 
 def _busy(pool: PoolSnapshot) -> float:
     limit = pool.live_limit or pool.limit
     return pool.in_use / limit if limit else float(pool.in_use > 0)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def snapshot(

@@ -233,6 +233,7 @@ def test_a_breaker_opening_reaches_the_page_within_two_seconds(browser):
     with RollingMetrics() as metrics, serve(0, store=store, metrics=metrics, title="shop") as page:
         try:
             pay = _scene(store, release)
+            spent, attached = page.cpu_seconds, time.monotonic()
             browser.get(page.url)
             WebDriverWait(browser, 10, poll_frequency=0.05).until(
                 lambda d: shown(state) == "CLOSED"
@@ -252,6 +253,9 @@ def test_a_breaker_opening_reaches_the_page_within_two_seconds(browser):
             assert {"payments-api", "search-api"} <= set(rows)
             assert "live" == shown("return document.getElementById('status').textContent")
             time.sleep(2.2)  # two more frames, so every sparkline has a few points
+            share = (page.cpu_seconds - spent) / (time.monotonic() - attached)
+            assert share <= 0.01, f"the attached page took {share:.2%} of a core"
+            assert 0 < page.frames
             _save_screenshot(browser)
             errors = [
                 entry

@@ -2,7 +2,8 @@
 The dashboard's server: one page, one JSON snapshot, one server-sent-events stream.
 
 A publisher thread reads the snapshot (the store's, plus the rolling metrics) at most once
-per *interval* and only while a page is connected, so an application with nobody watching
+per *interval* (less often when one read takes more than 1% of that: a huge store) and
+only while a page is connected, so an application with nobody watching
 pays nothing but the metrics' event handler. Every connected page gets the same encoded
 frame: N pages cost one snapshot a second, not N. Request threads only wait and write.
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Dashboard", "serve"]
 
 _KEEPALIVE: Final = 15.0
+_BUDGET: Final = 150  # seconds of waiting per second of CPU a frame took: under 1%
 _STATIC: Final = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -67,6 +69,9 @@ class Dashboard:
         url: Where the page is, such as ``http://127.0.0.1:8321/``.
         host: The address it is bound to.
         port: The port it listens on (the one chosen when asked for port 0).
+        frames: Snapshots read and sent so far (one per *interval* while pages listen).
+        cpu_seconds: CPU time the page's threads spent reading, encoding and sending
+            frames: what the page costs the application (``cpu_share`` per second).
 
     .. versionadded:: 0.1.0
     """
@@ -87,6 +92,8 @@ class Dashboard:
         self.interval = interval
         self.title = title
         self.frames = 0
+        self.cpu_seconds = 0.0
+        self.started = time.monotonic()
         self._frame = b""
         self._version = 0
         self._clients = 0
@@ -114,11 +121,11 @@ class Dashboard:
         try:
             data = snapshot(self.store, metrics=self.metrics).to_dict()
         except StoreUnavailableError as error:
-            data = {"error": str(error), "taken_at": time.time()}
-        data["title"] = self.title
+            data = redact({"error": str(error)})
+            data["taken_at"] = time.time()
+        data["title"] = redact({"title": self.title})["title"]
         data["interval"] = self.interval
-        clean: dict[str, Any] = redact(data)
-        return clean
+        return data
 
     def _publish(self) -> None:
         """Encode a frame every *interval* while a page is connected (and not paused)."""
@@ -128,13 +135,18 @@ class Dashboard:
                     self._changed.wait(_KEEPALIVE)
             if self._stopped.is_set():
                 return
+            spent = time.thread_time()
             frame = json.dumps(self.read(), separators=(",", ":")).encode()
+            spent = time.thread_time() - spent
             with self._changed:
                 self._frame = frame
                 self._version += 1
                 self.frames += 1
+                self.cpu_seconds += spent
                 self._changed.notify_all()
-            self._stopped.wait(self.interval)
+            # A store so large that a frame costs more than 1% of the interval is shown less
+            # often, so the page never takes more than 1% of a core from the application.
+            self._stopped.wait(max(self.interval, spent * _BUDGET))
 
     def _next(self, seen: int) -> tuple[int, bytes | None]:
         """Wait for a frame newer than *seen*; None after the keep-alive time or a stop."""
@@ -144,6 +156,15 @@ class Dashboard:
             if self._version == seen or self._stopped.is_set():
                 return seen, None
             return self._version, self._frame
+
+    def _spent(self, seconds: float) -> None:
+        with self._changed:
+            self.cpu_seconds += seconds
+
+    @property
+    def cpu_share(self) -> float:
+        """The CPU the page's threads used since it started, as a share of one core's time."""
+        return self.cpu_seconds / max(time.monotonic() - self.started, 1e-9)
 
     def _join(self, delta: int) -> None:
         with self._changed:
