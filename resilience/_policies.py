@@ -119,6 +119,73 @@ class RetryPolicy(FromDict):
             msg = f"{owner}.budget must be a RetryBudget or None, got {type(self.budget).__name__}"
             raise TypeError(msg)
 
+    # -- tenacity interop (needs the tenacity extra) --------------------------------------
+
+    @classmethod
+    def from_tenacity(
+        cls,
+        source: object = None,
+        /,
+        *,
+        stop: object = None,
+        wait: object = None,
+        retry: object = None,
+        **fields: Any,
+    ) -> RetryPolicy:
+        """
+        Build the policy that retries as a tenacity ``Retrying`` or its strategies do.
+
+        Args:
+            source: A ``tenacity.Retrying``/``AsyncRetrying``, or a function decorated with
+                ``@tenacity.retry``; None to give the strategies alone.
+            stop: A stop strategy (``stop_after_attempt``, ``stop_after_delay``,
+                ``stop_before_delay``, ``stop_never``, and ``|`` of them): ``attempts`` and
+                ``timeout``. Replaces *source*'s.
+            wait: A wait strategy (``wait_none``, ``wait_fixed``, ``wait_random``,
+                ``wait_exponential``, ``wait_random_exponential``, ``wait_incrementing``,
+                ``wait_exponential_jitter(jitter=0)``, sums of fixed and one random part, or
+                a ``Backoff``): ``backoff``. Replaces *source*'s.
+            retry: A retry strategy (``retry_if_exception_type``, ``retry_if_exception``,
+                ``retry_if_result``, their negations, ``retry_if_exception_message``,
+                ``retry_if_exception_cause_type``, ``retry_always``/``never`` and ``|``/``&``
+                of them): ``on`` and ``on_result``. Replaces *source*'s.
+            fields: Any other ``RetryPolicy`` field; these win over the mapped ones.
+
+        Raises:
+            ValueError: For a strategy or argument without an equivalent, naming it and what
+                to use instead (``before_sleep``, ``wait_chain``, ``stop_all`` of two...).
+            TypeError: When *source* is not a tenacity retrying object.
+
+        Fields tenacity has no notion of keep their defaults: ``delay_hook`` still honours
+        Retry-After (pass ``delay_hook=None`` for tenacity's waits exactly).
+
+        .. versionadded:: 0.1.0
+        """
+        from resilience import _tenacity  # noqa: PLC0415 - tenacity only when asked for
+
+        mapped = _tenacity.policy_fields(source, stop=stop, wait=wait, retry=retry)
+        return cls(**(mapped | fields))
+
+    def to_tenacity(self, *, asynchronous: bool = False) -> dict[str, Any]:
+        """
+        Return keyword arguments for ``tenacity.Retrying``/``AsyncRetrying``/``retry`` that retry as this policy.
+
+        ``stop`` from ``attempts`` and ``timeout`` (``stop_before_delay``), ``wait`` the
+        ``Backoff`` (behind the ``delay_hook``, so Retry-After still paces waits), ``retry``
+        from ``on`` and ``on_result``, and ``retry_error_callback`` re-raising the last
+        exception or returning the last result, as ``@retry`` does. With a ``clock``,
+        ``sleep`` is its ``sleep`` (its ``asleep`` when *asynchronous*).
+
+        Raises:
+            ValueError: When the policy sets ``progress_timeout``, ``attempt_timeout``,
+                ``fallback`` or ``budget``, which tenacity cannot do.
+
+        .. versionadded:: 0.1.0
+        """
+        from resilience import _tenacity  # noqa: PLC0415 - tenacity only when asked for
+
+        return _tenacity.tenacity_kwargs(self, asynchronous=asynchronous)
+
 
 RetryPolicy._nested = {"backoff": Backoff, "budget": RetryBudget}
 

@@ -271,15 +271,30 @@ class RetryBudget(FromDict):
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
 
-    def try_retry(self) -> bool:
+    def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
         """
         Take one retry if the budget allows it; return whether it did.
+
+        ``@retry`` passes the failure asking for the retry (*outcome*, and *server_delay*:
+        whether its wait came from the server); a budget counts every retry alike.
 
         An unreachable store allows the retry (the policy's own limits still apply) and
         emits ``resilience.store.unavailable``: the caller's error is never replaced.
         """
         try:
             return self.backend().withdraw()
+        except StoreUnavailableError as error:
+            store_unavailable(error, decorator="retry_budget", fail_open=True)
+            return True
+
+    async def atry_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
+        """The async twin of ``try_retry``: a remote store's round trip does not block."""
+        backend = self.backend()
+        awithdraw = getattr(backend, "awithdraw", None)
+        try:
+            if awithdraw is None:
+                return backend.withdraw()
+            return bool(await awithdraw())
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
             return True

@@ -1,46 +1,57 @@
 """
-``RetryCall``: the decisions of one call's retry loop, and ``Progress``, shared by its calls.
+The retry decision, with no I/O: ``Rules`` per policy, ``RetryCall`` per call, ``LastSuccess``.
 
-The decisions are written once here, for all four drivers (sync and async in
-``_retry_layer``, generator and async generator in ``_retry_generators``). Neither class
-sleeps, reads the clock, calls the decorated function or does I/O of its own: the drivers do
-the calling and the waiting, and feed in each outcome and the clock's time.
-``RetryCall.next_delay`` answers with the wait before the next attempt, or None to give up;
-``give_up`` then emits the event and re-raises the last error, returns the last result or
-answers with the fallback. Its only side effects go through telemetry (events, the progress
-tracker's queue), the retry budget and, on giving up, the fallback.
+``RetryCall.next_delay(outcome, now)`` answers one of three things: a wait in seconds
+before the next attempt, ``None`` to give up (``reason`` says why), or ``WITHDRAW``: ask the
+retry budget first, then hand its answer to ``granted``, which answers a wait or ``None``.
+The core never sleeps, reads a clock, calls the decorated function, emits an event or
+touches a store: the drivers (``layer`` for plain calls, ``generators`` for generators) do
+all of that, sync or async, and feed in each outcome and the clock's time. So an async
+driver awaits the budget's async withdrawal and a Redis-backed budget never blocks its
+event loop.
 
-``Progress`` records when a call of one decorated function last succeeded, for
+Two hooks for what comes next: every limit on time is read in ``time_left`` (a deadline
+caps it the way ``timeout`` does), and the withdrawal step knows what kind of failure asks
+for the retry (``server_delay``: the wait came from the server, e.g. a 429's Retry-After),
+so a quota can weigh failures differently.
+
+``LastSuccess`` records when a call of one decorated function last succeeded, for
 ``progress_timeout``; it exists only on layers whose policy sets one.
 """
 
 from __future__ import annotations
 
-import inspect
+import enum
 import math
 import random
 import threading
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from resilience import _config
 from resilience._errors import ResilienceError
 from resilience._retry_after import retry_after_from
-from resilience.telemetry import _retrying
-from resilience.telemetry._bus import BUS, emit
 
 
 if TYPE_CHECKING:
-    from resilience._retry.layer import RetryLayer
+    from resilience._policies import RetryPolicy
 
 
-__all__ = ["Progress", "RetryCall"]
+__all__ = ["WITHDRAW", "LastSuccess", "RetryCall", "Rules", "Verdict"]
 
 _SWITCHES = _config.state  # never replaced, only its attributes set
-_QUEUED_MAX = _retrying.RetryProgress.BOUND
 
 
-class Progress:
+class Verdict(enum.Enum):
+    """The answer of ``next_delay`` that is neither a wait nor giving up."""
+
+    WITHDRAW = "withdraw"  # take one retry from the budget, then call `granted`
+
+
+WITHDRAW: Final = Verdict.WITHDRAW
+
+
+class LastSuccess:
     """When a call of one decorated function last succeeded, shared by all its calls."""
 
     __slots__ = ("_lock", "last", "retrying")
@@ -68,42 +79,80 @@ class Progress:
         return now - self.last
 
 
+class Rules:
+    """
+    A policy's constants as the decisions read them, computed once per decorated function.
+
+    ``last_success`` is the one shared state they read (None without ``progress_timeout``).
+    """
+
+    __slots__ = (
+        "backoff",
+        "base",
+        "budget",
+        "cap",
+        "hook",
+        "last_success",
+        "limit",
+        "progress_timeout",
+        "timeout",
+        "timeout_text",
+        "zero",
+    )
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.limit: float = math.inf if policy.attempts is None else policy.attempts
+        self.hook = policy.delay_hook
+        self.backoff = policy.backoff
+        self.base = policy.backoff.base
+        self.zero = self.base == 0.0  # every strategy and jitter gives 0: no draw
+        self.cap = cast("float", policy.retry_after_cap)
+        self.timeout = cast("float | None", policy.timeout)
+        self.timeout_text = "" if self.timeout is None else f"the timeout of {self.timeout:g} s"
+        self.progress_timeout = cast("float | None", policy.progress_timeout)
+        self.budget = policy.budget
+        self.last_success = LastSuccess() if policy.progress_timeout is not None else None
+
+
 class RetryCall:
     """The decisions of one call's retry loop: pure, fed with outcomes and times."""
 
     # `attempt - 1` is the retry number: no separate counter to keep in step.
-    __slots__ = ("attempt", "layer", "previous", "reason", "server_delay", "started")
+    __slots__ = (
+        "attempt",
+        "pending",
+        "previous",
+        "reason",
+        "rules",
+        "server_delay",
+        "started",
+    )
 
-    def __init__(self, layer: RetryLayer, started: float) -> None:
-        self.layer = layer
+    def __init__(self, rules: Rules, started: float) -> None:
+        self.rules = rules
         self.started = started
         self.attempt = 1
-        self.previous = layer.base
-        # `reason` and `server_delay` are set by `next_delay` before anything reads them.
+        self.previous = rules.base
+        # `reason`, `server_delay` and `pending` are set by `next_delay` before anything
+        # reads them.
 
-    def next_delay(self, outcome: object, now: float) -> float | None:
-        """Return the wait before the next attempt, or None to give up (see ``reason``)."""
-        layer = self.layer
-        # The tracker's `failed`, inline: one lock-free append; the lock only when due.
-        tracker = layer.tracker
-        queued = tracker.outcomes
-        queued.append(outcome)
-        if now >= tracker.due_at or len(queued) >= _QUEUED_MAX:
-            tracker.report_if_due(now)
+    def next_delay(self, outcome: object, now: float) -> float | Verdict | None:
+        """The wait before the next attempt, ``WITHDRAW`` (ask the budget), or None to give up."""
+        rules = self.rules
         switches = _SWITCHES
         if not switches.active:
             self.reason = "resilience is switched off (set_active(False))"
             return None
-        limit = layer.limit  # math.inf for attempts=None
+        limit = rules.limit  # math.inf for attempts=None
         testing = switches.testing
         if testing and switches.testing_attempts is not None:
             limit = min(limit, switches.testing_attempts)
         if self.attempt >= limit:
             self.reason = f"the limit of {limit} attempt(s) was reached"
             return None
-        if layer.progress is not None and self.progress_expired(now):
+        if rules.last_success is not None and self.progress_expired(now):
             return None
-        hook = layer.hook
+        hook = rules.hook
         if hook is retry_after_from:  # the default hook: skip its call when it has no source
             try:
                 hinted = (
@@ -115,46 +164,65 @@ class RetryCall:
                 hinted = True
         else:
             hinted = hook is not None
-        if hinted or not layer.zero:
+        if hinted or not rules.zero:
             delay = self._delay_for(outcome)
         else:  # base 0: every strategy and jitter gives 0, so no draw either
             delay = 0.0
             self.server_delay = False
         if testing:
             delay = 0.0
-        if layer.guarded and not self._within_limits(delay, now):
+        if rules.timeout is not None and self._crosses(delay, now):
             return None
+        if rules.budget is not None:
+            self.pending = delay
+            return WITHDRAW
         self.attempt += 1
         return delay
 
-    def _within_limits(self, delay: float, now: float) -> bool:
-        """Whether the timeout and the budget allow a retry after *delay*."""
-        policy = self.layer.policy
-        timeout = policy.timeout
-        if timeout is not None and (now - self.started) + delay > timeout:  # type: ignore[operator]
-            self.reason = f"the next wait of {delay:.3f} s would cross the timeout of {timeout:g} s"
-            return False
-        budget = policy.budget
-        if budget is not None and not budget.try_retry():
+    def granted(self, allowed: bool) -> float | None:
+        """After ``WITHDRAW``: the wait if the budget gave a retry, else None to give up."""
+        if not allowed:
+            budget = self.rules.budget
+            assert budget is not None
             self.reason = f"the retry budget is spent ({budget.describe()})"
+            return None
+        self.attempt += 1
+        return self.pending
+
+    def time_left(self, now: float) -> tuple[float, str] | None:
+        """
+        The seconds left for waits and attempts and what sets them; None without a limit.
+
+        Every limit on time is read here: ``timeout`` counts from the call's start.
+        """
+        rules = self.rules
+        if rules.timeout is None:
+            return None
+        return rules.timeout - (now - self.started), rules.timeout_text
+
+    def _crosses(self, delay: float, now: float) -> bool:
+        """Whether a wait of *delay* would end past the time left (then say so in ``reason``)."""
+        left = self.time_left(now)
+        if left is None or delay <= left[0]:
             return False
+        self.reason = f"the next wait of {delay:.3f} s would cross {left[1]}"
         return True
 
     def progress_expired(self, now: float) -> bool:
         """Whether no call of the function has succeeded for ``progress_timeout``."""
-        limit = self.layer.policy.progress_timeout
-        progress = self.layer.progress
-        if limit is None or progress is None:
+        limit = self.rules.progress_timeout
+        last_success = self.rules.last_success
+        if limit is None or last_success is None:
             return False
-        stalled = progress.stalled_for(now)
-        if stalled >= limit:  # type: ignore[operator]
+        stalled = last_success.stalled_for(now)
+        if stalled >= limit:
             self.reason = f"no call succeeded for {stalled:.3f} s (progress_timeout {limit:g} s)"
             return True
         return False
 
     def _delay_for(self, outcome: object) -> float:
-        policy = self.layer.policy
-        hook = policy.delay_hook
+        rules = self.rules
+        hook = rules.hook
         server = None
         if hook is not None:
             try:
@@ -163,52 +231,14 @@ class RetryCall:
                 server = None
         if server is not None and server > 0 and math.isfinite(server):
             self.server_delay = True
-            return min(float(server), cast("float", policy.retry_after_cap))
+            return min(float(server), rules.cap)
         self.server_delay = False
-        backoff = policy.backoff
-        if backoff.base == 0.0:  # every strategy and jitter gives 0: skip the draw
+        if rules.zero:
             return 0.0
-        delay = backoff._next(self.attempt - 1, self.previous, random.random())
+        delay = rules.backoff._next(self.attempt - 1, self.previous, random.random())
         self.previous = delay
         return delay
 
-    def give_up(self, outcome: object, is_exc: bool, now: float) -> object:
-        """Emit the give-up event; re-raise the last exception or return the last result."""
-        elapsed = now - self.started
-        name = self.layer.name
-        if BUS.subs:
-            emit(
-                "resilience.retry.give_up",
-                {"attempts": self.attempt, "elapsed": elapsed},
-                {"name": name, "reason": self.reason, "outcome": outcome},
-            )
-        if is_exc:
-            assert isinstance(outcome, BaseException)
-            outcome.add_note(
-                f"resilience.retry: gave up on {name} after {self.attempt} attempt(s) "
-                f"in {elapsed:.3f} s: {self.reason}"
-            )
-            if self.layer.fallback is not None and _config.state.active:
-                return self.layer.fallback.sync(outcome)
-            raise outcome
-        return outcome
-
-    async def agive_up(self, outcome: object, is_exc: bool, now: float) -> object:
-        """``give_up`` for async drivers: an async fallback's answer is awaited."""
-        answer = self.give_up(outcome, is_exc, now)
-        if is_exc and inspect.isawaitable(answer):  # only a fallback answers for an exception
-            return await answer
-        return answer
-
-    def announce(self, outcome: object, delay: float) -> None:
-        """Emit the event that a retry is coming after *delay* seconds."""
-        emit(
-            "resilience.retry.retry",
-            {"attempt": self.attempt - 1, "delay": delay},
-            {
-                "name": self.layer.name,
-                "outcome": outcome,
-                "server_delay": self.server_delay,
-                "reason": _retrying.describe(outcome),
-            },
-        )
+    def summary(self, elapsed: float) -> str:
+        """The note added to the last error on giving up."""
+        return f"after {self.attempt} attempt(s) in {elapsed:.3f} s: {self.reason}"

@@ -4,10 +4,11 @@
 This module is the decorator's public face: ``retry()`` with its overloads and
 ``RetryFields``. The retry loop lives beside it:
 
-- ``core``: ``RetryCall``, the decisions of one call's loop (no I/O, no sleeping), and
-  ``Progress``, when a decorated function last succeeded;
-- ``layer``: ``RetryLayer``, the per-policy constants and the sync and async drivers;
-- ``generators``: the generator and async-generator drivers.
+- ``core``: ``RetryCall``, the decisions of one call's loop (no I/O, no sleeping, no
+  clock), ``Rules``, the policy's constants they read, and ``LastSuccess``, when a
+  decorated function last succeeded;
+- ``layer``: ``RetryLayer`` and its sync and async drivers;
+- ``generators``: the generator and async-generator drivers and their pumps.
 """
 
 from __future__ import annotations

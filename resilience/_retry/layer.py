@@ -1,32 +1,28 @@
 """
-``RetryLayer``: ``@retry``'s per-policy constants and its sync and async drivers.
+``RetryLayer``: ``@retry``'s per-policy constants and its drivers for plain calls.
 
-The success path is one ``try`` around the call. Everything else (the attempt count, the
-deadline, shared progress, the delay hook, events) lives on the slow path, which starts at
-the first failure. The decisions are written once in ``RetryCall`` (``_retry_call``), which
-never sleeps and does no I/O of its own; four thin drivers (sync and async here, generator and async
-generator in ``_retry_generators``) feed it outcomes and time and do the waiting. For the
-common policy (no ``on_result``, ``timeout``, ``progress_timeout`` or ``attempt_timeout``)
-the sync and async runners hold the loop inline rather than calling into
-``_retry_sync``/``_retry_async``, and per-policy constants are computed once on the layer,
-so a failure costs one ``next_delay`` call and a list append.
+A driver is one loop per kind and flavour: attempt, and on a retryable outcome ask the core
+(``RetryCall``, in ``core``) what to do, do it (withdraw from the budget, wait, or give up),
+and attempt again. The sync and async drivers here, the generator and async-generator
+drivers in ``generators``, differ only in what they await. The success path is the first
+pass of the loop: one ``try`` around the call and a few constant tests; everything else
+(the clock, the attempt count, shared progress, events) starts at the first failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from resilience import _clock
+from resilience import _clock, _config
 from resilience._decorating import Kind, Layer, Runner
 from resilience._errors import AttemptTimeoutError
 from resilience._fallback import Fallback
 from resilience._policies import RetryPolicy
 from resilience._retry import generators as _retry_generators
-from resilience._retry.core import Progress, RetryCall
+from resilience._retry.core import WITHDRAW, RetryCall, Rules
 from resilience.telemetry import _retrying
 from resilience.telemetry._bus import BUS, emit
 
@@ -44,35 +40,25 @@ class RetryLayer(Layer):
     """``@retry``'s layer: the drivers of the retry loop for each kind of callable."""
 
     decorator = "retry"
-    # Besides the state, constants read once per failure instead of policy attributes:
-    # `catch`/`check` (what is retryable, as an `except` clause plus an optional predicate),
-    # `limit` (attempts, inf if None), `hook`, `zero` (backoff base 0), `base` and `guarded`
-    # (a timeout or a budget to check).
+    # `catch`/`check`: what is retryable, as an `except` clause plus an optional predicate
+    # (None when the clause is the whole test); `rules`: the constants the core reads.
     __slots__ = (
-        "base",
         "catch",
         "check",
         "fallback",
-        "guarded",
-        "hook",
-        "limit",
-        "progress",
+        "last_success",
         "retryable",
+        "rules",
         "tracker",
-        "zero",
     )
     policy: RetryPolicy
 
     def __init__(self, policy: RetryPolicy) -> None:
         super().__init__(policy)
-        self.progress = Progress() if policy.progress_timeout is not None else None
+        self.rules = Rules(policy)
+        self.last_success = self.rules.last_success
         self.tracker = _retrying.RetryProgress(self)
         self.fallback = Fallback(policy.fallback) if policy.fallback is not None else None
-        self.limit: float = math.inf if policy.attempts is None else policy.attempts
-        self.hook = policy.delay_hook
-        self.base = policy.backoff.base
-        self.zero = self.base == 0.0
-        self.guarded = policy.timeout is not None or policy.budget is not None
         matches = policy._retryable
         on = policy.on
         classes = on if isinstance(on, tuple) else (on,)
@@ -81,7 +67,9 @@ class RetryLayer(Layer):
         if all(isinstance(c, type) and issubclass(c, Exception) for c in classes):
             # `except on` is the whole test: no predicate call per failure
             catch, check = cast("type[Exception] | tuple[type[Exception], ...]", on), None
-        else:  # a predicate, or BaseException classes, which `except Exception` never retries
+        else:
+            # A predicate, or BaseException classes: `except Exception` keeps control flow
+            # (CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit) out of reach.
             catch, check = Exception, matches
         if policy.attempt_timeout is None:
             self.retryable = matches
@@ -112,31 +100,75 @@ class RetryLayer(Layer):
     def build(self, kind: Kind, call_next: Runner) -> Runner:
         runner = super().build(kind, call_next)
         budget = self.policy.budget
-        return runner if budget is None else budget.counting(runner, kind)  # one call, one deposit
+        if budget is None or kind == "asyncgen":  # the async-generator driver counts itself
+            return runner
+        return budget.counting(runner, kind)  # one call, one deposit
+
+    # -- the steps every driver takes ----------------------------------------------------
 
     def _clock(self) -> Clock:
         return _clock.resolve(self.policy.clock)
 
-    def _start(self, started: float | None) -> tuple[Clock, RetryCall, float]:
-        clock = self._clock()
+    def _start(self, started: float | None, failure: object) -> tuple[Clock, RetryCall, float]:
+        """The first *failure*: the call enters its retry loop (and the tracker counts it)."""
+        clock = _clock.resolve(self.policy.clock)
         now = clock.monotonic()
-        call = RetryCall(self, now if started is None else started)
-        self.tracker.enter(now)
-        if self.progress is not None:
-            self.progress.enter(now)
+        call = RetryCall(self.rules, now if started is None else started)
+        self.tracker.enter(now, failure)
+        if self.last_success is not None:
+            self.last_success.enter(now)
         return clock, call, now
 
-    def _succeeded(self, clock: Clock, call: RetryCall | None) -> None:
-        if self.progress is not None:
-            self.progress.success(clock.monotonic())
+    def _succeeded(self, call: RetryCall | None) -> None:
+        if self.last_success is not None:
+            self.last_success.success(self._clock().monotonic())
         if call is not None and BUS.subs:
             emit("resilience.retry.recovered", {"attempts": call.attempt}, {"name": self.name})
 
-    def _leave(self, clock: Clock) -> None:
-        """The call's loop is over (returned, raised or gave up)."""
-        self.tracker.leave(clock.monotonic())
-        if self.progress is not None:
-            self.progress.leave()
+    def _announce(self, call: RetryCall, outcome: object, delay: float) -> None:
+        """Emit the event that a retry is coming after *delay* seconds."""
+        emit(
+            "resilience.retry.retry",
+            {"attempt": call.attempt - 1, "delay": delay},
+            {
+                "name": self.name,
+                "outcome": outcome,
+                "server_delay": call.server_delay,
+                "reason": _retrying.describe(outcome),
+            },
+        )
+
+    def _gave_up(self, call: RetryCall, outcome: Any, is_exc: bool, now: float) -> Fallback | None:
+        """Emit the give-up event and note it on the error; the fallback that answers, if any."""
+        elapsed = now - call.started
+        if BUS.subs:
+            emit(
+                "resilience.retry.give_up",
+                {"attempts": call.attempt, "elapsed": elapsed},
+                {"name": self.name, "reason": call.reason, "outcome": outcome},
+            )
+        if not is_exc:
+            return None
+        outcome.add_note(f"resilience.retry: gave up on {self.name} {call.summary(elapsed)}")
+        return self.fallback if _config.state.active else None
+
+    def _give_up(self, call: RetryCall, outcome: Any, is_exc: bool, now: float) -> Any:
+        """Re-raise the last exception, return the last result, or answer with the fallback."""
+        fallback = self._gave_up(call, outcome, is_exc, now)
+        if not is_exc:
+            return outcome
+        if fallback is not None:
+            return fallback.sync(outcome)
+        raise outcome
+
+    async def _agive_up(self, call: RetryCall, outcome: Any, is_exc: bool, now: float) -> Any:
+        """``_give_up`` for async drivers: an async fallback's answer is awaited."""
+        fallback = self._gave_up(call, outcome, is_exc, now)
+        if not is_exc:
+            return outcome
+        if fallback is not None:
+            return await fallback.asynchronous(outcome)
+        raise outcome
 
     def _sleep(self, clock: Clock, delay: float) -> None:
         """Wait *delay* seconds, counted as waiting by the progress tracker."""
@@ -156,81 +188,21 @@ class RetryLayer(Layer):
         finally:
             tracker.awake(clock.monotonic())
 
-    # -- sync ------------------------------------------------------------------------
+    # -- plain calls ------------------------------------------------------------------
 
     def build_sync(self, call_next: Runner, observe: bool = True) -> Runner:
-        policy = self.policy
         # While anyone listens (BUS.live is non-empty), calls take the twin that emits events.
         observed = (
             self.build_sync(_retrying.attempt_events(self, call_next), observe=False)
             if observe
             else None
         )
-        catch, check = self.catch, self.check
-        slow = self._retry_sync
-        layer, tracker = self, self.tracker
-        inflight, done = tracker.inflight, tracker.done
-        if policy.on_result is None and policy.progress_timeout is None and policy.timeout is None:
+        layer, budget = self, self.policy.budget
+        start, failed, tracker = self._start, self.tracker.failed, self.tracker
+        catch, check, on_result = self.catch, self.check, self.policy.on_result
+        timed, last_success = self.policy.timeout is not None, self.last_success
 
-            def fast(
-                wrapped: Callable[..., Any],
-                instance: Any,
-                args: tuple[Any, ...],
-                kwargs: dict[str, Any],
-            ) -> Any:
-                if _LISTENING and observed is not None:
-                    return _retrying.run_observed(observed, wrapped, instance, args, kwargs)
-                try:
-                    return call_next(wrapped, instance, args, kwargs)
-                except catch as exc:
-                    if check is not None and not check(exc):
-                        raise
-                    outcome: Any = exc
-                # `_retry_sync` without on_result, inline: a call fewer per failing call.
-                clock = _clock.resolve(policy.clock)
-                now = clock.monotonic()
-                call = RetryCall(layer, now)
-                if not inflight:  # `tracker.enter(now)`, inline
-                    tracker.last_report = now
-                    tracker.due_at = now + tracker.interval
-                inflight.append(None)
-                try:
-                    while True:
-                        delay = call.next_delay(outcome, now)
-                        if delay is None:
-                            return call.give_up(outcome, True, clock.monotonic())
-                        if BUS.subs:
-                            call.announce(outcome, delay)
-                        if delay > 0.0:
-                            layer._sleep(clock, delay)
-                        try:
-                            result = call_next(wrapped, instance, args, kwargs)
-                        except catch as exc:
-                            if check is not None and not check(exc):
-                                raise
-                            outcome = exc
-                        else:
-                            if BUS.subs:
-                                layer._succeeded(clock, call)
-                            return result
-                        now = clock.monotonic()
-                finally:
-                    # The queued failures' tracebacks hold this frame: no cycle back to them.
-                    outcome = None
-                    inflight.pop()  # `tracker.leave(clock.monotonic())`, inline
-                    done.append(None)
-                    now = clock.monotonic()
-                    if now >= tracker.due_at:
-                        tracker.report_if_due(now)
-
-            return fast
-
-        on_result = policy.on_result
-        timed = policy.timeout is not None
-        progress = self.progress
-        clock_of = self._clock
-
-        def general(
+        def runner(
             wrapped: Callable[..., Any],
             instance: Any,
             args: tuple[Any, ...],
@@ -238,147 +210,60 @@ class RetryLayer(Layer):
         ) -> Any:
             if _LISTENING and observed is not None:
                 return _retrying.run_observed(observed, wrapped, instance, args, kwargs)
-            started = clock_of().monotonic() if timed else None
+            call: RetryCall | None = None
+            outcome: Any
+            started = layer._clock().monotonic() if timed else None
             try:
-                result = call_next(wrapped, instance, args, kwargs)
-            except catch as exc:
-                if check is not None and not check(exc):
-                    raise
-                failure = exc
-            else:
-                if on_result is None or not on_result(result):
-                    if progress is not None:
-                        progress.success(clock_of().monotonic())
-                    return result
-                return slow(call_next, wrapped, instance, args, kwargs, result, False, started)
-            return slow(call_next, wrapped, instance, args, kwargs, failure, True, started)
+                while True:
+                    try:
+                        result = call_next(wrapped, instance, args, kwargs)
+                    except catch as exc:
+                        if check is not None and not check(exc):
+                            raise
+                        outcome, is_exc = exc, True
+                    else:
+                        if on_result is None or not on_result(result):
+                            if last_success is not None or (call is not None and BUS.subs):
+                                layer._succeeded(call)
+                            return result
+                        outcome, is_exc = result, False
+                    if call is None:
+                        clock, call, now = start(started, outcome)
+                    else:
+                        now = clock.monotonic()
+                        failed(outcome, now)
+                    delay = call.next_delay(outcome, now)
+                    if delay is WITHDRAW:
+                        assert budget is not None
+                        delay = call.granted(budget.try_retry(outcome, call.server_delay))
+                    if delay is None:
+                        return layer._give_up(call, outcome, is_exc, clock.monotonic())
+                    if BUS.subs:
+                        layer._announce(call, outcome, delay)
+                    if delay > 0.0:
+                        layer._sleep(clock, delay)
+            finally:
+                if call is not None:
+                    outcome = None  # the queued failures' tracebacks hold this frame: no cycle
+                    tracker.leave(clock.monotonic())
+                    if last_success is not None:
+                        last_success.leave()
 
-        return general
-
-    def _retry_sync(
-        self,
-        call_next: Runner,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        outcome: object,
-        is_exc: bool,
-        started: float | None,
-    ) -> Any:
-        catch, check = self.catch, self.check
-        on_result = self.policy.on_result
-        progress = self.progress
-        clock, call, now = self._start(started)
-        try:
-            while True:
-                delay = call.next_delay(outcome, now)
-                if delay is None:
-                    return call.give_up(outcome, is_exc, clock.monotonic())
-                if BUS.subs:
-                    call.announce(outcome, delay)
-                if delay > 0.0:
-                    self._sleep(clock, delay)
-                try:
-                    result = call_next(wrapped, instance, args, kwargs)
-                except catch as exc:
-                    if check is not None and not check(exc):
-                        raise
-                    outcome, is_exc = exc, True
-                else:
-                    if on_result is None or not on_result(result):
-                        if progress is not None or BUS.subs:
-                            self._succeeded(clock, call)
-                        return result
-                    outcome, is_exc = result, False
-                now = clock.monotonic()
-        finally:
-            outcome = None  # the queued failures' tracebacks hold this frame: no cycle
-            self._leave(clock)
-
-    # -- async -----------------------------------------------------------------------
+        return runner
 
     def build_async(self, call_next: Runner, observe: bool = True) -> Runner:
-        policy = self.policy
         observed = (
             self.build_async(_retrying.attempt_events_async(self, call_next), observe=False)
             if observe
             else None
         )
-        catch, check = self.catch, self.check
-        slow = self._retry_async
         attempt = self._timed(call_next)  # call_next itself without attempt_timeout
-        layer, tracker = self, self.tracker
-        inflight, done = tracker.inflight, tracker.done
-        if (
-            policy.on_result is None
-            and policy.progress_timeout is None
-            and policy.timeout is None
-            and policy.attempt_timeout is None
-        ):
+        layer, budget = self, self.policy.budget
+        start, failed, tracker = self._start, self.tracker.failed, self.tracker
+        catch, check, on_result = self.catch, self.check, self.policy.on_result
+        timed, last_success = self.policy.timeout is not None, self.last_success
 
-            async def fast(
-                wrapped: Callable[..., Any],
-                instance: Any,
-                args: tuple[Any, ...],
-                kwargs: dict[str, Any],
-            ) -> Any:
-                if _LISTENING and observed is not None:
-                    return await _retrying.run_observed_async(
-                        observed, wrapped, instance, args, kwargs
-                    )
-                try:
-                    return await call_next(wrapped, instance, args, kwargs)
-                except catch as exc:
-                    if check is not None and not check(exc):
-                        raise
-                    outcome: Any = exc
-                # `_retry_async` without on_result and attempt_timeout, inline: a second
-                # coroutine per failing call costs more than the rest of its bookkeeping.
-                clock = _clock.resolve(policy.clock)
-                now = clock.monotonic()
-                call = RetryCall(layer, now)
-                if not inflight:  # `tracker.enter(now)`, inline
-                    tracker.last_report = now
-                    tracker.due_at = now + tracker.interval
-                inflight.append(None)
-                try:
-                    while True:
-                        delay = call.next_delay(outcome, now)
-                        if delay is None:
-                            return await call.agive_up(outcome, True, clock.monotonic())
-                        if BUS.subs:
-                            call.announce(outcome, delay)
-                        if delay > 0.0:
-                            await layer._asleep(clock, delay)
-                        try:
-                            result = await call_next(wrapped, instance, args, kwargs)
-                        except catch as exc:
-                            if check is not None and not check(exc):
-                                raise
-                            outcome = exc
-                        else:
-                            if BUS.subs:
-                                layer._succeeded(clock, call)
-                            return result
-                        now = clock.monotonic()
-                finally:
-                    # The queued failures' tracebacks hold this frame: no cycle back to them.
-                    outcome = None
-                    inflight.pop()  # `tracker.leave(clock.monotonic())`, inline
-                    done.append(None)
-                    now = clock.monotonic()
-                    if now >= tracker.due_at:
-                        tracker.report_if_due(now)
-
-            return fast
-
-        on_result = policy.on_result
-        timed = policy.timeout is not None
-        progress = self.progress
-        clock_of = self._clock
-
-        async def general(
+        async def runner(
             wrapped: Callable[..., Any],
             instance: Any,
             args: tuple[Any, ...],
@@ -386,22 +271,46 @@ class RetryLayer(Layer):
         ) -> Any:
             if _LISTENING and observed is not None:
                 return await _retrying.run_observed_async(observed, wrapped, instance, args, kwargs)
-            started = clock_of().monotonic() if timed else None
+            call: RetryCall | None = None
+            outcome: Any
+            started = layer._clock().monotonic() if timed else None
             try:
-                result = await attempt(wrapped, instance, args, kwargs)
-            except catch as exc:
-                if check is not None and not check(exc):
-                    raise
-                failure = exc
-            else:
-                if on_result is None or not on_result(result):
-                    if progress is not None:
-                        progress.success(clock_of().monotonic())
-                    return result
-                return await slow(attempt, wrapped, instance, args, kwargs, result, False, started)
-            return await slow(attempt, wrapped, instance, args, kwargs, failure, True, started)
+                while True:
+                    try:
+                        result = await attempt(wrapped, instance, args, kwargs)
+                    except catch as exc:
+                        if check is not None and not check(exc):
+                            raise
+                        outcome, is_exc = exc, True
+                    else:
+                        if on_result is None or not on_result(result):
+                            if last_success is not None or (call is not None and BUS.subs):
+                                layer._succeeded(call)
+                            return result
+                        outcome, is_exc = result, False
+                    if call is None:
+                        clock, call, now = start(started, outcome)
+                    else:
+                        now = clock.monotonic()
+                        failed(outcome, now)
+                    delay = call.next_delay(outcome, now)
+                    if delay is WITHDRAW:
+                        assert budget is not None
+                        delay = call.granted(await budget.atry_retry(outcome, call.server_delay))
+                    if delay is None:
+                        return await layer._agive_up(call, outcome, is_exc, clock.monotonic())
+                    if BUS.subs:
+                        layer._announce(call, outcome, delay)
+                    if delay > 0.0:
+                        await layer._asleep(clock, delay)
+            finally:
+                if call is not None:
+                    outcome = None  # the queued failures' tracebacks hold this frame: no cycle
+                    tracker.leave(clock.monotonic())
+                    if last_success is not None:
+                        last_success.leave()
 
-        return general
+        return runner
 
     def _timed(self, call_next: Runner) -> Runner:
         """*call_next* bounded by ``attempt_timeout`` (itself when there is none)."""
@@ -426,47 +335,6 @@ class RetryLayer(Layer):
                 raise
 
         return timed
-
-    async def _retry_async(
-        self,
-        attempt: Runner,
-        wrapped: Callable[..., Any],
-        instance: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        outcome: object,
-        is_exc: bool,
-        started: float | None,
-    ) -> Any:
-        catch, check = self.catch, self.check
-        on_result = self.policy.on_result
-        progress = self.progress
-        clock, call, now = self._start(started)
-        try:
-            while True:
-                delay = call.next_delay(outcome, now)
-                if delay is None:
-                    return await call.agive_up(outcome, is_exc, clock.monotonic())
-                if BUS.subs:
-                    call.announce(outcome, delay)
-                if delay > 0.0:
-                    await self._asleep(clock, delay)
-                try:
-                    result = await attempt(wrapped, instance, args, kwargs)
-                except catch as exc:
-                    if check is not None and not check(exc):
-                        raise
-                    outcome, is_exc = exc, True
-                else:
-                    if on_result is None or not on_result(result):
-                        if progress is not None or BUS.subs:
-                            self._succeeded(clock, call)
-                        return result
-                    outcome, is_exc = result, False
-                now = clock.monotonic()
-        finally:
-            outcome = None  # the queued failures' tracebacks hold this frame: no cycle
-            self._leave(clock)
 
     # -- generators -------------------------------------------------------------------
 

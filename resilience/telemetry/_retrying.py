@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 PROGRESS_INTERVAL = 2.0
+_NO_FAILURE: Any = object()
+_BOUND = 64  # RetryProgress drains once this many failed outcomes are queued
 _MAX_KINDS = 50  # distinct error texts kept per interval; the rest are counted as "other"
 
 Runner = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -177,12 +179,11 @@ class RetryProgress:
     ``BOUND`` outcomes queued takes the lock and drains both queues (``del q[:n]``: only
     the lock holder removes), so grouping runs once per batch, the counts and groups equal
     those of locked per-failure accounting, and at most ``BOUND`` outcomes (with their
-    tracebacks) wait. ``resilience._retry.layer``'s drivers inline ``enter``/``leave`` and
-    ``RetryCall.next_delay`` (``resilience._retry.core``) inlines ``failed``, on exactly
-    these attributes.
+    tracebacks) wait. The retry drivers (``resilience._retry``) call ``enter``, ``failed``,
+    ``sleeping``/``awake`` and ``leave``; only this class touches its attributes.
     """
 
-    BOUND = 64  # drain once this many failed outcomes are queued
+    BOUND = _BOUND
 
     __slots__ = (
         "_completed",
@@ -213,17 +214,27 @@ class RetryProgress:
         self._errors: dict[Hashable, list[Any]] = {}  # key -> [count, exemplar outcome]
         self._lock = threading.Lock()
 
-    def enter(self, now: float) -> None:
-        """A call starts retrying; the first of a busy spell starts the report timer."""
+    def enter(self, now: float, failure: object = _NO_FAILURE) -> None:
+        """
+        A call starts retrying; the first of a busy spell starts the report timer.
+
+        *failure*, when given, is the failed outcome that made it retry: ``failed`` too.
+        """
         if not self.inflight:
             self.last_report = now
             self.due_at = now + self.interval
         self.inflight.append(None)
+        if failure is not _NO_FAILURE:  # `failed`, inline: this is the retry's first step
+            queued = self.outcomes
+            queued.append(failure)
+            if now >= self.due_at or len(queued) >= _BOUND:
+                self.report_if_due(now)
 
     def failed(self, outcome: object, now: float) -> None:
         """Count a failed attempt's outcome, then report if a line is due."""
-        self.outcomes.append(outcome)
-        if now >= self.due_at or len(self.outcomes) >= self.BOUND:
+        queued = self.outcomes
+        queued.append(outcome)
+        if now >= self.due_at or len(queued) >= _BOUND:
             self.report_if_due(now)
 
     def sleeping(self) -> None:
