@@ -233,3 +233,40 @@ def test_reading_a_process_dashboard():
         data["breakers"][0]["state"],
     )
     assert data["metrics"] is not None
+
+
+def test_watch_json_is_one_document_per_line(fleet):
+    """--watch with --format json writes one JSON document per line, for scripts to follow."""
+    command = [sys.executable, "-m", "resilience", "status", "--store", REDIS]
+    command += ["--namespace", fleet.namespace, "--format", "json", "--watch", "0.1"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            lines = [proc.stdout.readline() for _ in range(3)]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    documents = [json.loads(line) for line in lines]
+    assert [2, 2, 2] == [len(d["breakers"]) for d in documents]
+    assert len({d["taken_at"] for d in documents}) == 3  # three reads, not one printed thrice
+
+
+def test_the_dashboard_command_serves_a_redis_store(fleet):
+    """`dashboard --store redis://...` serves the fleet's page on loopback until interrupted."""
+    import signal
+    import urllib.request
+
+    port = _free_port()
+    command = [sys.executable, "-m", "resilience", "dashboard", "--store", REDIS]
+    command += ["--namespace", fleet.namespace, "--port", str(port)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            banner = proc.stdout.readline()
+            assert f"at http://127.0.0.1:{port}/ (Ctrl-C stops)" in banner
+            url = f"http://127.0.0.1:{port}/snapshot.json"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                data = json.loads(reply.read())
+            assert ["payments-api", "search-api"] == [b["name"] for b in data["breakers"]]
+            assert data["metrics"] is None  # another process's calls are not ours to count
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert 0 == proc.wait(timeout=10)
