@@ -361,3 +361,34 @@ def test_an_empty_store():
         taken.budgets,
         taken.store,
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("ns:breaker:payments", ("breaker", "payments")),
+        ("ns:breaker:payments:ring", ("breaker", "payments")),
+        ("ns:rate:api:tenant:log", ("rate", "api:tenant")),
+        ("ns:window:api:tenant", ("window", "api:tenant")),
+        ("ns:pool:db:leases", ("pool", "db")),
+        ("ns:budget:fleet", ("budget", "fleet")),
+        # hash-tagged names: <ns>:<concern>:{<key>}[:<part>], braces in keys escaped
+        ("ns:rate:{api:tenant}:starts", ("rate", "api:tenant")),
+        ("ns:breaker:{a%7Bb%7D%25}", ("breaker", "a{b}%")),
+        ("ns:pool:{db}:weights", ("pool", "db")),
+        ("ns:pool:{db}", None),  # a pool has no key without a part
+        ("ns:meta", None),
+        ("other:breaker:x", None),
+        ("ns:unknown:x", None),
+    ],
+)
+def test_key_names_map_to_concern_and_key(name, expected):
+    """Both key layouts (plain and hash-tagged) name the concern and the key they hold."""
+    from types import SimpleNamespace
+
+    from resilience.stores import RedisStore
+    from resilience.stores._redis_snapshot import _split, view_of
+
+    store = SimpleNamespace(namespace="ns", _views=RedisStore._views)
+    known = {concern: view_of(store, concern) for concern in RedisStore._views}
+    assert expected == _split(store, name, known)

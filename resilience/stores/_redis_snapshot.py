@@ -69,10 +69,18 @@ def meta_key(store: RedisStore) -> str:
     return f"{store.namespace}:meta"
 
 
-def _errors() -> tuple[type[BaseException], ...]:
+def _errors(store: RedisStore | None = None) -> tuple[type[BaseException], ...]:
+    """The client errors that mean "unreachable": the store's own list, else redis-py's."""
+    own = getattr(store, "_error", None)
+    if own is not None:
+        return (*(own if isinstance(own, tuple) else (own,)), OSError)
     import redis  # noqa: PLC0415 - optional dependency, loaded by RedisStore already
 
-    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+
+def _unquote(text: str) -> str:
+    return text.replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
 
 
 def _now_us(store: RedisStore, replies: list[Any]) -> tuple[int, list[Any]]:
@@ -111,6 +119,14 @@ def _split(store: RedisStore, name: str, known: dict[str, View]) -> tuple[str, s
     view = known.get(concern)
     if view is None or not rest:
         return None
+    if rest.startswith("{") and "}" in rest:  # <ns>:<concern>:{<key>}[:<part>]: a hash tag
+        close = rest.index("}")
+        key, part = _unquote(rest[1:close]), rest[close + 1 :]
+        if not part and "" in view.suffixes:
+            return concern, key
+        if part.startswith(":") and part[1:] in view.suffixes:
+            return concern, key
+        return None
     for suffix in view.suffixes:
         if suffix and rest.endswith(f":{suffix}"):
             return concern, rest[: -len(suffix) - 1]
@@ -121,6 +137,11 @@ def _split(store: RedisStore, name: str, known: dict[str, View]) -> tuple[str, s
 
 def _scan(store: RedisStore) -> list[str]:
     """Every key name of the namespace: one SCAN pass on each node."""
+    own = getattr(store, "_scan", None)
+    if own is not None:  # the store knows its topology (a cluster scans every primary)
+        glob = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
+        found: list[str] = own(f"{store.namespace.translate(glob)}:*")
+        return found
     client = store.client
     nodes = getattr(client, "get_primaries", None)
     match = f"{store.namespace}:*"
@@ -153,7 +174,7 @@ def read_one(store: RedisStore, concern: str, key: str, meta: dict[str, Any] | N
     reads = view.reads(store, key)
     try:
         replies = _pipeline(store, reads)
-    except _errors() as error:
+    except _errors(store) as error:
         raise StoreUnavailableError(key, store=store.describe(), timeout=store.timeout) from error
     now_us, replies = _now_us(store, replies)
     return view.build(store, key, replies, now_us, _wall(store, now_us), meta)
@@ -195,7 +216,9 @@ def snapshot(store: RedisStore) -> Snapshot:
             spans.append((concern, key, len(batch)))
             reads.extend(batch)
         replies = _pipeline(store, reads)
-    except _errors() as error:
+    except StoreUnavailableError:
+        raise
+    except _errors(store) as error:
         raise StoreUnavailableError(
             f"{store.namespace}:*", store=store.describe(), timeout=store.timeout
         ) from error
@@ -310,7 +333,7 @@ class MetaWriter:
             pipe.hset(meta_key(store), mapping=entries)
             pipe.pexpire(meta_key(store), store.ttl_ms)
             pipe.execute()
-        except _errors():
+        except _errors(store):
             return
         with self._lock:
             if version == self._version:
