@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import threading
 
 from collections.abc import Callable, Sequence
@@ -284,6 +285,7 @@ class MetaWriter:
         "_entries",
         "_lock",
         "_pending",
+        "_pid",
         "_store",
         "_thread",
         "_version",
@@ -299,6 +301,7 @@ class MetaWriter:
         self._wake = threading.Event()
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     def declare(self, concern: str, key: str, meta: dict[str, Any]) -> None:
         """Record *meta* for *concern*/*key* soon."""
@@ -306,6 +309,8 @@ class MetaWriter:
             self._entries[f"{concern}:{key}"] = json.dumps(meta)
             self._pending = True
             self._version += 1
+            if self._pid != os.getpid():  # a forked child: the parent's thread is not here
+                self._pid, self._thread = os.getpid(), None
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="resilience-meta", daemon=True
