@@ -4,9 +4,9 @@ The operator's view of a ``RedisStore``: every key of its namespace, read withou
 ``snapshot(store)`` makes one ``SCAN`` pass over the namespace (per node), groups the keys
 by concern and key (each concern registered its key suffixes and its reader with
 ``RedisStore.register_view``), then sends one pipeline of plain reads (``TIME``,
-``HGETALL``, ``LRANGE``, ``GET``, ``ZRANGE``): no script, no blocking command, never a
-write. Each backend's keys are read back to back, so every record is consistent with
-itself; the records of different keys are read within one pipeline's round trip.
+``HGETALL``, ``LRANGE``, ``GET``, ``ZRANGE``), in ``MULTI``/``EXEC`` on one server so the
+whole view is of one instant: no script, no blocking command, never a write. On a cluster
+each backend's keys (one hash tag) are read back to back within one pipelined round trip.
 
 The numbers a key's data does not hold (a limiter's rate, a pool's limit, a budget's
 ratio, a breaker's config before its first failure) come from the namespace's *meta*
@@ -156,7 +156,11 @@ def _scan(store: RedisStore) -> list[str]:
 
 
 def _pipeline(store: RedisStore, reads: Sequence[Read]) -> list[Any]:
-    pipe = store.client.pipeline(transaction=False)
+    # One server: MULTI/EXEC, so every record is read at one instant (reads only: nothing
+    # is written, nothing blocks). A cluster cannot run one across slots: there each
+    # backend's keys share a hash tag and are read back to back.
+    single = not hasattr(store.client, "get_primaries")
+    pipe = store.client.pipeline(transaction=single)
     if store.clock is None:
         pipe.time()
     for method, args, *keywords in reads:

@@ -13,7 +13,7 @@ from resilience.stores import RedisStore
 from .test_redis_faults import REDIS_SERVER, PrivateRedis
 
 
-READS = {"SCAN", "HGETALL", "LRANGE", "GET", "ZRANGE", "TIME"}
+READS = {"SCAN", "HGETALL", "LRANGE", "GET", "ZRANGE", "TIME", "MULTI", "EXEC"}
 HANDSHAKE = {"HELLO", "CLIENT", "AUTH", "SELECT"}  # a new connection's setup, no data
 
 
@@ -34,7 +34,7 @@ def _server():
 
 
 def test_every_command_of_a_snapshot_is_a_plain_read(server):
-    """No script, no write, no blocking command: SCAN, then one pipeline of reads."""
+    """No script, no write, no blocking command: SCAN, then one MULTI/EXEC of reads."""
     import redis
 
     store = RedisStore(f"redis://127.0.0.1:{server.port}/0", namespace="snap")
