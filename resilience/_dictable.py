@@ -16,8 +16,11 @@ from typing import Any, ClassVar, Self
 
 __all__ = ["FromDict"]
 
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?inf")
+# ASCII digits only: int() and float() also read "٣" (Arabic-Indic three) as 3.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?inf")
+#: Digits past this many are no setting anyone means (and int() refuses 4,300 of them).
+_MAX_DIGITS = 40
 
 
 class FromDict:
@@ -63,7 +66,12 @@ class FromDict:
 
         For example ``RetryPolicy.from_env("MYAPP_RETRY_")`` reads ``MYAPP_RETRY_ATTEMPTS``
         and ``MYAPP_RETRY_BACKOFF_BASE``. Values are parsed as numbers, ``true``/``false``,
-        ``none``, or kept as text; fields without a variable keep their defaults.
+        ``none``, or kept as text; fields without a variable keep their defaults. A text
+        field (a name or key) keeps its text, digits included.
+
+        Raises:
+            ValueError: Naming the variable, if it is set but blank, or holds digits that
+                are not ASCII (``٣``), or a number of more than 40 digits.
 
         .. versionadded:: 0.1.0
         """
@@ -82,11 +90,17 @@ class FromDict:
                 if sub:
                     found[f.name] = sub
                 continue
-            raw = env.get(f"{prefix}{f.name.upper()}")
+            variable = f"{prefix}{f.name.upper()}"
+            raw = env.get(variable)
             if raw is not None:
-                # a text field keeps its text: "none" is a jitter name, not None
-                text_field = isinstance(f.default, str)
-                found[f.name] = raw.strip() if text_field else _parse_env_value(raw)
+                _check_env_text(variable, raw)
+                # a text field keeps its text: "none" is a jitter name, "42" a key
+                text = raw.strip()
+                if _is_text_field(f):
+                    optional = f.default is None and text.lower() in {"none", "null"}
+                    found[f.name] = None if optional else text
+                else:
+                    found[f.name] = _parse_env_value(raw)
         return found
 
     def to_dict(self) -> dict[str, Any]:
@@ -104,10 +118,42 @@ class FromDict:
         return out
 
 
+def _is_text_field(f: dataclasses.Field[Any]) -> bool:
+    """Whether a field holds text: a ``str`` default, or ``str`` in its annotation's union."""
+    if isinstance(f.default, str):
+        return True
+    annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    parts = {part.strip() for part in annotation.split("|")}
+    return "str" in parts and not parts & {"int", "float", "Any", "bool"}
+
+
+def _check_env_text(variable: str, raw: str) -> None:
+    """Refuse a blank variable, non-ASCII digits and absurdly long numbers, naming *variable*."""
+    text = raw.strip()
+    if not text:
+        msg = (
+            f"environment variable {variable} is set but blank; unset it to keep the "
+            f"default, or write 'none' for no value"
+        )
+        raise ValueError(msg)
+    if any(ch.isdigit() or ch.isdecimal() or ch.isnumeric() for ch in text if not ch.isascii()):
+        msg = (
+            f"environment variable {variable} holds non-ASCII digits ({text!r}); "
+            f"write numbers with the ASCII digits 0-9"
+        )
+        raise ValueError(msg)
+    if sum(ch.isdigit() for ch in text) > _MAX_DIGITS and _FLOAT.fullmatch(text.lower()):
+        msg = (
+            f"environment variable {variable} holds a number of more than {_MAX_DIGITS} "
+            f"digits ({text[:20]}...); no setting is that large"
+        )
+        raise ValueError(msg)
+
+
 def _parse_env_value(raw: str) -> Any:
     text = raw.strip()
     lowered = text.lower()
-    if lowered in {"", "none", "null"}:
+    if lowered in {"none", "null"}:
         return None
     if lowered in {"true", "yes", "on"}:
         return True

@@ -23,6 +23,7 @@ from resilience._validate import (
     check_bool,
     check_int,
     check_number,
+    check_store,
     duration,
     exception_predicate,
     optional_callable,
@@ -35,6 +36,26 @@ __all__ = ["BoundedPolicy", "CircuitBreakerPolicy", "RateLimitPolicy", "RetryPol
 
 def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
+
+
+def _retry_after_cap(owner: str, value: object) -> float | None:
+    """
+    ``retry_after_cap`` is > 0: a cap of 0 would turn every server delay into no wait at all.
+
+    A server-given delay of 0 means "use the backoff" (so a server cannot cause a hot loop);
+    a cap of 0 would cut every delay down to a zero wait, the very loop that rule prevents.
+    Ignoring server delays has its own spelling: ``delay_hook=None``.
+    """
+    if (isinstance(value, int | float) and not isinstance(value, bool) and value == 0) or (
+        isinstance(value, timedelta) and not value
+    ):
+        msg = (
+            f"{owner}.retry_after_cap must be > 0 seconds (a cap of 0 would turn every "
+            f"server delay into a zero wait, a hot loop); to ignore server delays, "
+            f"set delay_hook=None; got {value!r}"
+        )
+        raise ValueError(msg)
+    return duration(owner, "retry_after_cap", value, strict=True)
 
 
 def _check_clock(owner: str, clock: object) -> None:
@@ -62,7 +83,8 @@ class RetryPolicy(FromDict):
         on_result: A predicate ``result -> bool``: retry when it returns True.
         delay_hook: ``outcome -> seconds | None``, a server-given delay that replaces the
             backoff for that wait (None or 0: use the backoff). Default: Retry-After.
-        retry_after_cap: The most seconds a server-given delay may impose.
+        retry_after_cap: The most seconds a server-given delay may impose (> 0; to ignore
+            server delays, set *delay_hook* to None).
         attempt_timeout: The most seconds one attempt of an async callable may take; a
             stalled attempt is cancelled and counts as a retryable failure.
         name: A name for events and log lines (default: the callable's qualified name).
@@ -103,7 +125,7 @@ class RetryPolicy(FromDict):
                 name,
                 duration(owner, name, getattr(self, name), strict=True, allow_none=True),
             )
-        _set(self, "retry_after_cap", duration(owner, "retry_after_cap", self.retry_after_cap))
+        _set(self, "retry_after_cap", _retry_after_cap(owner, self.retry_after_cap))
         if not isinstance(self.backoff, Backoff):
             msg = f"{owner}.backoff must be a Backoff, got {type(self.backoff).__name__}"
             raise TypeError(msg)
@@ -262,13 +284,15 @@ class CircuitBreakerPolicy(FromDict):
         check_fallback(owner, self.fallback)
         _check_failure_rate(self)
         check_bool(owner, "fail_open", self.fail_open)
+        check_store(owner, self.store)
 
 
 def _check_failure_rate(policy: CircuitBreakerPolicy) -> None:
     owner = "CircuitBreakerPolicy"
     if policy.failure_rate is not None:
         check_number(owner, "failure_rate", policy.failure_rate, low=0.0, high=1.0, low_open=True)
-    check_int(owner, "window_size", policy.window_size, low=1, allow_none=True)
+    # the count window is a ring of one byte per call: a million calls is 1 MB
+    check_int(owner, "window_size", policy.window_size, low=1, high=1_000_000, allow_none=True)
     _set(
         policy,
         "window_duration",
@@ -306,7 +330,8 @@ class RateLimitPolicy(FromDict):
         delay_hook: ``exc -> seconds | None``: a server-given delay read from a failed
             call, which opens the key's shared backoff window (default: Retry-After;
             None: failures never open it).
-        retry_after_cap: The most seconds one server-given delay may hold the window open.
+        retry_after_cap: The most seconds one server-given delay may hold the window open
+            (> 0; to ignore server delays, set *delay_hook* to None).
         fail_open: When the *store* cannot be reached in time, let calls start without a
             token (and emit ``resilience.store.unavailable``) instead of raising
             ``StoreUnavailableError``.
@@ -338,8 +363,9 @@ class RateLimitPolicy(FromDict):
         _set(self, "timeout", duration(owner, "timeout", self.timeout, allow_none=True))
         _check_clock(owner, self.clock)
         optional_callable(owner, "delay_hook", self.delay_hook)
-        _set(self, "retry_after_cap", duration(owner, "retry_after_cap", self.retry_after_cap))
+        _set(self, "retry_after_cap", _retry_after_cap(owner, self.retry_after_cap))
         check_bool(owner, "fail_open", self.fail_open)
+        check_store(owner, self.store)
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,3 +411,4 @@ class BoundedPolicy(FromDict):
         _set(self, "timeout", duration(owner, "timeout", self.timeout, allow_none=True))
         _check_clock(owner, self.clock)
         check_bool(owner, "fail_open", self.fail_open)
+        check_store(owner, self.store)

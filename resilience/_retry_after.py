@@ -12,17 +12,17 @@ import math
 import re
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Final, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, cast
 
-from resilience._errors import ResilienceError
+from resilience._errors import ResilienceError, is_control_flow
 
 
 if TYPE_CHECKING:
-    from collections.abc import Container, Iterable, Mapping
+    from collections.abc import Callable, Container, Iterable, Mapping
     from email.message import Message
 
 
-__all__ = ["parse_retry_after", "retry_after_from"]
+__all__ = ["parse_retry_after", "retry_after_from", "safe_delay"]
 
 _HeadersLike: TypeAlias = (
     "Mapping[str, object] | Mapping[bytes, object] | Iterable[tuple[object, object]] | Message"
@@ -111,6 +111,60 @@ def retry_after_from(outcome: object) -> float | None:
     if headers is None:
         return None
     return _parse(headers, None)
+
+
+def safe_delay(
+    hook: Callable[[Any], object] | None, outcome: object, *, decorator: str, name: str = ""
+) -> float | None:
+    """
+    Ask a delay hook for a server-given delay, never letting it replace the caller's error.
+
+    Returns the hook's delay as float seconds (0.0 included: the caller then uses its
+    backoff), or None when there is no hook, the outcome is control flow (which no hook is
+    shown), or the hook gave nothing usable. A hook that raises, or returns something that
+    is not a finite number >= 0 (``"5"``, ``10**400``, ``nan``, ``-1``, ``True``), is
+    ignored: ``resilience.delay_hook.ignored`` is emitted and the caller backs off.
+    """
+    if hook is None or is_control_flow(outcome):
+        return None
+    try:
+        value = hook(outcome)
+    except Exception as error:  # a broken hook must not replace the caller's error
+        _ignored(decorator, name, f"the delay hook raised {type(error).__name__}", outcome)
+        return None
+    if value is None:
+        return None
+    if isinstance(value, float) and 0.0 <= value < math.inf:
+        return value  # the common case: one check
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 10**9:
+        return float(value)
+    _ignored(
+        decorator,
+        name,
+        f"the delay hook returned {type(value).__name__} {_short(value)}, "
+        f"not a finite number of seconds >= 0",
+        outcome,
+    )
+    return None
+
+
+def _short(value: object) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        return "(unprintable)"
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def _ignored(decorator: str, name: str, reason: str, outcome: object) -> None:
+    from resilience.telemetry._bus import BUS, emit  # noqa: PLC0415 - telemetry imports us
+
+    if BUS.subs:
+        emit(
+            "resilience.delay_hook.ignored",
+            {},
+            {"decorator": decorator, "name": name, "reason": reason, "outcome": outcome},
+        )
 
 
 def _attribute(obj: object, name: str) -> object:

@@ -259,18 +259,18 @@ _PLAIN: Final = (int, bool, type(None))
 class _Cleaner:
     """Redacts each distinct text once per snapshot (names repeat across a fleet's records)."""
 
-    __slots__ = ("_redact", "_seen")
+    __slots__ = ("_scrub", "_seen")
 
     def __init__(self) -> None:
-        from resilience.telemetry._redact import redact  # noqa: PLC0415 - telemetry loads late
+        from resilience.telemetry._redact import scrub  # noqa: PLC0415 - telemetry loads late
 
-        self._redact = redact
+        self._scrub = scrub
         self._seen: dict[str, Any] = {}
 
     def __call__(self, text: str) -> Any:
         found = self._seen.get(text)
         if found is None:
-            found = self._seen[text] = self._redact({"text": text})["text"]
+            found = self._seen[text] = self._scrub(text)
         return found
 
     def value(self, value: Any) -> Any:

@@ -261,7 +261,7 @@ def retry_policies() -> SearchStrategy[RetryPolicy]:
         timeout=st.none() | positive,
         progress_timeout=st.none() | positive,
         backoff=backoffs(decorrelated=True),
-        retry_after_cap=st.floats(min_value=0.0, max_value=3600.0),
+        retry_after_cap=st.floats(min_value=0.001, max_value=3600.0),
     )
 
 

@@ -48,12 +48,15 @@ class TestServer:
         """The page and its script come from the package; the snapshot is redacted JSON."""
         store = MemoryStore()
 
-        @circuit_breaker(store=store, name="Bearer sk-live-123", failure_threshold=1, on=Boom)
-        def leaky():
-            raise Boom
+        for name in ("Bearer sk-live-123", "https://ops:hunter2@api.example.com/v1"):
 
-        with pytest.raises(Boom):
-            leaky()
+            @circuit_breaker(store=store, name=name, failure_threshold=1, on=Boom)
+            def leaky():
+                raise Boom
+
+            with pytest.raises(Boom):
+                leaky()
+        rate_limited(rate=5, key="api.example.com?api_key=abc123", store=store)(lambda: 1)()
         with serve(0, store=store, metrics=False, title="shop") as page:
             assert page.url.startswith("http://127.0.0.1:")
             status, headers, body = _get(page.url)
@@ -64,7 +67,13 @@ class TestServer:
             assert b"new EventSource" in script
             _, _, raw = _get(page.url + "snapshot.json")
         data = json.loads(raw)
-        assert ["[REDACTED]"] == [b["name"] for b in data["breakers"]]
+        assert {"Bearer [REDACTED]", "https://[REDACTED]@api.example.com/v1"} == {
+            b["name"] for b in data["breakers"]
+        }
+        assert ["api.example.com?api_key=[REDACTED]"] == [r["key"] for r in data["limiters"]]
+        assert b"hunter2" not in raw
+        assert b"abc123" not in raw
+        assert b"sk-live-123" not in raw
         assert ("shop", None) == (data["title"], data["metrics"])
 
     def test_events_stream_frames_at_most_once_a_second(self):

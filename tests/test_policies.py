@@ -39,7 +39,7 @@ class TestRetryPolicy:
             ({"timeout": 0}, ValueError, r"RetryPolicy\.timeout must be > 0"),
             ({"progress_timeout": -1}, ValueError, r"RetryPolicy\.progress_timeout must be > 0"),
             ({"attempt_timeout": "5"}, TypeError, r"RetryPolicy\.attempt_timeout must be a number"),
-            ({"retry_after_cap": -1}, ValueError, r"RetryPolicy\.retry_after_cap must be >= 0"),
+            ({"retry_after_cap": -1}, ValueError, r"RetryPolicy\.retry_after_cap must be > 0"),
             ({"on": 5}, TypeError, r"RetryPolicy\.on must be an exception class"),
             ({"on": ()}, TypeError, r"RetryPolicy\.on must be an exception class"),
             ({"on": (ValueError, int)}, TypeError, r"RetryPolicy\.on must be"),

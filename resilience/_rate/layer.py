@@ -27,6 +27,7 @@ from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
 from resilience._rate.state import MemoryRateBackend, RateBackend
 from resilience._rate.window import WindowBackend
+from resilience._retry_after import safe_delay
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
@@ -164,15 +165,10 @@ class RateLimitLayer(KeyedLayer):
 
     def _failed(self, exc: BaseException) -> None:
         """A call failed: if it carries a server delay, open the key's backoff window."""
-        hook = self.policy.delay_hook
-        assert hook is not None
-        try:
-            delay = hook(exc)
-        except Exception:  # a broken hook must not replace the caller's error
+        delay = safe_delay(self.policy.delay_hook, exc, decorator="rate_limited", name=self.name)
+        if not delay:  # None or 0: no window
             return
-        if delay is None or not delay > 0.0 or not math.isfinite(delay):
-            return
-        seconds = min(float(delay), float(self.policy.retry_after_cap))  # type: ignore[arg-type]
+        seconds = min(delay, float(self.policy.retry_after_cap))  # type: ignore[arg-type]
         left = self._window.extend(seconds)
         if BUS.subs:
             emit(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from resilience import _config
 from resilience._errors import ResilienceError
-from resilience._retry_after import retry_after_from
+from resilience._retry_after import retry_after_from, safe_delay
 
 
 if TYPE_CHECKING:
@@ -222,16 +222,10 @@ class RetryCall:
 
     def _delay_for(self, outcome: object) -> float:
         rules = self.rules
-        hook = rules.hook
-        server = None
-        if hook is not None:
-            try:
-                server = hook(outcome)
-            except Exception:  # a broken hook must not replace the caller's error
-                server = None
-        if server is not None and server > 0 and math.isfinite(server):
+        server = safe_delay(rules.hook, outcome, decorator="retry")
+        if server:  # None or 0: the backoff
             self.server_delay = True
-            return min(float(server), rules.cap)
+            return min(server, rules.cap)
         self.server_delay = False
         if rules.zero:
             return 0.0

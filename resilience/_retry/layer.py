@@ -201,6 +201,7 @@ class RetryLayer(Layer):
         start, failed, tracker = self._start, self.tracker.failed, self.tracker
         catch, check, on_result = self.catch, self.check, self.policy.on_result
         timed, last_success = self.policy.timeout is not None, self.last_success
+        plain = on_result is None and last_success is None
 
         def runner(
             wrapped: Callable[..., Any],
@@ -222,8 +223,10 @@ class RetryLayer(Layer):
                             raise
                         outcome, is_exc = exc, True
                     else:
+                        if plain and call is None:  # the success path: nothing to record
+                            return result
                         if on_result is None or not on_result(result):
-                            if last_success is not None or (call is not None and BUS.subs):
+                            if last_success is not None or BUS.subs:
                                 layer._succeeded(call)
                             return result
                         outcome, is_exc = result, False
@@ -262,6 +265,7 @@ class RetryLayer(Layer):
         start, failed, tracker = self._start, self.tracker.failed, self.tracker
         catch, check, on_result = self.catch, self.check, self.policy.on_result
         timed, last_success = self.policy.timeout is not None, self.last_success
+        plain = on_result is None and last_success is None
 
         async def runner(
             wrapped: Callable[..., Any],
@@ -283,8 +287,10 @@ class RetryLayer(Layer):
                             raise
                         outcome, is_exc = exc, True
                     else:
+                        if plain and call is None:  # the success path: nothing to record
+                            return result
                         if on_result is None or not on_result(result):
-                            if last_success is not None or (call is not None and BUS.subs):
+                            if last_success is not None or BUS.subs:
                                 layer._succeeded(call)
                             return result
                         outcome, is_exc = result, False

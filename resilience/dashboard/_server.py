@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final
 from resilience._errors import StoreUnavailableError
 from resilience._snapshot import snapshot
 from resilience._validate import check_int, duration
-from resilience.telemetry._redact import redact
+from resilience.telemetry._redact import scrub
 
 
 if TYPE_CHECKING:
@@ -121,9 +121,8 @@ class Dashboard:
         try:
             data = snapshot(self.store, metrics=self.metrics).to_dict()
         except StoreUnavailableError as error:
-            data = redact({"error": str(error)})
-            data["taken_at"] = time.time()
-        data["title"] = redact({"title": self.title})["title"]
+            data = {"error": scrub(str(error)), "taken_at": time.time()}
+        data["title"] = scrub(self.title)
         data["interval"] = self.interval
         return data
 

@@ -11,7 +11,14 @@ from resilience import _exports
 from resilience.telemetry._backends import HttpBackend
 from resilience.telemetry._bus import Event, EventHandler, Handle, attach, detach, emit
 from resilience.telemetry._metrics import counter, gauge, measure
-from resilience.telemetry._redact import REDACTED, add_sensitive, redact, sensitive_names
+from resilience.telemetry._redact import (
+    REDACTED,
+    add_pattern,
+    add_sensitive,
+    redact,
+    scrub,
+    sensitive_names,
+)
 from resilience.telemetry._reporter import Reporter
 from resilience.telemetry._reporter_events import Batch, ReporterStats
 from resilience.telemetry._rolling import NameMetrics, RollingMetrics
@@ -33,6 +40,7 @@ __all__ = [
     "ReporterStats",
     "RollingMetrics",
     "Span",
+    "add_pattern",
     "add_sensitive",
     "attach",
     "attach_structlog",
@@ -47,6 +55,7 @@ __all__ = [
     "is_user_error",
     "measure",
     "redact",
+    "scrub",
     "sensitive_names",
     "set_enabled",
 ]

@@ -20,6 +20,7 @@ import asyncio
 import atexit
 import collections
 import threading
+import time
 import uuid
 import weakref
 
@@ -118,6 +119,7 @@ class Reporter:
         self._cond = threading.Condition()
         self._index = 0
         self._accepted = self._sent = self._failed = self._overflow = 0
+        self._inflight = 0  # taken from the queue, being sent (or retried)
         self._batches = self._send_errors = 0
         self._dropped_unreported = 0
         self._flush_wanted = False
@@ -187,7 +189,7 @@ class Reporter:
         check_choice("", "severity", severity, SEVERITIES)
         if not self.enabled:
             return False
-        clean = jsonable(redact(data or {}, self.sensitive))
+        clean = jsonable(redact(data or {}, self.sensitive, render=True))
         return self._put(
             [self._event("GENERIC_EVENT", severity, {"event_name": name, "event_data": clean})]
         )
@@ -228,7 +230,7 @@ class Reporter:
     def _forward(self, event: Event) -> None:
         data = {
             "measurements": event.measurements,
-            "metadata": redact(event.metadata, self.sensitive),
+            "metadata": redact(event.metadata, self.sensitive, render=True),
         }
         self._put(
             [
@@ -251,7 +253,8 @@ class Reporter:
             self._flush_wanted = True
             self._cond.notify_all()
 
-    def _take(self, everything: bool) -> Batch | None:
+    def _take(self, everything: bool) -> tuple[Batch, int] | None:
+        """Pop the next batch; its events count as in flight until sent or failed."""
         with self._cond:
             dropped = self._dropped_unreported
             if not (self._queue or (everything and dropped)):
@@ -260,6 +263,7 @@ class Reporter:
                 return None
             count = min(self.batch_size, len(self._queue))
             events = tuple(self._queue.popleft() for _ in range(count))
+            self._inflight += count
             self._dropped_unreported = 0
         if dropped:  # reported in band too, so a backend that only reads events sees it
             notice = self._event(
@@ -268,14 +272,20 @@ class Reporter:
                 {"event_name": "resilience.telemetry.dropped", "event_data": {"count": dropped}},
             )
             events = (*events, notice)
-        return Batch(self.session_id, process_id(), events, dropped)
+        return Batch(self.session_id, process_id(), events, dropped), count
 
-    def _send(self, batch: Batch) -> None:
+    def _send(self, batch: Batch, count: int) -> None:
+        """
+        Send *batch* (*count* of its events were accepted; a dropped-notice is not).
+
+        Every outcome moves exactly *count* events from in flight to sent or failed, under
+        the lock, so ``accepted == sent + failed + queued`` holds at every moment.
+        """
         clock = _clock.resolve(self.clock)
         for retry in range(self.retries + 1):
             try:
                 self.backend(batch)
-            except Exception as exc:  # the backend is the user's: anything may go wrong
+            except BaseException as exc:  # the backend is the user's: anything may go wrong
                 with self._cond:
                     self._send_errors += 1
                 if retry == self.retries:
@@ -285,13 +295,15 @@ class Reporter:
                         error=f"{type(exc).__name__}: {exc}",
                     )
                     with self._cond:
-                        self._failed += len(batch.events)
+                        self._failed += count
+                        self._inflight -= count
                         self._cond.notify_all()
                     return
                 clock.sleep(self.backoff.delay(retry))
             else:
                 with self._cond:
-                    self._sent += len(batch.events)
+                    self._sent += count
+                    self._inflight -= count
                     self._batches += 1
                     self._cond.notify_all()
                 return
@@ -310,8 +322,8 @@ class Reporter:
                 everything = self._flush_wanted or self._closing
                 self._flush_wanted = False
                 closing = self._closing
-            while (batch := self._take(everything)) is not None:
-                self._send(batch)
+            while (taken := self._take(everything)) is not None:
+                self._send(*taken)
             if closing:
                 with self._cond:
                     if not self._queue:
@@ -324,7 +336,12 @@ class Reporter:
             return self._cond.wait_for(lambda: self._sent + self._failed >= target, timeout)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
-        """Send everything queued so far; return whether it was handled within *timeout*."""
+        """
+        Send everything queued so far; return whether it was handled within *timeout*.
+
+        Returns within *timeout* seconds whatever the backend does (hangs, raises, is slow):
+        False then, and the events stay queued or in flight.
+        """
         if self._thread is None:
             return True
         with self._cond:
@@ -334,7 +351,13 @@ class Reporter:
         return self._wait_done(target, timeout)
 
     def close(self, timeout: float | None = 30.0) -> bool:
-        """Queue the session's end, drain the queue and stop the thread; True if all was handled."""
+        """
+        Queue the session's end, drain the queue and stop the thread; True if all was handled.
+
+        The whole of it (draining and stopping the thread) takes at most *timeout* seconds,
+        whatever the backend does: a backend that hangs is left to its daemon thread.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread is None or self._closed:
             return True
         if not self.sessionless:
@@ -346,8 +369,8 @@ class Reporter:
             self._closing = True
             target = self._accepted
             self._cond.notify_all()
-        drained = self._wait_done(target, timeout)
-        self._thread.join(timeout)
+        drained = self._wait_done(target, _left(deadline))
+        self._thread.join(_left(deadline))
         _open.discard(self)
         if not drained:
             _log.warning("resilience.telemetry.drain_timeout", queued=len(self._queue))
@@ -367,7 +390,7 @@ class Reporter:
         with self._cond:
             return ReporterStats(
                 accepted=self._accepted,
-                queued=len(self._queue),
+                queued=len(self._queue) + self._inflight,
                 sent=self._sent,
                 failed=self._failed,
                 overflow=self._overflow,
@@ -383,6 +406,11 @@ class Reporter:
 
     def __repr__(self) -> str:
         return f"<Reporter session={self.session_id!r} backend={self.backend!r}>"
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds until *deadline* (never below 0), or None for no deadline."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 @atexit.register

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import traceback
 import uuid
 
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from resilience.telemetry._redact import redact
+from resilience.telemetry._redact import redact, scrub, scrub_exception
 from resilience.telemetry._user_errors import find_user_error, status_of
 
 
@@ -83,6 +82,9 @@ class ReporterStats:
     """
     A reporter's accounting: ``accepted == sent + failed + queued`` at every moment.
 
+    ``queued`` counts the events waiting and those being sent (or retried); a batch's
+    dropped-events notice is not an accepted event and is counted nowhere but ``overflow``.
+
     .. versionadded:: 0.1.0
     """
 
@@ -114,26 +116,38 @@ def exception_fields(
 
     A user error (per ``find_user_error``) becomes a ``user_error`` generic event at WARNING
     with the redacted type, message, status and body; anything else an ``UNHANDLED_EXCEPTION``
-    at *severity* with its traceback.
+    at *severity* with its traceback. Messages and tracebacks are scrubbed of secrets.
     """
     culprit = find_user_error(exc)
     if culprit is not None:
         data: dict[str, Any] = {"error_type": type(exc).__name__}
-        if str(exc):
-            data["message"] = str(exc)
+        message = _message(exc)
+        if message:
+            data["message"] = message
         code = status_of(culprit)
         if code is not None:
             data["status_code"] = code
         body = getattr(culprit, "body", None)
         if body:
             data["body"] = body
-        clean = jsonable(redact(data, sensitive))
+        clean = jsonable(redact(data, sensitive, render=True))
         return "GENERIC_EVENT", "WARNING", {"event_name": "user_error", "event_data": clean}
     text = None
     if exc.__traceback__ is not None:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        text = scrub_exception(exc, tb=True, sensitive=sensitive)
     return (
         "UNHANDLED_EXCEPTION",
         severity,
-        {"error_type": type(exc).__name__, "error_message": str(exc), "traceback": text},
+        {
+            "error_type": type(exc).__name__,
+            "error_message": scrub(_message(exc), sensitive),
+            "traceback": text,
+        },
     )
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not lose the report
+        return "<unprintable>"

@@ -2,7 +2,8 @@
 The structlog bridge: events become log lines on structlog's ``resilience`` logger.
 
 Lines look like the user's structlog is configured to make them (key=value, JSON, or the
-standard library's handlers). Metadata is redacted first, and nothing is written while
+standard library's handlers). Metadata is redacted first (keys and values, exception
+messages included), and nothing is written while
 telemetry is switched off (``set_enabled(False)`` or ``RESILIENCE_TELEMETRY=0``).
 """
 
@@ -15,7 +16,7 @@ import structlog
 
 from resilience._validate import check_choice
 from resilience.telemetry._bus import Event, Handle, attach
-from resilience.telemetry._redact import redact
+from resilience.telemetry._redact import redact, scrub_exception
 from resilience.telemetry._switch import switch
 
 
@@ -50,26 +51,31 @@ def _bound() -> Any:
 
 
 def _fields(measurements: Mapping[str, float], metadata: Mapping[str, Any]) -> dict[str, Any]:
-    fields = redact(metadata) if metadata else {}
+    # structlog's renderers treat exception objects (and the "exception" key) as tracebacks
+    # to format; an event's outcome is context, so it is logged as one short line, and that
+    # line, like every other value, is scrubbed of secrets on its way out.
+    if metadata:
+        shown = {
+            key: _one_line(value) if isinstance(value, BaseException) else value
+            for key, value in metadata.items()
+        }
+        fields = redact(shown, render=True)
+    else:
+        fields = {}
     fields.update(measurements)
     for key in _RESERVED.intersection(fields):
         fields[f"{key}_"] = fields.pop(key)
-    for key, value in fields.items():
-        # structlog's renderers treat exception objects (and the "exception" key) as
-        # tracebacks to format; an event's outcome is context, so log it as one short line.
-        if isinstance(value, BaseException):
-            fields[key] = _one_line(value)
     if "exception" in fields:
         fields["error"] = fields.pop("exception")
     return fields
 
 
 def _one_line(exc: BaseException, limit: int = 120) -> str:
-    lines = str(exc).splitlines()
-    text = lines[0] if lines else ""
+    lines = scrub_exception(exc).splitlines()
+    text = lines[0] if lines else type(exc).__name__
     if len(text) > limit:
         text = text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text
 
 
 def _never(level: str) -> bool:

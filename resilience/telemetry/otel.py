@@ -50,7 +50,7 @@ from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
 from resilience.telemetry._bus import Event, attach
-from resilience.telemetry._redact import REDACTED, redact
+from resilience.telemetry._redact import redact, scrub_exception
 from resilience.telemetry._spans import current_span
 
 
@@ -285,10 +285,11 @@ class OpenTelemetryAdapter:
             clean = str(redact({"error": message})["error"])
             span.set_status(Status(StatusCode.ERROR, f"{error_type}: {clean}"))
             if isinstance(exc, BaseException):
-                extra: dict[str, AttributeValue] = {}
-                if clean != message:  # a credential-looking message stays out of the span
-                    extra["exception.message"] = REDACTED
-                    extra["exception.stacktrace"] = REDACTED
+                # the SDK would record str(exc) and the raw traceback: both go out scrubbed
+                extra: dict[str, AttributeValue] = {
+                    "exception.message": clean,
+                    "exception.stacktrace": scrub_exception(exc, tb=True),
+                }
                 span.record_exception(exc, extra, timestamp=end_ns, escaped=True)
         span.end(end_time=end_ns)
         try:

@@ -121,7 +121,11 @@ class TestPolicy:
             ({"failure_rate": 0.0}, ValueError, "failure_rate must be in (0, 1]"),
             ({"failure_rate": 1.5}, ValueError, "failure_rate must be in (0, 1]"),
             ({"failure_rate": "half"}, TypeError, "failure_rate must be a number"),
-            ({"failure_rate": 0.5, "window_size": 0}, ValueError, "window_size must be >= 1"),
+            (
+                {"failure_rate": 0.5, "window_size": 0},
+                ValueError,
+                "window_size must be in [1, 1000000]",
+            ),
             ({"failure_rate": 0.5, "window_duration": 0}, ValueError, "window_duration"),
             ({"failure_rate": 0.5, "minimum_calls": 0}, ValueError, "minimum_calls must be >= 1"),
             (
