@@ -1,5 +1,5 @@
 """
-``python -m resilience``: print what a retry policy will do, before it does it.
+``python -m resilience``: what a retry policy will do, and what a store holds right now.
 
     python -m resilience schedule --base 0.5 --max 10 --jitter factor --attempts 8
     python -m resilience schedule --policy retry.toml
