@@ -11,7 +11,7 @@ import asyncio
 import itertools
 import threading
 
-from benchmarks._harness import Scenario
+from benchmarks._harness import Scenario, Target
 from resilience import bounded
 
 
@@ -71,4 +71,11 @@ def scenarios() -> list[Scenario]:
             },
             note="take one of 100 permits, await the call, release; nobody waits",
         ),
+    ]
+
+
+def targets() -> list[Target]:
+    """A bounded async call with room costs no more than an asyncio.Semaphore around it."""
+    return [
+        Target(ASYNC, "resilience", "asyncio.Semaphore", 1.0, "no slower than asyncio.Semaphore")
     ]

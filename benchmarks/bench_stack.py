@@ -23,7 +23,7 @@ import wrapt
 
 import resilience
 
-from benchmarks._harness import Scenario, optional
+from benchmarks._harness import Scenario, Target, optional
 
 
 tenacity: Any = optional("tenacity")
@@ -144,5 +144,27 @@ def scenarios() -> list[Scenario]:
                 "tenacity + aiobreaker + aiolimiter + Semaphore": peers_async(),
             },
             note=NOTE + "; awaited in one coroutine per measurement",
+        ),
+    ]
+
+
+def targets() -> list[Target]:
+    """The whole stack, traced included, costs at most three wrapt pass-throughs."""
+    if MISSING:
+        return []
+    return [
+        Target(
+            "full stack, success path, sync",
+            "resilience",
+            "wrapt pass-through",
+            3.0,
+            "all five <= 3x wrapt",
+        ),
+        Target(
+            "full stack, success path, async",
+            "resilience",
+            "wrapt pass-through",
+            3.0,
+            "all five <= 3x wrapt",
         ),
     ]

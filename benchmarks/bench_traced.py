@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import wrapt
 
-from benchmarks._harness import Scenario
+from benchmarks._harness import Scenario, Target
 from resilience import traced
 from resilience.telemetry import attach, emit
 
@@ -84,4 +84,17 @@ def scenarios() -> list[Scenario]:
             ),
             setup=_one_handler,
         ),
+    ]
+
+
+def targets() -> list[Target]:
+    """Unobserved tracing costs at most half a wrapt pass-through more than one."""
+    return [
+        Target(
+            "tracing, no handler attached",
+            "resilience @traced(log=False)",
+            "wrapt pass-through",
+            1.5,
+            "@traced(log=False) <= 1.5x wrapt",
+        )
     ]

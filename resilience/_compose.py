@@ -19,6 +19,8 @@ Because our decorators join one pipeline, a full stack still costs one wrapper.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import inspect
 
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +32,7 @@ from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitP
 from resilience._traced import TracedPolicy
 
 
-__all__ = ["ORDER", "Stack", "exempt", "resilient"]
+__all__ = ["LIFECYCLE", "ORDER", "Stack", "exempt", "resilient"]
 
 C = TypeVar("C", bound=type)
 F = TypeVar("F")
@@ -142,24 +144,53 @@ def exempt(func: F) -> F:
     return func
 
 
+LIFECYCLE = frozenset(
+    {
+        "close",
+        "aclose",
+        "copy",
+        "with_options",
+        "with_middleware",
+        "with_raw_response",
+        "with_streaming_response",
+        "is_closed",
+    }
+)
+"""Methods ``@resilient`` leaves alone by default: they open, close or copy the client."""
+
+_INSIDE: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "resilience_resilient_inside", default=frozenset()
+)
+"""The ids of the objects (or classes) with a ``@resilient`` method running in this context."""
+
+
 def resilient(
     stack: Stack | Mapping[str, Any],
     /,
     *,
     exclude: Iterable[str] = (),
     overrides: Mapping[str, Stack | Mapping[str, Any] | None] | None = None,
+    lifecycle: Iterable[str] = LIFECYCLE,
 ) -> Callable[[C], C]:
     """
     Class decorator: apply *stack* to every public method of a class (an SDK client, say).
 
     Sync and async methods, classmethods and staticmethods are decorated, keeping their
     signatures; inherited public methods are decorated on the class itself. Properties,
-    nested classes and names starting with ``_`` are left alone.
+    nested classes, names starting with ``_`` and the *lifecycle* methods (``close``,
+    ``copy``, ``with_options``...) are left alone.
+
+    One logical call gets one layer of each decorator: when a decorated method calls another
+    decorated method on the same object (an SDK's ``post`` calls its ``request``), the
+    inner call runs undecorated, so three attempts stay three requests. The outermost
+    method's stack wins.
 
     Args:
         stack: A ``Stack`` or the mapping ``Stack.from_dict`` takes.
         exclude: Method names to leave undecorated (``@exempt`` on a method does the same).
         overrides: Per-method stacks; None for a method leaves it undecorated.
+        lifecycle: Names left undecorated unless named in *overrides*
+            (default ``LIFECYCLE``; pass ``()`` to decorate them too).
 
     .. versionadded:: 0.1.0
     """
@@ -169,12 +200,13 @@ def resilient(
         name: None if value is None else _as_stack(value)
         for name, value in (overrides or {}).items()
     }
+    skip |= set(lifecycle) - set(special)
 
     def decorate(cls: C) -> C:
         if not isinstance(cls, type):
             msg = f"@resilient decorates a class, got {type(cls).__name__}"
             raise TypeError(msg)
-        unknown = sorted((set(special) | skip) - set(dir(cls)))
+        unknown = sorted((set(special) | set(exclude)) - set(dir(cls)))
         if unknown:
             msg = f"@resilient on {cls.__qualname__}: no method(s) named {', '.join(unknown)}"
             raise ValueError(msg)
@@ -187,10 +219,57 @@ def resilient(
             chosen = special.get(name, default)
             if chosen is None:
                 continue
-            setattr(cls, name, chosen(raw))
+            setattr(cls, name, _once_per_call(raw, chosen))
         return cls
 
     return decorate
+
+
+def _once_per_call(raw: Any, stack: Stack) -> Any:
+    """
+    *raw* decorated with *stack*, running bare when its object is already in a decorated call.
+
+    Staticmethods (no object) and generator methods (whose body runs after the call
+    returned) are decorated without the guard.
+    """
+    if isinstance(raw, staticmethod):
+        return stack(raw)
+    function = raw.__func__ if isinstance(raw, classmethod) else raw
+    if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+        return stack(raw)
+    decorated = stack(function)
+    guarded: Callable[..., Any]
+    if inspect.iscoroutinefunction(function):
+
+        @functools.wraps(function)
+        async def guarded_async(owner: Any, /, *args: Any, **kwargs: Any) -> Any:
+            inside = _INSIDE.get()
+            if id(owner) in inside:
+                return await function(owner, *args, **kwargs)
+            token = _INSIDE.set(inside | {id(owner)})
+            try:
+                return await decorated(owner, *args, **kwargs)
+            finally:
+                _INSIDE.reset(token)
+
+        guarded = guarded_async
+    else:
+
+        @functools.wraps(function)
+        def guarded_sync(owner: Any, /, *args: Any, **kwargs: Any) -> Any:
+            inside = _INSIDE.get()
+            if id(owner) in inside:
+                return function(owner, *args, **kwargs)
+            token = _INSIDE.set(inside | {id(owner)})
+            try:
+                return decorated(owner, *args, **kwargs)
+            finally:
+                _INSIDE.reset(token)
+
+        guarded = guarded_sync
+    # layers_of() finds the stack's layers behind the guard, as behind a bound method
+    setattr(guarded, "_self_parent", decorated)  # noqa: B010 - a function attribute mypy cannot see
+    return classmethod(guarded) if isinstance(raw, classmethod) else guarded
 
 
 def _as_stack(value: Stack | Mapping[str, Any]) -> Stack:

@@ -154,20 +154,31 @@ class ResilientFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
         raise TypeError(msg)
 
 
+# wrapt's base wrapper type (its C extension's, or the pure-Python one), whose ``__init__``
+# takes the binding explicitly.
+_WrapperBase: Any = wrapt.FunctionWrapper.__bases__[0]
+
+
 class _UnboundResilientFunction(ResilientFunction):
     """
     The wrapper for targets with nothing bound (plain functions, the most common case).
 
-    wrapt's generic ``__call__`` looks up ``wrapped.__self__`` on every call to find an
-    instance; on a plain function that lookup fails, and building and discarding the
-    ``AttributeError`` costs several hundred nanoseconds per call. A plain function has no
-    instance, so this ``__call__`` goes straight to the pipeline. Access through a class
-    (methods) still binds through wrapt's descriptor and its bound wrapper.
+    For the bindings ``"function"`` and ``"callable"``, wrapt's call looks up
+    ``wrapped.__self__`` on every call to find an instance; on a plain function that lookup
+    fails, and building and discarding the ``AttributeError`` costs several hundred
+    nanoseconds per call. A plain function has no instance, so this wrapper is made with a
+    binding of its own (``"unbound"``): wrapt's C call then goes straight to the pipeline,
+    and attribute access through a class still binds (only ``"builtin"`` and ``"class"``
+    skip binding). Through a class, ``Class.method(obj)`` reaches the runners with
+    ``instance=None`` and *obj* first in *args*, which is all they pass on.
     """
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        runner: Any = self._self_wrapper  # our Runner (wrapt types it as its own wrapper)
-        return runner(self.__wrapped__, None, args, kwargs)
+    def __init__(
+        self, wrapped: Callable[..., Any], runner: Runner, layers: tuple[Layer, ...], kind: Kind
+    ) -> None:
+        _WrapperBase.__init__(self, wrapped, None, runner, None, "unbound", None)
+        self._self_layers = layers
+        self._self_kind = kind
 
 
 def _kind_of(target: Callable[..., Any]) -> Kind:

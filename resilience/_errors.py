@@ -159,14 +159,27 @@ class StoreUnavailableError(ResilienceError):
         key: The key whose state was wanted.
         store: A short description of the store.
         timeout: The store's time limit in seconds.
+        reason: The server's answer when it answered with an error (such as ``READONLY``,
+            ``CLUSTERDOWN``, ``WRONGTYPE``), else None (it did not answer in time).
 
     .. versionadded:: 0.1.0
     """
 
-    def __init__(self, key: str, *, store: str = "store", timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        key: str,
+        *,
+        store: str = "store",
+        timeout: float | None = None,
+        reason: str | None = None,
+    ) -> None:
         self.key = key
         self.store = store
         self.timeout = timeout
+        self.reason = reason
+        if reason is not None:  # the server answered, with an error
+            super().__init__(f"{store} failed for key {key!r}: {reason}")
+            return
         within = f" within {timeout:.3f} s" if timeout is not None else ""
         super().__init__(f"{store} did not answer{within} for key {key!r}")
 

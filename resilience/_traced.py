@@ -15,11 +15,27 @@ from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
-from resilience._decorating import Decorator, Kind, Layer, Runner, apply, is_target, policy_from
+from resilience._decorating import (
+    Decorator,
+    Kind,
+    Layer,
+    Runner,
+    apply,
+    is_target,
+    policy_from,
+    terminal,
+)
 from resilience._dictable import FromDict
 from resilience._validate import check_bool, check_choice
 from resilience.telemetry._bus import BUS, emit
-from resilience.telemetry._spans import enter_span, exit_span, new_span, now_ns
+from resilience.telemetry._spans import (
+    enter_span,
+    exit_span,
+    new_span,
+    now_ns,
+    open_span,
+    reset_span,
+)
 from resilience.telemetry._structlog import LEVELS, level_check, log_event, logs_at
 from resilience.typing import Clock
 
@@ -183,6 +199,13 @@ class TracedLayer(Layer):
 
     def build_sync(self, call_next: Runner) -> Runner:
         layer = self
+        # Unobserved (no log lines, nobody on the bus): only the span, opened and closed
+        # inline. A handler attached mid-call sees nothing of it either way (``_Call``
+        # decides at the start too).
+        quiet = not self.policy.log
+        bus = BUS
+        name = self.name
+        direct = call_next is terminal
 
         def runner(
             wrapped: Callable[..., Any],
@@ -190,6 +213,14 @@ class TracedLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
+            if quiet and not bus.subs:
+                token = open_span(name)
+                try:
+                    if direct:
+                        return wrapped(*args, **kwargs)
+                    return call_next(wrapped, instance, args, kwargs)
+                finally:
+                    reset_span(token)
             call = _Call(layer)
             try:
                 result = call_next(wrapped, instance, args, kwargs)
@@ -206,6 +237,10 @@ class TracedLayer(Layer):
 
     def build_async(self, call_next: Runner) -> Runner:
         layer = self
+        quiet = not self.policy.log  # see build_sync
+        bus = BUS
+        name = self.name
+        direct = call_next is terminal
 
         async def runner(
             wrapped: Callable[..., Any],
@@ -213,6 +248,14 @@ class TracedLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
+            if quiet and not bus.subs:
+                token = open_span(name)
+                try:
+                    if direct:
+                        return await wrapped(*args, **kwargs)
+                    return await call_next(wrapped, instance, args, kwargs)
+                finally:
+                    reset_span(token)
             call = _Call(layer)
             try:
                 result = await call_next(wrapped, instance, args, kwargs)

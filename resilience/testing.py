@@ -173,6 +173,13 @@ def virtual_time(clock: FakeClock | None = None) -> Iterator[FakeClock]:
     """
     Make every decorator without its own clock use *clock* (a new ``FakeClock`` if None).
 
+    Keyed state in the default (memory) store (breakers, rate budgets, backoff windows,
+    permit pools, retry budgets) is reset when the block ends, since state touched in
+    virtual time carries virtual timestamps: a backoff window opened by a scripted 429
+    cannot stall the next test. Enter the block before making the state a test relies on
+    (as the ``clock`` fixture of a conftest does). Telemetry handlers, the testing mode and
+    any ``RedisStore`` are left alone (give each test its own Redis namespace).
+
     Example::
 
         with virtual_time() as clock:
@@ -181,12 +188,19 @@ def virtual_time(clock: FakeClock | None = None) -> Iterator[FakeClock]:
 
     .. versionadded:: 0.1.0
     """
+    from resilience._breaker.registry import retire_orphans  # noqa: PLC0415 - import cycle
+    from resilience._rate.layer import EPOCH  # noqa: PLC0415 - import cycle
+    from resilience.stores._memory import DEFAULT_STORE  # noqa: PLC0415 - import cycle
+
     fake = FakeClock() if clock is None else clock
     previous = set_default_clock(fake)
     try:
         yield fake
     finally:
         set_default_clock(previous)
+        DEFAULT_STORE.clear()
+        EPOCH.bump()  # layers fetch their backends again
+        retire_orphans()  # breakers holding a forgotten state let it go
 
 
 @contextmanager

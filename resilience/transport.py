@@ -15,7 +15,8 @@ plus a digest of the API key (as Tinkex keys its limiter): every request of ever
 that key waits the window out before it is sent. Error responses are read in full before a
 retry, so their connections go back to the pool and the last one can still be inspected.
 
-Needs httpx (``pip install 'resilience[http]'``).
+Needs httpx (``pip install 'resilience[http]'``). The same transports for ``httpx2`` (which
+current OpenAI and Anthropic SDKs are built on) are in ``resilience.transport_httpx2``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 import httpx
 
 from resilience._compose import Stack, _as_stack
-from resilience._rate.window import backoff_window
+from resilience._rate.window import BackoffWindow, backoff_window
 from resilience.http import server_delay
 from resilience.presets import tinker
 
@@ -40,13 +41,14 @@ __all__ = ["AsyncResilientTransport", "ResilientTransport", "window_key"]
 _KEY_HEADERS = ("authorization", "x-api-key", "api-key")
 
 
-def window_key(url: httpx.URL, headers: httpx.Headers | Mapping[str, str] | None = None) -> str:
+def window_key(url: Any, headers: Mapping[str, str] | None = None) -> str:
     """
     The backoff-window key of a request: its origin plus a digest of its API key.
 
     The origin is lower-cased and drops default ports, so ``https://API.example.com:443/v1``
     and ``https://api.example.com`` share one window. The API key (``Authorization``,
     ``X-API-Key`` or ``Api-Key``) is never kept in the key, only a short SHA-256 digest.
+    *url* is an ``httpx.URL`` or ``httpx2.URL`` (anything with ``scheme``, ``host``, ``port``).
     """
     origin = _origin(url)
     secret = None
@@ -59,7 +61,7 @@ def window_key(url: httpx.URL, headers: httpx.Headers | Mapping[str, str] | None
     return f"{origin}#{digest}"
 
 
-def _origin(url: httpx.URL) -> str:
+def _origin(url: Any) -> str:
     default = {"http": 80, "https": 443}.get(url.scheme)
     port = "" if url.port in (None, default) else f":{url.port}"
     return f"{url.scheme}://{url.host.lower()}{port}"
@@ -86,7 +88,7 @@ class _PerOrigin:
         self._senders: dict[str, Callable[..., Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, url: httpx.URL) -> Callable[..., Any]:
+    def get(self, url: Any) -> Callable[..., Any]:
         origin = _origin(url)
         sender = self._senders.get(origin)
         if sender is None:
@@ -95,6 +97,49 @@ class _PerOrigin:
                 if sender is None:
                     sender = self._senders[origin] = self._make(_named(self._stack, origin))
         return sender
+
+
+def _prepare(request: Any) -> BackoffWindow:
+    """
+    What is decided before one attempt is sent: the backoff window it must wait out.
+
+    The one place that looks at a request before it goes (its key and, with deadlines, its
+    timeouts), shared by the sync and async, httpx and httpx2 transports.
+    """
+    return backoff_window(window_key(request.url, request.headers))
+
+
+def _after(response: Any, window: BackoffWindow) -> None:
+    """An error response opens the window for the server's delay (its body already read)."""
+    delay = server_delay(response)
+    if delay is not None and delay > 0.0:
+        window.set(delay, reason=f"HTTP {response.status_code}")
+
+
+def _attempt(inner: Any, request: Any) -> Any:
+    """One attempt through a sync httpx or httpx2 transport *inner*."""
+    window = _prepare(request)
+    if window.remaining() > 0.0:
+        window.wait()
+    response = inner.handle_request(request)
+    if response.status_code >= 400:
+        response.read()  # frees the connection; the body stays readable
+        response.close()
+        _after(response, window)
+    return response
+
+
+async def _attempt_async(inner: Any, request: Any) -> Any:
+    """One attempt through an async httpx or httpx2 transport *inner*."""
+    window = _prepare(request)
+    if window.remaining() > 0.0:
+        await window.wait_async()
+    response = await inner.handle_async_request(request)
+    if response.status_code >= 400:
+        await response.aread()
+        await response.aclose()
+        _after(response, window)
+    return response
 
 
 class ResilientTransport(httpx.BaseTransport):
@@ -124,16 +169,7 @@ class ResilientTransport(httpx.BaseTransport):
         return response
 
     def _send_once(self, request: httpx.Request) -> httpx.Response:
-        window = backoff_window(window_key(request.url, request.headers))
-        if window.remaining() > 0.0:
-            window.wait()
-        response = self._inner.handle_request(request)
-        if response.status_code >= 400:
-            response.read()  # frees the connection; the body stays readable
-            response.close()
-            delay = server_delay(response)
-            if delay is not None and delay > 0.0:
-                window.set(delay, reason=f"HTTP {response.status_code}")
+        response: httpx.Response = _attempt(self._inner, request)
         return response
 
     def close(self) -> None:
@@ -168,16 +204,7 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _send_once(self, request: httpx.Request) -> httpx.Response:
-        window = backoff_window(window_key(request.url, request.headers))
-        if window.remaining() > 0.0:
-            await window.wait_async()
-        response = await self._inner.handle_async_request(request)
-        if response.status_code >= 400:
-            await response.aread()
-            await response.aclose()
-            delay = server_delay(response)
-            if delay is not None and delay > 0.0:
-                window.set(delay, reason=f"HTTP {response.status_code}")
+        response: httpx.Response = await _attempt_async(self._inner, request)
         return response
 
     async def aclose(self) -> None:

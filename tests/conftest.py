@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -87,35 +88,89 @@ class DefaultClock:
         await _clock._default.clock.asleep(seconds)
 
 
-@pytest.fixture(name="redis_store")
-def _redis_store() -> Iterator[object]:
-    """
-    A RedisStore on the local Redis, in a namespace of its own, emptied afterwards.
+TOPOLOGIES = ("single", "cluster", "sentinel", "tls", "unix", "valkey")
+"""Where the shared-state tests can run: the shared server, and servers of our own (see
+``tests/redis_servers.py``). By default the suite runs on ``single`` (and
+``tests/stores/test_topologies.py`` runs a shared-state round on every topology);
+``RESILIENCE_REDIS_TOPOLOGIES=all`` (or ``cluster,tls``...) runs the whole suite on those."""
 
-    Its scripts read the process's default clock (virtual time under the ``clock``
-    fixture); tests of real server time make their own store.
-    """
+_WANTED = os.environ.get("RESILIENCE_REDIS_TOPOLOGIES", "single")
+_CHOSEN = (
+    TOPOLOGIES if _WANTED == "all" else tuple(n for n in _WANTED.split(",") if n in TOPOLOGIES)
+)
+
+
+@pytest.fixture(name="redis_servers", scope="session")
+def _redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """This session's (this xdist worker's) private servers, each started on first use."""
+    from tests.redis_servers import Servers
+
+    servers = Servers(tmp_path_factory.mktemp("redis"))
+    yield servers
+    servers.stop()
+
+
+def redis_store_for(topology: str, request: pytest.FixtureRequest, **settings: object) -> object:
+    """A RedisStore of *topology* in a namespace of its own (the caller clears and closes it)."""
     import uuid
 
     from resilience.stores._redis import RedisStore
 
-    _redis_or_skip()
-    store = RedisStore(
-        "redis://127.0.0.1:6379/0",
-        namespace=f"test-{uuid.uuid4().hex[:12]}",
-        timeout=1.0,
-        clock=DefaultClock(),
-    )
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    # A TLS handshake costs up to 0.3 s of CPU on a loaded 2-core machine: a burst of new
+    # connections needs more than 1 s there (the timeout is not what these tests test).
+    timeout = 5.0 if topology == "tls" else 1.0
+    options: dict[str, object] = {"namespace": namespace, "timeout": timeout, **settings}
+    if topology in ("single", "valkey"):
+        _redis_or_skip()
+    spec: dict[str, object] = {"kind": topology}
+    if topology == "single":
+        store = RedisStore("redis://127.0.0.1:6379/0", **options)
+    elif topology == "valkey":
+        import valkey
+
+        client = valkey.Valkey(host="127.0.0.1", port=6379, socket_timeout=1.0)
+        store = RedisStore(client, **options)  # a client of valkey-py, given
+    else:
+        from tests.redis_workers import open_store
+
+        servers: Any = request.getfixturevalue("redis_servers")
+        if topology == "cluster":
+            spec["port"] = servers.cluster()[0].port
+        elif topology == "sentinel":
+            spec["port"] = servers.sentinel()[2].port
+        elif topology == "tls":
+            spec["port"], spec["ca"] = servers.tls()
+        else:
+            spec["path"] = servers.unix()
+        store = open_store(spec, **options)
+    store.test_spec = spec  # type: ignore[attr-defined]
+    return store
+
+
+@pytest.fixture(name="redis_store", params=_CHOSEN)
+def _redis_store(request: pytest.FixtureRequest) -> Iterator[object]:
+    """
+    A RedisStore in a namespace of its own, emptied afterwards, on each topology in turn.
+
+    Its scripts read the process's default clock (virtual time under the ``clock``
+    fixture); tests of real server time make their own store.
+    """
+    store: Any = redis_store_for(request.param, request, clock=DefaultClock())
     yield store
     store.clear()
     store.close()
 
 
-@pytest.fixture(name="store", params=["memory", "redis"])
-def _store(request: pytest.FixtureRequest) -> object:
+@pytest.fixture(name="store", params=["memory", *(f"redis-{name}" for name in _CHOSEN)])
+def _store(request: pytest.FixtureRequest) -> Iterator[object]:
     """Each store in turn, so the same test holds for memory and Redis alike."""
     from resilience.stores import MemoryStore
 
     if request.param == "memory":
-        return MemoryStore()
-    return request.getfixturevalue("redis_store")
+        yield MemoryStore()
+        return
+    store: Any = redis_store_for(request.param[6:], request, clock=DefaultClock())
+    yield store
+    store.clear()
+    store.close()

@@ -20,9 +20,51 @@ from resilience.stores import RedisStore
 URL = "redis://127.0.0.1:6379/0"
 
 
-def rate_worker(namespace: str, rate: int, per: float, calls: int, barrier: Any) -> None:
+def spec_of(store: object) -> dict[str, Any]:
+    """How to build another store on *store*'s servers (set by the ``redis_store`` fixture)."""
+    return getattr(store, "test_spec", {"kind": "single"})
+
+
+def open_store(spec: dict[str, Any] | None = None, **options: Any) -> RedisStore:
+    """
+    A new ``RedisStore`` on the servers *spec* names, as another process would build it.
+
+    *spec* (from ``conftest.spec_of(store)``, picklable for worker processes): None or
+    ``{"kind": "single"}`` for the shared server; ``{"kind": "cluster", "port": p}``,
+    ``{"kind": "sentinel", "port": p}``, ``{"kind": "tls", "port": p, "ca": path}``,
+    ``{"kind": "unix", "path": path}``, ``{"kind": "valkey"}``.
+    """
+    kind = (spec or {}).get("kind", "single")
+    if kind == "single":
+        return RedisStore(URL, **options)
+    assert spec is not None
+    if kind == "valkey":
+        return RedisStore("valkey://127.0.0.1:6379/0", **options)
+    if kind == "cluster":
+        return RedisStore(f"redis://127.0.0.1:{spec['port']}", cluster=True, **options)
+    if kind == "sentinel":
+        from redis.sentinel import Sentinel
+
+        manager = Sentinel([("127.0.0.1", spec["port"])], socket_timeout=1.0)
+        return RedisStore(manager.master_for("svc", socket_timeout=1.0), **options)
+    if kind == "tls":
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=spec["port"],
+            ssl=True,
+            ssl_ca_certs=spec["ca"],
+            socket_timeout=1.0,
+        )
+        return RedisStore(client, **options)
+    assert kind == "unix"
+    return RedisStore(f"unix://{spec['path']}", **options)
+
+
+def rate_worker(
+    namespace: str, rate: int, per: float, calls: int, barrier: Any, spec: Any = None
+) -> None:
     """Make *calls* rate-limited calls on the shared key; log each start (time.time())."""
-    store = RedisStore(URL, namespace=namespace)
+    store = open_store(spec, namespace=namespace)
     log = redis.Redis.from_url(URL)
 
     @rate_limited(rate=rate, per=per, key="shared", store=store, timeout=30.0)
@@ -36,9 +78,11 @@ def rate_worker(namespace: str, rate: int, per: float, calls: int, barrier: Any)
     log.close()
 
 
-def pool_worker(namespace: str, limit: int, calls: int, hold: float, barrier: Any) -> None:
+def pool_worker(
+    namespace: str, limit: int, calls: int, hold: float, barrier: Any, spec: Any = None
+) -> None:
     """Make *calls* bounded calls that each hold their permit *hold* s; count holders."""
-    store = RedisStore(URL, namespace=namespace, lease=2.0)
+    store = open_store(spec, namespace=namespace, lease=2.0)
     log = redis.Redis.from_url(URL)
     holders = f"{namespace}:log:holders"
 
@@ -57,9 +101,9 @@ def pool_worker(namespace: str, limit: int, calls: int, hold: float, barrier: An
     log.close()
 
 
-def hog_worker(namespace: str, limit: int, lease: float) -> None:
+def hog_worker(namespace: str, limit: int, lease: float, spec: Any = None) -> None:
     """Take every permit of the pool, say so, and hold them until killed."""
-    store = RedisStore(URL, namespace=namespace, lease=lease)
+    store = open_store(spec, namespace=namespace, lease=lease)
     log = redis.Redis.from_url(URL)
 
     @bounded(limit=limit, weight=limit, key="shared", store=store)

@@ -193,3 +193,108 @@ class TestResilientClass:
         """@resilient decorates classes only."""
         with pytest.raises(TypeError, match="decorates a class"):
             resilient({"retry": {}})(echo)  # type: ignore[type-var]
+
+
+class Layered:
+    """An SDK-shaped client: post and get call request, as Stainless clients do."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def request(self, path: str) -> str:
+        self.sent += 1
+        raise ConnectionError(path)
+
+    def post(self, path: str) -> str:
+        return self.request(path)
+
+    async def arequest(self, path: str) -> str:
+        self.sent += 1
+        await asyncio.sleep(0)
+        raise ConnectionError(path)
+
+    async def apost(self, path: str) -> str:
+        return await self.arequest(path)
+
+    @classmethod
+    def make(cls) -> str:
+        return cls.build()
+
+    @classmethod
+    def build(cls) -> str:
+        raise ConnectionError("build")
+
+    def close(self) -> None:
+        raise ConnectionError("close")
+
+    def copy(self) -> Layered:
+        self.sent += 1
+        return self
+
+
+ATTEMPTS_3 = {"retry": {"attempts": 3, "on": ConnectionError, "backoff": {"base": 0}}}
+
+
+class TestOneLayerPerCall:
+    def test_nested_sync_calls_do_not_multiply(self):
+        """post calls request: three attempts send three requests, not nine."""
+        sdk = resilient(ATTEMPTS_3)(type("Sdk", (Layered,), {}))()
+        with pytest.raises(ConnectionError):
+            sdk.post("/x")
+        assert 3 == sdk.sent
+        with pytest.raises(ConnectionError):
+            sdk.request("/y")  # called directly, request gets its own stack
+        assert 6 == sdk.sent
+
+    async def _two_tasks(self, sdk):
+        return await asyncio.gather(sdk.apost("/a"), sdk.apost("/b"), return_exceptions=True)
+
+    def test_nested_async_calls_do_not_multiply(self):
+        """The same for coroutines, concurrent calls on one object included."""
+        sdk = resilient(ATTEMPTS_3)(type("Sdk", (Layered,), {}))()
+        outcomes = asyncio.run(self._two_tasks(sdk))
+        assert [ConnectionError, ConnectionError] == [type(o) for o in outcomes]
+        assert 6 == sdk.sent
+
+    def test_other_objects_keep_their_own_stack(self):
+        """Only calls on the same object run bare: another client retries on its own."""
+        cls = resilient(ATTEMPTS_3)(type("Sdk", (Layered,), {}))
+        inner = cls()
+
+        class Outer(cls):  # type: ignore[misc, valid-type]
+            def post(self, path: str) -> str:
+                self.sent += 1
+                with pytest.raises(ConnectionError):
+                    inner.request(path)
+                raise ConnectionError(path)
+
+        outer = resilient(ATTEMPTS_3)(Outer)()
+        with pytest.raises(ConnectionError):
+            outer.post("/z")
+        assert (3, 9) == (outer.sent, inner.sent)
+
+    def test_classmethods_nest_once(self):
+        """A classmethod calling another decorated classmethod is one logical call too."""
+        calls = []
+        cls = type("Sdk", (Layered,), {"build": classmethod(lambda c: calls.append(1) or 1 / 0)})
+        cls = resilient(
+            {"retry": {"attempts": 2, "on": ZeroDivisionError, "backoff": {"base": 0}}}
+        )(cls)
+        with pytest.raises(ZeroDivisionError):
+            cls.make()
+        assert 2 == len(calls)
+
+    def test_lifecycle_methods_left_alone(self):
+        """close and copy are not decorated by default; lifecycle=() decorates them."""
+        cls = resilient(ATTEMPTS_3)(type("Sdk", (Layered,), {}))
+        assert "close" not in vars(cls)
+        assert "copy" not in vars(cls)
+        every = resilient(ATTEMPTS_3, lifecycle=())(type("Every", (Layered,), {}))
+        assert 1 == len(layers_of(vars(every)["close"]))
+
+    def test_signature_and_coroutine_kept(self):
+        """The guard keeps the method's signature and its coroutine-ness."""
+        cls = resilient(ATTEMPTS_3)(type("Sdk", (Layered,), {}))
+        assert inspect.signature(Layered.post) == inspect.signature(cls.post)
+        assert inspect.iscoroutinefunction(cls.apost)
+        assert ["retry"] == [layer.decorator for layer in layers_of(vars(cls)["post"])]

@@ -155,3 +155,102 @@ class TestOtherObjects:
         """Objects without a status give None and are not retried."""
         assert None is status_of(object())
         assert not is_retryable_response("text")
+
+
+class TestChain:
+    """is_retryable_error walks __cause__/__context__ as Python's traceback shows them."""
+
+    def _status(self, status, headers=None):
+        class StatusError(Exception):
+            def __init__(self):
+                super().__init__(status)
+                self.status_code = status
+                self.headers = headers or {}
+
+        return StatusError()
+
+    def test_own_error_raised_from_a_503(self):
+        """Your own error raised from a 503 is retried; from a 404 it is not."""
+        for status, expected in ((503, True), (404, False)):
+            with pytest.raises(RuntimeError) as info:
+                try:
+                    raise self._status(status)
+                except Exception as inner:
+                    raise RuntimeError("wrapped") from inner
+            assert expected is is_retryable_error(info.value)
+
+    def test_context_followed_unless_suppressed(self):
+        """An error raised while handling a timeout is retried, unless `from None`."""
+        with pytest.raises(KeyError) as implicit:
+            try:
+                raise TimeoutError
+            except TimeoutError:
+                raise KeyError("x")
+        assert is_retryable_error(implicit.value)
+        with pytest.raises(KeyError) as suppressed:
+            try:
+                raise TimeoutError
+            except TimeoutError:
+                raise KeyError("x") from None
+        assert not is_retryable_error(suppressed.value)
+
+    def test_nearest_verdict_wins(self):
+        """A 400 raised from a connection error is the 400's verdict: no retry."""
+        error = self._status(400)
+        error.__cause__ = ConnectionError()
+        assert not is_retryable_error(error)
+
+    def test_cycles_end(self):
+        """A chain that loops back on itself ends the walk."""
+        first, second = ValueError(), KeyError()
+        first.__cause__, second.__cause__ = second, first
+        assert not is_retryable_error(first)
+
+    def test_control_flow_never(self):
+        """CancelledError and KeyboardInterrupt are never retried, whatever their chain."""
+        import asyncio
+
+        cancelled = asyncio.CancelledError()
+        cancelled.__cause__ = ConnectionError()
+        assert not is_retryable_error(cancelled)
+        assert not is_retryable_error(KeyboardInterrupt())
+
+    def test_sdk_connection_errors_by_name(self):
+        """An SDK's APIConnectionError without a cause (a watchdog's) is still retried."""
+        import openai
+
+        request = __import__("httpx2").Request("GET", "http://127.0.0.1:9/")
+        assert is_retryable_error(openai.APIConnectionError(request=request))
+        assert is_retryable_error(openai.APITimeoutError(request=request))
+
+    def test_sdk_error_wrapping_httpx2(self):
+        """openai's APIConnectionError raised from an httpx2.ConnectError is retried."""
+        import httpx2
+
+        with pytest.raises(httpx2.ConnectError) as refused:
+            with serve() as (dead, _):
+                pass
+            httpx2.get(dead)
+        assert is_retryable_error(refused.value)
+
+    def test_server_delay_walks_the_chain(self):
+        """The first error in the chain with headers gives the server's delay."""
+        error = RuntimeError("wrapped")
+        error.__cause__ = self._status(429, {"retry-after": "7"})
+        assert 7.0 == server_delay(error)
+
+    def test_no_library_imported(self):
+        """Classifying never imports a client library the caller did not import."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys; from resilience.http import is_retryable_error, server_delay;"
+            "is_retryable_error(ConnectionError()); server_delay(ValueError());"
+            "print(sorted(m for m in ('grpc','botocore','aiohttp','httpx2','openai',"
+            "'anthropic','tinker','requests','urllib3') if m in sys.modules))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert "[]" == out.stdout.strip()

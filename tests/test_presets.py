@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resilience import Backoff, layers_of
-from resilience.presets import tinker, tinker_delay, tinker_retry_handler
+from resilience.presets import anthropic, openai, tinker, tinker_delay, tinker_retry_handler
 
 from .httpserver import serve
 
@@ -153,3 +153,102 @@ class TestTinkerFormula:
         sdk = max(0.0, min(delay + delay * 0.25 * (2 * r - 1), 10.0))
         ours = tinker_retry_handler().retry.backoff.delay(attempt, r)
         assert ours == pytest.approx(sdk, rel=1e-12, abs=1e-12)
+
+
+class TestTinkerFixes:
+    def test_2xx_with_should_retry_true_is_returned(self, base, clock):
+        """The SDK returns a 2xx whatever x-should-retry says (it only raises on 4xx/5xx)."""
+
+        @tinker()
+        def get(client):
+            return client.get(f"{base}/status/200?x-should-retry=true")
+
+        with httpx.Client() as client:
+            assert 200 == get(client).status_code
+        assert [] == clock.sleeps
+
+    def test_each_preset_has_its_own_pool(self):
+        """Unrelated clients never share a pool by accident; a key shares one on purpose."""
+        assert tinker().bounded.key != tinker().bounded.key
+        assert "shared" == tinker(key="shared").bounded.key == tinker(key="shared").bounded.key
+        assert openai().bounded.key != anthropic().bounded.key
+
+    def test_bad_max_retries(self):
+        """max_retries must be a whole number >= 0, named in the error."""
+        with pytest.raises(ValueError, match="max_retries"):
+            openai(max_retries=-1)
+
+    def test_retry_handler_retries_tinker_connection_errors(self, clock):
+        """tinker's APIConnectionError, APITimeoutError and RetryableException are retried."""
+        import tinker as sdk
+
+        from tinker.lib.retryable_exception import RetryableException
+
+        request = httpx.Request("GET", "http://127.0.0.1:9/")
+        errors = [
+            sdk.APIConnectionError(request=request),
+            sdk.APITimeoutError(request=request),
+            RetryableException("again"),
+        ]
+        calls = []
+
+        @tinker_retry_handler()
+        def flaky():
+            calls.append(1)
+            if errors:
+                raise errors.pop(0)
+            return "done"
+
+        assert "done" == flaky()
+        assert 4 == len(calls)
+
+    def test_pool_scope_call_holds_the_permit_across_retries(self):
+        """pool_scope="call" puts the pool outside the retry, as the SDK's semaphore."""
+        per_attempt = tinker_retry_handler()
+        whole_call = tinker_retry_handler(pool_scope="call")
+        assert ["retry", "bounded"] == [x.decorator for x in layers_of(per_attempt(lambda: 1))]
+        assert ["bounded", "retry"] == [x.decorator for x in layers_of(whole_call(lambda: 1))]
+        with pytest.raises(ValueError, match="pool_scope"):
+            tinker_retry_handler(pool_scope="loop")  # type: ignore[arg-type]
+
+
+class TestWatchdog:
+    @pytest.mark.anyio
+    async def test_hung_call_is_cancelled(self, clock):
+        """An async call hung past progress_timeout is cancelled: NoProgressError."""
+        import asyncio
+
+        from resilience.presets import NoProgressError
+
+        cancelled = []
+
+        @tinker_retry_handler(progress_timeout=30.0)
+        async def hung():
+            try:
+                await clock.asleep(10_000)
+            except asyncio.CancelledError:
+                cancelled.append(clock.monotonic())
+                raise
+
+        with pytest.raises(NoProgressError, match="No progress made in 30s"):
+            await hung()
+        assert [30.0] == cancelled
+
+    @pytest.mark.anyio
+    async def test_progress_anywhere_keeps_everyone_alive(self, clock):
+        """A success of any call resets the watchdog for all, as the SDK's global progress."""
+        import asyncio
+
+        @tinker_retry_handler(progress_timeout=30.0)
+        async def work(seconds):
+            await clock.asleep(seconds)
+            return seconds
+
+        # 20 s calls keep succeeding, so the 50 s call is never 30 s without progress
+        results = await asyncio.gather(work(50.0), work(20.0), *(work(20.0 * k) for k in (2,)))
+        assert [50.0, 20.0, 40.0] == results
+
+    def test_sync_calls_have_no_watchdog(self):
+        """Sync calls cannot be interrupted: the stack alone (the retry's progress_timeout)."""
+        decorated = tinker_retry_handler()(lambda: 1)
+        assert 1 == decorated()

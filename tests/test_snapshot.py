@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 
 from collections import deque
 
@@ -25,28 +24,24 @@ from resilience import (
 )
 from resilience.stores import MemoryStore
 
-from .conftest import DefaultClock, _redis_or_skip
+from .conftest import DefaultClock, redis_store_for
 
 
 class Boom(Exception):
     """The failure of our fake upstream."""
 
 
-@pytest.fixture(name="snap_store", params=["memory", "redis"])
+@pytest.fixture(name="snap_store", params=["memory", "redis-single", "redis-cluster"])
 def _snap_store(request):
-    """Each store in turn; the Redis one renews leases rarely, so nothing moves by itself."""
+    """
+    Each store in turn: memory, the shared Redis, and a 3-master cluster of our own.
+
+    Redis leases are renewed rarely here, so nothing in the store moves by itself.
+    """
     if request.param == "memory":
         yield MemoryStore()
         return
-    from resilience.stores import RedisStore
-
-    _redis_or_skip()
-    store = RedisStore(
-        "redis://127.0.0.1:6379/0",
-        namespace=f"test-snap-{uuid.uuid4().hex[:12]}",
-        clock=DefaultClock(),
-        lease=600.0,
-    )
+    store = redis_store_for(request.param[6:], request, clock=DefaultClock(), lease=600.0)
     yield store
     store.clear()
     store.close()
@@ -312,12 +307,12 @@ def _store_state(store):
             (repr(key), _memory_state(backend)) for key, backend in store._backends.items()
         )
     client = store.client
-    names = sorted(client.scan_iter(match=f"{store.namespace}:*"))
+    names = sorted(store._scan(f"{store.namespace}:*"))  # every node of a cluster
     return [(name, client.dump(name)) for name in names]
 
 
 def test_a_snapshot_changes_nothing(scene, snap_store, clock):
-    """Key count and every value are the same before and after three snapshots."""
+    """Key count and every value (DUMP) are the same before and after three snapshots."""
     if not isinstance(snap_store, MemoryStore):
         snap_store._meta.settle()
     before = _store_state(snap_store)
@@ -332,13 +327,11 @@ def test_redis_fleet_view_from_another_process_store(scene, snap_store):
     """A fresh RedisStore (as the CLI makes) sees every backend other processes declared."""
     if isinstance(snap_store, MemoryStore):
         pytest.skip("the fleet view is Redis's")
-    from resilience.stores import RedisStore
+    from tests.redis_workers import open_store
 
     snap_store._meta.settle()
     mine = snapshot(snap_store)
-    other = RedisStore(
-        "redis://127.0.0.1:6379/0", namespace=snap_store.namespace, clock=DefaultClock()
-    )
+    other = open_store(snap_store.test_spec, namespace=snap_store.namespace, clock=DefaultClock())
     try:
         theirs = snapshot(other)
     finally:
@@ -392,3 +385,21 @@ def test_key_names_map_to_concern_and_key(name, expected):
     store = SimpleNamespace(namespace="ns", _views=RedisStore._views)
     known = {concern: view_of(store, concern) for concern in RedisStore._views}
     assert expected == _split(store, name, known)
+
+
+def test_the_meta_hash_is_bounded(monkeypatch, request):
+    """Keys used once do not pile up: past MAX_ENTRIES the oldest declared leave the hash."""
+    from resilience.stores._redis_snapshot import MetaWriter, meta_key
+
+    monkeypatch.setattr(MetaWriter, "MAX_ENTRIES", 3)
+    store = redis_store_for("single", request)
+    try:
+        for n in range(5):
+            rate_limited(rate=2, key=f"k{n}", store=store)(lambda: "ok")()
+        store._meta.settle()
+        fields = {f.decode() for f in store.client.hkeys(meta_key(store))}
+        assert 3 == len(store._meta)
+        assert {"rate:k2", "rate:k3", "rate:k4"} == fields  # k0 and k1 deleted again
+    finally:
+        store.clear()
+        store.close()

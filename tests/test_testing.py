@@ -109,6 +109,51 @@ class TestVirtualTime:
             retry(RetryPolicy(clock=own, backoff=Backoff(jitter="none")))(_fails_once())()
         assert ([0.5], []) == (own.sleeps, default.sleeps)
 
+    def test_window_opened_inside_is_gone_after(self):
+        """A backoff window a scripted 429 opened in virtual time does not outlive the block."""
+        with virtual_time():
+            resilience.backoff_window("vt-stale").set(30.0)
+            assert 30.0 == resilience.backoff_window("vt-stale").remaining()
+        assert 0.0 == resilience.backoff_window("vt-stale").remaining()
+
+    def test_breaker_and_pool_made_inside_are_forgotten(self):
+        """A breaker opened and a pool filled inside the block start fresh after it."""
+
+        @resilience.circuit_breaker(name="vt-breaker", failure_threshold=1)
+        def boom():
+            raise OSError
+
+        with virtual_time():
+            with pytest.raises(OSError):
+                boom()
+            assert "open" == resilience.get_circuit_breaker("vt-breaker").state
+        assert "closed" == resilience.get_circuit_breaker("vt-breaker").state
+        with pytest.raises(OSError):
+            boom()  # called, not refused: the breaker was closed
+
+    def test_handlers_and_switches_are_kept(self):
+        """Only keyed state is reset: handlers and the testing mode stay as they were."""
+        seen = []
+        handle = resilience.telemetry.attach(seen.append, ["resilience.test.vt"])
+        with resilience.testing.set_testing(True):
+            with virtual_time():
+                pass
+            assert resilience.testing.is_testing()
+        emit("resilience.test.vt.ping")
+        handle.detach()
+        assert ["resilience.test.vt.ping"] == [event.name for event in seen]
+
+    @pytest.mark.anyio
+    async def test_async_windows_do_not_leak(self):
+        """The same holds when the block ran async code."""
+        with virtual_time() as clock:
+            window = resilience.backoff_window("vt-async")
+            window.set(2.0)
+            await window.wait_async()
+            assert [2.0] == clock.sleeps
+            window.set(7.0)
+        assert 0.0 == resilience.backoff_window("vt-async").remaining()
+
     def test_resolve_reads_the_default_at_each_call(self):
         """The one clock lookup: a policy's own clock, else the default in force right now."""
         own = FakeClock()
@@ -119,7 +164,7 @@ class TestVirtualTime:
         assert resolve(None) is outside
 
     def test_nobody_reads_the_default_but_the_helper(self):
-        """Every module resolves its clock through _clock.resolve, never the private default."""
+        """Every module resolves its clock through _clock (resolve, or DEFAULT on a hot path)."""
         from pathlib import Path
 
         root = Path(resilience.__file__).parent

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config
 from resilience._bounded.pool import MemoryPoolBackend, PermitQueue
-from resilience._decorating import KeyedLayer, Runner
+from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import BoundedTimeoutError, StoreUnavailableError
 from resilience._policies import BoundedPolicy
 from resilience._rate.layer import EPOCH
@@ -167,6 +167,7 @@ class BoundedLayer(KeyedLayer):
         switches = _config.state
         epoch = EPOCH
         weight = self.policy.weight
+        direct = call_next is terminal
 
         def run(
             wrapped: Callable[..., Any],
@@ -182,6 +183,8 @@ class BoundedLayer(KeyedLayer):
             if queue.waiters or not queue.backend.try_acquire(weight):
                 layer._wait_sync(queue)
             try:
+                if direct:  # innermost: call the function itself, one frame less
+                    return wrapped(*args, **kwargs)
                 return call_next(wrapped, instance, args, kwargs)
             finally:
                 queue.release(weight)
@@ -193,6 +196,7 @@ class BoundedLayer(KeyedLayer):
         switches = _config.state
         epoch = EPOCH
         weight = self.policy.weight
+        direct = call_next is terminal
 
         async def run(
             wrapped: Callable[..., Any],
@@ -208,6 +212,8 @@ class BoundedLayer(KeyedLayer):
             if queue.waiters or not queue.backend.try_acquire(weight):
                 await layer._wait_async(queue)
             try:
+                if direct:  # innermost: await the function itself, one frame less
+                    return await wrapped(*args, **kwargs)
                 return await call_next(wrapped, instance, args, kwargs)
             finally:
                 queue.release(weight)

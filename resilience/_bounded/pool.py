@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = ["MemoryPoolBackend", "PermitQueue", "PoolBackend"]
+__all__ = ["CountedPoolBackend", "MemoryPoolBackend", "PermitQueue", "PoolBackend"]
 
 
 class PoolBackend(Protocol):
@@ -76,41 +76,68 @@ class PoolBackend(Protocol):
 
 
 class MemoryPoolBackend:
-    """A pool in this process: a counter under a lock."""
+    """
+    A pool in this process: its free units as tokens in a deque of at most *limit*.
 
-    __slots__ = ("_acquire", "_lock", "_release", "limit", "used")
+    Taking or giving back one unit is one ``pop`` or ``append``, which a deque does
+    atomically (it is thread-safe without a lock), so the common ``weight=1`` call takes no
+    lock at all. Several units at once are taken under the lock, all or none: a one-unit
+    caller may pop between them, and then the units taken so far go back. The ``maxlen``
+    keeps a release beyond what was taken from ever raising the free units above *limit*.
+    A pool of more than ``TOKENS_MAX`` units (``memory_pool`` decides) is a
+    ``CountedPoolBackend`` instead: a counter under a lock, in constant memory.
+    """
+
+    __slots__ = ("_free", "_lock", "_pop", "_push", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.used = 0
+        self._free: deque[None] = deque([None] * limit, maxlen=limit)
+        # bound once: the hot path calls them directly
+        self._pop = self._free.pop
+        self._push = self._free.append
         self._lock = threading.Lock()
-        # bound once: acquire/release calls cost about half of a `with` block on the hot path
-        self._acquire = self._lock.acquire
-        self._release = self._lock.release
+
+    @property
+    def used(self) -> int:
+        """The units taken now."""
+        return self.limit - len(self._free)
 
     def try_acquire(self, weight: int) -> bool:
         """Take *weight* units if they are free now; return whether they were taken."""
-        self._acquire()
-        try:
-            if self.used + weight > self.limit:
+        if weight == 1:
+            try:
+                self._pop()
+            except IndexError:
                 return False
-            self.used += weight
             return True
-        finally:
-            self._release()
+        with self._lock:
+            if len(self._free) < weight:
+                return False
+            taken = 0
+            try:
+                while taken < weight:
+                    self._pop()
+                    taken += 1
+            except IndexError:  # a one-unit caller took one meanwhile: all or none
+                for _ in range(taken):
+                    self._push(None)
+                return False
+            return True
 
     def release(self, weight: int) -> None:
-        """Give back *weight* units (never below zero in use)."""
-        self._acquire()
-        try:
-            used = self.used - weight
-            self.used = used if used > 0 else 0
-        finally:
-            self._release()
+        """Give back *weight* units (never more free than *limit*)."""
+        push = self._push
+        for _ in range(weight):
+            push(None)
 
     def available(self) -> int:
         """Return the free units now."""
-        return self.limit - self.used
+        return len(self._free)
+
+    def idle(self) -> bool:
+        """Whether no permit is held: a fresh pool would be the same (eviction)."""
+        return self.used == 0
 
     # Async twins for the protocol; the layer calls the sync methods of a memory pool
     # directly (they never block), so these cost nothing on its hot path.
@@ -127,10 +154,44 @@ class MemoryPoolBackend:
         return PoolSnapshot(key, self.limit, None, self.used, None, None)
 
 
+class CountedPoolBackend(MemoryPoolBackend):
+    """A memory pool too large for tokens: the units in use as a counter under the lock."""
+
+    __slots__ = ("_used",)
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def used(self) -> int:
+        """The units taken now."""
+        return self._used
+
+    def try_acquire(self, weight: int) -> bool:
+        """Take *weight* units if they are free now; return whether they were taken."""
+        with self._lock:
+            if self._used + weight > self.limit:
+                return False
+            self._used += weight
+            return True
+
+    def release(self, weight: int) -> None:
+        """Give back *weight* units (never below zero in use)."""
+        with self._lock:
+            used = self._used - weight
+            self._used = used if used > 0 else 0
+
+    def available(self) -> int:
+        """Return the free units now."""
+        return self.limit - self._used
+
+
 class _Waiter:
     """One waiting caller: a thread (``lock``) or a task (``future`` on ``loop``)."""
 
-    __slots__ = ("expired", "future", "granted", "lock", "loop", "thread", "weight")
+    __slots__ = ("error", "expired", "future", "granted", "lock", "loop", "thread", "weight")
 
     def __init__(
         self,
@@ -141,6 +202,7 @@ class _Waiter:
         self.weight = weight
         self.granted = False
         self.expired = False
+        self.error: Exception | None = None  # the store failed while it waited
         self.future = future
         self.loop = loop
         self.thread = threading.get_ident()
@@ -165,6 +227,13 @@ class PermitQueue:
         self.backend = backend
         self.waiters: deque[_Waiter] = deque()
         self._lock = threading.Lock()
+
+    def idle(self) -> bool:
+        """Whether nobody waits and its pool is idle (eviction; a Redis pool's is in Redis)."""
+        if self.waiters:
+            return False
+        idle = getattr(self.backend, "idle", None)
+        return True if idle is None else bool(idle())
 
     def try_acquire(self, weight: int) -> bool:
         """Take *weight* units at once if nobody is waiting and they are free."""
@@ -206,6 +275,22 @@ class PermitQueue:
                 head.granted = False
                 backend.release(head.weight)
 
+    def _fail_all(self, error: Exception) -> None:
+        """The store failed: wake every waiter with *error* (the lock is held)."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            waiter.error = error
+            if waiter.lock is not None:
+                waiter.lock.release()
+                continue
+            assert waiter.future is not None
+            assert waiter.loop is not None
+            if waiter.thread == threading.get_ident():
+                _resolve(waiter.future)
+                continue
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits there
+                waiter.loop.call_soon_threadsafe(_resolve, waiter.future)
+
     def _enqueue(self, waiter: _Waiter) -> None:
         with self._lock:
             self.waiters.append(waiter)
@@ -237,6 +322,8 @@ class PermitQueue:
         except BaseException:
             self._abandon(waiter)
             raise
+        if waiter.error is not None:
+            raise waiter.error
         if got:
             return True
         with self._lock:
@@ -270,6 +357,8 @@ class PermitQueue:
         finally:
             if timer is not None:
                 timer.cancel()
+        if waiter.error is not None:
+            raise waiter.error
         return not waiter.expired
 
     async def _expire(self, waiter: _Waiter, clock: Clock, timeout: float) -> None:
@@ -285,12 +374,37 @@ class PermitQueue:
         _resolve(waiter.future)
 
 
+class _MemoryPermitQueue(PermitQueue):
+    """A memory pool's queue: ``release`` gives one unit back inline, one frame per call."""
+
+    __slots__ = ()
+    backend: MemoryPoolBackend
+
+    def release(self, weight: int) -> None:
+        """Give back *weight* units (``MemoryPoolBackend.release``) and let waiters in."""
+        if weight == 1:
+            self.backend._push(None)
+        else:
+            self.backend.release(weight)
+        if self.waiters:
+            with self._lock:
+                self._dispatch()
+
+
+#: The largest pool kept as tokens (8 bytes each); larger ones count under a lock.
+TOKENS_MAX = 1024
+
+
 def memory_pool(key: str, policy: BoundedPolicy, store: MemoryStore) -> MemoryPoolBackend:
     """``MemoryStore``'s ``"pool"`` factory."""
+    if policy.limit > TOKENS_MAX:
+        return CountedPoolBackend(policy.limit)
     return MemoryPoolBackend(policy.limit)
 
 
 def permit_queue(key: str, backend: PoolBackend, store: Any) -> PermitQueue:
     """``MemoryStore``'s ``"pool.queue"`` factory."""
     # Given the key's pool backend (not a policy): factories run under the store's lock.
+    if type(backend) is MemoryPoolBackend:
+        return _MemoryPermitQueue(backend)
     return PermitQueue(backend)

@@ -18,11 +18,12 @@ Waiting: callers wait in their process's FIFO ``PermitQueue``; a grant from anot
 process cannot wake them, so while anyone waits a poller thread retries the head's
 acquire, every 2 ms at first, backing off to 50 ms while nothing frees up, and at once
 when this process releases. Across processes, the first poller to ask after a release wins.
+When the store fails (no answer within its timeout, or an error answer), every waiter is
+woken with the ``StoreUnavailableError``: it fails closed, or proceeds with ``fail_open``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -301,9 +302,12 @@ class RedisPermitQueue(PermitQueue):
         while True:
             with self._lock:
                 before = len(self.waiters)
-                # Unreachable: waiters keep their place; their own timeouts bound the wait.
-                with contextlib.suppress(StoreUnavailableError):
+                try:
                     PermitQueue._dispatch(self)
+                except StoreUnavailableError as error:
+                    # An outage: every waiter hears of it now (within the store's timeout)
+                    # and fails closed or proceeds per its policy, instead of polling on.
+                    self._fail_all(error)
                 if not self.waiters:
                     self._poller = None
                     return

@@ -241,6 +241,14 @@ class MemoryBreaker:
         """The async twin of ``record`` (memory never waits, so it is the same step)."""
         return self.record(ticket, outcome)
 
+    def idle(self) -> bool:
+        """Whether a fresh breaker would behave the same (closed, nothing counted): eviction."""
+        with self._lock:
+            if self._state != CLOSED or self._consecutive or self._probes:
+                return False
+            window = self._window
+            return window is None or window.counts(self._time().monotonic())[0] == 0
+
     def reset(self) -> Transition | None:
         """Close the breaker and clear its counts (the totals since creation stay)."""
         now = self._time().monotonic()

@@ -19,6 +19,7 @@ from resilience import _config
 from resilience._breaker.contract import BreakerBackend, BreakerConfig, CircuitBreakerStats
 from resilience._breaker.memory import live
 from resilience.stores._memory import DEFAULT_STORE
+from resilience.stores._registry import on_sweep
 from resilience.telemetry._bus import BUS, emit
 
 
@@ -44,6 +45,17 @@ __all__ = [
 declared: weakref.WeakKeyDictionary[Any, dict[str, weakref.WeakSet[BreakerLayer]]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def _prune_declared(store: Any) -> None:
+    """After a sweep: forget names whose decorators are all gone (an empty set each)."""
+    names = declared.get(store)
+    if names:
+        for name in [name for name, layers in names.items() if not layers]:
+            names.pop(name, None)
+
+
+on_sweep(_prune_declared)
 
 
 def _declared_policy(store: Any, name: str) -> CircuitBreakerPolicy | None:

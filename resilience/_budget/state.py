@@ -190,6 +190,13 @@ class MemoryBudgetBackend:
             retries=retries,
         )
 
+    def idle(self) -> bool:
+        """Whether every call and retry slid out of the window (eviction)."""
+        with self._lock:
+            state = self._state
+            state._roll(self._now())
+            return state.total_calls == 0 and state.total_retries == 0
+
 
 def memory_budget(key: str, budget: RetryBudget, store: MemoryStore) -> MemoryBudgetBackend:
     """``MemoryStore``'s ``"budget"`` factory."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config
-from resilience._decorating import KeyedLayer, Runner
+from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
 from resilience._rate.state import MemoryRateBackend, RateBackend
@@ -185,6 +185,7 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         max_wait = self.max_wait
         hooked = self.policy.delay_hook is not None
+        direct = call_next is terminal
 
         def run(
             wrapped: Callable[..., Any],
@@ -201,12 +202,13 @@ class RateLimitLayer(KeyedLayer):
                     layer._wait_sync(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
-            if not hooked:
-                return call_next(wrapped, instance, args, kwargs)
             try:
+                if direct:  # innermost: call the function itself, one frame less
+                    return wrapped(*args, **kwargs)
                 return call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._failed(exc)
+                if hooked:
+                    layer._failed(exc)
                 raise
 
         return run
@@ -217,6 +219,7 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         max_wait = self.max_wait
         hooked = self.policy.delay_hook is not None
+        direct = call_next is terminal
 
         async def run(
             wrapped: Callable[..., Any],
@@ -236,12 +239,13 @@ class RateLimitLayer(KeyedLayer):
                     await layer._wait_async(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
-            if not hooked:
-                return await call_next(wrapped, instance, args, kwargs)
             try:
+                if direct:  # innermost: await the function itself, one frame less
+                    return await wrapped(*args, **kwargs)
                 return await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._failed(exc)
+                if hooked:
+                    layer._failed(exc)
                 raise
 
         return run

@@ -277,9 +277,18 @@ class MemoryRateBackend:
         self._acquire = self._lock.acquire
         self._release = self._lock.release
 
+    def idle(self) -> bool:
+        """Whether every start is older than *per*: a fresh budget would decide the same."""
+        clock = _clock.resolve(self._clock)
+        horizon = clock.monotonic() - self.per - getattr(clock, "slack", 0.0)
+        state = self._state
+        return (not state.log or state.log[-1] <= horizon) and (
+            not state.starts or state.starts[-1] <= horizon
+        )
+
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
-        clock = _clock.resolve(self._clock)
+        clock = self._clock or _clock.DEFAULT.clock  # _clock.resolve, inline: every call
         self._acquire()
         try:
             return self._state.reserve(

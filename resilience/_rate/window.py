@@ -104,6 +104,10 @@ class MemoryWindowBackend:
         left, ends_at = self.view()
         return LimiterSnapshot(key, None, None, None, 0, 0, left > 0.0, left, ends_at)
 
+    def idle(self) -> bool:
+        """Whether the window is closed: a fresh backend would answer the same (eviction)."""
+        return self.end <= self._now()
+
 
 def memory_window(key: str, policy: Any, store: Any) -> MemoryWindowBackend:
     """``MemoryStore``'s ``"window"`` factory."""

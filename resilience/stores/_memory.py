@@ -36,6 +36,16 @@ class MemoryStore(BackendRegistry):
     ``MemoryStore()`` is the default of every policy's ``store=``; pass your own instance to
     keep a group of decorators apart from the rest of the process.
 
+    Memory stays bounded as keys come and go: state that nothing holds and that is idle
+    past its own horizon (a closed window, a rate log older than *per*, a pool with no
+    permit held, a closed breaker with nothing counted, a spent budget window) is released
+    every so many new keys, or at once by ``sweep()``.
+
+    Args:
+        max_keys: The most backends kept; past it the least recently used that no
+            decorator holds are released even if not idle (None: no cap). For key spaces
+            with no bound (a limiter per user, a breaker per URL).
+
     .. versionadded:: 0.1.0
     """
 

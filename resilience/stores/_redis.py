@@ -1,20 +1,25 @@
 """
-``RedisStore``: shared state for many processes and machines, in Redis.
+``RedisStore``: shared state for many processes and machines, in Redis (or Valkey).
 
-Like ``MemoryStore`` it hands out one backend per (concern, key); each concern registers a
-Redis backend factory with ``RedisStore.register``. Every decision a backend makes is one Lua
-script, run atomically on the server in one round trip, reading the server's clock
-(``TIME``), so callers with skewed clocks agree. Keys live under ``<namespace>:<concern>:<key>``
-and expire when idle. Every operation is bounded by ``timeout``; a server that cannot be
-reached in time raises ``StoreUnavailableError`` naming the key, never hangs, and the next
+Like ``MemoryStore`` it hands out one backend per (concern, key); each concern's Redis twin
+is registered below by name, imported when first used. Every decision a backend makes is
+one Lua script, run atomically on the server in one round trip, reading the server's clock
+(``TIME``), so callers with skewed clocks agree. Keys are named by ``RedisStore.key`` alone:
+``<namespace>:<concern>:{<key>}[:<part>]``, so every key of one breaker, limiter (with its
+backoff window), pool or budget shares one hash tag (one cluster slot, one script), and
+different keys spread over the cluster. Keys expire when idle. Every operation is bounded by
+``timeout``; any failure of the store (no answer in time, a refused connection, or an error
+answer such as ``READONLY``, ``MOVED``, ``CLUSTERDOWN``, ``WRONGTYPE``) raises
+``StoreUnavailableError`` naming the key (and the server's answer), never hangs, and the next
 operation reconnects by itself.
 
-``redis`` (redis-py) is imported only when a ``RedisStore`` is made.
+The client library (redis-py or valkey-py) is imported only when a ``RedisStore`` is made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import weakref
 
 from collections.abc import Callable, Sequence
@@ -50,25 +55,37 @@ floats in replies: return ``tostring(x)`` for a fraction).
 """
 
 
-def _redis() -> Any:
-    try:
-        import redis  # noqa: PLC0415 - optional dependency
-    except ImportError as error:  # pragma: no cover - exercised only without the extra
-        msg = "RedisStore needs redis-py: pip install 'resilience[redis]'"
-        raise ImportError(msg) from error
-    return redis
+def _clients() -> Any:
+    from resilience.stores import _redis_clients  # noqa: PLC0415 - imports the client library
+
+    return _redis_clients
+
+
+_BRACES = str.maketrans({"%": "%25", "{": "%7B", "}": "%7D"})
+_GLOB = str.maketrans({c: f"\\{c}" for c in "*?[]\\"})
 
 
 class RedisStore(BackendRegistry):
     """
-    Keeps breakers, rate budgets, backoff windows and permit pools in Redis.
+    Keeps breakers, rate budgets, backoff windows and permit pools in Redis or Valkey.
 
     Args:
-        url_or_client: A ``redis://`` URL, or a sync ``redis.Redis`` client.
+        url_or_client: Where the state lives. A URL (``redis://``, ``rediss://`` for TLS,
+            ``unix://``, ``valkey://``, ``valkeys://``); a client of redis-py or valkey-py:
+            ``redis.Redis``, ``redis.cluster.RedisCluster``, their asyncio counterparts, a
+            Sentinel-managed client (``Sentinel(...).master_for(name)``), ``valkey.Valkey``,
+            ``valkey.cluster.ValkeyCluster``; or a pair ``(sync_client, async_client)``.
+            From one client the store builds its twin (sync or asyncio) with the same
+            transport, TLS settings, credentials, socket path and Sentinel discovery. A client
+            whose socket timeouts exceed *timeout* is copied with *timeout* applied (the copy
+            is the store's); yours is left as it is.
+        cluster: With a URL: the server is a Redis Cluster node (clients say so themselves).
         timeout: The most seconds any store operation may wait on Redis (> 0).
-        namespace: The prefix of every key this store writes.
+        namespace: The prefix of every key this store writes (no ``{`` nor ``}``: the key
+            names carry their own hash tags).
         idle_ttl: Seconds after which an untouched key expires (> 0), so Redis does not
-            fill up with state nobody uses.
+            fill up with state nobody uses. A key whose state still matters (an open
+            breaker, a window not yet over, a lease not yet expired) lives until then too.
         clock: For tests only: read time from this clock (its ``monotonic()``) instead of
             the Redis server's ``TIME``, so a test can run on virtual time. Never set it in
             production: processes with different clocks would disagree.
@@ -86,11 +103,14 @@ class RedisStore(BackendRegistry):
 
     _loaders: ClassVar[dict[str, Callable[[str, RedisStore], Any] | str]] = {}
     _views: ClassVar[dict[str, str]] = {}
+    #: The state lives in Redis: a handle nothing holds can be dropped from this process.
+    stateless_backends: ClassVar[bool] = True
 
     def __init__(
         self,
         url_or_client: Any,
         *,
+        cluster: bool = False,
         timeout: float = 1.0,
         namespace: str = "resilience",
         idle_ttl: float = 3600.0,
@@ -98,40 +118,57 @@ class RedisStore(BackendRegistry):
         lease: float = 10.0,
         slack: float = 0.001,
     ) -> None:
-        redis = _redis()
         self.timeout: float = duration("RedisStore", "timeout", timeout, strict=True) or 0.0
         self.idle_ttl: float = duration("RedisStore", "idle_ttl", idle_ttl, strict=True) or 0.0
-        if not namespace:
-            msg = f"RedisStore.namespace must be a non-empty string, got {namespace!r}"
+        if not namespace or set(namespace) & set("{}"):
+            msg = (
+                "RedisStore.namespace must be a non-empty string without '{' or '}' "
+                f"(keys carry their own hash tags), got {namespace!r}"
+            )
             raise ValueError(msg)
         self.namespace = namespace
         self.clock = clock
         self.ttl_ms: int = max(1, round(self.idle_ttl * 1000))
         self.lease: float = duration("RedisStore", "lease", lease, strict=True) or 0.0
         self.slack: float = duration("RedisStore", "slack", slack) or 0.0
-        self._owns_client = isinstance(url_or_client, str)
+        clients = _clients()
+        self.url: str | None = None
+        given_async: Any = None
         if isinstance(url_or_client, str):
-            self.url: str | None = url_or_client
-            self.client = redis.Redis.from_url(
-                url_or_client,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-                retry_on_timeout=False,
+            self.url = url_or_client
+            self.client: Any = clients.from_url(
+                url_or_client, cluster=cluster, timeout=self.timeout
             )
-        elif isinstance(url_or_client, redis.Redis):
-            self.url = None
-            self.client = url_or_client
+            self._owns_client = True
+        elif isinstance(url_or_client, tuple):
+            if len(url_or_client) != 2:
+                msg = f"RedisStore takes a pair (sync_client, async_client), got {url_or_client!r}"
+                raise TypeError(msg)
+            sync, given_async = url_or_client
+            if clients.is_async(sync) or not clients.is_async(given_async):
+                msg = (
+                    "RedisStore's pair is (sync_client, async_client), got "
+                    f"({type(sync).__name__}, {type(given_async).__name__})"
+                )
+                raise TypeError(msg)
+            self.client, self._owns_client = clients.bounded(sync, self.timeout)
+        elif clients.is_async(url_or_client):
+            given_async = url_or_client
+            self.client = clients.sync_twin(url_or_client, self.timeout)
+            self._owns_client = True
         else:
-            msg = (
-                "RedisStore takes a redis:// URL or a redis.Redis client, "
-                f"got {type(url_or_client).__name__}"
-            )
-            raise TypeError(msg)
+            self.client, self._owns_client = clients.bounded(url_or_client, self.timeout)
+        self._library = clients.library(self.client)
+        self.cluster: bool = clients.is_cluster(self.client)
+        self._error: type[Exception] = clients.base_error(self._library)
+        self._no_script: type[Exception] = self._library.exceptions.NoScriptError
+        self._description: str = clients.describe(self.client)
+        self._given_async = given_async
         super().__init__()
         from resilience.stores._redis_snapshot import MetaWriter  # noqa: PLC0415 - circular
 
         self._meta = MetaWriter(self)
-        self._scripts: dict[str, Any] = {}
+        self._shas: dict[str, str] = {}
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
@@ -145,7 +182,8 @@ class RedisStore(BackendRegistry):
 
         ``peek`` uses it for keys another process declared (a breaker's config is kept in
         Redis), so ``get_circuit_breaker(name, store=...)`` works in any process. It returns
-        None when Redis holds nothing for the key.
+        None when Redis holds nothing for the key. *loader* may be a name, as for
+        ``register``.
         """
         cls._loaders[concern] = loader
 
@@ -194,22 +232,26 @@ class RedisStore(BackendRegistry):
         """Return the keys of *concern* made here or (with a loader) found in Redis."""
         found = {key for (kind, key) in list(self._backends) if kind == concern}
         if concern in self._loaders:
-            prefix = self.key(concern, "")
-            try:
-                names = list(self.client.scan_iter(match=f"{prefix}*", count=500))
-            except (_redis().exceptions.ConnectionError, _redis().exceptions.TimeoutError) as error:
-                raise StoreUnavailableError(
-                    f"{prefix}*", store=self.describe(), timeout=self.timeout
-                ) from error
-            for name in names:
-                rest = (name.decode() if isinstance(name, bytes) else name)[len(prefix) :]
+            prefix = f"{self.namespace}:{concern}:{{"
+            for name in self._scan(f"{prefix.translate(_GLOB)}*}}"):
+                if not name.startswith(prefix) or not name.endswith("}"):
+                    continue
+                rest = _unquote(name[len(prefix) : -1])
                 if rest not in found and self.peek(concern, rest) is not None:
                     found.add(rest)
         return sorted(found)
 
     def key(self, concern: str, key: str, *parts: str) -> str:
-        """Return the namespaced Redis key for *concern*/*key* (plus sub-parts)."""
-        return ":".join((self.namespace, concern, key, *parts))
+        """
+        Return the Redis key for *concern*/*key* (plus sub-parts): the one naming rule.
+
+        ``<namespace>:<concern>:{<key>}[:<part>...]``: the braces are a hash tag, so every
+        key of one *key* (whatever its concern and parts) lives in one cluster slot and one
+        script may touch them all; ``{``, ``}`` and ``%`` inside *key* are percent-escaped
+        so the tag is always the whole key.
+        """
+        name = f"{self.namespace}:{concern}:{{{key.translate(_BRACES)}}}"
+        return ":".join((name, *parts)) if parts else name
 
     def now_arg(self) -> str:
         """The first ARGV of a ``NOW_LUA`` script: ``""`` (server time) or the test clock's."""
@@ -218,11 +260,24 @@ class RedisStore(BackendRegistry):
 
     # -- running scripts ----------------------------------------------------------------------
 
-    def _script(self, source: str) -> Any:
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = self.client.register_script(source)
-        return script
+    def _sha(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = hashlib.sha1(source.encode()).hexdigest()
+        return sha
+
+    def unavailable(self, key: str, error: BaseException, timeout: float) -> StoreUnavailableError:
+        """The ``StoreUnavailableError`` for *error* (the client's) on *key*."""
+        reason = None
+        if not isinstance(error, TimeoutError | OSError) and type(error).__name__ not in (
+            "ConnectionError",
+            "TimeoutError",
+            "BusyLoadingError",
+        ):
+            reason = f"{type(error).__name__}: {error}"
+            if type(error).__name__ in ("MovedError", "AskError") and not self.cluster:
+                reason += " (a cluster node: RedisStore(url, cluster=True) or a cluster client)"
+        return StoreUnavailableError(key, store=self._description, timeout=timeout, reason=reason)
 
     def run(self, source: str, keys: Sequence[str], args: Sequence[Any], *, key: str) -> Any:
         """
@@ -231,13 +286,17 @@ class RedisStore(BackendRegistry):
         The client's socket timeout (the store's *timeout*) bounds the call.
 
         Raises:
-            StoreUnavailableError: Redis did not answer within the store's timeout.
+            StoreUnavailableError: Redis did not answer within the store's timeout, or
+                answered with an error (its answer is in the message).
         """
-        redis = _redis()
+        client = self.client
         try:
-            return self._script(source)(keys=list(keys), args=list(args), client=self.client)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-            raise StoreUnavailableError(key, store=self.describe(), timeout=self.timeout) from error
+            try:
+                return client.evalsha(self._sha(source), len(keys), *keys, *args)
+            except self._no_script:
+                return client.eval(source, len(keys), *keys, *args)
+        except (self._error, OSError) as error:
+            raise self.unavailable(key, error, self.timeout) from error
 
     async def arun(
         self,
@@ -254,60 +313,60 @@ class RedisStore(BackendRegistry):
         *timeout* (if smaller than the store's) bounds this one call, e.g. by a policy's own
         remaining time.
         """
-        redis = _redis()
         client = self._async_client()
         limit = self.timeout if timeout is None else min(self.timeout, max(timeout, 0.0))
         try:
             async with asyncio.timeout(limit):
-                script = client.register_script(source)
-                return await script(keys=list(keys), args=list(args), client=client)
-        except (
-            TimeoutError,
-            redis.exceptions.ConnectionError,
-            redis.exceptions.TimeoutError,
-        ) as error:
-            raise StoreUnavailableError(key, store=self.describe(), timeout=limit) from error
+                try:
+                    return await client.evalsha(self._sha(source), len(keys), *keys, *args)
+                except self._no_script:
+                    return await client.eval(source, len(keys), *keys, *args)
+        except (TimeoutError, OSError, self._error) as error:
+            raise self.unavailable(key, error, limit) from error
+        except Exception as error:
+            # Not the library's own error: a client left broken (e.g. cancelled while it
+            # connected). Start the next call on a fresh twin; this one is unavailable.
+            self._async_clients.pop(asyncio.get_running_loop(), None)
+            raise self.unavailable(key, error, limit) from error
 
     def _async_client(self) -> Any:
+        if self._given_async is not None:
+            return self._given_async
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            asyncio_redis = _redis().asyncio
-            kwargs = self.client.connection_pool.connection_kwargs
-            client = asyncio_redis.Redis(
-                host=kwargs.get("host", "127.0.0.1"),
-                port=kwargs.get("port", 6379),
-                db=kwargs.get("db", 0),
-                username=kwargs.get("username"),
-                password=kwargs.get("password"),
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-            )
+            client = _clients().async_twin(self.client, self.timeout)
             self._async_clients[loop] = client
         return client
 
+    def _scan(self, match: str) -> list[str]:
+        """Every key name matching *match*, on every node (a cluster's primaries too)."""
+        try:
+            names = list(self.client.scan_iter(match=match, count=500))
+        except (self._error, OSError) as error:
+            raise self.unavailable(match, error, self.timeout) from error
+        return [name.decode() if isinstance(name, bytes) else name for name in names]
+
     def describe(self) -> str:
-        """A short description for messages: the URL without credentials, or host:port."""
-        kwargs = self.client.connection_pool.connection_kwargs
-        return f"Redis at {kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
+        """A short description for messages: where the store is, without credentials."""
+        return self._description
 
     def clear(self) -> None:
         """Delete every key of this store's namespace (for tests) and forget backends."""
-        redis = _redis()
         self._meta.settle()
         self._meta.forget()
         self._forget_backends()
+        pattern = f"{self.namespace.translate(_GLOB)}:*"
+        names = self._scan(pattern)
         try:
-            for name in self.client.scan_iter(match=f"{self.namespace}:*", count=500):
+            for name in names:  # one by one: a cluster refuses a DEL across slots
                 self.client.delete(name)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
-            raise StoreUnavailableError(
-                f"{self.namespace}:*", store=self.describe(), timeout=self.timeout
-            ) from error
+        except (self._error, OSError) as error:
+            raise self.unavailable(pattern, error, self.timeout) from error
 
     def __repr__(self) -> str:
         return (
-            f"RedisStore({self.describe()}, namespace={self.namespace!r}, timeout={self.timeout})"
+            f"RedisStore({self._description}, namespace={self.namespace!r}, timeout={self.timeout})"
         )
 
     def close(self) -> None:
@@ -321,6 +380,14 @@ class RedisStore(BackendRegistry):
         client = self._async_clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.aclose()
+            # A Sentinel-managed twin also holds clients of the sentinels themselves.
+            manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+            for sentinel in getattr(manager, "sentinels", ()):
+                await sentinel.aclose()
+
+
+def _unquote(text: str) -> str:
+    return text.replace("%7B", "{").replace("%7D", "}").replace("%25", "%")
 
 
 # Each concern's Redis twin, imported when the first backend of that concern is built.

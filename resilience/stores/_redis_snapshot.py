@@ -19,14 +19,16 @@ the entries of processes gone for ``idle_ttl`` expire with the hash.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import threading
+import time
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from resilience._errors import StoreUnavailableError
 from resilience._snapshot import LimiterSnapshot, PoolSnapshot, Snapshot
@@ -159,7 +161,7 @@ def _pipeline(store: RedisStore, reads: Sequence[Read]) -> list[Any]:
     # One server: MULTI/EXEC, so every record is read at one instant (reads only: nothing
     # is written, nothing blocks). A cluster cannot run one across slots: there each
     # backend's keys share a hash tag and are read back to back.
-    single = not hasattr(store.client, "get_primaries")
+    single = not getattr(store, "cluster", hasattr(store.client, "get_primaries"))
     pipe = store.client.pipeline(transaction=single)
     if store.clock is None:
         pipe.time()
@@ -279,28 +281,36 @@ class MetaWriter:
     """
     Records declared backends' numbers in ``<ns>:meta``, off every call path.
 
-    One daemon thread per store, started by the first declaration: it writes what is new
-    at once and everything again every ``idle_ttl / 2`` seconds, so the hash outlives
-    neither the store's processes by much nor its own expiry.
+    One daemon thread per store, started by the first declaration. It writes what is new
+    as soon as it is declared (only that), and every ``idle_ttl / 2`` seconds rewrites the
+    entries still alive: those whose backend this process still holds, or declared within
+    ``idle_ttl``. An entry past both is deleted from the hash (another process using the
+    key declares it again), so neither this process's memory nor the hash grows with keys
+    used once; at most ``MAX_ENTRIES`` are kept, the oldest declared dropped first.
     """
+
+    MAX_ENTRIES: ClassVar[int] = 100_000
 
     __slots__ = (
         "_done",
         "_entries",
+        "_fresh",
+        "_gone",
         "_lock",
-        "_pending",
         "_pid",
         "_store",
         "_thread",
         "_version",
         "_wake",
+        "_written",
     )
 
     def __init__(self, store: RedisStore) -> None:
         self._store = store
-        self._entries: dict[str, str] = {}
-        self._pending = False
-        self._version = 0
+        self._entries: dict[str, tuple[str, float]] = {}  # field -> (JSON, declared at)
+        self._fresh: set[str] = set()
+        self._gone: set[str] = set()
+        self._version = self._written = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._done = threading.Event()
@@ -309,9 +319,17 @@ class MetaWriter:
 
     def declare(self, concern: str, key: str, meta: dict[str, Any]) -> None:
         """Record *meta* for *concern*/*key* soon."""
+        field = f"{concern}:{key}"
         with self._lock:
-            self._entries[f"{concern}:{key}"] = json.dumps(meta)
-            self._pending = True
+            self._entries.pop(field, None)  # re-inserted last: the dict stays in age order
+            self._entries[field] = (json.dumps(meta), time.monotonic())
+            self._fresh.add(field)
+            self._gone.discard(field)
+            while len(self._entries) > self.MAX_ENTRIES:
+                oldest = next(iter(self._entries))
+                del self._entries[oldest]
+                self._fresh.discard(oldest)
+                self._gone.add(oldest)
             self._version += 1
             if self._pid != os.getpid():  # a forked child: the parent's thread is not here
                 self._pid, self._thread = os.getpid(), None
@@ -324,46 +342,76 @@ class MetaWriter:
 
     def _run(self) -> None:
         refresh = self._store.idle_ttl / 2
+        full = True
         while not self._done.is_set():
-            self.flush()
-            self._wake.wait(refresh)
+            with contextlib.suppress(Exception):  # advisory: never die, try next round
+                self.flush(full=full)
+            full = not self._wake.wait(refresh)  # woken by a declaration: only what is new
             self._wake.clear()
 
-    def flush(self) -> None:
-        """Write every entry now (errors are left for the next round)."""
+    def _expire(self) -> None:
+        """Move the entries neither held nor declared within ``idle_ttl`` to ``_gone``."""
+        horizon = time.monotonic() - self._store.idle_ttl
+        held = {f"{concern}:{key}" for concern, key in list(self._store._backends)}
+        for field, (_, declared) in list(self._entries.items()):
+            if declared < horizon and field not in held:
+                del self._entries[field]
+                self._gone.add(field)
+
+    def flush(self, *, full: bool = True) -> None:
+        """Write the new entries (*full*: every live one) now; errors wait for the next round."""
         store = self._store
         with self._lock:
-            entries = dict(self._entries)
+            if full:
+                self._expire()
+                fields = set(self._entries)
+            else:
+                fields = set(self._fresh)
+            mapping = {f: self._entries[f][0] for f in fields if f in self._entries}
+            gone = set(self._gone)
             version = self._version
-        if not entries:
+        if not mapping and not gone:
+            with self._lock:
+                self._written = max(self._written, version)
             return
         try:
             pipe = store.client.pipeline(transaction=False)
-            pipe.hset(meta_key(store), mapping=entries)
+            if mapping:
+                pipe.hset(meta_key(store), mapping=mapping)
+            if gone:
+                pipe.hdel(meta_key(store), *gone)
             pipe.pexpire(meta_key(store), store.ttl_ms)
             pipe.execute()
-        except _errors(store):
+        except Exception:  # unreachable, read-only, closed: try again next round
+            # This thread must never die of it, nor disturb the application: the meta
+            # hash is advisory (a snapshot shows the numbers it lacks as unknown).
             return
         with self._lock:
-            if version == self._version:
-                self._pending = False
+            self._fresh -= fields
+            self._gone -= gone
+            self._written = max(self._written, version)
 
     def settle(self, timeout: float = 1.0) -> None:
         """Wait until what was declared is written (or *timeout* passed)."""
         if self._thread is None:
             return
-        deadline = threading.Event()
+        pause = threading.Event()
         for _ in range(int(timeout / 0.01)):
             with self._lock:
-                if not self._pending:
+                if self._written >= self._version:
                     return
-            deadline.wait(0.01)
+            pause.wait(0.01)
 
     def forget(self) -> None:
         """Drop every entry (the store was cleared)."""
         with self._lock:
             self._entries.clear()
-            self._pending = False
+            self._fresh.clear()
+            self._gone.clear()
+            self._written = self._version
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def stop(self) -> None:
         """End the thread (the store is closing)."""

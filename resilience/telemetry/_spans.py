@@ -24,7 +24,16 @@ if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = ["Span", "current_span", "enter_span", "exit_span", "new_span", "now_ns"]
+__all__ = [
+    "Span",
+    "current_span",
+    "enter_span",
+    "exit_span",
+    "new_span",
+    "now_ns",
+    "open_span",
+    "reset_span",
+]
 
 _random = random.Random()  # ids, not secrets: a private generator that users' seeds leave alone
 # Ids are a random per-process salt XOR a counter: unique within the process, random-looking
@@ -111,6 +120,7 @@ class Span:
 
 
 _current: ContextVar[Span | None] = ContextVar("resilience_span", default=None)
+_new = object.__new__
 
 
 def current_span() -> Span | None:
@@ -131,9 +141,31 @@ def new_span(name: str) -> Span:
     return Span(name, parent._trace, own, parent._own)
 
 
+def open_span(name: str) -> Token[Span | None]:
+    """``enter_span(new_span(name))`` in one step, for callers that need only the token."""
+    parent = _current.get()
+    salt, trace_salt, counter = _ids[0]
+    n = next(counter)
+    # Span.__init__'s work without its frame: this runs on every unobserved traced call.
+    span = _new(Span)
+    span.name = name
+    span._own = own = n ^ salt
+    if parent is None:
+        span._trace = ((n ^ trace_salt) << 64) | own
+        span._parent = None
+    else:
+        span._trace = parent._trace
+        span._parent = parent._own
+    return _current.set(span)
+
+
 def enter_span(span: Span) -> Token[Span | None]:
     """Make *span* current; pass the token to ``exit_span``."""
     return _current.set(span)
+
+
+reset_span = _current.reset
+"""``exit_span`` without its frame: the context variable's own ``reset``."""
 
 
 def exit_span(token: Token[Span | None]) -> None:

@@ -9,7 +9,13 @@ import time
 import pytest
 
 from resilience import BoundedPolicy, BoundedTimeoutError, bounded, set_active
-from resilience._bounded.pool import MemoryPoolBackend, PermitQueue
+from resilience._bounded.pool import (
+    TOKENS_MAX,
+    CountedPoolBackend,
+    MemoryPoolBackend,
+    PermitQueue,
+    memory_pool,
+)
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.testing import FakeClock, capture_events
 
@@ -47,6 +53,40 @@ class TestMemoryPoolBackend:
         backend.release(3)
         backend.release(3)
         assert 3 == backend.available()
+
+    @pytest.mark.parametrize("kind", [MemoryPoolBackend, CountedPoolBackend])
+    def test_threads_never_take_more_than_the_limit(self, kind) -> None:
+        """Real threads taking one or three units at once never hold more than the limit."""
+        backend = kind(7)
+        gauge = Gauge()
+        taken = [0]
+
+        def worker(weight: int) -> None:
+            for _ in range(2000):
+                if backend.try_acquire(weight):
+                    gauge.enter(weight)
+                    with gauge.lock:
+                        taken[0] += 1
+                    gauge.leave(weight)
+                    backend.release(weight)
+
+        threads = [threading.Thread(target=worker, args=(w,)) for w in (1, 1, 3, 3, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert gauge.peak <= 7
+        assert taken[0] > 0
+        assert (7, 0) == (backend.available(), backend.used)
+
+    def test_large_pools_count_in_constant_memory(self) -> None:
+        """Up to TOKENS_MAX units are tokens; a larger pool counts them under a lock."""
+        small = memory_pool("k", BoundedPolicy(limit=TOKENS_MAX), DEFAULT_STORE)
+        large = memory_pool("k", BoundedPolicy(limit=10**9), DEFAULT_STORE)
+        assert (type(small), type(large)) == (MemoryPoolBackend, CountedPoolBackend)
+        assert large.try_acquire(10**9 - 1)
+        assert not large.try_acquire(2)
+        assert (1, 10**9 - 1) == (large.available(), large.used)
 
 
 class TestBoundedThreads:

@@ -21,12 +21,12 @@ from resilience import BoundedTimeoutError, StoreUnavailableError, bounded
 from resilience.stores import RedisStore
 from resilience.testing import capture_events
 
-from ..redis_workers import URL, hog_worker, pool_worker
+from ..redis_workers import URL, hog_worker, open_store, pool_worker, spec_of
 
 
 def other_process(store: RedisStore, **kwargs: object) -> RedisStore:
     """A second store on the same namespace and clock: what another process would see."""
-    return RedisStore(URL, namespace=store.namespace, clock=store.clock, **kwargs)
+    return open_store(spec_of(store), namespace=store.namespace, clock=store.clock, **kwargs)
 
 
 class TestPool:
@@ -134,8 +134,8 @@ class TestLeases:
 
     def test_renewal_keeps_a_running_call_granted(self, redis_store):
         """While the call runs its lease is renewed: nobody else gets the permit meanwhile."""
-        holder = RedisStore(URL, namespace=redis_store.namespace, lease=0.15)
-        rival = RedisStore(URL, namespace=redis_store.namespace, lease=0.15)
+        holder = open_store(spec_of(redis_store), namespace=redis_store.namespace, lease=0.15)
+        rival = open_store(spec_of(redis_store), namespace=redis_store.namespace, lease=0.15)
         mine = holder.backend("pool", "db", _Policy(1))
         theirs = rival.backend("pool", "db", _Policy(1))
         try:
@@ -245,7 +245,10 @@ def test_permits_never_over_granted_across_processes(redis_store, monkeypatch):
     limit, calls, workers = 3, 8, 4
     barrier = ctx.Barrier(workers)
     procs = [
-        ctx.Process(target=pool_worker, args=(namespace, limit, calls, 0.02, barrier))
+        ctx.Process(
+            target=pool_worker,
+            args=(namespace, limit, calls, 0.02, barrier, spec_of(redis_store)),
+        )
         for _ in range(workers)
     ]
     log = redis.Redis.from_url(URL)
@@ -268,9 +271,9 @@ def test_killed_holder_gives_permits_back_within_the_lease(redis_store, monkeypa
     ctx = _spawn(monkeypatch)
     namespace = f"mp-{uuid.uuid4().hex[:10]}"
     lease = 0.6
-    proc = ctx.Process(target=hog_worker, args=(namespace, 2, lease))
+    proc = ctx.Process(target=hog_worker, args=(namespace, 2, lease, spec_of(redis_store)))
     log = redis.Redis.from_url(URL)
-    store = RedisStore(URL, namespace=namespace, lease=lease)
+    store = open_store(spec_of(redis_store), namespace=namespace, lease=lease)
     pool = store.backend("pool", "shared", _Policy(2))
     try:
         proc.start()

@@ -11,6 +11,8 @@ from resilience import CircuitOpenError, circuit_breaker, get_circuit_breaker
 from resilience.stores import MemoryStore, RedisStore
 from resilience.testing import capture_events
 
+from ..redis_workers import open_store, spec_of
+
 
 class Boom(Exception):
     """The failure our fake upstream raises."""
@@ -241,8 +243,8 @@ class TestRedisOnly:
         """A store that never declared the breaker finds it in Redis, config and state."""
         call = flaky(redis_store)
         fail(call, 2)
-        other = RedisStore(
-            "redis://127.0.0.1:6379/0", namespace=redis_store.namespace, clock=redis_store.clock
+        other = open_store(
+            spec_of(redis_store), namespace=redis_store.namespace, clock=redis_store.clock
         )
         try:
             assert ["upstream"] == other.keys("breaker")
@@ -263,7 +265,7 @@ class TestRedisOnly:
 
     def test_server_time(self, redis_store):
         """Without a test clock, scripts use Redis TIME: reset_timeout runs in real time."""
-        store = RedisStore("redis://127.0.0.1:6379/0", namespace=redis_store.namespace)
+        store = open_store(spec_of(redis_store), namespace=redis_store.namespace)
         try:
             call = flaky(store, reset_timeout=0.2)
             fail(call, 2)

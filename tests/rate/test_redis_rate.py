@@ -23,7 +23,7 @@ from resilience import (
 from resilience.stores import RedisStore
 from resilience.testing import capture_events
 
-from ..redis_workers import URL, rate_worker
+from ..redis_workers import URL, open_store, rate_worker, spec_of
 
 
 def over_limit(starts: list[float], limit: int, width: float) -> int:
@@ -38,7 +38,7 @@ def over_limit(starts: list[float], limit: int, width: float) -> int:
 
 def other_process(store: RedisStore) -> RedisStore:
     """A second store on the same namespace and clock: what another process would see."""
-    return RedisStore(URL, namespace=store.namespace, clock=store.clock)
+    return open_store(spec_of(store), namespace=store.namespace, clock=store.clock)
 
 
 class TestAccounting:
@@ -185,7 +185,7 @@ class TestRealTime:
         """Async callers use the asyncio client and never exceed the budget."""
         import asyncio
 
-        store = RedisStore(URL, namespace=redis_store.namespace)  # server time
+        store = open_store(spec_of(redis_store), namespace=redis_store.namespace)  # server time
         starts = []
 
         @rate_limited(rate=5, per=0.2, key="api", store=store)
@@ -201,7 +201,7 @@ class TestRealTime:
 
     def test_sync_uses_server_time(self, redis_store):
         """Without a test clock the scripts read TIME, and the wait is real."""
-        store = RedisStore(URL, namespace=redis_store.namespace)
+        store = open_store(spec_of(redis_store), namespace=redis_store.namespace)
         starts = []
 
         @rate_limited(rate=1, per=0.1, key="api", store=store)
@@ -276,7 +276,10 @@ def test_processes_never_exceed_the_budget(redis_store, monkeypatch):
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(workers)
     procs = [
-        ctx.Process(target=rate_worker, args=(namespace, rate, per, calls, barrier))
+        ctx.Process(
+            target=rate_worker,
+            args=(namespace, rate, per, calls, barrier, spec_of(redis_store)),
+        )
         for _ in range(workers)
     ]
     log = redis.Redis.from_url(URL)

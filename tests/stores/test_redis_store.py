@@ -18,17 +18,30 @@ def test_runs_scripts_with_server_time(redis_store):
 
 
 def test_keys_are_namespaced(redis_store):
-    """Keys live under namespace:concern:key."""
-    assert f"{redis_store.namespace}:breaker:payments" == redis_store.key("breaker", "payments")
+    """Keys live under namespace:concern:{key}, the key being the hash tag."""
+    assert f"{redis_store.namespace}:breaker:{{payments}}" == redis_store.key("breaker", "payments")
 
 
 def test_accepts_a_client():
-    """A redis.Redis client may be passed instead of a URL."""
-    client = redis.Redis(host="127.0.0.1", port=6379)
+    """A redis.Redis client may be passed instead of a URL; one within the timeout is used as is."""
+    client = redis.Redis(
+        host="127.0.0.1", port=6379, socket_timeout=0.5, socket_connect_timeout=0.5
+    )
     store = RedisStore(client)
     assert client is store.client
     store.close()
     assert client.ping()  # a client we were given stays open
+    client.close()
+
+
+def test_a_client_without_timeouts_is_bounded():
+    """A client that could wait forever is copied with the store's timeout; it stays untouched."""
+    client = redis.Redis(host="127.0.0.1", port=6379)
+    store = RedisStore(client, timeout=0.25)
+    assert client is not store.client
+    assert 0.25 == store.client.connection_pool.connection_kwargs["socket_timeout"]
+    assert 5 == client.connection_pool.connection_kwargs.get("socket_timeout")  # its default
+    store.close()
     client.close()
 
 
@@ -38,6 +51,7 @@ def test_accepts_a_client():
         ({"timeout": 0}, ValueError, r"RedisStore\.timeout must be > 0"),
         ({"idle_ttl": -1}, ValueError, r"RedisStore\.idle_ttl must be > 0"),
         ({"namespace": ""}, ValueError, "namespace must be a non-empty string"),
+        ({"namespace": "a{b}"}, ValueError, "without '{' or '}'"),
     ],
 )
 def test_validation(kwargs, error, match):
@@ -48,8 +62,10 @@ def test_validation(kwargs, error, match):
 
 def test_wrong_type():
     """Anything but a URL or a client is a TypeError."""
-    with pytest.raises(TypeError, match="redis:// URL or a redis.Redis client"):
+    with pytest.raises(TypeError, match="RedisStore takes a URL, a redis-py or valkey-py client"):
         RedisStore(42)
+    with pytest.raises(ValueError, match="URL scheme must be one of"):
+        RedisStore("http://127.0.0.1:6379")
 
 
 def test_unreachable_raises_within_timeout():
