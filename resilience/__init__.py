@@ -9,23 +9,30 @@ from __future__ import annotations
 
 from resilience import _exports
 from resilience._backoff import Backoff
-from resilience._bounded.face import bounded
+from resilience._bounded.adaptive import AdaptiveLimit
+from resilience._bounded.face import BoundedPool, bounded, get_bounded
 from resilience._breaker.contract import CircuitBreakerStats
 from resilience._breaker.face import circuit_breaker
 from resilience._breaker.registry import CircuitBreaker, get_circuit_breaker
+from resilience._budget.quota import RetryQuota, RetryThrottle
 from resilience._budget.state import RetryBudget
 from resilience._clock import SystemClock
 from resilience._compose import Stack, exempt, resilient
 from resilience._config import is_active, set_active
+from resilience._deadline import deadline, remaining
 from resilience._decorating import layers_of
 from resilience._errors import (
     AttemptTimeoutError,
     BoundedTimeoutError,
     CircuitOpenError,
+    DeadlineExceededError,
     RateLimitedError,
     ResilienceError,
     StoreUnavailableError,
+    ThrottledError,
 )
+from resilience._hedge.face import hedged
+from resilience._hedge.policy import HedgingPolicy
 from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
 from resilience._rate.face import rate_limited
 from resilience._rate.window import BackoffWindow, backoff_window
@@ -39,14 +46,18 @@ from resilience._snapshot import (
     Snapshot,
     snapshot,
 )
+from resilience._throttle.face import throttled
+from resilience._throttle.state import ThrottlePolicy
 from resilience._traced import TracedPolicy, traced
 
 
 __all__ = [
+    "AdaptiveLimit",
     "AttemptTimeoutError",
     "Backoff",
     "BackoffWindow",
     "BoundedPolicy",
+    "BoundedPool",
     "BoundedTimeoutError",
     "BreakerSnapshot",
     "BudgetSnapshot",
@@ -54,6 +65,8 @@ __all__ = [
     "CircuitBreakerPolicy",
     "CircuitBreakerStats",
     "CircuitOpenError",
+    "DeadlineExceededError",
+    "HedgingPolicy",
     "LimiterSnapshot",
     "PoolSnapshot",
     "RateLimitPolicy",
@@ -61,25 +74,34 @@ __all__ = [
     "ResilienceError",
     "RetryBudget",
     "RetryPolicy",
+    "RetryQuota",
+    "RetryThrottle",
     "Snapshot",
     "Stack",
     "StoreUnavailableError",
     "SystemClock",
+    "ThrottlePolicy",
+    "ThrottledError",
     "TracedPolicy",
     "backoff_window",
     "bounded",
     "circuit_breaker",
+    "deadline",
     "exempt",
+    "get_bounded",
     "get_circuit_breaker",
+    "hedged",
     "is_active",
     "layers_of",
     "parse_retry_after",
     "rate_limited",
+    "remaining",
     "resilient",
     "retry",
     "retry_after_from",
     "set_active",
     "snapshot",
+    "throttled",
     "traced",
 ]
 

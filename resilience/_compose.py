@@ -3,9 +3,14 @@ Composition: the whole stack of our decorators in one object, and a class decora
 
 The recommended order, outermost first, is the one ``Stack`` applies::
 
-    traced -> retry -> circuit_breaker -> rate_limited -> bounded -> your call
+    traced -> hedged -> retry -> circuit_breaker -> rate_limited -> bounded -> your call
 
-- ``traced`` outermost: one span covers the logical call, all its attempts and waits.
+- ``traced`` outermost: one span covers the logical call, all its attempts and waits
+  (each hedged attempt is a child span of it).
+- ``hedged`` outside ``retry`` (as Polly orders its hedging strategy outside the rest): a
+  hedge is a whole second try of the retried call, and it goes through the breaker, the
+  rate limit and the pool like any call, so hedges are counted and refused honestly. A
+  retry outside the hedge would instead re-run the whole race on each failure.
 - ``retry`` outside the breaker: each attempt asks the breaker, and a refusal
   (``CircuitOpenError``) tells the retry exactly how long to wait (its ``retry_after``).
 - ``circuit_breaker`` outside the limits: a call the breaker refuses takes no rate token and
@@ -20,6 +25,7 @@ Because our decorators join one pipeline, a full stack still costs one wrapper.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
 import inspect
 
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from resilience._dictable import FromDict
+from resilience._hedge.policy import HedgingPolicy
 from resilience._policies import BoundedPolicy, CircuitBreakerPolicy, RateLimitPolicy, RetryPolicy
 from resilience._traced import TracedPolicy
 
@@ -37,11 +44,12 @@ __all__ = ["LIFECYCLE", "ORDER", "Stack", "exempt", "resilient"]
 C = TypeVar("C", bound=type)
 F = TypeVar("F")
 
-ORDER = ("traced", "retry", "circuit_breaker", "rate_limited", "bounded")
+ORDER = ("traced", "hedged", "retry", "circuit_breaker", "rate_limited", "bounded")
 """The stack's layers, outermost first."""
 
 _POLICY_TYPES: dict[str, type[FromDict]] = {
     "traced": TracedPolicy,
+    "hedged": HedgingPolicy,
     "retry": RetryPolicy,
     "circuit_breaker": CircuitBreakerPolicy,
     "rate_limited": RateLimitPolicy,
@@ -60,6 +68,7 @@ class Stack(FromDict):
 
     Args:
         traced: Tracing (outermost).
+        hedged: Hedging (async callables only; ``@resilient`` leaves it off sync methods).
         retry: Retrying; its default delay hook waits out an inner breaker's or limiter's
             ``retry_after``.
         circuit_breaker: The breaker.
@@ -70,6 +79,7 @@ class Stack(FromDict):
     """
 
     traced: TracedPolicy | None = None
+    hedged: HedgingPolicy | None = None
     retry: RetryPolicy | None = None
     circuit_breaker: CircuitBreakerPolicy | None = None
     rate_limited: RateLimitPolicy | None = None
@@ -93,6 +103,7 @@ class Stack(FromDict):
         from resilience import (  # noqa: PLC0415 - the package imports this module
             bounded,
             circuit_breaker,
+            hedged,
             rate_limited,
             retry,
             traced,
@@ -100,6 +111,7 @@ class Stack(FromDict):
 
         makers: dict[str, Callable[[Any], Any]] = {
             "traced": traced,
+            "hedged": hedged,
             "retry": retry,
             "circuit_breaker": circuit_breaker,
             "rate_limited": rate_limited,
@@ -178,7 +190,8 @@ def resilient(
     Sync and async methods, classmethods and staticmethods are decorated, keeping their
     signatures; inherited public methods are decorated on the class itself. Properties,
     nested classes, names starting with ``_`` and the *lifecycle* methods (``close``,
-    ``copy``, ``with_options``...) are left alone.
+    ``copy``, ``with_options``...) are left alone. A stack's ``hedged`` layer applies to
+    the async methods only (a sync call cannot be cancelled).
 
     One logical call gets one layer of each decorator: when a decorated method calls another
     decorated method on the same object (an SDK's ``post`` calls its ``request``), the
@@ -217,6 +230,8 @@ def resilient(
             if not _is_method(raw):
                 continue
             chosen = special.get(name, default)
+            if chosen is not None and chosen.hedged is not None and not _is_async(raw):
+                chosen = _without_hedging(chosen)  # a sync method cannot be hedged
             if chosen is None:
                 continue
             setattr(cls, name, _once_per_call(raw, chosen))
@@ -279,6 +294,17 @@ def _as_stack(value: Stack | Mapping[str, Any]) -> Stack:
         return Stack.from_dict(value)
     msg = f"expected a Stack or a mapping of its policies, got {type(value).__name__}"
     raise TypeError(msg)
+
+
+def _is_async(raw: object) -> bool:
+    target = raw.__func__ if isinstance(raw, classmethod | staticmethod) else raw
+    return inspect.iscoroutinefunction(target)
+
+
+def _without_hedging(stack: Stack) -> Stack | None:
+    if all(getattr(stack, name) is None for name in ORDER if name != "hedged"):
+        return None
+    return dataclasses.replace(stack, hedged=None)
 
 
 def _raw_attribute(cls: type, name: str) -> object:

@@ -9,6 +9,8 @@ The exception tree: every error this package raises on its own account.
           ├── RateLimitedError
           ├── BoundedTimeoutError (also a TimeoutError)
           ├── AttemptTimeoutError (also a TimeoutError)
+          ├── DeadlineExceededError (also a TimeoutError)
+          ├── ThrottledError
           └── StoreUnavailableError
 
 On giving up, ``@retry`` re-raises the caller's *original* exception, never one of these.
@@ -33,9 +35,11 @@ __all__ = [
     "AttemptTimeoutError",
     "BoundedTimeoutError",
     "CircuitOpenError",
+    "DeadlineExceededError",
     "RateLimitedError",
     "ResilienceError",
     "StoreUnavailableError",
+    "ThrottledError",
     "is_control_flow",
 ]
 
@@ -201,6 +205,62 @@ class AttemptTimeoutError(ResilienceError, TimeoutError):
         self.name = name
         self.timeout = timeout
         super().__init__(f"attempt of {name} took longer than {timeout:.3f} s and was cancelled")
+
+
+class DeadlineExceededError(ResilienceError, TimeoutError):
+    """
+    A deadline set with ``resilience.deadline()`` passed while async work was still running.
+
+    The work was cancelled at the deadline. Sync code cannot be interrupted, so it never
+    raises this: a sync block that overruns keeps its own outcome.
+
+    Attributes:
+        seconds: The deadline's length in seconds, as it was set.
+        where: Where it was set (``file:line``), or ``""`` when unknown.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        where: str = "",
+        name: str = "",
+        detail: str = "the work still running was cancelled",
+    ) -> None:
+        self.seconds = seconds
+        self.where = where
+        self.name = name
+        at = f" set at {where}" if where else ""
+        what = f" ({name})" if name else ""
+        then = f"; {detail}" if detail else ""
+        super().__init__(f"the deadline of {seconds:.3f} s{at} passed{what}{then}")
+
+
+class ThrottledError(ResilienceError):
+    """
+    A call was refused locally by ``@throttled``: the upstream has been refusing too many.
+
+    Attributes:
+        key: The throttle's key (or the decorated callable's name).
+        probability: The rejection probability the call drew against.
+        requests: The requests counted over the window before the call.
+        accepts: The accepts counted over the window before the call.
+
+    .. versionadded:: 0.2.0
+    """
+
+    def __init__(self, key: str, *, probability: float, requests: int, accepts: int) -> None:
+        self.key = key
+        self.probability = probability
+        self.requests = requests
+        self.accepts = accepts
+        super().__init__(
+            f"throttled {key!r} locally: the upstream accepted {accepts} of {requests} "
+            f"recent requests, so calls are refused with probability {probability:.3f}; "
+            f"retry later"
+        )
 
 
 def _rebuild(

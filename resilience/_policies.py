@@ -15,6 +15,8 @@ from datetime import timedelta
 from typing import Any
 
 from resilience._backoff import Backoff
+from resilience._bounded.adaptive import AdaptiveLimit
+from resilience._budget.quota import RetryQuota, RetryThrottle
 from resilience._budget.state import RetryBudget
 from resilience._dictable import FromDict
 from resilience._fallback import check_fallback
@@ -91,7 +93,8 @@ class RetryPolicy(FromDict):
         clock: Where time is read and how waits happen (default: the process's clock).
         fallback: Answer instead of raising when the retry gives up on an exception: a
             value, or a callable (sync or async) that receives the exception. None: raise.
-        budget: A ``RetryBudget`` shared with other policies: retries stop when it is spent.
+        budget: A ``RetryBudget``, ``RetryQuota`` or ``RetryThrottle`` shared with other
+            policies: retries stop when it is spent.
 
     .. versionadded:: 0.1.0
     """
@@ -108,7 +111,7 @@ class RetryPolicy(FromDict):
     name: str | None = None
     clock: Clock | None = None
     fallback: Any = None
-    budget: RetryBudget | None = None
+    budget: RetryBudget | RetryQuota | RetryThrottle | None = None
     _retryable: Callable[[BaseException], bool] = field(
         init=False,
         repr=False,
@@ -137,8 +140,13 @@ class RetryPolicy(FromDict):
             raise TypeError(msg)
         _check_clock(owner, self.clock)
         check_fallback(owner, self.fallback)
-        if self.budget is not None and not isinstance(self.budget, RetryBudget):
-            msg = f"{owner}.budget must be a RetryBudget or None, got {type(self.budget).__name__}"
+        if self.budget is not None and not isinstance(
+            self.budget, RetryBudget | RetryQuota | RetryThrottle
+        ):
+            msg = (
+                f"{owner}.budget must be a RetryBudget, RetryQuota, RetryThrottle or None, "
+                f"got {type(self.budget).__name__}"
+            )
             raise TypeError(msg)
 
     # -- tenacity interop (needs the tenacity extra) --------------------------------------
@@ -335,8 +343,17 @@ class RateLimitPolicy(FromDict):
         fail_open: When the *store* cannot be reached in time, let calls start without a
             token (and emit ``resilience.store.unavailable``) instead of raising
             ``StoreUnavailableError``.
+        cost: Units of *rate* one call takes: an int >= 1, or a callable given the call's
+            arguments that returns one (such as an estimate of an LLM request's tokens).
+        settle: A callable given the call's result that returns the units really used
+            (or None to keep the estimate); the difference is given back to, or charged
+            to, the budget as of the call's start.
+        pace_from_headers: Read the quota a server advertises (``RateLimit``,
+            ``x-ratelimit-*``, ``anthropic-ratelimit-*``) on every result and exception;
+            when one has nothing left, open the key's backoff window until it resets.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 *cost*, *settle* and *pace_from_headers*.
     """
 
     rate: int
@@ -350,6 +367,9 @@ class RateLimitPolicy(FromDict):
     delay_hook: Callable[[Any], float | None] | None = retry_after_from
     retry_after_cap: float | timedelta = 60.0
     fail_open: bool = False
+    cost: int | Callable[..., int] = 1
+    settle: Callable[[Any], int | None] | None = None
+    pace_from_headers: bool = False
 
     def __post_init__(self) -> None:
         owner = "RateLimitPolicy"
@@ -366,6 +386,16 @@ class RateLimitPolicy(FromDict):
         _set(self, "retry_after_cap", _retry_after_cap(owner, self.retry_after_cap))
         check_bool(owner, "fail_open", self.fail_open)
         check_store(owner, self.store)
+        if not callable(self.cost):
+            check_int(owner, "cost", self.cost, low=1)
+            if self.cost > self.rate:
+                msg = (
+                    f"{owner}.cost ({self.cost}) must be <= rate ({self.rate}) or no call "
+                    f"could ever start"
+                )
+                raise ValueError(msg)
+        optional_callable(owner, "settle", self.settle)
+        check_bool(owner, "pace_from_headers", self.pace_from_headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +404,8 @@ class BoundedPolicy(FromDict):
     How many units of weight ``@bounded`` lets run at once.
 
     Args:
-        limit: The pool's size in units, a whole number >= 1.
+        limit: The pool's size in units, a whole number >= 1, or an ``AdaptiveLimit``
+            whose live limit moves with latency and drops (see ``get_bounded``).
         key: Decorators with the same key share one pool (default: the callable's name).
         weight: Units one call holds while it runs (1 <= weight <= limit).
         timeout: The most seconds to wait for permits (None: forever).
@@ -387,7 +418,7 @@ class BoundedPolicy(FromDict):
     .. versionadded:: 0.1.0
     """
 
-    limit: int
+    limit: int | AdaptiveLimit
     key: str | None = None
     weight: int = 1
     timeout: float | timedelta | None = None
@@ -397,14 +428,18 @@ class BoundedPolicy(FromDict):
 
     def __post_init__(self) -> None:
         owner = "BoundedPolicy"
-        check_int(owner, "limit", self.limit, low=1)
+        if isinstance(self.limit, AdaptiveLimit):
+            lowest, what = self.limit.min_limit, "limit.min_limit"
+        else:
+            check_int(owner, "limit", self.limit, low=1)
+            lowest, what = self.limit, "limit"
         if self.key is not None and not isinstance(self.key, str):
             msg = f"{owner}.key must be a string or None, got {type(self.key).__name__}"
             raise TypeError(msg)
         check_int(owner, "weight", self.weight, low=1)
-        if self.weight > self.limit:
+        if self.weight > lowest:
             msg = (
-                f"{owner}.weight must be <= limit ({self.limit}) or no call could ever run, "
+                f"{owner}.weight must be <= {what} ({lowest}) or no call could ever run, "
                 f"got {self.weight}"
             )
             raise ValueError(msg)
@@ -412,3 +447,6 @@ class BoundedPolicy(FromDict):
         _check_clock(owner, self.clock)
         check_bool(owner, "fail_open", self.fail_open)
         check_store(owner, self.store)
+
+
+BoundedPolicy._nested = {"limit": AdaptiveLimit}

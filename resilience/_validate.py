@@ -26,6 +26,7 @@ __all__ = [
     "MIN_DURATION",
     "check_bool",
     "check_choice",
+    "check_clock",
     "check_int",
     "check_number",
     "check_store",
@@ -180,6 +181,18 @@ def check_choice(owner: str, field: str, value: object, choices: tuple[str, ...]
         msg = f"{_name(owner, field)} must be one of {listed}, got {value!r}"
         raise ValueError(msg)
     return str(value)
+
+
+def check_clock(owner: str, value: object) -> None:
+    """Raise naming ``owner.clock`` unless *value* is None or a ``resilience.typing.Clock``."""
+    from resilience.typing import Clock  # noqa: PLC0415 - typing is a public module, kept light
+
+    if value is not None and not isinstance(value, Clock):
+        msg = (
+            f"{owner}.clock must provide monotonic(), time(), sleep() and asleep() "
+            f"(see resilience.typing.Clock), got {type(value).__name__}"
+        )
+        raise TypeError(msg)
 
 
 def check_store(owner: str, value: object) -> None:

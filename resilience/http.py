@@ -49,18 +49,22 @@ import sys
 
 from collections.abc import Iterator, Mapping
 
+from resilience import _exports
+from resilience._quota import Quota, parse_quota
 from resilience._retry_after import _lower_headers, retry_after_from
 
 
 __all__ = [
     "GRPC_RETRYABLE_CODES",
     "RETRYABLE_STATUSES",
+    "Quota",
     "THROTTLING_ERROR_CODES",
     "TRANSIENT_ERROR_CODES",
     "causes",
     "is_retryable_error",
     "is_retryable_response",
     "is_retryable_status",
+    "parse_quota",
     "server_delay",
     "status_of",
 ]
@@ -399,3 +403,6 @@ def _headers_delay(outcome: object) -> float | None:
         if verdict == "false":
             return None
     return retry_after_from(outcome)
+
+
+_exports.publish(__name__, globals())  # Quota and parse_quota live in _quota

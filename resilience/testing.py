@@ -121,6 +121,19 @@ class FakeClock:
         self._schedule_jump(loop)
         await future
 
+    def call_later(self, delay: float, callback: Callable[[], object]) -> asyncio.Future[None]:
+        """
+        Run *callback* in the running loop once virtual time has moved *delay* forward.
+
+        Returns a future whose ``cancel()`` stops it (timers of deadlines and hedges).
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        heapq.heappush(self._sleepers, (self._now + max(0.0, delay), next(self._order), future))
+        future.add_done_callback(lambda done: None if done.cancelled() else callback())
+        self._schedule_jump(loop)
+        return future
+
     def _schedule_jump(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._jump_pending:
             self._jump_pending = True

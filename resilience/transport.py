@@ -30,7 +30,9 @@ from typing import Any
 
 import httpx
 
+from resilience import _deadline
 from resilience._compose import Stack, _as_stack
+from resilience._errors import RateLimitedError
 from resilience._rate.window import BackoffWindow, backoff_window
 from resilience.http import server_delay
 from resilience.presets import tinker
@@ -67,6 +69,48 @@ def _origin(url: Any) -> str:
     return f"{url.scheme}://{url.host.lower()}{port}"
 
 
+def _within_deadline(request: Any, header: str | None, style: str) -> None:
+    """Clip the request's timeouts to ``remaining()``; name the time left in *header*."""
+    left = _deadline.remaining()
+    if left is None:
+        return
+    scope = _deadline.current()
+    if left <= 0.0 and scope is not None:
+        raise scope.error(str(request.url), detail="the request was not sent")
+    timeouts = request.extensions.get("timeout") or {}
+    request.extensions["timeout"] = {
+        phase: left if value is None or value > left else value
+        for phase, value in {
+            "connect": None,
+            "read": None,
+            "write": None,
+            "pool": None,
+            **timeouts,
+        }.items()
+    }
+    if header is not None:
+        request.headers[header] = _deadline.format_timeout(left, style)
+
+
+def _window_within_deadline(window: BackoffWindow) -> None:
+    """A backoff window that outlasts the deadline: refuse at once instead of waiting."""
+    left = _deadline.remaining()
+    wait = window.remaining()
+    if left is not None and wait >= left:
+        scope = _deadline.current()
+        reason = f"the backoff window outlasts {scope.describe()}" if scope is not None else ""
+        raise RateLimitedError(window.key, wait, reason=reason)
+
+
+def _style(header: str | None, style: str | None) -> str:
+    if style is None:
+        return "grpc" if header is not None and header.lower() == "grpc-timeout" else "seconds"
+    if style not in ("grpc", "seconds"):
+        msg = f"deadline_format must be 'grpc' or 'seconds', got {style!r}"
+        raise ValueError(msg)
+    return style
+
+
 def _named(stack: Stack, origin: str) -> Stack:
     """The stack with unset breaker names and limiter/pool keys taken from *origin*."""
     changes: dict[str, Any] = {}
@@ -99,6 +143,14 @@ class _PerOrigin:
         return sender
 
 
+def _window_cap(stack: Stack) -> float:
+    """The most seconds one server delay may hold an origin's window: the stack's own cap."""
+    for policy in (stack.retry, stack.rate_limited):
+        if policy is not None:
+            return float(policy.retry_after_cap)  # type: ignore[arg-type]
+    return 60.0
+
+
 def _prepare(request: Any) -> BackoffWindow:
     """
     What is decided before one attempt is sent: the backoff window it must wait out.
@@ -109,36 +161,52 @@ def _prepare(request: Any) -> BackoffWindow:
     return backoff_window(window_key(request.url, request.headers))
 
 
-def _after(response: Any, window: BackoffWindow) -> None:
-    """An error response opens the window for the server's delay (its body already read)."""
+def _after(response: Any, window: BackoffWindow, cap: float) -> None:
+    """An error response opens the window for the server's delay, at most *cap* seconds."""
     delay = server_delay(response)
     if delay is not None and delay > 0.0:
-        window.set(delay, reason=f"HTTP {response.status_code}")
+        window.set(min(delay, cap), reason=f"HTTP {response.status_code}")
 
 
-def _attempt(inner: Any, request: Any) -> Any:
+def _attempt(
+    inner: Any,
+    request: Any,
+    cap: float = 60.0,
+    header: str | None = None,
+    style: str = "seconds",
+) -> Any:
     """One attempt through a sync httpx or httpx2 transport *inner*."""
     window = _prepare(request)
     if window.remaining() > 0.0:
+        _window_within_deadline(window)
         window.wait()
+    _within_deadline(request, header, style)
     response = inner.handle_request(request)
     if response.status_code >= 400:
         response.read()  # frees the connection; the body stays readable
         response.close()
-        _after(response, window)
+        _after(response, window, cap)
     return response
 
 
-async def _attempt_async(inner: Any, request: Any) -> Any:
+async def _attempt_async(
+    inner: Any,
+    request: Any,
+    cap: float = 60.0,
+    header: str | None = None,
+    style: str = "seconds",
+) -> Any:
     """One attempt through an async httpx or httpx2 transport *inner*."""
     window = _prepare(request)
     if window.remaining() > 0.0:
+        _window_within_deadline(window)
         await window.wait_async()
+    _within_deadline(request, header, style)
     response = await inner.handle_async_request(request)
     if response.status_code >= 400:
         await response.aread()
         await response.aclose()
-        _after(response, window)
+        _after(response, window, cap)
     return response
 
 
@@ -149,6 +217,13 @@ class ResilientTransport(httpx.BaseTransport):
     Args:
         stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
         transport: The transport that really sends (default ``httpx.HTTPTransport()``).
+        deadline_header: Send the time left before ``resilience.deadline()`` downstream in
+            this header (such as ``"grpc-timeout"`` or ``"x-request-timeout"``).
+        deadline_format: ``"grpc"`` (``250m``) or ``"seconds"`` (``0.250``); default
+            ``"grpc"`` for a ``grpc-timeout`` header, else ``"seconds"``.
+
+    Under a deadline every request's timeouts are at most ``remaining()``, and a request
+    whose deadline has already passed is not sent (``DeadlineExceededError``).
 
     .. versionadded:: 0.1.0
     """
@@ -158,10 +233,15 @@ class ResilientTransport(httpx.BaseTransport):
         stack: Stack | Mapping[str, Any] | None = None,
         *,
         transport: httpx.BaseTransport | None = None,
+        deadline_header: str | None = None,
+        deadline_format: str | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx.HTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._cap = _window_cap(self.stack)
+        self._deadline_header = deadline_header
+        self._deadline_style = _style(deadline_header, deadline_format)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         """Send *request* through the stack."""
@@ -169,7 +249,9 @@ class ResilientTransport(httpx.BaseTransport):
         return response
 
     def _send_once(self, request: httpx.Request) -> httpx.Response:
-        response: httpx.Response = _attempt(self._inner, request)
+        response: httpx.Response = _attempt(
+            self._inner, request, self._cap, self._deadline_header, self._deadline_style
+        )
         return response
 
     def close(self) -> None:
@@ -184,6 +266,8 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
     Args:
         stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
         transport: The transport that really sends (default ``httpx.AsyncHTTPTransport()``).
+        deadline_header: As for ``ResilientTransport``.
+        deadline_format: As for ``ResilientTransport``.
 
     .. versionadded:: 0.1.0
     """
@@ -193,10 +277,15 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         stack: Stack | Mapping[str, Any] | None = None,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
+        deadline_header: str | None = None,
+        deadline_format: str | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx.AsyncHTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._cap = _window_cap(self.stack)
+        self._deadline_header = deadline_header
+        self._deadline_style = _style(deadline_header, deadline_format)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         """Send *request* through the stack."""
@@ -204,7 +293,9 @@ class AsyncResilientTransport(httpx.AsyncBaseTransport):
         return response
 
     async def _send_once(self, request: httpx.Request) -> httpx.Response:
-        response: httpx.Response = await _attempt_async(self._inner, request)
+        response: httpx.Response = await _attempt_async(
+            self._inner, request, self._cap, self._deadline_header, self._deadline_style
+        )
         return response
 
     async def aclose(self) -> None:

@@ -30,7 +30,14 @@ import httpx2
 
 from resilience._compose import Stack, _as_stack
 from resilience.presets import tinker
-from resilience.transport import _attempt, _attempt_async, _PerOrigin, window_key
+from resilience.transport import (
+    _attempt,
+    _attempt_async,
+    _PerOrigin,
+    _style,
+    _window_cap,
+    window_key,
+)
 
 
 __all__ = ["AsyncResilientTransport", "ResilientTransport", "window_key"]
@@ -43,6 +50,8 @@ class ResilientTransport(httpx2.BaseTransport):
     Args:
         stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
         transport: The transport that really sends (default ``httpx2.HTTPTransport()``).
+        deadline_header: As for ``resilience.transport.ResilientTransport``.
+        deadline_format: As for ``resilience.transport.ResilientTransport``.
 
     .. versionadded:: 0.1.0
     """
@@ -52,10 +61,14 @@ class ResilientTransport(httpx2.BaseTransport):
         stack: Stack | Mapping[str, Any] | None = None,
         *,
         transport: httpx2.BaseTransport | None = None,
+        deadline_header: str | None = None,
+        deadline_format: str | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx2.HTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._deadline_header = deadline_header
+        self._deadline_style = _style(deadline_header, deadline_format)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send *request* through the stack."""
@@ -63,7 +76,13 @@ class ResilientTransport(httpx2.BaseTransport):
         return response
 
     def _send_once(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = _attempt(self._inner, request)
+        response: httpx2.Response = _attempt(
+            self._inner,
+            request,
+            _window_cap(self.stack),
+            self._deadline_header,
+            self._deadline_style,
+        )
         return response
 
     def close(self) -> None:
@@ -78,6 +97,8 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
     Args:
         stack: The policies (a ``Stack`` or its mapping); default ``presets.tinker()``.
         transport: The transport that really sends (default ``httpx2.AsyncHTTPTransport()``).
+        deadline_header: As for ``resilience.transport.ResilientTransport``.
+        deadline_format: As for ``resilience.transport.ResilientTransport``.
 
     .. versionadded:: 0.1.0
     """
@@ -87,10 +108,14 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
         stack: Stack | Mapping[str, Any] | None = None,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,
+        deadline_header: str | None = None,
+        deadline_format: str | None = None,
     ) -> None:
         self._inner = transport if transport is not None else httpx2.AsyncHTTPTransport()
         self.stack = tinker() if stack is None else _as_stack(stack)
         self._senders = _PerOrigin(self.stack, lambda s: s(self._send_once))
+        self._deadline_header = deadline_header
+        self._deadline_style = _style(deadline_header, deadline_format)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         """Send *request* through the stack."""
@@ -98,7 +123,13 @@ class AsyncResilientTransport(httpx2.AsyncBaseTransport):
         return response
 
     async def _send_once(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = await _attempt_async(self._inner, request)
+        response: httpx2.Response = await _attempt_async(
+            self._inner,
+            request,
+            _window_cap(self.stack),
+            self._deadline_header,
+            self._deadline_style,
+        )
         return response
 
     async def aclose(self) -> None:

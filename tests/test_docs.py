@@ -25,7 +25,25 @@ def _snippets() -> list[tuple[str, str]]:
 SNIPPETS = _snippets()
 
 
+def _servers_for(
+    code: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snippets that name a cluster, Sentinel or TLS server get real ones of our own."""
+    if "REDIS_" not in code:
+        return
+    servers = request.getfixturevalue("redis_servers")
+    if "REDIS_CLUSTER_URL" in code:
+        monkeypatch.setenv("REDIS_CLUSTER_URL", f"redis://127.0.0.1:{servers.cluster()[0].port}")
+    if "REDIS_SENTINEL_PORT" in code:
+        monkeypatch.setenv("REDIS_SENTINEL_PORT", str(servers.sentinel()[2].port))
+    if "REDIS_TLS_PORT" in code:
+        port, ca = servers.tls()
+        monkeypatch.setenv("REDIS_TLS_PORT", str(port))
+        monkeypatch.setenv("REDIS_TLS_CA", ca)
+
+
 @pytest.mark.parametrize(("where", "code"), SNIPPETS, ids=[w for w, _ in SNIPPETS])
-def test_snippet_runs(where, code, clock):
+def test_snippet_runs(where, code, clock, request, monkeypatch):
     """The snippet executes without error (with virtual time installed)."""
+    _servers_for(code, request, monkeypatch)
     exec(compile(code, where, "exec"), {"__name__": f"docs_{where}"})

@@ -44,6 +44,7 @@ def test_py_typed_shipped():
 
 PUBLIC_MODULES = [
     "resilience",
+    "resilience.chaos",
     "resilience.dashboard",
     "resilience.http",
     "resilience.presets",
@@ -91,7 +92,8 @@ def test_type_hints_still_resolve_in_the_defining_module():
 
     hints = typing.get_type_hints(resilience.RetryPolicy)
     assert resilience.Backoff is hints["backoff"]
-    assert resilience.RetryBudget | None == hints["budget"]
+    budgets = resilience.RetryBudget | resilience.RetryQuota | resilience.RetryThrottle
+    assert budgets | None == hints["budget"]
     assert int is typing.get_type_hints(resilience.CircuitBreakerPolicy)["failure_threshold"]
     from datetime import timedelta
 

@@ -403,3 +403,19 @@ def test_the_meta_hash_is_bounded(monkeypatch, request):
     finally:
         store.clear()
         store.close()
+
+
+def test_adaptive_pools_and_quotas_in_memory():
+    """An adaptive pool shows its ceiling and its live limit; a keyed quota its tokens left."""
+    from resilience import AdaptiveLimit, RetryQuota
+
+    store = MemoryStore()
+    adaptive = AdaptiveLimit(algorithm="aimd", initial=7, min_limit=2, max_limit=40)
+    assert "ok" == bounded(limit=adaptive, key="svc", store=store)(lambda: "ok")()
+    quota = RetryQuota(capacity=50, key="q", store=store)
+    quota.backend().step(5, 5, 0)
+    taken = snapshot(store)
+    (pool,) = taken.pools
+    assert ("svc", 40, 0) == (pool.key, pool.limit, pool.in_use)
+    assert 2 <= pool.live_limit <= 40
+    assert BudgetSnapshot("q", 45.0, None, None, 0, 0) == _by(taken.budgets, "key")["q"]

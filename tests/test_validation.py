@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import resilience
 
 from resilience import (
+    AdaptiveLimit,
     Backoff,
     BoundedPolicy,
     CircuitBreakerPolicy,
@@ -33,11 +34,14 @@ from resilience import (
     ResilienceError,
     RetryBudget,
     RetryPolicy,
+    Stack,
+    ThrottlePolicy,
     TracedPolicy,
     bounded,
     circuit_breaker,
     rate_limited,
     retry,
+    throttled,
     traced,
 )
 from resilience._validate import MAX_DURATION
@@ -109,9 +113,10 @@ def _end_to_end(decorator: Callable[[Any], Any], field: str = "") -> None:
                 continue
 
 
-def _refused_by_name(error: Exception, owner: str, field: str) -> None:
+def _refused_by_name(error: Exception, owner: str, *fields: str) -> None:
+    """*error* is a ValueError/TypeError naming one of *fields* (a relation names either)."""
     assert isinstance(error, ValueError | TypeError), repr(error)
-    assert field in str(error), f"{owner}.{field}: {error}"
+    assert any(field in str(error) for field in fields), f"{owner}.{fields}: {error}"
 
 
 # (policy class, decorator, the fields that make a valid base policy)
@@ -121,6 +126,8 @@ POLICIES: list[tuple[type[Any], Callable[[Any], Any], dict[str, Any]]] = [
     (RateLimitPolicy, rate_limited, {"rate": 5, "key": "hostile"}),
     (BoundedPolicy, bounded, {"limit": 2, "key": "hostile"}),
     (TracedPolicy, traced, {"name": "hostile", "log": False}),
+    (Stack, lambda stack: stack, {"bounded": BoundedPolicy(limit=2, key="hostile-stack")}),
+    (ThrottlePolicy, throttled, {"key": "hostile-throttle"}),
 ]
 
 
@@ -203,6 +210,26 @@ def test_budget_field(field: str, value: Any) -> None:
     reset()
     with virtual_time():
         _end_to_end(retry(RetryPolicy(attempts=3, budget=budget)))
+
+
+ADAPTIVE_FIELDS = ["algorithm", "initial", "min_limit", "max_limit", "backoff_ratio", "on_drop"]
+
+
+@pytest.mark.parametrize("field", ADAPTIVE_FIELDS)
+@settings(max_examples=40)
+@given(value=hostile)
+def test_adaptive_limit_field(field: str, value: Any) -> None:
+    """AdaptiveLimit refuses a hostile value by name, or works as a @bounded limit."""
+    try:
+        limit = AdaptiveLimit(**{field: value})
+    except Exception as error:
+        # initial, min_limit and max_limit are checked against each other as well
+        bounds = ("initial", "min_limit", "max_limit")
+        _refused_by_name(error, "AdaptiveLimit", *(bounds if field in bounds else (field,)))
+        return
+    reset()
+    with virtual_time():
+        _end_to_end(bounded(BoundedPolicy(limit=limit, key="hostile-adaptive")), field)
 
 
 class TestDurations:
@@ -352,3 +379,23 @@ class TestFromEnv:
     def test_none_word_still_means_none_for_numbers(self) -> None:
         """'none' written out is still how to say "unbounded"."""
         assert RetryPolicy.from_env("R_", {"R_ATTEMPTS": "none"}).attempts is None
+
+
+class TestHugeServerDelays:
+    def test_transport_caps_a_huge_retry_after(self) -> None:
+        """Retry-After: 10**11 s neither breaks the request nor holds the window past the cap."""
+        import httpx
+
+        from resilience import Stack
+        from resilience.transport import ResilientTransport, window_key
+        from tests.httpserver import serve
+
+        stack = Stack(retry=RetryPolicy(attempts=1, retry_after_cap=30.0))
+        with serve() as (base, _server), virtual_time():
+            transport = ResilientTransport(stack)
+            with httpx.Client(transport=transport) as client:
+                response = client.get(f"{base}/status/503?Retry-After=99999999999")
+            assert 503 == response.status_code
+            url = httpx.URL(f"{base}/status/503")
+            remaining = resilience.backoff_window(window_key(url)).remaining()
+            assert 0.0 < remaining <= 30.0

@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypedDict, TypeVar, Unpack, ov
 from resilience._bounded.layer import BoundedLayer
 from resilience._decorating import Decorator, is_target, policy_from
 from resilience._policies import BoundedPolicy
+from resilience.stores._memory import DEFAULT_STORE
 
 
 if TYPE_CHECKING:
+    from resilience._bounded.adaptive import AdaptiveLimit
+    from resilience._bounded.pool import PermitQueue
     from resilience.typing import Clock
 
 
-__all__ = ["BoundedFields", "bounded"]
+__all__ = ["BoundedFields", "BoundedPool", "bounded", "get_bounded"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -38,7 +41,7 @@ T = TypeVar("T")
 class BoundedFields(TypedDict, total=False):
     """The keyword arguments ``@bounded(...)`` accepts: ``BoundedPolicy``'s fields."""
 
-    limit: int
+    limit: int | AdaptiveLimit
     key: str | None
     weight: int
     timeout: float | timedelta | None
@@ -78,3 +81,71 @@ def bounded(policy: Any = None, /, **fields: Any) -> Any:
         msg = "@bounded needs a limit: use @bounded(limit=...)"
         raise TypeError(msg)
     return Decorator(policy_from(BoundedPolicy, "bounded", policy, fields), BoundedLayer)
+
+
+class BoundedPool:
+    """
+    A live view of one ``@bounded`` key's pool: its limit, the units held, the callers waiting.
+
+    Returned by ``get_bounded(key)``. Each attribute is read when asked, so the view follows
+    an ``AdaptiveLimit`` as it moves.
+
+    .. versionadded:: 0.2.0
+    """
+
+    __slots__ = ("_last", "key", "store")
+
+    def __init__(self, key: str, store: Any) -> None:
+        self.key = key
+        self.store = store
+        self._last = self._queue()
+
+    def _queue(self) -> PermitQueue:
+        queue: PermitQueue | None = self.store.peek("pool.queue", self.key)
+        if queue is not None:
+            self._last = queue
+            return queue
+        return self._last
+
+    @property
+    def limit(self) -> int:
+        """The live limit in units (an ``AdaptiveLimit``'s current value)."""
+        return int(self._queue().backend.limit)
+
+    @property
+    def in_use(self) -> int:
+        """The units held now by running calls."""
+        backend = self._queue().backend
+        return int(backend.limit - backend.available())
+
+    @property
+    def waiting(self) -> int:
+        """The callers of this process waiting for permits now."""
+        return len(self._queue().waiters)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BoundedPool {self.key!r} limit={self.limit} in_use={self.in_use} "
+            f"waiting={self.waiting}>"
+        )
+
+
+def get_bounded(key: str, *, store: Any = None) -> BoundedPool:
+    """
+    Return a live view of the pool that every ``@bounded(key=key)`` shares.
+
+    Args:
+        key: The pool's key (a decorated callable's qualified name if none was given).
+        store: The store it lives in (default: this process's memory).
+
+    Raises:
+        KeyError: If no call or decorator has made a pool of that key in that store yet.
+
+    .. versionadded:: 0.2.0
+    """
+    where = DEFAULT_STORE if store is None else store
+    if where.peek("pool.queue", key) is None:
+        known = ", ".join(sorted(where.keys("pool.queue"))) or "none"
+        msg = f"no @bounded pool with key {key!r} in {where!r}; known: {known}"
+        raise KeyError(msg)
+    return BoundedPool(key, where)

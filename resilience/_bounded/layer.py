@@ -17,7 +17,8 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from resilience import _clock, _config
+from resilience import _clock, _config, _deadline
+from resilience._bounded.adaptive import AdaptiveLimit, AdaptivePoolBackend
 from resilience._bounded.pool import MemoryPoolBackend, PermitQueue
 from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import BoundedTimeoutError, StoreUnavailableError
@@ -39,7 +40,7 @@ class BoundedLayer(KeyedLayer):
     """``@bounded``'s layer: take permits before the call, give them back after it."""
 
     decorator = "bounded"
-    __slots__ = ("_epoch", "_queue", "_remote", "timeout")
+    __slots__ = ("_adaptive", "_epoch", "_queue", "_remote", "timeout")
     policy: BoundedPolicy
 
     def __init__(self, policy: BoundedPolicy) -> None:
@@ -47,6 +48,7 @@ class BoundedLayer(KeyedLayer):
         self.timeout: float | None = policy.timeout  # type: ignore[assignment]
         self._epoch = -1
         self._remote = False
+        self._adaptive = False
 
     def _refresh(self) -> PermitQueue:
         """Fetch (and check) the key's pool; again after ``resilience.testing.reset()``."""
@@ -55,23 +57,46 @@ class BoundedLayer(KeyedLayer):
         queue: PermitQueue = store.backend(
             "pool.queue", self.key, store.backend("pool", self.key, policy)
         )
-        if queue.backend.limit != policy.limit:
+        adaptive = isinstance(queue.backend, AdaptivePoolBackend)
+        if adaptive or not isinstance(policy.limit, int):
+            self._check_adaptive(queue)
+        elif queue.backend.limit != policy.limit:
             msg = (
                 f"@bounded key {self.key!r} already has a pool of {queue.backend.limit} units; "
                 f"a pool sharing the key must use the same limit (got limit={policy.limit})"
             )
             raise ValueError(msg)
         self._queue = queue
+        self._adaptive = adaptive
         # Memory pools never block: the runners call them inline; others go through
         # ``_run_remote``/``_arun_remote`` (async twins, store-unavailable handling).
         self._remote = not isinstance(queue.backend, MemoryPoolBackend)
         self._epoch = EPOCH.n
         return queue
 
+    def _check_adaptive(self, queue: PermitQueue) -> None:
+        """A key's adaptive pool is shared only by decorators given an equal ``AdaptiveLimit``."""
+        backend = queue.backend
+        limit = self.policy.limit
+        if not isinstance(backend, AdaptivePoolBackend) or backend.adaptive != limit:
+            held = backend.adaptive if isinstance(backend, AdaptivePoolBackend) else backend.limit
+            msg = (
+                f"@bounded key {self.key!r} already has a pool with limit={held!r}; a pool "
+                f"sharing the key must use the same limit (got limit={limit!r})"
+            )
+            raise ValueError(msg)
+
     def _clock(self) -> Clock:
         return _clock.resolve(self.policy.clock)
 
-    def _waited(self, queue: PermitQueue, got: bool, started: float, clock: Clock) -> None:
+    def _waited(
+        self,
+        queue: PermitQueue,
+        got: bool,
+        started: float,
+        clock: Clock,
+        timeout: float | None = None,
+    ) -> None:
         waited = clock.monotonic() - started
         if BUS.subs:
             name = "resilience.bounded.wait" if got else "resilience.bounded.timeout"
@@ -81,27 +106,41 @@ class BoundedLayer(KeyedLayer):
                 {
                     "key": self.key,
                     "name": self.name,
-                    "limit": self.policy.limit,
+                    "limit": queue.backend.limit,
                     "weight": self.policy.weight,
                 },
             )
         if not got:
-            timeout = waited if self.timeout is None else self.timeout
-            raise BoundedTimeoutError(
-                self.key, limit=self.policy.limit, weight=self.policy.weight, timeout=timeout
+            error = BoundedTimeoutError(
+                self.key,
+                limit=queue.backend.limit,
+                weight=self.policy.weight,
+                timeout=waited if timeout is None else timeout,
             )
+            deadline = _deadline.current()
+            if deadline is not None and timeout != self.timeout:
+                error.add_note(f"resilience.bounded: waited until {deadline.describe()}")
+            raise error
+
+    def _timeout(self) -> float | None:
+        """The policy's timeout, shortened to the time left before the current deadline."""
+        left = _deadline.remaining()
+        timeout = self.timeout
+        return timeout if left is None or (timeout is not None and timeout <= left) else left
 
     def _wait_sync(self, queue: PermitQueue) -> None:
         clock: Clock = _clock.SYSTEM_CLOCK  # threads block on a real lock: measure real time
         started = clock.monotonic()
-        got = queue.acquire(self.policy.weight, self.timeout)
-        self._waited(queue, got, started, clock)
+        timeout = self._timeout()
+        got = queue.acquire(self.policy.weight, timeout)
+        self._waited(queue, got, started, clock, timeout)
 
     async def _wait_async(self, queue: PermitQueue) -> None:
         clock = self._clock()
         started = clock.monotonic()
-        got = await queue.acquire_async(self.policy.weight, self.timeout, clock)
-        self._waited(queue, got, started, clock)
+        timeout = self._timeout()
+        got = await queue.acquire_async(self.policy.weight, timeout, clock)
+        self._waited(queue, got, started, clock, timeout)
 
     # -- a remote store (Redis) ----------------------------------------------------------
 
@@ -162,7 +201,114 @@ class BoundedLayer(KeyedLayer):
             except StoreUnavailableError as error:
                 self._release_failed(error)
 
+    # -- an adaptive limit: time each call and feed its sample to the pool's algorithm --------
+
+    def _moved(self, before: int, after: int, dropped: bool) -> None:
+        emit(
+            "resilience.bounded.limit",
+            {"limit": float(after), "previous": float(before)},
+            {"key": self.key, "name": self.name, "dropped": dropped},
+        )
+
+    def _build_adaptive_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        weight = self.policy.weight
+        adaptive = self.policy.limit
+        assert isinstance(adaptive, AdaptiveLimit)
+        is_drop = adaptive.is_drop
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+            sample = backend.sample_release
+            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+            if not in_use:
+                layer._wait_sync(queue)
+                in_use = backend.used
+            clock = layer._clock()
+            started = clock.monotonic()
+            dropped: bool | None = False
+            try:
+                return call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                dropped = is_drop(exc)
+                raise
+            except BaseException:  # control flow: neither a drop nor a latency sample
+                dropped = None
+                raise
+            finally:
+                if dropped is None:
+                    queue.release(weight)
+                else:
+                    before = backend.limit
+                    sample(weight, clock.monotonic() - started, in_use, dropped)
+                    if queue.waiters:
+                        queue.wake()
+                    if BUS.subs and backend.limit != before:
+                        layer._moved(before, backend.limit, dropped)
+
+        return run
+
+    def _build_adaptive_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        weight = self.policy.weight
+        adaptive = self.policy.limit
+        assert isinstance(adaptive, AdaptiveLimit)
+        is_drop = adaptive.is_drop
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+            sample = backend.sample_release
+            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+            if not in_use:
+                await layer._wait_async(queue)
+                in_use = backend.used
+            clock = layer._clock()
+            started = clock.monotonic()
+            dropped: bool | None = False
+            try:
+                return await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                dropped = is_drop(exc)
+                raise
+            except BaseException:  # control flow: neither a drop nor a latency sample
+                dropped = None
+                raise
+            finally:
+                if dropped is None:
+                    queue.release(weight)
+                else:
+                    before = backend.limit
+                    sample(weight, clock.monotonic() - started, in_use, dropped)
+                    if queue.waiters:
+                        queue.wake()
+                    if BUS.subs and backend.limit != before:
+                        layer._moved(before, backend.limit, dropped)
+
+        return run
+
     def build_sync(self, call_next: Runner) -> Runner:
+        if not isinstance(self.policy.limit, int):
+            return self._build_adaptive_sync(call_next)
         layer = self
         switches = _config.state
         epoch = EPOCH
@@ -192,6 +338,8 @@ class BoundedLayer(KeyedLayer):
         return run
 
     def build_async(self, call_next: Runner) -> Runner:
+        if not isinstance(self.policy.limit, int):
+            return self._build_adaptive_async(call_next)
         layer = self
         switches = _config.state
         epoch = EPOCH

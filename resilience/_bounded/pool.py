@@ -250,6 +250,12 @@ class PermitQueue:
         """The async twin of ``release`` (a remote store's queue gives back without blocking)."""
         self.release(weight)
 
+    def wake(self) -> None:
+        """Let waiters in after units came back to the backend some other way."""
+        if self.waiters:
+            with self._lock:
+                self._dispatch()
+
     def _dispatch(self) -> None:
         """Grant the head of the queue while its weight fits (the lock is held)."""
         waiters = self.waiters
@@ -396,7 +402,11 @@ TOKENS_MAX = 1024
 
 
 def memory_pool(key: str, policy: BoundedPolicy, store: MemoryStore) -> MemoryPoolBackend:
-    """``MemoryStore``'s ``"pool"`` factory."""
+    """``MemoryStore``'s ``"pool"`` factory (an adaptive pool for an ``AdaptiveLimit``)."""
+    if not isinstance(policy.limit, int):
+        from resilience._bounded.adaptive import AdaptivePoolBackend  # noqa: PLC0415 - circular
+
+        return AdaptivePoolBackend(policy.limit)
     if policy.limit > TOKENS_MAX:
         return CountedPoolBackend(policy.limit)
     return MemoryPoolBackend(policy.limit)

@@ -3,8 +3,8 @@ The Redis backend of ``@bounded``: permits as leases that expire unless renewed.
 
 Each grant is a *lease*: an id (``<host>:<pid>:<random>:<n>``) with an expiry and a weight.
 
-- ``<ns>:pool:<key>:leases``: a sorted set, lease id -> expiry (whole microseconds).
-- ``<ns>:pool:<key>:weights``: a hash, lease id -> weight, plus ``#total``, the units held.
+- ``<ns>:pool:{<key>}:leases``: a sorted set, lease id -> expiry (whole microseconds).
+- ``<ns>:pool:{<key>}:weights``: a hash, lease id -> weight, plus ``#total``, the units held.
 
 ``try_acquire`` is one script: purge the expired leases (giving their units back), then
 grant if ``#total + weight <= limit``. ``release`` removes one lease (idempotent).
@@ -78,8 +78,9 @@ local function used()
   return tonumber(redis.call('HGET', weights, TOTAL) or '0')
 end
 
+-- The idle ttl, or until the newest lease expires (its horizon), whichever is later.
 local function keep()
-  local ms = math.max(ttl, math.ceil(2 * lease / 1000))
+  local ms = math.max(ttl, math.ceil(lease / 1000))
   redis.call('PEXPIRE', leases, ms)
   redis.call('PEXPIRE', weights, ms)
 end
@@ -333,6 +334,12 @@ class RedisPermitQueue(PermitQueue):
 
 def redis_pool_backend(key: str, policy: BoundedPolicy, store: RedisStore) -> RedisPoolBackend:
     """Build the Redis pool of *key* from *policy* (the ``"pool"`` factory)."""
+    if not isinstance(policy.limit, int):
+        msg = (
+            f"@bounded key {key!r}: an AdaptiveLimit is kept in memory for now; "
+            f"use a MemoryStore, or a fixed limit on a RedisStore"
+        )
+        raise ValueError(msg)
     return RedisPoolBackend(store, key, policy.limit, store.lease)
 
 

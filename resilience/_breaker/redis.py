@@ -7,7 +7,9 @@ script: atomic on the server, one round trip, on the server's clock. The state l
 hash, ``<ns>:breaker:<name>``; a count window (the last N calls) adds a string of ``0``/``1``
 bytes, ``<ns>:breaker:<name>:ring``, read and written with ``GETRANGE``/``SETRANGE`` so every
 step is O(1). A time window keeps its ten buckets as fields of the hash. Times are whole
-microseconds (see ``NOW_LUA``). Every script refreshes the keys' idle expiry.
+microseconds (see ``NOW_LUA``). Every script refreshes the keys' expiry: the store's
+``idle_ttl``, or longer while the state still matters (an open spell until its
+``reset_timeout``, a time window for its span). Both keys share the hash tag ``{<name>}``.
 
 Hash fields: ``s`` state (0 closed, 1 open, 2 half-open), ``c`` consecutive failures, ``e``
 spell number, ``p`` probes running, ``o`` opened at, ``r`` reason, ``n`` times opened, ``f``
@@ -71,6 +73,8 @@ local state, consecutive, probes = num('s'), num('c'), num('p')
 local epoch = tonumber(h.e) or 1
 local opened_at, reason = num('o'), h.r or ''
 local wcalls, wfails = num('wc'), num('wf')
+local state0, dirty0 = state, consecutive > 0
+local CHANNEL = ARGV[#ARGV]  -- '' unless processes keep this breaker's state locally
 
 local function advance()
   local width = span / 10
@@ -126,6 +130,18 @@ local function window_clear()
   end
 end
 
+-- How long the keys must live: the idle ttl, and while the state still matters (an open
+-- spell until its reset_timeout, a time window's span) at least that: its horizon.
+local function life()
+  local ms = ttl
+  if state == OPEN then
+    local left = math.ceil((opened_at + reset_us - now) / 1000)
+    if left > ms then ms = left end
+  end
+  if span > 0 and math.ceil(span / 1000) > ms then ms = math.ceil(span / 1000) end
+  return ms
+end
+
 local function reported()
   if state == OPEN and now >= opened_at + reset_us then return HALF_OPEN end
   return state
@@ -140,8 +156,14 @@ local function save()
     flat[#flat + 1] = value
   end
   redis.call('HSET', K, unpack(flat))
-  redis.call('PEXPIRE', K, ttl)
-  if size > 0 then redis.call('PEXPIRE', RING, ttl) end
+  local ms = life()
+  redis.call('PEXPIRE', K, ms)
+  if size > 0 then redis.call('PEXPIRE', RING, ms) end
+  -- Tell the processes that keep this state locally: "<state>|<dirty>|<key>".
+  local dirty = consecutive > 0
+  if CHANNEL ~= '' and (state ~= state0 or dirty ~= dirty0) then
+    redis.call('PUBLISH', CHANNEL, state .. '|' .. (dirty and 1 or 0) .. '|' .. K)
+  end
 end
 
 -- {from, to, reason, consecutive, window calls, window failures}
@@ -175,7 +197,7 @@ _ADMIT: Final = (
     _COMMON
     + """
 if state == CLOSED then
-  redis.call('PEXPIRE', K, ttl)
+  redis.call('PEXPIRE', K, life())
   return {0, 0, 0, '', CLOSED, consecutive}
 end
 local open_for = now - opened_at
@@ -227,7 +249,7 @@ end
 if state ~= CLOSED or outcome == 2 then return false end
 if outcome == 0 then
   if size == 0 and span == 0 and consecutive == 0 then
-    redis.call('PEXPIRE', K, ttl)
+    redis.call('PEXPIRE', K, life())
     return false
   end
   consecutive = 0
@@ -272,7 +294,7 @@ local shown = reported()
 local is_open = (state == OPEN or state == HALF_OPEN) and 1 or 0
 local retry_after = 0
 if shown == OPEN then retry_after = opened_at + reset_us - now end
-if raw[1] ~= nil then redis.call('PEXPIRE', K, ttl) end
+if raw[1] ~= nil then redis.call('PEXPIRE', K, life()) end
 return {shown, consecutive, wcalls, wfails, state == HALF_OPEN and probes or 0, is_open,
   now - opened_at, retry_after, num('n'), num('f'), num('j')}
 """
@@ -293,11 +315,22 @@ class RedisBreaker:
     ``closed`` stays False (only Redis knows), so the decorator always asks ``admit``;
     ``dirty`` is refreshed from each admission's consecutive count, so a success in the
     closed state of a breaker without failures costs no second round trip.
+
+    With ``RedisStore(local_breakers=True)``, a breaker in consecutive-failure mode keeps
+    ``closed`` and ``dirty`` in this process: a healthy call costs no round trip; failures
+    are still recorded atomically in Redis, and every change (open, half-open, closed, a
+    failure streak begun or broken) is published by the script that made it and applied
+    here by the store's listener thread (see ``stores._redis``), typically within a
+    millisecond. While the listener is not subscribed, ``closed`` stays False: every call
+    asks Redis.
     """
 
     __slots__ = (
+        "__weakref__",
         "_args",
+        "_channel",
         "_keys",
+        "_listener",
         "_policy_clock",
         "_windowed",
         "closed",
@@ -327,10 +360,10 @@ class RedisBreaker:
         self.dirty = True
         self._windowed = config.window_size is not None or config.window_duration is not None
         self._keys = (store.key("breaker", name), store.key("breaker", name, "ring"))
-        # An open state must outlive reset_timeout (and a time window its span) when idle.
-        longest = max(config.reset_timeout, config.window_duration or 0.0) * 2
+        # The scripts keep an open state until reset_timeout passed, and a time window's
+        # buckets for its span, even past the idle ttl (``life()``).
         self._args: tuple[Any, ...] = (
-            max(store.ttl_ms, round(longest * 1000)),
+            store.ttl_ms,
             config.failure_threshold,
             round(config.reset_timeout * _US),
             config.half_open_max_calls,
@@ -341,6 +374,12 @@ class RedisBreaker:
             f"{config.reset_timeout:g}",
             json.dumps(list(config)),
         )
+        self._listener: Any = None
+        self._channel = ""
+        if not self._windowed and getattr(store, "local_breakers", False):
+            self._listener = store.breaker_listener()
+            self._channel = self._listener.channel
+            self._listener.watch(self._keys[0], self)
 
     @classmethod
     def load(cls, name: str, store: RedisStore) -> RedisBreaker | None:
@@ -353,7 +392,17 @@ class RedisBreaker:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _argv(self, *extra: Any) -> list[Any]:
-        return [self.store.now_arg(), *self._args, *extra]
+        return [self.store.now_arg(), *self._args, *extra, self._channel]
+
+    def apply(self, state: int, dirty: bool) -> None:
+        """A change published by a script (the listener's thread): follow it."""
+        self.dirty = dirty or state != 0
+        self.closed = state == 0 and self._listener is not None and self._listener.live
+
+    def forget(self) -> None:
+        """The listener lost its subscription: ask Redis on every call until it is back."""
+        self.closed = False
+        self.dirty = True
 
     def _run(self, script: str, *extra: Any) -> Any:
         return self.store.run(script, self._keys, self._argv(*extra), key=self.name)
@@ -375,11 +424,17 @@ class RedisBreaker:
             int(failures),
         )
 
-    def _admission(self, reply: Any) -> Admission:
+    def _admission(self, reply: Any, seen: int = -1) -> Admission:
         ticket, retry_after, open_for, reason, met, consecutive = reply[:6]
         if met == 0:
             self.dirty = self._windowed or consecutive > 0
+            listener = self._listener
+            # Closed now, and no change was heard while we asked: keep it locally. (A change
+            # heard meanwhile may be newer than this reply; the next call asks again.)
+            if listener is not None and listener.live and listener.heard == seen:
+                self.closed = True
             return ADMITTED
+        self.closed = False
         self.dirty = True
         transition = self._transition(reply[6:12]) if len(reply) > 6 else None
         text = _text(reason)
@@ -396,21 +451,35 @@ class RedisBreaker:
 
     # -- the protocol ---------------------------------------------------------------------------
 
+    def _heard(self) -> int:
+        listener = self._listener
+        return -1 if listener is None else int(listener.heard)
+
     def admit(self) -> Admission:
         """Decide whether a call may start; reserve a probe slot if it is a probe."""
-        return self._admission(self._run(_ADMIT))
+        seen = self._heard()
+        return self._admission(self._run(_ADMIT), seen)
 
     async def aadmit(self) -> Admission:
         """The async twin of ``admit``."""
-        return self._admission(await self._arun(_ADMIT))
+        seen = self._heard()
+        return self._admission(await self._arun(_ADMIT), seen)
+
+    def _recorded(self, ticket: int, outcome: int, reply: Any) -> Transition | None:
+        transition = self._transition(reply)
+        if transition is not None and transition.to_state != "closed":
+            self.closed = False
+        if self._listener is not None and ticket == 0 and outcome != 2:
+            self.dirty = outcome == 1  # a failure begins a streak; a success ends it
+        return transition
 
     def record(self, ticket: int, outcome: int) -> Transition | None:
         """Apply a call's outcome; return the state change it caused, if any."""
-        return self._transition(self._run(_RECORD, ticket, outcome))
+        return self._recorded(ticket, outcome, self._run(_RECORD, ticket, outcome))
 
     async def arecord(self, ticket: int, outcome: int) -> Transition | None:
         """The async twin of ``record``."""
-        return self._transition(await self._arun(_RECORD, ticket, outcome))
+        return self._recorded(ticket, outcome, await self._arun(_RECORD, ticket, outcome))
 
     def reset(self) -> Transition | None:
         """Close the breaker and clear its counts (the totals since creation stay)."""

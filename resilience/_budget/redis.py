@@ -3,7 +3,7 @@
 
 The same accounting as ``resilience._budget.state.BudgetState`` (calls and retries in ten buckets
 of ``window / 10``, with running totals), written in Lua so that each step is one script,
-one round trip, on the server's clock. The state is one hash, ``<ns>:budget:<key>``: ``cur``
+one round trip, on the server's clock. The state is one hash, ``<ns>:budget:{<key>}``: ``cur``
 the newest bucket, ``tc``/``tr`` the totals, ``c0``..``c9``/``r0``..``r9`` the buckets.
 """
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from resilience.stores._redis import RedisStore
 
 
-__all__ = ["RedisBudgetBackend", "redis_budget_backend"]
+__all__ = ["RedisBudgetBackend", "RedisTokenBackend", "redis_budget_backend", "redis_tokens"]
 
 # ARGV: 1 now, 2 ttl ms, 3 ratio, 4 bucket width us, 5 floor (retries allowed whatever the
 # calls), 6 the step: 'deposit', 'withdraw' or 'balance'. Reply: the balance (text) or 1/0.
@@ -101,7 +101,7 @@ class RedisBudgetBackend:
         }
         self._keys = (store.key("budget", key),)
         self._args = (
-            max(store.ttl_ms, round(window * 2000)),
+            max(store.ttl_ms, round(window * 1000)),  # the idle ttl, or the window's horizon
             repr(budget.ratio),
             repr(window * _US / 10),
             repr(budget.min_retries_per_second * window),
@@ -149,9 +149,61 @@ class RedisBudgetBackend:
         return f"<RedisBudgetBackend {self._keys[0]!r}>"
 
 
+# KEYS: the bucket. ARGV: 1 capacity, 2 take, 3 need, 4 give, 5 ttl ms. A missing bucket is
+# full. Reply: {1 if taken (or nothing to take) else 0, tokens after}.
+_TOKENS: Final = """
+local capacity = tonumber(ARGV[1])
+local take, need, give = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local tokens = tonumber(redis.call('GET', KEYS[1])) or capacity
+local ok = 1
+if take > 0 then
+  if tokens >= need then
+    tokens = math.max(0, tokens - take)
+  else
+    ok = 0
+  end
+end
+tokens = math.min(capacity, tokens + give)
+redis.call('SET', KEYS[1], string.format('%d', tokens), 'PX', tonumber(ARGV[5]))
+return {ok, tokens}
+"""
+
+
+class RedisTokenBackend:
+    """``TokenBackend`` in Redis: one integer per key, each step one script."""
+
+    __slots__ = ("_capacity", "_keys", "key", "store")
+
+    def __init__(self, key: str, capacity: int, store: RedisStore) -> None:
+        self.key = key
+        self.store = store
+        self._capacity = capacity
+        self._keys = (store.key("tokens", key),)
+
+    def step(self, take: int, need: int, give: int) -> tuple[bool, int]:
+        """Take *take* tokens if at least *need* are there, then add *give*."""
+        args = [self._capacity, take, need, give, self.store.ttl_ms]
+        ok, tokens = self.store.run(_TOKENS, self._keys, args, key=self.key)
+        return bool(ok), int(tokens)
+
+    async def astep(self, take: int, need: int, give: int) -> tuple[bool, int]:
+        """The async twin of ``step``, on the store's asyncio client."""
+        args = [self._capacity, take, need, give, self.store.ttl_ms]
+        ok, tokens = await self.store.arun(_TOKENS, self._keys, args, key=self.key)
+        return bool(ok), int(tokens)
+
+    def __repr__(self) -> str:
+        return f"<RedisTokenBackend {self._keys[0]!r}>"
+
+
 def redis_budget_backend(key: str, budget: RetryBudget, store: RedisStore) -> RedisBudgetBackend:
     """``RedisStore``'s ``"budget"`` factory."""
     return RedisBudgetBackend(key, budget, store)
+
+
+def redis_tokens(key: str, owner: Any, store: RedisStore) -> RedisTokenBackend:
+    """``RedisStore``'s ``"tokens"`` factory (``RetryQuota``, ``RetryThrottle``)."""
+    return RedisTokenBackend(key, owner.bucket_capacity, store)
 
 
 # -- the operator's view: one HGETALL, never a script ------------------------------------------

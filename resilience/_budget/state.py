@@ -284,7 +284,8 @@ class RetryBudget(FromDict):
         Take one retry if the budget allows it; return whether it did.
 
         ``@retry`` passes the failure asking for the retry (*outcome*, and *server_delay*:
-        whether its wait came from the server); a budget counts every retry alike.
+        whether its wait came from the server); a budget counts every retry alike (a
+        ``RetryQuota`` prices them by it).
 
         An unreachable store allows the retry (the policy's own limits still apply) and
         emits ``resilience.store.unavailable``: the caller's error is never replaced.
@@ -294,6 +295,9 @@ class RetryBudget(FromDict):
         except StoreUnavailableError as error:
             store_unavailable(error, decorator="retry_budget", fail_open=True)
             return True
+
+    def gave_up(self, outcome: object = None) -> None:
+        """The retry core gave up on a call: nothing to do for a budget (quotas use it)."""
 
     async def atry_retry(self, outcome: object = None, server_delay: bool = False) -> bool:
         """The async twin of ``try_retry``: a remote store's round trip does not block."""

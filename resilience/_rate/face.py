@@ -50,6 +50,9 @@ class RateLimitFields(TypedDict, total=False):
     delay_hook: Callable[[Any], float | None] | None
     retry_after_cap: float | timedelta
     fail_open: bool
+    cost: int | Callable[..., int]
+    settle: Callable[[Any], int | None] | None
+    pace_from_headers: bool
 
 
 @overload

@@ -16,15 +16,17 @@ never block.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from resilience import _clock, _config
+from resilience import _clock, _config, _deadline
 from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
+from resilience._quota import pause_for
 from resilience._rate.state import MemoryRateBackend, RateBackend
 from resilience._rate.window import WindowBackend
 from resilience._retry_after import safe_delay
@@ -54,13 +56,29 @@ class _Epoch:
 
 EPOCH = _Epoch()
 _config.on_reset(EPOCH.bump)
+_deadline_now = _deadline._current.get
+
+
+def _until_deadline(max_wait: float) -> float:
+    """*max_wait*, shortened to the time left before the current deadline (if any)."""
+    left = _deadline.remaining()
+    return max_wait if left is None or left >= max_wait else left
 
 
 class RateLimitLayer(KeyedLayer):
     """``@rate_limited``'s layer: reserve a start, sleep until it, open the window on 429s."""
 
     decorator = "rate_limited"
-    __slots__ = ("_backend", "_epoch", "_remote", "_window", "limit", "max_wait", "rtt")
+    __slots__ = (
+        "_backend",
+        "_epoch",
+        "_remote",
+        "_window",
+        "limit",
+        "max_wait",
+        "rtt",
+        "weighted",
+    )
     policy: RateLimitPolicy
 
     def __init__(self, policy: RateLimitPolicy) -> None:
@@ -73,6 +91,7 @@ class RateLimitLayer(KeyedLayer):
         self.limit = f"{policy.rate} per {policy.per:g} s{burst}"
         self._epoch = -1
         self._remote = False
+        self.weighted = policy.cost != 1 or policy.settle is not None
         # A remote store's async round trip is bounded by the policy's timeout too.
         timeout = policy.timeout
         self.rtt: float | None = timeout if policy.wait and timeout else None  # type: ignore[assignment]
@@ -94,6 +113,13 @@ class RateLimitLayer(KeyedLayer):
         self._backend = backend
         # Memory backends never block: the async runner calls their sync methods directly.
         self._remote = not isinstance(backend, MemoryRateBackend)
+        if self.weighted and not hasattr(backend, "reserve_units"):
+            msg = (
+                f"@rate_limited key {self.key!r}: cost= and settle= need a store whose rate "
+                f"backend counts units ({type(backend).__name__} does not yet); use a "
+                f"MemoryStore"
+            )
+            raise ValueError(msg)
         self._epoch = EPOCH.n
         return backend
 
@@ -122,14 +148,14 @@ class RateLimitLayer(KeyedLayer):
 
     def _next(self, backend: RateBackend, waited: float) -> float:
         """After a sleep: 0.0 to start, or the next wait (a window extended, a late wake)."""
-        wait = backend.resume(max(0.0, self.max_wait - waited))
+        wait = backend.resume(max(0.0, _until_deadline(self.max_wait - waited)))
         if wait < 0.0:
             raise self._refuse(-wait)
         return wait
 
     async def _anext(self, backend: RateBackend, waited: float) -> float:
         """``_next`` through the backend's async twin (a remote store)."""
-        wait = await backend.aresume(max(0.0, self.max_wait - waited), self.rtt)
+        wait = await backend.aresume(max(0.0, _until_deadline(self.max_wait - waited)), self.rtt)
         if wait < 0.0:
             raise self._refuse(-wait)
         return wait
@@ -165,6 +191,8 @@ class RateLimitLayer(KeyedLayer):
 
     def _failed(self, exc: BaseException) -> None:
         """A call failed: if it carries a server delay, open the key's backoff window."""
+        if self.policy.pace_from_headers:
+            self._pace(exc)
         delay = safe_delay(self.policy.delay_hook, exc, decorator="rate_limited", name=self.name)
         if not delay:  # None or 0: no window
             return
@@ -177,14 +205,229 @@ class RateLimitLayer(KeyedLayer):
                 {"key": self.key, "name": self.name, "reason": "failure", "exception": exc},
             )
 
+    # -- advertised quotas (pace_from_headers) ----------------------------------------------
+
+    def _pace(self, outcome: object) -> None:
+        """An exhausted advertised quota opens the key's backoff window until it resets."""
+        pause = pause_for(outcome)
+        if pause is None:
+            return
+        seconds = min(pause, float(self.policy.retry_after_cap))  # type: ignore[arg-type]
+        try:
+            left = self._window.extend(seconds)
+        except StoreUnavailableError as error:
+            self._unavailable(error)
+            return
+        if BUS.subs:
+            emit(
+                "resilience.window.set",
+                {"seconds": seconds, "remaining": left},
+                {"key": self.key, "name": self.name, "reason": "quota"},
+            )
+
+    # -- weighted calls (cost, settle) ------------------------------------------------------
+
+    def _cost(self, units: object) -> int:
+        """A callable cost's answer that is not a whole number in [1, rate]: say why."""
+        if not isinstance(units, int) or isinstance(units, bool) or units < 1:
+            msg = (
+                f"@rate_limited cost for {self.name} must return a whole number >= 1, got {units!r}"
+            )
+            raise ValueError(msg)
+        if units > self.policy.rate:
+            msg = (
+                f"@rate_limited cost for {self.name} is {units} units, above the rate of "
+                f"{self.policy.rate} per {self.policy.per:g} s: it could never start"
+            )
+            raise ValueError(msg)
+        return units
+
+    def _settled(self, result: object, cost: int) -> int:
+        """The units to give back (< 0) or charge (> 0) once *result* shows the real usage."""
+        settle = self.policy.settle
+        assert settle is not None
+        used: object = settle(result)
+        if used is None:
+            return 0
+        if not isinstance(used, int) or isinstance(used, bool) or used < 0:
+            msg = f"@rate_limited settle for {self.name} must return a whole number >= 0 or None"
+            raise ValueError(msg)
+        return min(used, self.policy.rate) - cost
+
+    def _release_failed(self, error: StoreUnavailableError) -> None:
+        """A settle did not reach the store: the estimate stands; never mask the result."""
+        with contextlib.suppress(StoreUnavailableError):
+            self._unavailable(error)
+
+    def _wait_units_sync(
+        self, backend: Any, wait: float, cost: int, reserved: float
+    ) -> tuple[float, float]:
+        """Wait for a reserved turn of *cost* units; return ``(reserved, started)``."""
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        if BUS.subs:
+            self._announce(wait, backend.pending())
+        clock = self._clock()
+        waited, started = 0.0, math.nan
+        while wait > 0.0:
+            clock.sleep(wait)
+            waited += wait
+            wait, again, started = backend.resume_units(max(0.0, self.max_wait - waited), cost)
+            if wait < 0.0:
+                raise self._refuse(-wait)
+            if not math.isnan(again):
+                reserved = again
+        return reserved, started
+
+    async def _wait_units_async(
+        self, backend: Any, wait: float, cost: int, reserved: float
+    ) -> tuple[float, float]:
+        """The async twin of ``_wait_units_sync``."""
+        if wait < 0.0:
+            raise self._refuse(-wait)
+        if BUS.subs:
+            self._announce(wait, await backend.apending() if self._remote else backend.pending())
+        clock = self._clock()
+        waited, started = 0.0, math.nan
+        while wait > 0.0:
+            await clock.asleep(wait)
+            waited += wait
+            left = max(0.0, self.max_wait - waited)
+            if self._remote:
+                wait, again, started = await backend.aresume_units(left, cost)
+            else:
+                wait, again, started = backend.resume_units(left, cost)
+            if wait < 0.0:
+                raise self._refuse(-wait)
+            if not math.isnan(again):
+                reserved = again
+        return reserved, started
+
+    def _build_weighted_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        hooked = self.policy.delay_hook is not None or self.policy.pace_from_headers
+        pace = self.policy.pace_from_headers
+        settles = self.policy.settle is not None
+        policy_cost = self.policy.cost
+        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
+        fixed = 0 if callable(policy_cost) else policy_cost
+        max_wait = self.max_wait
+        rate = self.policy.rate
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            cost = fixed or estimate(*args, **kwargs)
+            if type(cost) is not int or not 0 < cost <= rate:
+                cost = layer._cost(cost)
+            stamps: tuple[float, float] | None = None
+            try:
+                wait, reserved, started = backend.reserve_units(max_wait, cost)
+                stamps = (
+                    layer._wait_units_sync(backend, wait, cost, reserved)
+                    if wait
+                    else (reserved, started)
+                )
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without units
+            try:
+                result = call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if hooked:
+                    layer._failed(exc)
+                raise
+            if pace:
+                layer._pace(result)
+            if settles and stamps is not None:
+                delta = layer._settled(result, cost)
+                if delta:
+                    try:
+                        backend.settle_units(stamps[0], stamps[1], delta)
+                    except StoreUnavailableError as error:
+                        layer._release_failed(error)
+            return result
+
+        return run
+
+    def _build_weighted_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        hooked = self.policy.delay_hook is not None or self.policy.pace_from_headers
+        pace = self.policy.pace_from_headers
+        settles = self.policy.settle is not None
+        policy_cost = self.policy.cost
+        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
+        fixed = 0 if callable(policy_cost) else policy_cost
+        max_wait = self.max_wait
+        rate = self.policy.rate
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            cost = fixed or estimate(*args, **kwargs)
+            if type(cost) is not int or not 0 < cost <= rate:
+                cost = layer._cost(cost)
+            stamps: tuple[float, float] | None = None
+            try:
+                if layer._remote:
+                    wait, reserved, started = await backend.areserve_units(max_wait, cost)
+                else:
+                    wait, reserved, started = backend.reserve_units(max_wait, cost)
+                stamps = (
+                    await layer._wait_units_async(backend, wait, cost, reserved)
+                    if wait
+                    else (reserved, started)
+                )
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without units
+            try:
+                result = await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if hooked:
+                    layer._failed(exc)
+                raise
+            if pace:
+                layer._pace(result)
+            if settles and stamps is not None:
+                delta = layer._settled(result, cost)
+                if delta:
+                    try:
+                        if layer._remote:
+                            await backend.asettle_units(stamps[0], stamps[1], delta)
+                        else:
+                            backend.settle_units(stamps[0], stamps[1], delta)
+                    except StoreUnavailableError as error:
+                        layer._release_failed(error)
+            return result
+
+        return run
+
     # -- runners ---------------------------------------------------------------------------
 
     def build_sync(self, call_next: Runner) -> Runner:
+        if self.weighted:
+            return self._build_weighted_sync(call_next)
         layer = self
         switches = _config.state
         epoch = EPOCH
         max_wait = self.max_wait
-        hooked = self.policy.delay_hook is not None
+        pace = self.policy.pace_from_headers
+        hooked = self.policy.delay_hook is not None or pace
         direct = call_next is terminal
 
         def run(
@@ -196,29 +439,37 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
             try:
-                wait = backend.reserve(max_wait)
+                wait = backend.reserve(bound)
                 if wait:
                     layer._wait_sync(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
             try:
                 if direct:  # innermost: call the function itself, one frame less
-                    return wrapped(*args, **kwargs)
-                return call_next(wrapped, instance, args, kwargs)
+                    result = wrapped(*args, **kwargs)
+                else:
+                    result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
                 if hooked:
                     layer._failed(exc)
                 raise
+            if pace:
+                layer._pace(result)
+            return result
 
         return run
 
     def build_async(self, call_next: Runner) -> Runner:
+        if self.weighted:
+            return self._build_weighted_async(call_next)
         layer = self
         switches = _config.state
         epoch = EPOCH
         max_wait = self.max_wait
-        hooked = self.policy.delay_hook is not None
+        pace = self.policy.pace_from_headers
+        hooked = self.policy.delay_hook is not None or pace
         direct = call_next is terminal
 
         async def run(
@@ -230,22 +481,27 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
             try:
                 if layer._remote:
-                    wait = await backend.areserve(max_wait, layer.rtt)
+                    wait = await backend.areserve(bound, layer.rtt)
                 else:
-                    wait = backend.reserve(max_wait)
+                    wait = backend.reserve(bound)
                 if wait:
                     await layer._wait_async(backend, wait)
             except StoreUnavailableError as error:
                 layer._unavailable(error)  # fail-open: start without a token
             try:
                 if direct:  # innermost: await the function itself, one frame less
-                    return await wrapped(*args, **kwargs)
-                return await call_next(wrapped, instance, args, kwargs)
+                    result = await wrapped(*args, **kwargs)
+                else:
+                    result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
                 if hooked:
                     layer._failed(exc)
                 raise
+            if pace:
+                layer._pace(result)
+            return result
 
         return run

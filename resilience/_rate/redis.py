@@ -3,17 +3,23 @@ The Redis backend of ``@rate_limited``: the sliding log of reserved starts, kept
 
 Same rule and same accounting as ``RateState`` (read its module docstring), as Redis data:
 
-- ``<ns>:rate:<key>:log``: a list of the last *rate* reserved start times (whole
-  microseconds of server time), in reservation order, so non-decreasing. A reservation
-  is decided and appended by one script, so callers in different processes are served in
-  the order they reach Redis.
-- ``<ns>:rate:<key>:starts``: a list of the last *rate* actual starts (``admit``).
-- ``<ns>:window:<key>``: the key's backoff window (see ``_rate.redis_window``), read by the same
+- ``<ns>:rate:{<key>}:log``: a list of the last reserved start times (whole
+  microseconds of server time), in reservation order, so non-decreasing; at least the
+  last *rate*, trimmed to those once it holds 2 x *rate* (one LTRIM per *rate* pushes). A
+  reservation is decided and appended by one script, so callers in different processes
+  are served in the order they reach Redis.
+- ``<ns>:rate:{<key>}:starts``: the same for actual starts (``admit``).
+- ``<ns>:window:{<key>}``: the key's backoff window (see ``_rate.redis_window``), read by the same
   script as one more lower bound on the start.
 
-Every method is one Lua script, one round trip (EVALSHA); every script PEXPIREs what it
-writes, so an idle budget disappears after the store's ``idle_ttl`` (or after its last
-reservation has left the window, whichever is later).
+Every key shares the hash tag ``{<key>}``, so one script touches one cluster slot. Every
+method is one Lua script, one round trip (EVALSHA); a decision reads only the entries it
+needs (``LINDEX`` at -1, -rate, -burst: no scan, no pop loop) and every script PEXPIREs
+what it writes, so an idle budget disappears after the store's ``idle_ttl`` or once its
+last entry has left the window (its horizon), whichever is later. An immediate start costs
+9 commands (``TIME``, ``GET`` of the window, 2 ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the
+log; ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the starts), plus one per burst check and an
+amortized ``LTRIM``.
 """
 
 from __future__ import annotations
@@ -53,60 +59,64 @@ local function window_end()
   return nil
 end
 
--- Keep a list alive for at least its idle ttl and until *until_us* has left the window.
+-- Keep a list alive for at least its idle ttl and until *until_us* has left the window
+-- (after that nothing in it constrains a start: its horizon).
 local function keep(name, until_us)
   local ms = math.ceil((until_us + per - now) / 1000)
   if ms < ttl then ms = ttl end
   redis.call('PEXPIRE', name, ms)
 end
 
+-- Append *t*; trim to the last *rate* entries once the list holds twice that (amortized:
+-- one LTRIM per *rate* pushes). Entries before the last *rate* never constrain anything:
+-- the rule reads the entries at -1, -rate and -burst only.
+local function push(name, t)
+  if redis.call('RPUSH', name, fmt(t)) >= 2 * rate then
+    redis.call('LTRIM', name, -rate, -1)
+  end
+end
+
+local function at(name, index)
+  local v = redis.call('LINDEX', name, index)
+  if v then return tonumber(v) end
+  return nil
+end
+
 -- RateState.admit: record an actual start now, or return the microseconds to wait first.
 -- *slack* covers the jitter between this server reading and where the call really begins.
 local function admit()
-  local count = redis.call('LLEN', starts)
   local need = now
-  if count >= rate then
-    local first = tonumber(redis.call('LINDEX', starts, -rate)) + per + slack
-    if first > need then need = first end
-  end
-  if burst < rate and count >= burst then
-    local edge = tonumber(redis.call('LINDEX', starts, -burst)) + gap + slack
-    if edge > need then need = edge end
+  local first = at(starts, -rate)
+  if first and first + per + slack > need then need = first + per + slack end
+  if burst < rate then
+    local edge = at(starts, -burst)
+    if edge and edge + gap + slack > need then need = edge + gap + slack end
   end
   if need > now then return need - now end
-  redis.call('RPUSH', starts, fmt(now))
-  if count >= rate then redis.call('LTRIM', starts, -rate, -1) end
+  push(starts, now)
   keep(starts, now)
   return 0
 end
 
 -- RateState.reserve: reserve the earliest allowed start within *max_wait* (< 0: no limit).
+-- An entry older than the window gives a bound in the past: no need to drop it first.
 local function reserve(max_wait)
-  while true do  -- drop reservations no window that matters holds any more
-    local head = redis.call('LINDEX', log, 0)
-    if not head or tonumber(head) + per > now then break end
-    redis.call('LPOP', log)
-  end
   local start = now
   local floor = window_end()
   if floor and floor > start then start = floor end
-  local count = redis.call('LLEN', log)
-  if count > 0 then
-    local last = tonumber(redis.call('LINDEX', log, -1))
+  local last = at(log, -1)
+  if last then
     if last > start then start = last end
-    if count >= rate then
-      local first = tonumber(redis.call('LINDEX', log, -rate)) + per
-      if first > start then start = first end
-    end
-    if burst < rate and count >= burst then
-      local edge = tonumber(redis.call('LINDEX', log, -burst)) + gap
-      if edge > start then start = edge end
+    local first = at(log, -rate)
+    if first and first + per > start then start = first + per end
+    if burst < rate then
+      local edge = at(log, -burst)
+      if edge and edge + gap > start then start = edge + gap end
     end
   end
   local wait = start - now
   if max_wait >= 0 and wait > max_wait then return -wait end
-  redis.call('RPUSH', log, fmt(start))
-  if count >= rate then redis.call('LTRIM', log, -rate, -1) end
+  push(log, start)
   keep(log, start)
   if wait > 0 then return wait end
   return admit()
@@ -141,6 +151,138 @@ end
 return n
 """
 )
+
+
+# -- weighted calls: RateState.reserve_units / admit_units / settle_units, as Lua ----------
+# A call of cost c is c copies of its start in the lists; ARGV[9] is the cost.
+_UNITS = (
+    _COMMON
+    + """
+local cost = tonumber(ARGV[9])
+
+local function bound(list, start, span, spacing)
+  local count = redis.call('LLEN', list)
+  local back = rate - cost + 1
+  if count >= back then
+    local t = tonumber(redis.call('LINDEX', list, -back)) + span
+    if t > start then start = t end
+  end
+  if burst < rate then
+    local c = cost
+    if c > burst then c = burst end
+    local bback = burst - c + 1
+    if count >= bback then
+      local e = tonumber(redis.call('LINDEX', list, -bback)) + spacing
+      if e > start then start = e end
+    end
+  end
+  return start
+end
+
+local function push(list, value, n)
+  local values = {}
+  for i = 1, n do values[i] = value end
+  for i = 1, n, 1000 do
+    redis.call('RPUSH', list, unpack(values, i, math.min(i + 999, n)))
+  end
+  redis.call('LTRIM', list, -rate, -1)
+end
+
+local function admit_units()
+  local need = bound(starts, now, per + slack, gap + slack)
+  if need > now then return need - now end
+  push(starts, fmt(now), cost)
+  keep(starts, now)
+  return 0
+end
+
+local function reserve_units(max_wait)
+  while true do
+    local head = redis.call('LINDEX', log, 0)
+    if not head or tonumber(head) + per > now then break end
+    redis.call('LPOP', log)
+  end
+  local start = now
+  local floor = window_end()
+  if floor and floor > start then start = floor end
+  local last = redis.call('LINDEX', log, -1)
+  if last and tonumber(last) > start then start = tonumber(last) end
+  start = bound(log, start, per, gap)
+  local wait = start - now
+  if max_wait >= 0 and wait > max_wait then return {-wait, start, -1} end
+  push(log, fmt(start), cost)
+  keep(log, start)
+  if wait > 0 then return {wait, start, -1} end
+  local need = admit_units()
+  if need == 0 then return {0, start, now} end
+  return {need, start, -1}
+end
+"""
+)
+
+_RESERVE_UNITS = _UNITS + "return reserve_units(tonumber(ARGV[7]))\n"
+
+_RESUME_UNITS = (
+    _UNITS
+    + """
+local floor = window_end()
+if floor and floor > now then return reserve_units(tonumber(ARGV[7])) end
+local need = admit_units()
+if need == 0 then return {0, -1, now} end
+return {need, -1, -1}
+"""
+)
+
+# ARGV[10] the reservation, ARGV[11] the actual start (microseconds; -1: none), ARGV[12]
+# the units to give back (< 0) or charge (> 0), as of those times.
+_SETTLE_UNITS = (
+    _COMMON
+    + """
+local delta = tonumber(ARGV[12])
+local function settle(list, stamp)
+  if stamp < 0 then return end
+  local value = fmt(stamp)
+  if delta < 0 then
+    redis.call('LREM', list, delta, value)
+    return
+  end
+  local items = redis.call('LRANGE', list, 0, -1)
+  local out, placed = {}, false
+  for i = 1, #items do
+    if not placed and tonumber(items[i]) > stamp then
+      for _ = 1, delta do out[#out + 1] = value end
+      placed = true
+    end
+    out[#out + 1] = items[i]
+  end
+  if not placed then
+    for _ = 1, delta do out[#out + 1] = value end
+  end
+  redis.call('DEL', list)
+  for i = 1, #out, 1000 do
+    redis.call('RPUSH', list, unpack(out, i, math.min(i + 999, #out)))
+  end
+  redis.call('LTRIM', list, -rate, -1)
+  keep(list, stamp)
+end
+settle(log, tonumber(ARGV[10]))
+settle(starts, tonumber(ARGV[11]))
+return 1
+"""
+)
+
+
+def _stamp(micros: int) -> float:
+    return math.nan if micros < 0 else micros / 1_000_000
+
+
+def _units_reply(reply: Any) -> tuple[float, float, float]:
+    wait, reserved, started = (int(part) for part in reply)
+    return wait / 1_000_000, _stamp(reserved), _stamp(started)
+
+
+def _stamp_arg(seconds: float) -> int:
+    return -1 if math.isnan(seconds) else round(seconds * 1_000_000)
 
 
 def _micros(seconds: float) -> int:
@@ -226,6 +368,46 @@ class RedisRateBackend:
         """Return the operator's view of this budget (plain reads: no script, no write)."""
         found: LimiterSnapshot = read_one(self.store, "rate", key, self.meta())
         return found
+
+    # -- weighted calls (cost, settle) ------------------------------------------------------
+
+    def _units_argv(self, max_wait: float | None, cost: int) -> list[Any]:
+        return [*self._argv(max_wait), cost]
+
+    def reserve_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """``reserve`` for *cost* units: ``(wait, reserved, started)`` (see ``RateState``)."""
+        argv = self._units_argv(max_wait, cost)
+        return _units_reply(self.store.run(_RESERVE_UNITS, self._keys, argv, key=self.key))
+
+    async def areserve_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """The async twin of ``reserve_units``."""
+        argv = self._units_argv(max_wait, cost)
+        reply = await self.store.arun(_RESERVE_UNITS, self._keys, argv, key=self.key)
+        return _units_reply(reply)
+
+    def resume_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """``resume`` for *cost* units: ``(wait, reserved, started)``; reserved NaN if kept."""
+        argv = self._units_argv(max_wait, cost)
+        return _units_reply(self.store.run(_RESUME_UNITS, self._keys, argv, key=self.key))
+
+    async def aresume_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """The async twin of ``resume_units``."""
+        argv = self._units_argv(max_wait, cost)
+        reply = await self.store.arun(_RESUME_UNITS, self._keys, argv, key=self.key)
+        return _units_reply(reply)
+
+    def _settle_argv(self, reserved: float, started: float, delta: int) -> list[Any]:
+        return [*self._units_argv(None, 1), _stamp_arg(reserved), _stamp_arg(started), delta]
+
+    def settle_units(self, reserved: float, started: float, delta: int) -> None:
+        """Give back or charge *delta* units as of the call's start (see ``RateState``)."""
+        argv = self._settle_argv(reserved, started, delta)
+        self.store.run(_SETTLE_UNITS, self._keys, argv, key=self.key)
+
+    async def asettle_units(self, reserved: float, started: float, delta: int) -> None:
+        """The async twin of ``settle_units``."""
+        argv = self._settle_argv(reserved, started, delta)
+        await self.store.arun(_SETTLE_UNITS, self._keys, argv, key=self.key)
 
     def __repr__(self) -> str:
         return (

@@ -157,6 +157,93 @@ class RateState:
         starts.append(now)
         return 0.0
 
+    # -- weighted calls: a call of cost c takes c units (c copies of its start) ------------
+    # The rule per unit: the start s of c units needs the window (s - per, s] to hold at
+    # most rate - c other units, so the (rate - c + 1)-th newest unit must have left it.
+
+    def _bound(self, log: deque[float], start: float, cost: int, per: float, gap: float) -> float:
+        count = len(log)
+        back = self.rate - cost + 1
+        if count >= back and log[-back] + per > start:
+            start = log[-back] + per
+        if self.spaced:
+            bback = self.burst - min(cost, self.burst) + 1
+            if count >= bback and log[-bback] + gap > start:
+                start = log[-bback] + gap
+        return start
+
+    def reserve_units(
+        self, now: float, max_wait: float, cost: int, floor: float = -math.inf, slack: float = 0.0
+    ) -> tuple[float, float, float]:
+        """
+        ``reserve`` for a call of *cost* units.
+
+        Returns:
+            ``(wait, reserved, started)``: *wait* as ``reserve`` answers it; *reserved* the
+            reservation's time; *started* the actual start when admitted now, else NaN.
+        """
+        log, starts, per = self.log, self.starts, self.per
+        while log and log[0] + per <= now:
+            log.popleft()
+        if floor <= now and not self.spaced:
+            # The common case, inline: room now in both logs (no window, nobody ahead).
+            while starts and starts[0] + per + slack <= now:
+                starts.popleft()
+            room = self.rate - cost
+            if len(log) <= room and len(starts) <= room and (not log or log[-1] <= now):
+                if cost == 1:
+                    log.append(now)
+                    starts.append(now)
+                else:
+                    log.extend([now] * cost)
+                    starts.extend([now] * cost)
+                return 0.0, now, now
+        start = now if now > floor else floor
+        if log and log[-1] > start:
+            start = log[-1]
+        start = self._bound(log, start, cost, per, self.gap)
+        wait = start - now
+        if wait > max_wait:
+            return -wait, start, math.nan
+        log.extend([start] * cost)
+        if wait:
+            return wait, start, math.nan
+        need = self.admit_units(now, cost, slack)
+        return need, start, (now if need == 0.0 else math.nan)
+
+    def admit_units(self, now: float, cost: int, slack: float = 0.0) -> float:
+        """``admit`` for a call of *cost* units: 0.0 when recorded, else the seconds to wait."""
+        starts = self.starts
+        per = self.per + slack
+        while starts and starts[0] + per <= now:
+            starts.popleft()
+        need = self._bound(starts, now, cost, per, self.gap + slack)
+        if need > now:
+            return need - now
+        starts.extend([now] * cost)
+        return 0.0
+
+    def settle_units(self, reserved: float, started: float, delta: int) -> None:
+        """
+        Give back (*delta* < 0) or charge (*delta* > 0) units as of the call's start.
+
+        The units sit at the call's reservation and actual start; a charge that overfills
+        the log drops its oldest units, which can only make later starts wait longer.
+        """
+        for log, stamp in ((self.log, reserved), (self.starts, started)):
+            if math.isnan(stamp):
+                continue
+            items = list(log)
+            if delta < 0:
+                low = bisect.bisect_left(items, stamp)
+                high = bisect.bisect_right(items, stamp)
+                del items[low : low + min(-delta, high - low)]
+            else:
+                at = bisect.bisect_right(items, stamp)
+                items[at:at] = [stamp] * delta
+            log.clear()
+            log.extend(items)
+
     def pending(self, now: float) -> int:
         """Return how many reserved starts lie in the future (the waiting queue's depth)."""
         return len(self.log) - bisect.bisect_right(self.log, now)
@@ -308,6 +395,29 @@ class MemoryRateBackend:
         if self._window.remaining() <= 0.0:
             return self.admit()
         return self.reserve(max_wait)
+
+    def reserve_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """``reserve`` for *cost* units: ``(wait, reserved, started)`` (see ``RateState``)."""
+        clock = _clock.resolve(self._clock)
+        with self._lock:
+            return self._state.reserve_units(
+                clock.monotonic(), max_wait, cost, self._window.end, getattr(clock, "slack", 0.0)
+            )
+
+    def resume_units(self, max_wait: float, cost: int) -> tuple[float, float, float]:
+        """``resume`` for *cost* units: ``(wait, reserved, started)``; reserved NaN if kept."""
+        if self._window.remaining() > 0.0:
+            return self.reserve_units(max_wait, cost)
+        clock = _clock.resolve(self._clock)
+        with self._lock:
+            now = clock.monotonic()
+            need = self._state.admit_units(now, cost, getattr(clock, "slack", 0.0))
+        return need, math.nan, (now if need == 0.0 else math.nan)
+
+    def settle_units(self, reserved: float, started: float, delta: int) -> None:
+        """Give back or charge *delta* units as of the call's start (see ``RateState``)."""
+        with self._lock:
+            self._state.settle_units(reserved, started, delta)
 
     def pending(self) -> int:
         """Return how many reserved starts lie in the future."""

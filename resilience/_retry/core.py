@@ -26,9 +26,10 @@ import math
 import random
 import threading
 
-from typing import TYPE_CHECKING, Final, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
-from resilience import _config
+from resilience import _config, _deadline
 from resilience._errors import ResilienceError
 from resilience._retry_after import retry_after_from, safe_delay
 
@@ -37,9 +38,10 @@ if TYPE_CHECKING:
     from resilience._policies import RetryPolicy
 
 
-__all__ = ["WITHDRAW", "LastSuccess", "RetryCall", "Rules", "Verdict"]
+__all__ = ["WITHDRAW", "Allowance", "LastSuccess", "RetryCall", "Rules", "Verdict"]
 
 _SWITCHES = _config.state  # never replaced, only its attributes set
+_deadline_in_force = _deadline._current.get  # the innermost deadline, or None
 
 
 class Verdict(enum.Enum):
@@ -49,6 +51,27 @@ class Verdict(enum.Enum):
 
 
 WITHDRAW: Final = Verdict.WITHDRAW
+
+
+class Allowance(Protocol):
+    """
+    What the drivers ask of ``RetryPolicy.budget`` (a ``RetryBudget``; a quota may join it).
+
+    Each retry withdraws one (``try_retry`` or, in async code, ``atry_retry``), told the
+    failure asking for it and whether its wait came from the server (a 429's Retry-After);
+    each call deposits once (``counting`` wraps the runner; ``arecord_call`` for async
+    generators, which count themselves). ``describe`` words the rule for the give-up note.
+    """
+
+    def try_retry(self, outcome: object = None, server_delay: bool = False) -> bool: ...
+
+    async def atry_retry(self, outcome: object = None, server_delay: bool = False) -> bool: ...
+
+    async def arecord_call(self) -> None: ...
+
+    def counting(self, runner: Callable[..., Any], kind: str = "sync") -> Callable[..., Any]: ...
+
+    def describe(self) -> str: ...
 
 
 class LastSuccess:
@@ -91,6 +114,8 @@ class Rules:
         "base",
         "budget",
         "cap",
+        "default_hook",
+        "guarded",
         "hook",
         "last_success",
         "limit",
@@ -103,6 +128,7 @@ class Rules:
     def __init__(self, policy: RetryPolicy) -> None:
         self.limit: float = math.inf if policy.attempts is None else policy.attempts
         self.hook = policy.delay_hook
+        self.default_hook = self.hook is retry_after_from
         self.backoff = policy.backoff
         self.base = policy.backoff.base
         self.zero = self.base == 0.0  # every strategy and jitter gives 0: no draw
@@ -110,8 +136,9 @@ class Rules:
         self.timeout = cast("float | None", policy.timeout)
         self.timeout_text = "" if self.timeout is None else f"the timeout of {self.timeout:g} s"
         self.progress_timeout = cast("float | None", policy.progress_timeout)
-        self.budget = policy.budget
+        self.budget: Allowance | None = policy.budget
         self.last_success = LastSuccess() if policy.progress_timeout is not None else None
+        self.guarded = self.timeout is not None or self.budget is not None
 
 
 class RetryCall:
@@ -152,8 +179,7 @@ class RetryCall:
             return None
         if rules.last_success is not None and self.progress_expired(now):
             return None
-        hook = rules.hook
-        if hook is retry_after_from:  # the default hook: skip its call when it has no source
+        if rules.default_hook:  # skip the default hook's call when the outcome has no source
             try:
                 hinted = (
                     isinstance(outcome, ResilienceError)
@@ -163,7 +189,7 @@ class RetryCall:
             except Exception:  # a raising property: let the hook decide (it never raises)
                 hinted = True
         else:
-            hinted = hook is not None
+            hinted = rules.hook is not None
         if hinted or not rules.zero:
             delay = self._delay_for(outcome)
         else:  # base 0: every strategy and jitter gives 0, so no draw either
@@ -171,11 +197,13 @@ class RetryCall:
             self.server_delay = False
         if testing:
             delay = 0.0
-        if rules.timeout is not None and self._crosses(delay, now):
-            return None
-        if rules.budget is not None:
-            self.pending = delay
-            return WITHDRAW
+        # A limit on time or a budget to ask (per policy), or a deadline (per context).
+        if rules.guarded or _deadline_in_force() is not None:
+            if self._crosses(delay, now):
+                return None
+            if rules.budget is not None:
+                self.pending = delay
+                return WITHDRAW
         self.attempt += 1
         return delay
 
@@ -193,18 +221,27 @@ class RetryCall:
         """
         The seconds left for waits and attempts and what sets them; None without a limit.
 
-        Every limit on time is read here: ``timeout`` counts from the call's start.
+        Every limit on time is read here: ``timeout`` counts from the call's start, and the
+        deadline in force (``resilience.deadline``) caps it when it ends sooner.
         """
         rules = self.rules
-        if rules.timeout is None:
-            return None
-        return rules.timeout - (now - self.started), rules.timeout_text
+        left = None
+        if rules.timeout is not None:
+            left = rules.timeout - (now - self.started), rules.timeout_text
+        scope = _deadline_in_force()
+        if scope is not None:
+            until = _deadline.remaining()
+            if until is not None and (left is None or until < left[0]):
+                left = until, f"{scope.describe()} ({until:.3f} s left)"
+        return left
 
     def _crosses(self, delay: float, now: float) -> bool:
         """Whether a wait of *delay* would end past the time left (then say so in ``reason``)."""
         left = self.time_left(now)
-        if left is None or delay <= left[0]:
+        if left is None or delay < left[0]:
             return False
+        if delay == left[0] and left[1] is self.rules.timeout_text:
+            return False  # a wait may end exactly at the timeout (a deadline leaves no time)
         self.reason = f"the next wait of {delay:.3f} s would cross {left[1]}"
         return True
 

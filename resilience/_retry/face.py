@@ -24,6 +24,7 @@ from resilience._retry.layer import RetryLayer
 
 if TYPE_CHECKING:
     from resilience._backoff import Backoff
+    from resilience._budget.quota import RetryQuota, RetryThrottle
     from resilience._budget.state import RetryBudget
     from resilience.typing import Clock, ExceptionFilter
 
@@ -50,7 +51,7 @@ class RetryFields(TypedDict, total=False):
     name: str | None
     clock: Clock | None
     fallback: Any
-    budget: RetryBudget | None
+    budget: RetryBudget | RetryQuota | RetryThrottle | None
 
 
 @overload

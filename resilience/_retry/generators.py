@@ -32,7 +32,7 @@ __all__ = ["apump", "build_asyncgen", "build_gen", "pump"]
 
 def build_gen(layer: RetryLayer, call_next: Runner) -> Runner:
     """The generator driver: retry until the first item, then pass everything through."""
-    retryable, budget = layer.retryable, layer.policy.budget
+    retryable, budget = layer.retryable, layer.rules.budget
     start, failed, tracker = layer._start, layer.tracker.failed, layer.tracker
     last_success = layer.last_success
 
@@ -88,7 +88,7 @@ def build_gen(layer: RetryLayer, call_next: Runner) -> Runner:
 
 def build_asyncgen(layer: RetryLayer, call_next: Runner) -> Runner:
     """``build_gen`` for async generators; ``attempt_timeout`` bounds the first item."""
-    retryable, budget = layer.retryable, layer.policy.budget
+    retryable, budget = layer.retryable, layer.rules.budget
     start, failed, tracker = layer._start, layer.tracker.failed, layer.tracker
     last_success = layer.last_success
     limit = cast("float | None", layer.policy.attempt_timeout)

@@ -1,5 +1,5 @@
 """
-``RetryLayer``: ``@retry``'s per-policy constants and its drivers for plain calls.
+``RetryLayer``: what ``@retry`` retries, how it gives up, and its drivers for plain calls.
 
 A driver is one loop per kind and flavour: attempt, and on a retryable outcome ask the core
 (``RetryCall``, in ``core``) what to do, do it (withdraw from the budget, wait, or give up),
@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from resilience import _clock, _config
+from resilience import _clock, _config, _deadline
 from resilience._decorating import Kind, Layer, Runner
 from resilience._errors import AttemptTimeoutError
 from resilience._fallback import Fallback
@@ -99,7 +99,7 @@ class RetryLayer(Layer):
 
     def build(self, kind: Kind, call_next: Runner) -> Runner:
         runner = super().build(kind, call_next)
-        budget = self.policy.budget
+        budget = self.rules.budget
         if budget is None or kind == "asyncgen":  # the async-generator driver counts itself
             return runner
         return budget.counting(runner, kind)  # one call, one deposit
@@ -141,6 +141,9 @@ class RetryLayer(Layer):
     def _gave_up(self, call: RetryCall, outcome: Any, is_exc: bool, now: float) -> Fallback | None:
         """Emit the give-up event and note it on the error; the fallback that answers, if any."""
         elapsed = now - call.started
+        budget = self.policy.budget
+        if budget is not None:  # a quota refunds only the calls that did not give up
+            budget.gave_up(outcome)
         if BUS.subs:
             emit(
                 "resilience.retry.give_up",
@@ -197,7 +200,7 @@ class RetryLayer(Layer):
             if observe
             else None
         )
-        layer, budget = self, self.policy.budget
+        layer, budget = self, self.rules.budget
         start, failed, tracker = self._start, self.tracker.failed, self.tracker
         catch, check, on_result = self.catch, self.check, self.policy.on_result
         timed, last_success = self.policy.timeout is not None, self.last_success
@@ -261,7 +264,7 @@ class RetryLayer(Layer):
             else None
         )
         attempt = self._timed(call_next)  # call_next itself without attempt_timeout
-        layer, budget = self, self.policy.budget
+        layer, budget = self, self.rules.budget
         start, failed, tracker = self._start, self.tracker.failed, self.tracker
         catch, check, on_result = self.catch, self.check, self.policy.on_result
         timed, last_success = self.policy.timeout is not None, self.last_success
@@ -331,14 +334,19 @@ class RetryLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            scope = asyncio.timeout(limit)
+            left = _deadline.remaining()
+            bound = limit if left is None or left >= limit else left  # never past the deadline
+            scope = asyncio.timeout(bound)
             try:
                 async with scope:
                     return await call_next(wrapped, instance, args, kwargs)
             except TimeoutError as exc:
-                if scope.expired():
-                    raise AttemptTimeoutError(name, limit) from exc
-                raise
+                if not scope.expired():
+                    raise
+                deadline = _deadline.current()
+                if bound < limit and deadline is not None:
+                    raise deadline.error(name) from exc
+                raise AttemptTimeoutError(name, limit) from exc
 
         return timed
 

@@ -83,7 +83,7 @@ class MemoryStore(BackendRegistry):
                 queue = queues.get(key)
                 waiting = len(queue.waiters) if queue is not None else 0
                 pools.append(replace(backend.snapshot(key), waiting=waiting))
-            elif concern == "budget":
+            elif concern in ("budget", "tokens"):
                 budgets.append(backend.snapshot(key))
         clock = _clock.current_clock()
         return Snapshot.of(clock.time(), "memory", breakers, limiters, pools, budgets)
@@ -102,6 +102,8 @@ MemoryStore.register("window", "resilience._rate.window:memory_window")
 MemoryStore.register("pool", "resilience._bounded.pool:memory_pool")
 MemoryStore.register("pool.queue", "resilience._bounded.pool:permit_queue")
 MemoryStore.register("budget", "resilience._budget.state:memory_budget")
+MemoryStore.register("throttle", "resilience._throttle.state:memory_throttle")
+MemoryStore.register("tokens", "resilience._budget.quota:memory_tokens")
 
 DEFAULT_STORE = MemoryStore()
 on_reset(DEFAULT_STORE.clear)

@@ -19,7 +19,9 @@ The client library (redis-py or valkey-py) is imported only when a ``RedisStore`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import threading
 import weakref
 
 from collections.abc import Callable, Sequence
@@ -95,6 +97,14 @@ class RedisStore(BackendRegistry):
         slack: Seconds by which ``@rate_limited`` widens its check of actual starts (>= 0):
             the jitter between the server's clock reading and where a call really begins
             (the reply's way back and the scheduler), so the rule holds where calls begin.
+        local_breakers: Keep the state of each closed breaker in consecutive-failure mode
+            in this process, so a healthy call costs no round trip. Failures are still
+            recorded atomically in Redis; every change is published (pub/sub) and heard by
+            one listener thread per store, typically within a millisecond (a lost
+            subscription sends every call to Redis until it is back). The price: while
+            Redis is unreachable and the breaker is locally closed, healthy calls run
+            without asking it (as if ``fail_open``) until the listener notices (at most
+            about a second). Failure-rate breakers always ask Redis.
 
     .. versionadded:: 0.1.0
     """
@@ -117,6 +127,7 @@ class RedisStore(BackendRegistry):
         clock: Clock | None = None,
         lease: float = 10.0,
         slack: float = 0.001,
+        local_breakers: bool = False,
     ) -> None:
         self.timeout: float = duration("RedisStore", "timeout", timeout, strict=True) or 0.0
         self.idle_ttl: float = duration("RedisStore", "idle_ttl", idle_ttl, strict=True) or 0.0
@@ -131,6 +142,11 @@ class RedisStore(BackendRegistry):
         self.ttl_ms: int = max(1, round(self.idle_ttl * 1000))
         self.lease: float = duration("RedisStore", "lease", lease, strict=True) or 0.0
         self.slack: float = duration("RedisStore", "slack", slack) or 0.0
+        if not isinstance(local_breakers, bool):
+            msg = f"RedisStore.local_breakers must be True or False, got {local_breakers!r}"
+            raise TypeError(msg)
+        self.local_breakers = local_breakers
+        self._listener: _Listener | None = None
         clients = _clients()
         self.url: str | None = None
         given_async: Any = None
@@ -351,6 +367,13 @@ class RedisStore(BackendRegistry):
         """A short description for messages: where the store is, without credentials."""
         return self._description
 
+    def breaker_listener(self) -> _Listener:
+        """The one thread that hears this store's breaker changes (``local_breakers``)."""
+        with self._lock:
+            if self._listener is None:
+                self._listener = _Listener(self, f"{self.namespace}:breaker-changes")
+            return self._listener
+
     def clear(self) -> None:
         """Delete every key of this store's namespace (for tests) and forget backends."""
         self._meta.settle()
@@ -372,6 +395,9 @@ class RedisStore(BackendRegistry):
     def close(self) -> None:
         """Close the connections this store opened (a client passed in stays open)."""
         self._meta.stop()
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         if self._owns_client:
             self.client.close()
 
@@ -384,6 +410,86 @@ class RedisStore(BackendRegistry):
             manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
             for sentinel in getattr(manager, "sentinels", ()):
                 await sentinel.aclose()
+
+
+class _Listener:
+    """
+    One daemon thread per store subscribed to its breakers' change channel.
+
+    ``live`` is True while subscribed (checked by a PING every ``_PING`` seconds); ``heard``
+    counts the changes applied, so a reply can tell whether a change overtook it. Losing
+    the subscription makes every watched breaker ask Redis until it is back.
+    """
+
+    _PING = 0.5
+
+    def __init__(self, store: RedisStore, channel: str) -> None:
+        self.store = store
+        self.channel = channel
+        self.live = False
+        self.heard = 0
+        self._watched: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"resilience-breakers-{store.namespace}", daemon=True
+        )
+        self._thread.start()
+
+    def watch(self, key: str, backend: Any) -> None:
+        self._watched[key] = backend
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(2.0)
+
+    def _down(self) -> None:
+        self.live = False
+        self.heard += 1
+        for backend in list(self._watched.values()):
+            backend.forget()
+
+    def _apply(self, data: Any) -> None:
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        state, dirty, key = text.split("|", 2)
+        backend = self._watched.get(key)
+        self.heard += 1
+        if backend is not None:
+            backend.apply(int(state), dirty == "1")
+
+    def _run(self) -> None:
+        import time  # noqa: PLC0415 - only this thread needs it
+
+        while not self._stopped.is_set():
+            pubsub = None
+            try:
+                pubsub = self.store.client.pubsub()
+                pubsub.subscribe(self.channel)
+                answered = time.monotonic()
+                pinged = 0.0
+                while not self._stopped.is_set():
+                    message = pubsub.get_message(timeout=0.1)
+                    now = time.monotonic()
+                    if message is not None:
+                        answered = now
+                        kind = message.get("type")
+                        if kind == "subscribe":
+                            self.live = True
+                        elif kind == "message":
+                            self._apply(message["data"])
+                    if now - pinged >= self._PING:
+                        pubsub.ping()
+                        pinged = now
+                    if now - answered > 2 * self._PING + self.store.timeout:
+                        msg = "no answer to PING"
+                        raise TimeoutError(msg)
+            except Exception:
+                self._down()
+                self._stopped.wait(0.1)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+        self.live = False
 
 
 def _unquote(text: str) -> str:
@@ -404,3 +510,5 @@ RedisStore.register_view("rate", "resilience._rate.redis")
 RedisStore.register_view("window", "resilience._rate.redis_window")
 RedisStore.register_view("pool", "resilience._bounded.redis")
 RedisStore.register_view("budget", "resilience._budget.redis")
+RedisStore.register("throttle", "resilience._throttle.redis:redis_throttle")
+RedisStore.register("tokens", "resilience._budget.redis:redis_tokens")

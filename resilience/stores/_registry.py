@@ -98,6 +98,19 @@ def _baseline() -> int:
 
 _UNHELD = _baseline() if hasattr(sys, "getrefcount") else -1
 
+
+def _release(backend: Any) -> None:
+    """
+    Retire a released backend that can be retired (a breaker).
+
+    A decorator that fetched it without the lock just as it went then fetches the store's
+    new one, so no key's state splits in two.
+    """
+    retire = getattr(backend, "retire", None)
+    if retire is not None:
+        retire()
+
+
 #: Concerns whose backends other backends hold (swept after their holders).
 _HELD_CONCERNS = frozenset({"window", "pool"})
 
@@ -177,7 +190,7 @@ class BackendRegistry:
             keys.sort(key=lambda key: key[0] in _HELD_CONCERNS)
             for key in keys:
                 if _refs(backends, key) <= _UNHELD and self._idle(backends[key]):
-                    del backends[key]
+                    _release(backends.pop(key))
                     released += 1
             self.evicted += released
             if self.max_keys is not None and len(backends) > self.max_keys:
@@ -209,7 +222,7 @@ class BackendRegistry:
             if released >= excess:
                 break
             if _refs(backends, key) <= _UNHELD:
-                del backends[key]
+                _release(backends.pop(key))
                 released += 1
         self.evicted += released
         return released

@@ -20,6 +20,8 @@ from typing import Any
 
 import structlog
 
+from resilience.telemetry._redact import scrub_exception
+
 
 __all__ = ["BUS", "Event", "EventHandler", "Handle", "attach", "detach", "detach_all", "emit"]
 
@@ -224,6 +226,6 @@ def emit(
                 "resilience.telemetry.handler_detached",
                 handler=repr(handle.handler),
                 event_name=name,
-                error=f"{type(exc).__name__}: {exc}",
-                exc_info=True,
+                error=scrub_exception(exc),
+                traceback=scrub_exception(exc, tb=True),  # not exc_info: it would go out raw
             )

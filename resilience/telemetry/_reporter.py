@@ -36,7 +36,7 @@ from resilience._backoff import Backoff
 from resilience._validate import check_choice, check_int, duration
 from resilience.telemetry._backends import HttpBackend
 from resilience.telemetry._bus import Event, Handle, attach
-from resilience.telemetry._redact import redact
+from resilience.telemetry._redact import redact, scrub_exception
 from resilience.telemetry._reporter_events import (
     SEVERITIES,
     Batch,
@@ -292,7 +292,7 @@ class Reporter:
                     _log.warning(
                         "resilience.telemetry.batch_dropped",
                         events=len(batch.events),
-                        error=f"{type(exc).__name__}: {exc}",
+                        error=scrub_exception(exc, sensitive=self.sensitive),
                     )
                     with self._cond:
                         self._failed += count
@@ -414,6 +414,8 @@ def _left(deadline: float | None) -> float | None:
 
 
 @atexit.register
-def _close_all() -> None:
+def _close_all(timeout: float = 5.0) -> None:
+    """At exit: drain every open reporter, all of them within *timeout* seconds in total."""
+    deadline = time.monotonic() + timeout
     for reporter in list(_open):
-        reporter.close(timeout=5.0)
+        reporter.close(timeout=_left(deadline))

@@ -53,7 +53,7 @@ def _use_once(store: MemoryStore, i: int, policies: dict[str, Any]) -> None:
         breaker = store.backend("breaker", key, policies["breaker"])
         breaker.record(breaker.admit().ticket, SUCCESS)
     elif concern == "window":
-        backoff_window(key, store=store).set(1.0)
+        store.backend("window", key, None).extend(1.0)  # what backoff_window(key).set does
     elif concern == "pool":
         pool = store.backend("pool", key, policies["pool"])
         assert pool.try_acquire(1)
@@ -86,6 +86,7 @@ def _kept(store: MemoryStore) -> int:
 
 
 class TestIdleKeysAreReleased:
+    @pytest.mark.timeout(300)  # ~6 s on a quiet machine; tracemalloc slows every allocation
     def test_a_hundred_thousand_keys_used_once(self) -> None:
         """10**5 keys used once, then idle: the process is back within 3 MB of its start."""
         policies = {
@@ -278,3 +279,39 @@ class TestRedis:
         gc.collect()
         store.sweep()
         assert [] == [key for (concern, key) in list(store._backends) if concern == "window"]
+
+
+class TestConcurrentSweeps:
+    def test_threads_never_lose_state_in_use(self) -> None:
+        """Eight threads making keys (so sweeps run) never lose an open window or a count."""
+        import threading
+
+        with virtual_time() as clock:
+            store = MemoryStore()
+            backoff_window("shared", store=store).set(1000.0)
+            limited = rate_limited(rate=100_000, per=1000.0, key="counted", store=store)(_work)
+            errors: list[BaseException] = []
+            lost: list[str] = []
+
+            def worker(n: int) -> None:
+                try:
+                    for i in range(3_000):
+                        backoff_window(f"t{n}-{i}", store=store).set(0.0001)
+                        if backoff_window("shared", store=store).remaining() <= 0.0:
+                            lost.append("shared window")
+                        limited()
+                        if i % 100 == 0:
+                            clock.advance(0.01)  # the short windows close; sweeps release them
+                except BaseException as error:
+                    errors.append(error)
+
+            threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert [] == errors
+            assert [] == lost
+            assert store.evicted > 0
+            backend = store.backend("rate", "counted", None)
+            assert 24_000 == len(backend._state.log)  # every start of the held limiter counted

@@ -1,0 +1,96 @@
+"""
+The price of issue 16's layers on the path where nothing is refused.
+
+- ``@bounded`` with an ``AdaptiveLimit`` against a fixed ``@bounded``: one permit with room,
+  plus timing the call and feeding the sample to the algorithm.
+- ``@throttled`` while the upstream accepts everything (probability 0) against
+  ``@circuit_breaker`` closed (which records nothing on a success) and against a
+  failure-rate breaker over a time window (which, like the throttle, counts every call).
+- A weighted ``@rate_limited`` (a callable ``cost``) against an unweighted one, both with
+  room.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from benchmarks._harness import Scenario, Target
+from resilience import AdaptiveLimit, bounded, circuit_breaker, rate_limited, throttled
+
+
+ADAPTIVE = "adaptive @bounded, a permit with room (sync)"
+THROTTLE = "@throttled closed path against the breaker's (sync)"
+WEIGHTED = "weighted @rate_limited with room (sync)"
+HUGE = 10**6  # calls per second: the budget never runs out while measuring
+
+_keys = itertools.count()
+
+
+def work() -> int:
+    return 1
+
+
+def scenarios() -> list[Scenario]:
+    """The three comparisons of issue 16."""
+    fixed = bounded(limit=1000, key=f"bench-{next(_keys)}")(work)
+    gradient = bounded(limit=AdaptiveLimit(initial=1000), key=f"bench-{next(_keys)}")(work)
+    aimd = bounded(limit=AdaptiveLimit(algorithm="aimd", initial=1000), key=f"bench-{next(_keys)}")(
+        work
+    )
+    throttle = throttled(key=f"bench-{next(_keys)}")(work)
+    breaker = circuit_breaker(name=f"bench-{next(_keys)}")(work)
+    windowed = circuit_breaker(
+        name=f"bench-{next(_keys)}", failure_rate=0.5, window_duration=120.0
+    )(work)
+    plain = rate_limited(rate=HUGE, per=1.0, key=f"bench-{next(_keys)}")(work)
+    weighted = rate_limited(rate=HUGE, per=1.0, key=f"bench-{next(_keys)}", cost=lambda: 1)(work)
+    return [
+        Scenario(
+            title=ADAPTIVE,
+            kind="sync",
+            contenders={
+                "bare call": work,
+                "resilience": gradient,
+                "fixed @bounded": fixed,
+                "AdaptiveLimit(aimd)": aimd,
+            },
+            note="one of 1000 permits, call, release and feed the sample; nobody waits",
+        ),
+        Scenario(
+            title=THROTTLE,
+            kind="sync",
+            contenders={
+                "bare call": work,
+                "resilience": throttle,
+                "@circuit_breaker": breaker,
+                "@circuit_breaker(failure_rate, window_duration)": windowed,
+            },
+            note=(
+                "every call succeeds: probability 0, nothing refused; the default breaker "
+                "records nothing on success, the failure-rate one counts every call in a "
+                "time window as the throttle does"
+            ),
+        ),
+        Scenario(
+            title=WEIGHTED,
+            kind="sync",
+            contenders={"bare call": work, "resilience": weighted, "unweighted": plain},
+            note="cost=lambda: 1 against the default cost; a budget that never runs out",
+        ),
+    ]
+
+
+def targets() -> list[Target]:
+    """Issue 16's overhead claims."""
+    return [
+        Target(ADAPTIVE, "resilience", "fixed @bounded", 1.5, "adaptive <= 1.5x fixed"),
+        Target(THROTTLE, "resilience", "@circuit_breaker", 1.0, "no slower than the breaker"),
+        Target(
+            THROTTLE,
+            "resilience",
+            "@circuit_breaker(failure_rate, window_duration)",
+            1.0,
+            "no slower than a breaker counting the same window",
+        ),
+        Target(WEIGHTED, "resilience", "unweighted", 1.1, "weighted <= 1.1x unweighted"),
+    ]

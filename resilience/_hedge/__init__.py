@@ -1,0 +1,1 @@
+"""``@hedged``: a second attempt beside a slow first one, the loser cancelled."""

@@ -1,0 +1,1 @@
+"""``@throttled``: Google SRE adaptive throttling (face, state, layer, Redis twin)."""

@@ -1,0 +1,190 @@
+"""
+``ThrottleLayer``: refuse a call locally with the SRE probability, then count how it ended.
+
+The probability comes from the counts before the call (``ThrottleBackend.probability``); a
+refused call is counted as a request at once and raises ``ThrottledError``; an admitted call
+is counted when it ends: a request, and an accept unless it raised an exception matching
+the policy's ``on``. Control-flow exceptions (cancellation, ``KeyboardInterrupt``...) are
+not counted at all. Throttling is advisory: an unreachable store lets the call through
+(with ``resilience.store.unavailable``), never replacing its outcome.
+"""
+
+from __future__ import annotations
+
+import random
+
+from collections.abc import Callable
+from typing import Any
+
+from resilience import _config
+from resilience._decorating import Kind, Layer, Runner
+from resilience._errors import StoreUnavailableError, ThrottledError
+from resilience._rate.layer import EPOCH
+from resilience._throttle.state import MemoryThrottleBackend, ThrottleBackend, ThrottlePolicy
+from resilience.stores._memory import DEFAULT_STORE
+from resilience.stores._registry import store_unavailable
+from resilience.telemetry._bus import BUS, emit
+
+
+__all__ = ["ThrottleLayer"]
+
+
+def _unavailable(error: StoreUnavailableError) -> None:
+    store_unavailable(error, decorator="throttled", fail_open=True)
+
+
+class ThrottleLayer(Layer):
+    """``@throttled``'s layer: draw against the probability, count the outcome."""
+
+    decorator = "throttled"
+    __slots__ = ("_backend", "_epoch", "_own", "_remote", "key")
+    policy: ThrottlePolicy
+
+    def __init__(self, policy: ThrottlePolicy) -> None:
+        super().__init__(policy)
+        self.key = ""
+        self._epoch = -1
+        self._remote = False
+        self._own = None if policy.key is not None else MemoryThrottleBackend(policy)
+
+    def bind(self, kind: Kind, qualname: str) -> None:
+        """Take the key (or count alone) and refuse generators."""
+        self.name = qualname
+        self.key = self.policy.key or qualname
+        if kind in ("gen", "asyncgen"):
+            msg = (
+                f"@throttled does not support generator functions ({qualname}): "
+                f"decorate the function that consumes them instead"
+            )
+            raise TypeError(msg)
+        self._refresh()
+
+    def _refresh(self) -> ThrottleBackend:
+        """Fetch the key's counts; again after ``resilience.testing.reset()``."""
+        backend: ThrottleBackend
+        if self._own is not None:
+            backend = self._own
+        else:
+            store = self.policy.store or DEFAULT_STORE
+            backend = store.backend("throttle", self.key, self.policy)
+        self._backend = backend
+        self._remote = not isinstance(backend, MemoryThrottleBackend)
+        self._epoch = EPOCH.n
+        return backend
+
+    def _refuse(self, backend: ThrottleBackend, probability: float, req: int, acc: int) -> None:
+        try:
+            backend.record(False)
+        except StoreUnavailableError as error:
+            _unavailable(error)
+        self._refuse_counted(probability, req, acc)
+
+    def _record(self, backend: ThrottleBackend, accepted: bool) -> None:
+        try:
+            backend.record(accepted)
+        except StoreUnavailableError as error:
+            _unavailable(error)
+
+    def _draw(self, backend: ThrottleBackend) -> None:
+        """Refuse the call with the current probability (a remote store: one round trip)."""
+        try:
+            probability, req, acc = backend.probability()
+        except StoreUnavailableError as error:
+            _unavailable(error)
+            return
+        if probability > 0.0 and (self.policy.rand or random.random)() < probability:
+            self._refuse(backend, probability, req, acc)
+
+    async def _adraw(self, backend: Any) -> None:
+        try:
+            probability, req, acc = await backend.aprobability()
+        except StoreUnavailableError as error:
+            _unavailable(error)
+            return
+        if probability > 0.0 and (self.policy.rand or random.random)() < probability:
+            try:
+                await backend.arecord(False)
+            except StoreUnavailableError as error:
+                _unavailable(error)
+            self._refuse_counted(probability, req, acc)
+
+    def _refuse_counted(self, probability: float, req: int, acc: int) -> None:
+        if BUS.subs:
+            emit(
+                "resilience.throttle.rejected",
+                {"probability": probability, "requests": float(req), "accepts": float(acc)},
+                {"key": self.key, "name": self.name},
+            )
+        raise ThrottledError(self.key, probability=probability, requests=req, accepts=acc)
+
+    async def _arecord(self, backend: Any, accepted: bool) -> None:
+        try:
+            await backend.arecord(accepted)
+        except StoreUnavailableError as error:
+            _unavailable(error)
+
+    def build_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        is_failure = self.policy._is_failure
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            if layer._remote or backend.chance():
+                layer._draw(backend)
+            try:
+                result = call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                layer._record(backend, not is_failure(exc))
+                raise
+            if layer._remote:
+                layer._record(backend, True)
+            else:
+                backend.record(True)
+            return result
+
+        return run
+
+    def build_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        is_failure = self.policy._is_failure
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            remote = layer._remote
+            if remote:
+                await layer._adraw(backend)
+            elif backend.chance():
+                layer._draw(backend)
+            try:
+                result = await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if remote:
+                    await layer._arecord(backend, not is_failure(exc))
+                else:
+                    backend.record(not is_failure(exc))
+                raise
+            if remote:
+                await layer._arecord(backend, True)
+            else:
+                backend.record(True)
+            return result
+
+        return run

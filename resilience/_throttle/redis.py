@@ -1,0 +1,138 @@
+"""
+``RedisThrottleBackend``: the counts of ``@throttled`` shared through Redis.
+
+The same accounting as ``resilience._throttle.state.ThrottleState`` (requests and accepts in
+ten buckets of ``window / 10``, with running totals), in Lua, so each step is one script and
+one round trip on the server's clock. The state is one hash, ``<ns>:throttle:<key>``:
+``cur`` the newest bucket, ``tq``/``ta`` the totals, ``q0``..``q9``/``a0``..``a9`` the buckets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Final, cast
+
+from resilience.stores._redis import NOW_LUA
+
+
+if TYPE_CHECKING:
+    from resilience._throttle.state import ThrottlePolicy
+    from resilience.stores._redis import RedisStore
+
+
+__all__ = ["RedisThrottleBackend", "redis_throttle"]
+
+# ARGV: 1 now, 2 ttl ms, 3 k, 4 bucket width us, 5 the step: 'read', 'accept' or 'reject'.
+# Reply: {probability (text), requests, accepts} as counted before the step.
+_STEP: Final = (
+    NOW_LUA
+    + """
+local K = KEYS[1]
+local now = now_us()
+local ttl, k, width, step = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local raw = redis.call('HGETALL', K)
+local h = {}
+for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+local function num(field) return tonumber(h[field]) or 0 end
+local tq, ta = num('tq'), num('ta')
+local index = math.floor(now / width)
+local current = tonumber(h.cur)
+if current == nil or index > current then
+  local stale = 10
+  if current ~= nil then stale = math.min(10, index - current) end
+  for back = 0, stale - 1 do
+    local slot = (index - back) % 10
+    tq = tq - num('q' .. slot)
+    ta = ta - num('a' .. slot)
+    h['q' .. slot] = 0; h['a' .. slot] = 0
+  end
+  current = index
+end
+local excess = tq - k * ta
+local p = 0
+if excess > 0 then p = excess / (tq + 1) end
+local reply = {string.format('%.17g', p), tq, ta}
+if step ~= 'read' then
+  local slot = current % 10
+  h['q' .. slot] = num('q' .. slot) + 1
+  tq = tq + 1
+  if step == 'accept' then
+    h['a' .. slot] = num('a' .. slot) + 1
+    ta = ta + 1
+  end
+end
+h.tq, h.ta, h.cur = tq, ta, string.format('%d', current)
+local flat = {}
+for field, value in pairs(h) do
+  flat[#flat + 1] = field
+  flat[#flat + 1] = value
+end
+redis.call('HSET', K, unpack(flat))
+redis.call('PEXPIRE', K, ttl)
+return reply
+"""
+)
+
+_US: Final = 1_000_000
+
+
+class RedisThrottleBackend:
+    """``ThrottleBackend`` in Redis: ``ThrottleState``'s accounting, one script per step."""
+
+    __slots__ = ("_args", "_keys", "key", "store")
+
+    def __init__(self, key: str, policy: ThrottlePolicy, store: RedisStore) -> None:
+        self.key = key
+        self.store = store
+        window = float(policy.window)  # type: ignore[arg-type]  # seconds after validation
+        self._keys = (store.key("throttle", key),)
+        self._args = (
+            max(store.ttl_ms, round(window * 2000)),
+            repr(float(policy.k)),
+            repr(window * _US / 10),
+        )
+
+    def _step(self, step: str) -> tuple[float, int, int]:
+        reply = self.store.run(
+            _STEP, self._keys, [self.store.now_arg(), *self._args, step], key=self.key
+        )
+        return _parse(reply)
+
+    async def _astep(self, step: str) -> tuple[float, int, int]:
+        reply = await self.store.arun(
+            _STEP, self._keys, [self.store.now_arg(), *self._args, step], key=self.key
+        )
+        return _parse(reply)
+
+    def probability(self) -> tuple[float, int, int]:
+        """Return ``(probability, requests, accepts)`` now."""
+        return self._step("read")
+
+    def chance(self) -> float:
+        """Return the rejection probability now."""
+        return self._step("read")[0]
+
+    async def aprobability(self) -> tuple[float, int, int]:
+        """The async twin of ``probability``."""
+        return await self._astep("read")
+
+    def record(self, accepted: bool) -> None:
+        """Count one request, and one accept if *accepted*."""
+        self._step("accept" if accepted else "reject")
+
+    async def arecord(self, accepted: bool) -> None:
+        """The async twin of ``record``."""
+        await self._astep("accept" if accepted else "reject")
+
+    def __repr__(self) -> str:
+        return f"<RedisThrottleBackend {self._keys[0]!r}>"
+
+
+def _parse(reply: object) -> tuple[float, int, int]:
+    probability, requests, accepts = cast("list[Any]", reply)
+    text = probability.decode() if isinstance(probability, bytes) else str(probability)
+    return float(text), int(requests), int(accepts)
+
+
+def redis_throttle(key: str, policy: ThrottlePolicy, store: RedisStore) -> RedisThrottleBackend:
+    """``RedisStore``'s ``"throttle"`` factory."""
+    return RedisThrottleBackend(key, policy, store)

@@ -1,0 +1,301 @@
+"""Tests for ``AdaptiveLimit``: the algorithms' rules, their bounds, and @bounded following them."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+
+import pytest
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resilience import (
+    AdaptiveLimit,
+    BoundedPolicy,
+    bounded,
+    get_bounded,
+)
+from resilience._bounded.adaptive import Aimd, Gradient2, Vegas
+from resilience.testing import FakeClock, capture_events
+
+
+samples = st.lists(
+    st.tuples(
+        st.floats(min_value=0.0, max_value=1e6) | st.sampled_from([math.nan, math.inf, -1.0]),
+        st.integers(min_value=0, max_value=2000),
+        st.booleans(),
+    ),
+    max_size=200,
+)
+
+
+class TestAdaptiveLimitPolicy:
+    @pytest.mark.parametrize(
+        ("fields", "names"),
+        [
+            ({"algorithm": "cubic"}, "algorithm"),
+            ({"min_limit": 0}, "min_limit"),
+            ({"min_limit": 5, "max_limit": 4, "initial": 5}, "max_limit"),
+            ({"initial": 0}, "initial"),
+            ({"initial": 2000}, "initial"),
+            ({"backoff_ratio": 1.0}, "backoff_ratio"),
+            ({"backoff_ratio": 0.49}, "backoff_ratio"),
+        ],
+    )
+    def test_out_of_range_fields_name_themselves(
+        self, fields: dict[str, object], names: str
+    ) -> None:
+        """Each rule of the settled details is a ValueError naming the field."""
+        with pytest.raises(ValueError, match=f"AdaptiveLimit.{names}"):
+            AdaptiveLimit(**fields)  # type: ignore[arg-type]
+
+    def test_defaults_are_the_contracts(self) -> None:
+        """gradient2, 20, [1, 1000], 0.9, Exception."""
+        limit = AdaptiveLimit()
+        assert ("gradient2", 20, 1, 1000, 0.9, Exception) == (
+            limit.algorithm,
+            limit.initial,
+            limit.min_limit,
+            limit.max_limit,
+            limit.backoff_ratio,
+            limit.on_drop,
+        )
+
+    def test_bounded_policy_from_dict_builds_a_nested_limit(self) -> None:
+        """``limit`` may be a mapping in from_dict."""
+        policy = BoundedPolicy.from_dict({"limit": {"algorithm": "aimd", "initial": 3}})
+        assert AdaptiveLimit(algorithm="aimd", initial=3) == policy.limit
+
+    def test_weight_above_min_limit_is_refused(self) -> None:
+        """A weight the limit could shrink below would never run again."""
+        with pytest.raises(ValueError, match=r"limit.min_limit \(2\)"):
+            BoundedPolicy(limit=AdaptiveLimit(min_limit=2, initial=2), weight=3)
+
+
+class TestAimd:
+    @given(samples, st.integers(min_value=1, max_value=50), st.integers(min_value=0, max_value=50))
+    def test_is_exact(self, feed: list[tuple[float, int, bool]], low: int, span: int) -> None:
+        """A drop: max(min, floor(limit * ratio)); a busy success: min(max, limit + 1)."""
+        policy = AdaptiveLimit(
+            algorithm="aimd", min_limit=low, max_limit=low + span, initial=low, backoff_ratio=0.75
+        )
+        machine = Aimd(policy)
+        expected = low
+        for rtt, in_use, dropped in feed:
+            if dropped:
+                expected = max(low, math.floor(expected * 0.75))
+            elif in_use >= expected / 2:
+                expected = min(low + span, expected + 1)
+            assert expected == machine.update(rtt, in_use, dropped)
+
+    def test_worked_numbers(self) -> None:
+        """10 -> 11 busy, holds when idle, 11 -> 9 on a drop (floor of 9.9)."""
+        machine = Aimd(AdaptiveLimit(algorithm="aimd", initial=10))
+        assert 11 == machine.update(0.1, 5, dropped=False)
+        assert 11 == machine.update(0.1, 5, dropped=False)  # 5 < 11 / 2: idle, holds
+        assert 9 == machine.update(0.1, 11, dropped=True)
+
+
+class TestGradientAndVegas:
+    @pytest.mark.parametrize("kind", [Gradient2, Vegas])
+    @given(feed=samples)
+    def test_limit_stays_in_bounds(
+        self, kind: type[Gradient2 | Vegas], feed: list[tuple[float, int, bool]]
+    ) -> None:
+        """Whatever the samples (NaN, inf, zero RTTs), the limit stays in [min, max]."""
+        machine = kind(AdaptiveLimit(initial=5, min_limit=3, max_limit=40))
+        for rtt, in_use, dropped in feed:
+            limit = machine.update(rtt, in_use, dropped)
+            assert 3 <= limit <= 40
+            assert limit == machine.limit
+
+    @pytest.mark.parametrize("kind", [Gradient2, Vegas])
+    @given(feed=samples)
+    def test_sustained_drops_never_raise_it(
+        self, kind: type[Gradient2 | Vegas], feed: list[tuple[float, int, bool]]
+    ) -> None:
+        """A drop never makes the limit higher than before it."""
+        machine = kind(AdaptiveLimit(initial=50, max_limit=100))
+        for rtt, in_use, _ in feed:
+            before = machine.limit
+            assert machine.update(rtt, in_use, dropped=True) <= before
+
+    @pytest.mark.parametrize("kind", [Gradient2, Vegas])
+    def test_grows_while_latency_holds_and_shrinks_when_it_climbs(
+        self, kind: type[Gradient2 | Vegas]
+    ) -> None:
+        """Busy at a flat RTT it grows; when the RTT triples it comes back down."""
+        machine = kind(AdaptiveLimit(initial=10))
+        for _ in range(3000):
+            machine.update(0.1, machine.limit, dropped=False)
+        grown = machine.limit
+        assert grown > 30
+        for _ in range(3000):
+            machine.update(0.3, machine.limit, dropped=False)
+        assert machine.limit < grown / 2
+
+    def test_gradient2_holds_while_less_than_half_is_in_use(self) -> None:
+        """An application-limited pool learns nothing: the limit does not move."""
+        machine = Gradient2(AdaptiveLimit(initial=20))
+        for _ in range(100):
+            assert 20 == machine.update(0.1, 9, dropped=False)
+
+
+@pytest.mark.anyio
+class TestBoundedAdaptiveAsync:
+    async def test_the_live_limit_follows_and_in_use_never_exceeds_it(
+        self, clock: FakeClock
+    ) -> None:
+        """Tasks on virtual time: AIMD climbs while calls are fast, then drops on errors."""
+        seen: list[tuple[int, int]] = []
+        failing = False
+
+        @bounded(limit=AdaptiveLimit(algorithm="aimd", initial=2, max_limit=8), key="aimd")
+        async def call() -> None:
+            pool = get_bounded("aimd")
+            seen.append((pool.in_use, pool.limit))
+            await clock.asleep(0.01)
+            if failing:
+                raise ConnectionError
+
+        async def client() -> None:
+            for _ in range(30):
+                try:
+                    await call()
+                except ConnectionError:
+                    pass
+
+        await asyncio.gather(*(client() for _ in range(10)))
+        pool = get_bounded("aimd")
+        assert 8 == pool.limit
+        failing = True
+        await asyncio.gather(*(client() for _ in range(2)))
+        assert 1 == pool.limit
+        assert all(in_use <= limit for in_use, limit in seen)
+        assert (0, 0) == (pool.in_use, pool.waiting)
+
+    async def test_cancelled_callers_leak_nothing(self, clock: FakeClock) -> None:
+        """Running and waiting tasks cancelled at random moments leave the pool empty."""
+
+        @bounded(limit=AdaptiveLimit(initial=3, min_limit=1, max_limit=10), key="cancel")
+        async def call() -> None:
+            await clock.asleep(1.0)
+
+        tasks = [asyncio.create_task(call()) for _ in range(20)]
+        await clock.asleep(0.5)
+        for task in tasks[::2]:
+            task.cancel()
+        await clock.asleep(1.2)
+        for task in tasks[1::4]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pool = get_bounded("cancel")
+        assert (0, 0) == (pool.in_use, pool.waiting)
+        assert 1 <= pool.limit <= 10
+
+
+class TestLimitEvents:
+    def test_each_move_of_the_limit_is_an_event(self, clock: FakeClock) -> None:
+        """resilience.bounded.limit carries the new and the previous limit."""
+
+        @bounded(limit=AdaptiveLimit(algorithm="aimd", initial=2, max_limit=3), key="moves")
+        def call(fail: bool) -> None:
+            if fail:
+                raise ConnectionError
+
+        with capture_events("resilience.bounded.limit") as events:
+            call(False)  # 1 of 2 in use: busy, 2 -> 3
+            call(False)  # 1 of 3 in use: idle, holds
+            with pytest.raises(ConnectionError):
+                call(True)  # a drop: floor(3 * 0.9) = 2
+        assert [(3.0, 2.0, False), (2.0, 3.0, True)] == [
+            (e.measurements["limit"], e.measurements["previous"], e.metadata["dropped"])
+            for e in events
+        ]
+
+
+class TestBoundedAdaptiveThreads:
+    def test_real_threads_keep_the_invariants(self) -> None:
+        """16 threads through an AIMD pool: in_use <= limit at every start, nothing left held."""
+        broken: list[tuple[int, int]] = []
+        lock = threading.Lock()
+
+        @bounded(limit=AdaptiveLimit(algorithm="aimd", initial=2, max_limit=6), key="threads")
+        def call(n: int) -> None:
+            pool = get_bounded("threads")
+            in_use, limit = pool.in_use, pool.limit
+            if in_use > limit + 1:  # another thread may release and shrink between two reads
+                with lock:
+                    broken.append((in_use, limit))
+            time.sleep(0.0002)
+            if n % 7 == 0:
+                raise ValueError(n)
+
+        def worker() -> None:
+            for n in range(40):
+                try:
+                    call(n)
+                except ValueError:
+                    pass
+
+        threads = [threading.Thread(target=worker) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pool = get_bounded("threads")
+        assert [] == broken
+        assert (0, 0) == (pool.in_use, pool.waiting)
+        assert 1 <= pool.limit <= 6
+
+
+class TestSharing:
+    def test_same_key_needs_the_same_limit(self) -> None:
+        """An equal AdaptiveLimit shares the pool; another one, or a fixed limit, is refused."""
+        limit = AdaptiveLimit(initial=4)
+
+        @bounded(limit=limit, key="shared")
+        def one() -> None: ...
+
+        @bounded(limit=AdaptiveLimit(initial=4), key="shared")
+        def two() -> None: ...
+
+        with pytest.raises(ValueError, match="same limit"):
+
+            @bounded(limit=AdaptiveLimit(initial=5), key="shared")
+            def three() -> None: ...
+
+        with pytest.raises(ValueError, match="same limit"):
+
+            @bounded(limit=4, key="shared")
+            def four() -> None: ...
+
+        one()
+        two()
+        assert 4 <= get_bounded("shared").limit
+
+    def test_a_fixed_pool_refuses_an_adaptive_declaration(self) -> None:
+        """A key that holds a fixed pool cannot be declared adaptive."""
+
+        @bounded(limit=4, key="fixed")
+        def one() -> None: ...
+
+        with pytest.raises(ValueError, match="same limit"):
+
+            @bounded(limit=AdaptiveLimit(initial=4), key="fixed")
+            def two() -> None: ...
+
+    def test_get_bounded_views_fixed_pools_and_refuses_unknown_keys(self) -> None:
+        """A fixed pool's view reports its limit; an unknown key is a KeyError naming it."""
+
+        @bounded(limit=3, key="plain")
+        def one() -> None: ...
+
+        pool = get_bounded("plain")
+        assert (3, 0, 0) == (pool.limit, pool.in_use, pool.waiting)
+        assert "plain" in repr(pool)
+        with pytest.raises(KeyError, match="'nope'"):
+            get_bounded("nope")
