@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from resilience._bounded.pool import CountedPoolBackend
 from resilience._dictable import FromDict
+from resilience._snapshot import PoolSnapshot
 from resilience._validate import check_choice, check_int, check_number, exception_predicate
 
 
@@ -335,3 +336,7 @@ class AdaptivePoolBackend(CountedPoolBackend):
     def idle(self) -> bool:
         """Whether a fresh pool would be the same: nothing held and nothing learnt yet."""
         return self._used == 0 and not self.fed
+
+    def snapshot(self, key: str) -> PoolSnapshot:
+        """The operator's view: the declared ceiling as ``limit``, the live one beside it."""
+        return PoolSnapshot(key, self.adaptive.max_limit, self.limit, self._used, None, None)
