@@ -104,7 +104,7 @@ def discover(only: Sequence[str]) -> Plan:
 
 def run_scenario(module: str, scenario: Scenario, repeats: int, target: float) -> Outcome:
     """Run *scenario* between its setup and teardown (if it has them)."""
-    from resilience.telemetry._bus import BUS  # noqa: PLC0415
+    from resilience.telemetry._bus import BUS
 
     before = list(BUS.subs)
     teardown = scenario.setup() if scenario.setup is not None else None
