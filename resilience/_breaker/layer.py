@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from resilience import _clock, _config
 from resilience._breaker.contract import FAILURE, IGNORED, SUCCESS, UNGUARDED
 from resilience._breaker.registry import announce, backend_for, declared
-from resilience._decorating import Layer, Runner, terminal
+from resilience._decorating import Layer, Passage, Runner, apump, terminal
 from resilience._errors import CircuitOpenError, StoreUnavailableError
 from resilience._fallback import Fallback
 from resilience.stores._memory import DEFAULT_STORE
@@ -400,42 +400,39 @@ class BreakerLayer(Layer):
     def build_asyncgen(self, call_next: Runner) -> Runner:
         layer = self
 
-        async def runner(
+        async def start() -> Passage:
+            backend = layer._current()
+            if not _config.state.active:
+                return _UNRECORDED
+            ticket = await layer._aadmit(backend)
+            if isinstance(ticket, CircuitOpenError):
+                raise ticket
+            return _Recorded(layer, backend, ticket)
+
+        def runner(
             wrapped: Callable[..., Any],
             instance: Any,
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> AsyncGenerator[Any, Any]:
-            backend = layer._current()
-            active = _config.state.active
-            ticket = await layer._aadmit(backend) if active else 0
-            if isinstance(ticket, CircuitOpenError):
-                raise ticket
-            agen = call_next(wrapped, instance, args, kwargs)
-            step, argument = agen.asend, None
-            try:
-                while True:
-                    try:
-                        item = await step(argument)
-                    except StopAsyncIteration:
-                        break
-                    try:
-                        argument = yield item
-                        step = agen.asend
-                    except GeneratorExit:
-                        await agen.aclose()
-                        raise
-                    except BaseException as thrown:  # forwarded into the generator
-                        step, argument = agen.athrow, thrown
-            except GeneratorExit:
-                if active:
-                    await layer._aafter_result(backend, None, ticket)
-                raise
-            except BaseException as exc:
-                if active:
-                    await layer._aafter_exception(backend, exc, ticket)
-                raise
-            if active:
-                await layer._aafter_result(backend, None, ticket)
+            return apump(start, call_next, wrapped, instance, args, kwargs)
 
         return runner
+
+
+_UNRECORDED = Passage()  # the library is switched off: the generator runs unguarded
+
+
+class _Recorded(Passage):
+    """An async generator's way through the breaker: its end is the call's outcome."""
+
+    __slots__ = ("backend", "layer", "ticket")
+
+    def __init__(self, layer: BreakerLayer, backend: BreakerBackend, ticket: int) -> None:
+        self.layer, self.backend, self.ticket = layer, backend, ticket
+
+    async def aended(self, exc: BaseException | None) -> None:
+        if exc is None:
+            await self.layer._aafter_result(self.backend, None, self.ticket)
+        else:
+            await self.layer._aafter_exception(self.backend, exc, self.ticket)
