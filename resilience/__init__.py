@@ -38,6 +38,14 @@ from resilience._rate.face import rate_limited
 from resilience._rate.window import BackoffWindow, backoff_window
 from resilience._retry.face import retry
 from resilience._retry_after import parse_retry_after, retry_after_from
+from resilience._snapshot import (
+    BreakerSnapshot,
+    BudgetSnapshot,
+    LimiterSnapshot,
+    PoolSnapshot,
+    Snapshot,
+    snapshot,
+)
 from resilience._throttle.face import throttled
 from resilience._throttle.state import ThrottlePolicy
 from resilience._traced import TracedPolicy, traced
@@ -51,12 +59,16 @@ __all__ = [
     "BoundedPolicy",
     "BoundedPool",
     "BoundedTimeoutError",
+    "BreakerSnapshot",
+    "BudgetSnapshot",
     "CircuitBreaker",
     "CircuitBreakerPolicy",
     "CircuitBreakerStats",
     "CircuitOpenError",
     "DeadlineExceededError",
     "HedgingPolicy",
+    "LimiterSnapshot",
+    "PoolSnapshot",
     "RateLimitPolicy",
     "RateLimitedError",
     "ResilienceError",
@@ -64,6 +76,7 @@ __all__ = [
     "RetryPolicy",
     "RetryQuota",
     "RetryThrottle",
+    "Snapshot",
     "Stack",
     "StoreUnavailableError",
     "SystemClock",
@@ -87,6 +100,7 @@ __all__ = [
     "retry",
     "retry_after_from",
     "set_active",
+    "snapshot",
     "throttled",
     "traced",
 ]

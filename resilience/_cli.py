@@ -1,8 +1,10 @@
 """
-``python -m resilience``: print what a retry policy will do, before it does it.
+``python -m resilience``: what a retry policy will do, and what a store holds right now.
 
     python -m resilience schedule --base 0.5 --max 10 --jitter factor --attempts 8
     python -m resilience schedule --policy retry.toml
+    python -m resilience status --store redis://localhost:6379/0 --watch 2
+    python -m resilience dashboard --store redis://localhost:6379/0 --port 8321
 
 The table shows, retry by retry, the delay before jitter, the jitter band (the exact
 ``Backoff.bounds``), and the cumulative waiting time, marking where ``timeout`` would stop it.
@@ -22,6 +24,7 @@ from typing import Any
 
 from resilience._backoff import JITTERS, STRATEGIES, Backoff
 from resilience._policies import RetryPolicy
+from resilience._status import add_commands, run_dashboard, run_status
 
 
 __all__ = ["main"]
@@ -50,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         "--rows", type=int, default=12, help="rows to show when attempts is unbounded"
     )
     schedule.add_argument("--format", choices=("table", "json"), default="table")
+    add_commands(commands)
     return parser
 
 
@@ -117,6 +121,10 @@ def _table(policy: RetryPolicy, rows: list[dict[str, Any]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     args = _parser().parse_args(argv)
+    if args.command == "status":
+        return run_status(args)
+    if args.command == "dashboard":
+        return run_dashboard(args)
     try:
         policy = load_policy(args.policy) if args.policy else RetryPolicy()
         overrides = {

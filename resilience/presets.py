@@ -48,7 +48,7 @@ import sys
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from resilience import http
 from resilience._backoff import Backoff
@@ -76,6 +76,8 @@ STAINLESS_MAX_RETRIES = 2
 STAINLESS_MAX_CONNECTIONS = 1000
 OPENAI_MAX_RETRY_AFTER = 120.0
 ANTHROPIC_MAX_SLEEP = 4_294_967.0  # the SDK's bound on time.sleep's argument
+
+F = TypeVar("F")
 
 _pool_numbers = itertools.count(1)
 
@@ -346,9 +348,10 @@ class RetryHandlerStack(Stack):
         pool_scope: ``"attempt"`` holds the connection permit only while an attempt runs
             (our recommendation: waits give it back); ``"call"`` holds it for the whole
             retry loop, as the SDK's semaphore does.
-        watchdog: For async callables, cancel a call when no call of the decorated function
-            has succeeded for the retry's ``progress_timeout``, raising ``NoProgressError``
-            (the SDK raises its ``APIConnectionError`` with the same message).
+        watchdog: For async functions and methods, cancel a call when no call of the
+            decorated function has succeeded for the retry's ``progress_timeout``, raising
+            ``NoProgressError`` (the SDK raises its ``APIConnectionError`` with the same
+            message). Classmethods and staticmethods get the stack alone.
 
     .. versionadded:: 0.1.0
     """
@@ -362,6 +365,12 @@ class RetryHandlerStack(Stack):
             msg = f"pool_scope must be 'attempt' or 'call', got {self.pool_scope!r}"
             raise ValueError(msg)
 
+    @overload
+    def __call__(self, target: classmethod[Any, Any, Any]) -> classmethod[Any, Any, Any]: ...
+    @overload
+    def __call__(self, target: staticmethod[Any, Any]) -> staticmethod[Any, Any]: ...
+    @overload
+    def __call__(self, target: F) -> F: ...
     def __call__(self, target: Any) -> Any:
         """Decorate *target*: the stack, the pool around the loop if asked, the watchdog."""
         from resilience import bounded  # noqa: PLC0415 - the package imports this module
@@ -372,8 +381,12 @@ class RetryHandlerStack(Stack):
         else:
             decorated = Stack.__call__(self, target)
         timeout = self.retry.progress_timeout if self.retry is not None else None
-        function = decorated.__func__ if isinstance(decorated, classmethod) else decorated
-        if not self.watchdog or timeout is None or not inspect.iscoroutinefunction(function):
+        if (
+            not self.watchdog
+            or timeout is None
+            or isinstance(decorated, classmethod | staticmethod)  # watched as plain functions only
+            or not inspect.iscoroutinefunction(decorated)
+        ):
             return decorated
         return _watched(decorated, float(timeout))  # type: ignore[arg-type]
 

@@ -143,6 +143,10 @@ class _PerOrigin:
         return sender
 
 
+_RETRY_COUNT = "x-stainless-retry-count"
+_ATTEMPTS = "resilience.attempts"
+
+
 def _window_cap(stack: Stack) -> float:
     """The most seconds one server delay may hold an origin's window: the stack's own cap."""
     for policy in (stack.retry, stack.rate_limited):
@@ -155,9 +159,15 @@ def _prepare(request: Any) -> BackoffWindow:
     """
     What is decided before one attempt is sent: the backoff window it must wait out.
 
-    The one place that looks at a request before it goes (its key and, with deadlines, its
-    timeouts), shared by the sync and async, httpx and httpx2 transports.
+    The one place that looks at a request before it goes (its key, its retry count and,
+    with deadlines, its timeouts), shared by the sync and async, httpx and httpx2
+    transports. A request an SDK marked with ``x-stainless-retry-count`` carries the number
+    of retries taken so far, as the SDK's own loop sends it.
     """
+    taken = request.extensions.get(_ATTEMPTS, 0)
+    request.extensions[_ATTEMPTS] = taken + 1
+    if taken and _RETRY_COUNT in request.headers:
+        request.headers[_RETRY_COUNT] = str(taken)
     return backoff_window(window_key(request.url, request.headers))
 
 

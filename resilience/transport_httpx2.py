@@ -36,11 +36,10 @@ from resilience.transport import (
     _PerOrigin,
     _style,
     _window_cap,
-    window_key,
 )
 
 
-__all__ = ["AsyncResilientTransport", "ResilientTransport", "window_key"]
+__all__ = ["AsyncResilientTransport", "ResilientTransport"]
 
 
 class ResilientTransport(httpx2.BaseTransport):

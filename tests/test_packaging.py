@@ -45,6 +45,7 @@ def test_py_typed_shipped():
 PUBLIC_MODULES = [
     "resilience",
     "resilience.chaos",
+    "resilience.dashboard",
     "resilience.http",
     "resilience.presets",
     "resilience.stores",
@@ -52,6 +53,7 @@ PUBLIC_MODULES = [
     "resilience.telemetry.otel",
     "resilience.testing",
     "resilience.transport",
+    "resilience.transport_httpx2",
     "resilience.typing",
 ]
 
@@ -111,3 +113,28 @@ def test_no_private_module_names_itself_public_by_hand():
         if path.parent.name != "stores" and '    __module__ = "resilience' in path.read_text()
     )
     assert [] == by_hand
+
+
+def test_the_wheel_ships_the_dashboard_page(tmp_path):
+    """The live page's HTML and script are package data inside the built wheel."""
+    import subprocess
+    import sys
+    import zipfile
+
+    from pathlib import Path
+
+    pytest.importorskip("hatchling", reason="the dev extra installs hatchling to build wheels")
+    root = Path(__file__).parent.parent
+    command = [sys.executable, "-m", "pip", "wheel", str(root), "--no-deps"]
+    subprocess.run(
+        [*command, "--no-build-isolation", "-w", str(tmp_path), "-q"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    (wheel,) = tmp_path.glob("resilience-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {
+        "resilience/dashboard/static/index.html",
+        "resilience/dashboard/static/dashboard.js",
+    } <= names

@@ -252,3 +252,30 @@ class TestWatchdog:
         """Sync calls cannot be interrupted: the stack alone (the retry's progress_timeout)."""
         decorated = tinker_retry_handler()(lambda: 1)
         assert 1 == decorated()
+
+
+class TestWatchdogTargets:
+    @pytest.mark.anyio
+    async def test_async_method_is_watched(self, clock):
+        """An async method gets the watchdog too; its object is passed through."""
+        from resilience.presets import NoProgressError
+
+        class Client:
+            @tinker_retry_handler(progress_timeout=5.0)
+            async def hang(self):
+                await clock.asleep(100.0)
+
+        with pytest.raises(NoProgressError):
+            await Client().hang()
+        assert 5.0 == clock.monotonic()
+
+    def test_classmethods_get_the_stack_alone(self):
+        """A classmethod is decorated (its layers are there) without a watchdog wrapper."""
+
+        class Client:
+            @tinker_retry_handler()
+            @classmethod
+            async def make(cls):
+                return cls
+
+        assert 2 == len(layers_of(vars(Client)["make"]))

@@ -36,7 +36,7 @@ from resilience.presets import stainless_retry_after
 
 pytestmark = pytest.mark.filterwarnings("ignore:The `construct` method is deprecated")
 
-MANY = settings(max_examples=400, deadline=None)  # x3 families: 1200 inputs per function
+MANY = settings(max_examples=350, deadline=None)  # x3 families: 1050 inputs per function
 BIG = 10**6  # the client's max_retries, so retries_taken can go past the SDKs' 1000 cap
 
 
@@ -150,10 +150,11 @@ def _response(family: str, status: int, headers: dict[str, str]):
     return module.Response(status, headers=headers, request=request)
 
 
+PRESETS = {"openai": presets.openai(), "anthropic": presets.anthropic(), "tinker": presets.tinker()}
+
+
 def _preset(family: str):
-    return {"openai": presets.openai, "anthropic": presets.anthropic, "tinker": presets.tinker}[
-        family
-    ]()
+    return PRESETS[family]
 
 
 def _final_options(client):
@@ -213,49 +214,48 @@ class TestAgainstTheSdk:
         assert not _preset(family).retry.on_result(_response(family, status, headers))
 
 
-def _handler_errors():
-    request = httpx.Request("POST", "http://127.0.0.1:9/x")
+_REQUEST = httpx.Request("POST", "http://127.0.0.1:9/x")
+_PLAIN_ERRORS = [
+    tinker.APIConnectionError(request=_REQUEST),
+    tinker.APITimeoutError(request=_REQUEST),
+    RetryableException("again"),
+    TimeoutError(),
+    httpx.ReadTimeout("slow", request=_REQUEST),
+    httpx.ConnectError("refused", request=_REQUEST),
+    ConnectionError(),
+    ValueError("bad"),
+    tinker.APIResponseValidationError(httpx.Response(200, request=_REQUEST), None),
+]
+HANDLER = RetryHandler()
+HANDLER_PRESET = presets.tinker_retry_handler()
 
-    def status_error(status):
-        response = httpx.Response(status, request=request)
+
+def _handler_error(clients, kind, status):
+    """One of tinker's errors: a plain one, a bare APIStatusError, or the client's mapped one."""
+    if kind < len(_PLAIN_ERRORS):
+        return _PLAIN_ERRORS[kind]
+    response = httpx.Response(status, request=_REQUEST)
+    if kind == len(_PLAIN_ERRORS):
         return tinker.APIStatusError("x", response=response, body=None)
-
-    return st.one_of(
-        st.integers(100, 700).map(status_error),
-        st.integers(400, 599).map(
-            lambda s: AsyncTinker(
-                api_key="tml-" + "a" * 40, base_url="http://127.0.0.1:9"
-            )._make_status_error_from_response(httpx.Response(s, request=request))
-        ),
-        st.sampled_from(
-            [
-                tinker.APIConnectionError(request=request),
-                tinker.APITimeoutError(request=request),
-                RetryableException("again"),
-                TimeoutError(),
-                httpx.ReadTimeout("slow", request=request),
-                httpx.ConnectError("refused", request=request),
-                ConnectionError(),
-                ValueError("bad"),
-                tinker.APIResponseValidationError(httpx.Response(200, request=request), None),
-            ]
-        ),
-    )
+    return clients["tinker"]._make_status_error_from_response(response)
 
 
 class TestRetryHandler:
     @MANY
-    @given(error=_handler_errors())
-    def test_should_retry(self, error):
+    @given(kind=st.integers(0, len(_PLAIN_ERRORS) + 1), status=st.integers(100, 700))
+    def test_should_retry(self, clients, kind, status):
         """tinker_retry_handler()'s on= is RetryHandler._should_retry, error by error."""
-        assert RetryHandler()._should_retry(error) == presets.tinker_retry_handler().retry.on(error)
+        if kind > len(_PLAIN_ERRORS) and not 400 <= status <= 599:
+            status = 400 + status % 200  # the client maps error statuses only
+        error = _handler_error(clients, kind, status)
+        assert HANDLER._should_retry(error) == HANDLER_PRESET.retry.on(error)
 
     @MANY
     @given(attempt=st.one_of(st.integers(0, 70), st.integers(0, BIG)), seed=st.integers(0, 2**32))
     def test_retry_delay(self, attempt, seed):
         """The backoff equals _calculate_retry_delay for the same attempt and draw."""
         random.seed(seed)
-        expected = RetryHandler()._calculate_retry_delay(attempt)
+        expected = HANDLER._calculate_retry_delay(attempt)
         random.seed(seed)
-        actual = presets.tinker_retry_handler().retry.backoff.delay(attempt, random.random())
+        actual = HANDLER_PRESET.retry.backoff.delay(attempt, random.random())
         assert actual == pytest.approx(expected, rel=1e-12, abs=1e-12)

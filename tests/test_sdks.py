@@ -23,6 +23,7 @@ import pytest
 from tinker._client import AsyncTinker
 
 from resilience import presets, resilient
+from resilience.transport import AsyncResilientTransport as AsyncHttpxTransport
 from resilience.transport_httpx2 import AsyncResilientTransport, ResilientTransport
 
 from .httpserver import Step, serve
@@ -317,6 +318,8 @@ def test_transport_under_openai(server, clock):
         assert "chatcmpl-1" == client.chat.completions.create(model="m", messages=[]).id
     assert 3 == len(srv.seen[script])
     assert _in_backoff(clock.sleeps)
+    counts = [headers.get("x-stainless-retry-count") for _, _, headers in srv.seen[script]]
+    assert ["0", "1", "2"] == counts  # as the SDK's own loop numbers its retries
 
 
 def test_transport_under_anthropic_gives_the_last_error(server, clock):
@@ -353,3 +356,24 @@ async def test_async_transport_under_anthropic(server, clock):
     assert ("msg_1", 2) == (message.id, len(srv.seen[script]))
     assert 3.0 in clock.sleeps
     await client.close()
+
+
+@pytest.mark.anyio
+async def test_httpx_transport_under_tinker(server, clock):
+    """Tinker is built on httpx: resilience.transport's AsyncResilientTransport rides a 503."""
+    import httpx
+
+    base, srv = server
+    script = _script(srv, Step(503), Step(429, {"retry-after": "5"}), Step(200, {}, HEALTH))
+    client = AsyncTinker(
+        api_key="tml-" + "a" * 40,
+        base_url=base,
+        max_retries=0,
+        default_headers={"x-script": script},
+        http_client=httpx.AsyncClient(transport=AsyncHttpxTransport(presets.tinker())),
+    )
+    async with client:
+        await client.service.health_check()
+    assert 3 == len(srv.seen[script])
+    assert 5.0 == clock.sleeps[-1]
+    assert _in_backoff(clock.sleeps[:1])

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from resilience._bounded.pool import CountedPoolBackend
 from resilience._dictable import FromDict
+from resilience._snapshot import PoolSnapshot
 from resilience._validate import check_choice, check_int, check_number, exception_predicate
 
 
@@ -216,11 +217,11 @@ class Gradient2:
         """Take one call's sample; at the end of a window, return the new limit."""
         if dropped:
             self.dropped = True
-        elif rtt > 0.0 and math.isfinite(rtt):
+        elif 0.0 < rtt < math.inf:
             self.total += rtt
             self.count += 1
         self.busy = max(self.busy, in_use)
-        if not dropped and self.count < max(self.short_window, self.limit):
+        if not dropped and (self.count < self.short_window or self.count < self.limit):
             return self.limit
         self._close()
         return self.limit
@@ -292,13 +293,15 @@ class Vegas:
 class AdaptivePoolBackend(CountedPoolBackend):
     """A memory pool whose limit an ``AdaptiveLimit`` machine moves after each call."""
 
-    __slots__ = ("adaptive", "algorithm", "fed")
+    __slots__ = ("_give", "_take", "adaptive", "algorithm", "fed")
 
     def __init__(self, adaptive: AdaptiveLimit) -> None:
         super().__init__(adaptive.initial)
         self.adaptive = adaptive
         self.algorithm = adaptive.make()
         self.fed = False
+        self._take = self._lock.acquire  # bound once: cheaper than `with` on the hot path
+        self._give = self._lock.release
 
     def sample(self, rtt: float, in_use: int, dropped: bool) -> int:
         """Feed one finished call to the algorithm and set the live limit; return it."""
@@ -309,21 +312,31 @@ class AdaptivePoolBackend(CountedPoolBackend):
 
     def sample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> None:
         """``sample`` and ``release`` under one lock: the call's end, in one step."""
-        with self._lock:
+        self._take()
+        try:
             self.fed = True
             self.limit = self.algorithm.update(rtt, in_use, dropped)
             used = self._used - weight
             self._used = used if used > 0 else 0
+        finally:
+            self._give()
 
     def try_acquire_used(self, weight: int) -> int:
         """Take *weight* units if free now; return the units held just after (0: not taken)."""
-        with self._lock:
+        self._take()
+        try:
             used = self._used + weight
             if used > self.limit:
                 return 0
             self._used = used
             return used
+        finally:
+            self._give()
 
     def idle(self) -> bool:
         """Whether a fresh pool would be the same: nothing held and nothing learnt yet."""
         return self._used == 0 and not self.fed
+
+    def snapshot(self, key: str) -> PoolSnapshot:
+        """The operator's view: the declared ceiling as ``limit``, the live one beside it."""
+        return PoolSnapshot(key, self.adaptive.max_limit, self.limit, self._used, None, None)

@@ -218,6 +218,7 @@ class BoundedLayer(KeyedLayer):
         adaptive = self.policy.limit
         assert isinstance(adaptive, AdaptiveLimit)
         is_drop = adaptive.is_drop
+        policy_clock = self.policy.clock
 
         def run(
             wrapped: Callable[..., Any],
@@ -234,7 +235,7 @@ class BoundedLayer(KeyedLayer):
             if not in_use:
                 layer._wait_sync(queue)
                 in_use = backend.used
-            clock = layer._clock()
+            clock = _clock.resolve(policy_clock)
             started = clock.monotonic()
             dropped: bool | None = False
             try:
@@ -266,6 +267,7 @@ class BoundedLayer(KeyedLayer):
         adaptive = self.policy.limit
         assert isinstance(adaptive, AdaptiveLimit)
         is_drop = adaptive.is_drop
+        policy_clock = self.policy.clock
 
         async def run(
             wrapped: Callable[..., Any],
@@ -282,7 +284,7 @@ class BoundedLayer(KeyedLayer):
             if not in_use:
                 await layer._wait_async(queue)
                 in_use = backend.used
-            clock = layer._clock()
+            clock = _clock.resolve(policy_clock)
             started = clock.monotonic()
             dropped: bool | None = False
             try:

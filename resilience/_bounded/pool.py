@@ -29,6 +29,8 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
+from resilience._snapshot import PoolSnapshot
+
 
 if TYPE_CHECKING:
     from resilience._policies import BoundedPolicy
@@ -66,6 +68,10 @@ class PoolBackend(Protocol):
 
     async def arelease(self, weight: int) -> None:
         """The async twin of ``release``."""
+        ...
+
+    def snapshot(self, key: str) -> PoolSnapshot:
+        """Return the operator's view of the pool of *key*, changing nothing."""
         ...
 
 
@@ -142,6 +148,10 @@ class MemoryPoolBackend:
     async def arelease(self, weight: int) -> None:
         """The async twin of ``release`` (no I/O: the same call)."""
         self.release(weight)
+
+    def snapshot(self, key: str) -> PoolSnapshot:
+        """Return the operator's view of the pool of *key* (waiters: see ``PermitQueue``)."""
+        return PoolSnapshot(key, self.limit, None, self.used, None, None)
 
 
 class CountedPoolBackend(MemoryPoolBackend):

@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from resilience._bounded.pool import PermitQueue
 from resilience._errors import StoreUnavailableError
+from resilience._snapshot import PoolSnapshot
 from resilience.stores._redis import NOW_LUA
+from resilience.stores._redis_snapshot import View, read_one, text
 
 
 if TYPE_CHECKING:
@@ -257,6 +259,15 @@ class RedisPoolBackend:
         """Return the free units now, across every process."""
         return int(self.store.run(_AVAILABLE, self._keys, self._argv(self.limit), key=self.key))
 
+    def meta(self) -> dict[str, Any]:
+        """The numbers the operator's view needs and Redis does not hold (see ``RedisStore``)."""
+        return {"limit": self.limit, "lease": self.lease}
+
+    def snapshot(self, key: str) -> PoolSnapshot:
+        """Return the operator's view of this pool (plain reads: no script, no write)."""
+        found: PoolSnapshot = read_one(self.store, "pool", key, self.meta())
+        return found
+
     def __repr__(self) -> str:
         return f"<RedisPoolBackend {self.key!r} limit={self.limit} on {self.store.describe()}>"
 
@@ -335,3 +346,48 @@ def redis_pool_backend(key: str, policy: BoundedPolicy, store: RedisStore) -> Re
 def redis_permit_queue(key: str, backend: PoolBackend, store: RedisStore) -> RedisPermitQueue:
     """Build this process's waiting room of *key*'s pool (the ``"pool.queue"`` factory)."""
     return RedisPermitQueue(backend)
+
+
+# -- the operator's view: plain reads of the leases, never a script ----------------------------
+
+
+def _reads(store: RedisStore, key: str) -> list[Any]:
+    return [
+        ("zrange", (store.key("pool", key, "leases"), 0, -1), {"withscores": True}),
+        ("hgetall", (store.key("pool", key, "weights"),)),
+    ]
+
+
+def _build(
+    store: RedisStore,
+    key: str,
+    replies: list[Any],
+    now: int,
+    wall: float,
+    meta: dict[str, Any] | None,
+) -> PoolSnapshot | None:
+    leases = [(text(lease), int(score)) for lease, score in replies[0] or ()]
+    weights = {text(k): int(v) for k, v in (replies[1] or {}).items()}
+    if not leases and not weights and meta is None:
+        return None
+    live = [(lease, expiry) for lease, expiry in leases if expiry > now]
+    holders: dict[str, int] = {}
+    for lease, _ in live:
+        holder = ":".join(lease.split(":")[:2])
+        holders[holder] = holders.get(holder, 0) + weights.get(lease, 0)
+    oldest = None
+    if live and meta is not None:
+        renewed = min(expiry for _, expiry in live) - math.ceil(float(meta["lease"]) * 1e6)
+        oldest = max(0, now - renewed) / 1_000_000
+    return PoolSnapshot(
+        key=key,
+        limit=None if meta is None else int(meta["limit"]),
+        live_limit=None,
+        in_use=sum(holders.values()),
+        waiting=None,
+        oldest_lease=oldest,
+        holders=holders,
+    )
+
+
+VIEW: Final = View(("leases", "weights"), _reads, _build)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple, Protocol, cast
 
 if TYPE_CHECKING:
     from resilience._policies import CircuitBreakerPolicy
+    from resilience._snapshot import BreakerSnapshot
 
 
 __all__ = [
@@ -225,4 +226,8 @@ class BreakerBackend(Protocol):
 
     def stats(self) -> CircuitBreakerStats:
         """Return a snapshot of the counts and the state as of now."""
+        ...
+
+    def snapshot(self) -> BreakerSnapshot:
+        """Return the operator's view of the breaker as of now, changing nothing."""
         ...

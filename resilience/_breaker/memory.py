@@ -33,6 +33,7 @@ from resilience._breaker.contract import (
     CircuitBreakerStats,
     Transition,
 )
+from resilience._snapshot import BreakerSnapshot, epoch_of
 
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class CountWindow:
 
     def counts(self, now: float) -> tuple[int, int]:
         """Return (calls, failures) in the window."""
+        return self.calls, self.failures
+
+    def peek(self, now: float) -> tuple[int, int]:
+        """Return (calls, failures) in the window, changing nothing (for snapshots)."""
         return self.calls, self.failures
 
     def clear(self) -> None:
@@ -129,6 +134,18 @@ class TimeWindow:
         """Return (calls, failures) in the window as of *now*."""
         self._advance(now)
         return self.calls, self.failures
+
+    def peek(self, now: float) -> tuple[int, int]:
+        """Return (calls, failures) in the window as of *now*, changing nothing."""
+        index = math.floor(now / self.width)
+        head = self._head
+        if head is None or index - head >= self.buckets:
+            return 0, 0
+        calls, failures = self.calls, self.failures
+        for step in range(head + 1, index + 1):
+            calls -= self._calls[step % self.buckets]
+            failures -= self._fails[step % self.buckets]
+        return calls, failures
 
     def clear(self) -> None:
         """Forget every call."""
@@ -265,6 +282,40 @@ class MemoryBreaker:
                 probes=self._probes if self._state == HALF_OPEN else 0,
                 opened_at=clock.time() - (now - self._opened_at) if is_open else None,
                 retry_after=self._retry_after(now) if state == "open" else 0.0,
+                times_opened=self._times_opened,
+                failures=self._failures,
+                rejected=self._rejected,
+            )
+
+    def snapshot(self) -> BreakerSnapshot:
+        """Return the operator's view of this breaker as of now, changing nothing."""
+        clock = self._time()
+        now = clock.monotonic()
+        wall = clock.time()
+        config = self.config
+        with self._lock:
+            state = self._state_at(now)
+            window = self._window
+            calls, failures = window.peek(now) if window is not None else (0, 0)
+            since = None
+            if state == "open":
+                since = epoch_of(self._opened_at, now, wall)
+            elif state == "half_open":
+                since = epoch_of(self._opened_at + config.reset_timeout, now, wall)
+            return BreakerSnapshot(
+                name=self.name,
+                state=state,
+                since=since,
+                reason=self._reason if state != "closed" else "",
+                consecutive_failures=self._consecutive,
+                failure_threshold=config.failure_threshold,
+                failure_rate=failures / calls if calls else None,
+                failure_rate_threshold=config.failure_rate,
+                window_calls=calls,
+                window_failures=failures,
+                probes=self._probes if self._state == HALF_OPEN else 0,
+                next_probe_in=self._retry_after(now) if state == "open" else 0.0,
+                reset_timeout=config.reset_timeout,
                 times_opened=self._times_opened,
                 failures=self._failures,
                 rejected=self._rejected,

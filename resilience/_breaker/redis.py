@@ -20,6 +20,7 @@ newest time bucket, ``c0``..``c9``/``f0``..``f9`` bucket counts.
 from __future__ import annotations
 
 import json
+import math
 
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,7 +34,9 @@ from resilience._breaker.contract import (
     CircuitBreakerStats,
     Transition,
 )
+from resilience._snapshot import BreakerSnapshot, epoch_of
 from resilience.stores._redis import NOW_LUA
+from resilience.stores._redis_snapshot import View, read_one
 
 
 if TYPE_CHECKING:
@@ -517,9 +520,94 @@ class RedisBreaker:
             rejected=int(rejected),
         )
 
+    def meta(self) -> dict[str, Any]:
+        """The config, for the operator's view of a breaker that has no state in Redis yet."""
+        return {"cfg": list(self.config)}
+
+    def snapshot(self) -> BreakerSnapshot:
+        """Return the operator's view of this breaker (plain reads: no script, no write)."""
+        found: BreakerSnapshot = read_one(self.store, "breaker", self.name, self.meta())
+        return found
+
     def __repr__(self) -> str:
         return f"<RedisBreaker {self.name!r} at {self._keys[0]!r}>"
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- the operator's view: plain reads of the hash, never a script ------------------------------
+
+
+def _reads(store: RedisStore, name: str) -> list[Any]:
+    return [("hgetall", (store.key("breaker", name),))]
+
+
+def _window_counts(h: dict[str, str], config: BreakerConfig, now: int) -> tuple[int, int]:
+    """The window's (calls, failures) as of *now*, as the scripts' ``advance`` would leave them."""
+    calls, failures = int(h.get("wc") or 0), int(h.get("wf") or 0)
+    if config.window_duration is None:
+        return calls, failures
+    width = round(config.window_duration * _US) / 10
+    index = math.floor(now / width)
+    head = h.get("wh") or ""
+    if not head:
+        return 0, 0
+    start = int(float(head))
+    if index - start >= 10:
+        return 0, 0
+    for step in range(start + 1, index + 1):
+        calls -= int(h.get(f"c{step % 10}") or 0)
+        failures -= int(h.get(f"f{step % 10}") or 0)
+    return calls, failures
+
+
+def _build(
+    store: RedisStore,
+    name: str,
+    replies: list[Any],
+    now: int,
+    wall: float,
+    meta: dict[str, Any] | None,
+) -> BreakerSnapshot | None:
+    h = {_text(k): _text(v) for k, v in (replies[0] or {}).items()}
+    if "cfg" in h:
+        config = BreakerConfig(*json.loads(h["cfg"]))
+    elif meta is not None:  # declared, never failed: no state in Redis yet
+        config = BreakerConfig(*meta["cfg"])
+    else:
+        return None
+    stored = int(h.get("s") or 0)
+    opened = int(h.get("o") or 0)
+    reset_us = round(config.reset_timeout * _US)
+    state = STATE_NAMES[stored]
+    if stored == 1 and now >= opened + reset_us:
+        state = "half_open"
+    since = None
+    if state == "open":
+        since = epoch_of(opened / _US, now / _US, wall)
+    elif state == "half_open":
+        since = epoch_of((opened + reset_us) / _US, now / _US, wall)
+    calls, failures = _window_counts(h, config, now)
+    return BreakerSnapshot(
+        name=name,
+        state=state,
+        since=since,
+        reason=h.get("r", "") if state != "closed" else "",
+        consecutive_failures=int(h.get("c") or 0),
+        failure_threshold=config.failure_threshold,
+        failure_rate=failures / calls if calls else None,
+        failure_rate_threshold=config.failure_rate,
+        window_calls=calls,
+        window_failures=failures,
+        probes=int(h.get("p") or 0) if stored == 2 else 0,
+        next_probe_in=(opened + reset_us - now) / _US if state == "open" else 0.0,
+        reset_timeout=config.reset_timeout,
+        times_opened=int(h.get("n") or 0),
+        failures=int(h.get("f") or 0),
+        rejected=int(h.get("j") or 0),
+    )
+
+
+VIEW: Final = View(("", "ring"), _reads, _build)

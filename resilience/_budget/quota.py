@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
+from resilience._snapshot import BudgetSnapshot
 from resilience._validate import check_int, check_number, check_store
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
@@ -95,6 +96,10 @@ class MemoryTokenBackend:
             tokens = min(self.capacity, tokens + give)
             self.tokens = tokens
             return ok, tokens
+
+    def snapshot(self, key: str) -> BudgetSnapshot:
+        """The operator's view: the tokens left as the balance (a quota has no ratio)."""
+        return BudgetSnapshot(key, float(self.tokens), None, None, 0, 0)
 
 
 def memory_tokens(key: str, owner: Any, store: MemoryStore) -> MemoryTokenBackend:

@@ -9,9 +9,13 @@ the newest bucket, ``tc``/``tr`` the totals, ``c0``..``c9``/``r0``..``r9`` the b
 
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any, Final
 
+from resilience._snapshot import BudgetSnapshot
 from resilience.stores._redis import NOW_LUA
+from resilience.stores._redis_snapshot import View, read_one, text
 
 
 if TYPE_CHECKING:
@@ -84,12 +88,17 @@ _US: Final = 1_000_000
 class RedisBudgetBackend:
     """``BudgetBackend`` in Redis: ``BudgetState``'s accounting, one script per step."""
 
-    __slots__ = ("_args", "_keys", "key", "store")
+    __slots__ = ("_args", "_keys", "_meta", "key", "store")
 
     def __init__(self, key: str, budget: RetryBudget, store: RedisStore) -> None:
         self.key = key
         self.store = store
         window = float(budget.window)  # type: ignore[arg-type]  # seconds after validation
+        self._meta = {
+            "ratio": budget.ratio,
+            "window": window,
+            "min_retries_per_second": budget.min_retries_per_second,
+        }
         self._keys = (store.key("budget", key),)
         self._args = (
             max(store.ttl_ms, round(window * 1000)),  # the idle ttl, or the window's horizon
@@ -126,6 +135,15 @@ class RedisBudgetBackend:
         """The async twin of ``balance``."""
         reply = await self.store.arun(_STEP, self._keys, self._argv("balance"), key=self.key)
         return float(reply)
+
+    def meta(self) -> dict[str, Any]:
+        """The numbers the operator's view needs and Redis does not hold (see ``RedisStore``)."""
+        return dict(self._meta)
+
+    def snapshot(self, key: str) -> BudgetSnapshot:
+        """Return the operator's view of this budget (one HGETALL: no script, no write)."""
+        found: BudgetSnapshot = read_one(self.store, "budget", key, self.meta())
+        return found
 
     def __repr__(self) -> str:
         return f"<RedisBudgetBackend {self._keys[0]!r}>"
@@ -186,3 +204,42 @@ def redis_budget_backend(key: str, budget: RetryBudget, store: RedisStore) -> Re
 def redis_tokens(key: str, owner: Any, store: RedisStore) -> RedisTokenBackend:
     """``RedisStore``'s ``"tokens"`` factory (``RetryQuota``, ``RetryThrottle``)."""
     return RedisTokenBackend(key, owner.bucket_capacity, store)
+
+
+# -- the operator's view: one HGETALL, never a script ------------------------------------------
+
+
+def _reads(store: RedisStore, key: str) -> list[Any]:
+    return [("hgetall", (store.key("budget", key),))]
+
+
+def _build(
+    store: RedisStore,
+    key: str,
+    replies: list[Any],
+    now: int,
+    wall: float,
+    meta: dict[str, Any] | None,
+) -> BudgetSnapshot | None:
+    h = {text(k): text(v) for k, v in (replies[0] or {}).items()}
+    if not h and meta is None:
+        return None
+    calls = retries = 0
+    ratio = window = balance = None
+    if meta is not None:
+        ratio, window = float(meta["ratio"]), float(meta["window"])
+        width = window * _US / 10
+        index = math.floor(now / width)
+        current = int(h.get("cur") or 0)
+        if index - current < 10:
+            calls, retries = int(h.get("tc") or 0), int(h.get("tr") or 0)
+            for step in range(current + 1, index + 1):
+                calls -= int(h.get(f"c{step % 10}") or 0)
+                retries -= int(h.get(f"r{step % 10}") or 0)
+        balance = ratio * calls + float(meta["min_retries_per_second"]) * window - retries
+    else:
+        calls, retries = int(h.get("tc") or 0), int(h.get("tr") or 0)
+    return BudgetSnapshot(key, balance, ratio, window, calls, retries)
+
+
+VIEW: Final = View(("",), _reads, _build)

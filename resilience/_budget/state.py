@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from resilience import _clock
 from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
+from resilience._snapshot import BudgetSnapshot
 from resilience._validate import check_number, check_store, duration
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
@@ -98,6 +99,17 @@ class BudgetState:
         self._roll(now)
         return self.ratio * self.total_calls + self.floor - self.total_retries
 
+    def view(self, now: float) -> tuple[int, int]:
+        """Return (calls, retries) in the window as of *now*, changing nothing."""
+        index = math.floor(now / self.width)
+        if self.current == -math.inf or index - self.current >= _BUCKETS:
+            return 0, 0
+        calls, retries = self.total_calls, self.total_retries
+        for step in range(int(self.current) + 1, index + 1):
+            calls -= self.calls[step % _BUCKETS]
+            retries -= self.retries[step % _BUCKETS]
+        return calls, retries
+
     def try_retry(self, now: float) -> bool:
         """Withdraw one retry at *now* if the budget allows it; return whether it did."""
         if self.balance(now) < 1.0:
@@ -127,15 +139,20 @@ class BudgetBackend(Protocol):
         """Return how many retries the budget allows now."""
         ...
 
+    def snapshot(self, key: str) -> BudgetSnapshot:
+        """Return the operator's view of the budget of *key*, changing nothing."""
+        ...
+
 
 class MemoryBudgetBackend:
     """A retry budget in this process: ``BudgetState`` under a lock."""
 
-    __slots__ = ("_clock", "_lock", "_state")
+    __slots__ = ("_clock", "_lock", "_state", "_window")
 
     def __init__(self, budget: RetryBudget) -> None:
         window = budget.window
         assert isinstance(window, float)
+        self._window = window
         self._state = BudgetState(budget.ratio, window, budget.min_retries_per_second)
         self._clock = budget.clock
         self._lock = threading.Lock()
@@ -158,6 +175,20 @@ class MemoryBudgetBackend:
         """Return how many retries the budget allows now."""
         with self._lock:
             return self._state.balance(self._now())
+
+    def snapshot(self, key: str) -> BudgetSnapshot:
+        """Return the operator's view of the budget of *key*, changing nothing."""
+        state = self._state
+        with self._lock:
+            calls, retries = state.view(self._now())
+        return BudgetSnapshot(
+            key=key,
+            balance=state.ratio * calls + state.floor - retries,
+            ratio=state.ratio,
+            window=self._window,
+            calls=calls,
+            retries=retries,
+        )
 
     def idle(self) -> bool:
         """Whether every call and retry slid out of the window (eviction)."""

@@ -272,7 +272,8 @@ class RateLimitLayer(KeyedLayer):
         while wait > 0.0:
             clock.sleep(wait)
             waited += wait
-            wait, again, started = backend.resume_units(max(0.0, self.max_wait - waited), cost)
+            left = max(0.0, _until_deadline(self.max_wait - waited))
+            wait, again, started = backend.resume_units(left, cost)
             if wait < 0.0:
                 raise self._refuse(-wait)
             if not math.isnan(again):
@@ -292,7 +293,7 @@ class RateLimitLayer(KeyedLayer):
         while wait > 0.0:
             await clock.asleep(wait)
             waited += wait
-            left = max(0.0, self.max_wait - waited)
+            left = max(0.0, _until_deadline(self.max_wait - waited))
             if self._remote:
                 wait, again, started = await backend.aresume_units(left, cost)
             else:
@@ -329,8 +330,9 @@ class RateLimitLayer(KeyedLayer):
             if type(cost) is not int or not 0 < cost <= rate:
                 cost = layer._cost(cost)
             stamps: tuple[float, float] | None = None
+            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
             try:
-                wait, reserved, started = backend.reserve_units(max_wait, cost)
+                wait, reserved, started = backend.reserve_units(bound, cost)
                 stamps = (
                     layer._wait_units_sync(backend, wait, cost, reserved)
                     if wait
@@ -383,11 +385,12 @@ class RateLimitLayer(KeyedLayer):
             if type(cost) is not int or not 0 < cost <= rate:
                 cost = layer._cost(cost)
             stamps: tuple[float, float] | None = None
+            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
             try:
                 if layer._remote:
-                    wait, reserved, started = await backend.areserve_units(max_wait, cost)
+                    wait, reserved, started = await backend.areserve_units(bound, cost)
                 else:
-                    wait, reserved, started = backend.reserve_units(max_wait, cost)
+                    wait, reserved, started = backend.reserve_units(bound, cost)
                 stamps = (
                     await layer._wait_units_async(backend, wait, cost, reserved)
                     if wait

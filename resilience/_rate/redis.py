@@ -28,7 +28,9 @@ import math
 
 from typing import TYPE_CHECKING, Any
 
+from resilience._snapshot import LimiterSnapshot, epoch_of
 from resilience.stores._redis import NOW_LUA, RedisStore
+from resilience.stores._redis_snapshot import View, read_one
 
 
 if TYPE_CHECKING:
@@ -358,6 +360,15 @@ class RedisRateBackend:
         """The async twin of ``pending``."""
         return int(await self.store.arun(_PENDING, self._keys, self._argv(), key=self.key))
 
+    def meta(self) -> dict[str, Any]:
+        """The numbers the operator's view needs and Redis does not hold (see ``RedisStore``)."""
+        return {"rate": self.rate, "per": self.per, "burst": self.burst}
+
+    def snapshot(self, key: str) -> LimiterSnapshot:
+        """Return the operator's view of this budget (plain reads: no script, no write)."""
+        found: LimiterSnapshot = read_one(self.store, "rate", key, self.meta())
+        return found
+
     # -- weighted calls (cost, settle) ------------------------------------------------------
 
     def _units_argv(self, max_wait: float | None, cost: int) -> list[Any]:
@@ -410,3 +421,60 @@ def redis_rate_backend(key: str, policy: RateLimitPolicy, store: RedisStore) -> 
     per = policy.per
     assert isinstance(per, float)
     return RedisRateBackend(store, key, policy.rate, per, policy.burst)
+
+
+# -- the operator's view: plain reads of the logs and the window, never a script ---------------
+
+
+def _reads(store: RedisStore, key: str) -> list[Any]:
+    return [
+        ("lrange", (store.key("rate", key, "log"), 0, -1)),
+        ("lrange", (store.key("rate", key, "starts"), 0, -1)),
+        ("get", (store.key("window", key),)),
+    ]
+
+
+def _build(
+    store: RedisStore,
+    key: str,
+    replies: list[Any],
+    now: int,
+    wall: float,
+    meta: dict[str, Any] | None,
+) -> LimiterSnapshot | None:
+    log = [int(x) for x in replies[0] or ()]
+    starts = [int(x) for x in replies[1] or ()]
+    end = None if replies[2] is None else int(replies[2])
+    left = max(0, end - now) if end is not None else 0
+    window_end = None
+    if end is not None and left > 0:
+        window_end = epoch_of(end / 1_000_000, now / 1_000_000, wall)
+    if not log and not starts and end is None and meta is None:
+        return None
+    rate = per = burst = None
+    ahead = sum(1 for t in log if t > now)
+    waits = ahead > 0
+    started = len(starts)
+    if meta is not None:
+        rate, per, burst = int(meta["rate"]), float(meta["per"]), int(meta["burst"])
+        per_us = _micros(per)
+        started = sum(1 for t in starts if now - per_us < t <= now)
+        live = [t for t in log if t + per_us > now]
+        if len(live) >= rate and live[-rate] + per_us > now:
+            waits = True
+        if burst < rate and len(live) >= burst and live[-burst] + _micros(per * burst / rate) > now:
+            waits = True
+    return LimiterSnapshot(
+        key=key,
+        rate=rate,
+        per=per,
+        burst=burst,
+        starts=started,
+        waiting=ahead,
+        saturated=waits or left > 0,
+        window_remaining=left / 1_000_000,
+        window_ends_at=window_end,
+    )
+
+
+VIEW = View(("log", "starts"), _reads, _build)

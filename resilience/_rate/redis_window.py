@@ -11,9 +11,11 @@ the same round trip.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from resilience._snapshot import LimiterSnapshot, epoch_of
 from resilience.stores._redis import NOW_LUA
+from resilience.stores._redis_snapshot import View, read_one
 
 
 if TYPE_CHECKING:
@@ -95,6 +97,16 @@ class RedisWindowBackend:
         """The async twin of ``clear``."""
         await self._arun(_CLEAR)
 
+    def snapshot(self, key: str) -> LimiterSnapshot:
+        """Return the operator's view of this window (one GET: no script, no write)."""
+        found: LimiterSnapshot | None = read_one(self.store, "window", key, None)
+        return found or LimiterSnapshot(key, None, None, None, 0, 0, False, 0.0, None)
+
+    def view(self) -> tuple[float, float | None]:
+        """Return (seconds left, epoch seconds of the end or None when closed)."""
+        found = self.snapshot(self.key)
+        return found.window_remaining, found.window_ends_at
+
     def __repr__(self) -> str:
         return f"<RedisWindowBackend {self._keys[0]!r}>"
 
@@ -102,3 +114,29 @@ class RedisWindowBackend:
 def redis_window_backend(key: str, policy: object, store: RedisStore) -> RedisWindowBackend:
     """``RedisStore``'s ``"window"`` factory."""
     return RedisWindowBackend(key, store)
+
+
+# -- the operator's view: one GET, never a script ----------------------------------------------
+
+
+def _reads(store: RedisStore, key: str) -> list[Any]:
+    return [("get", (store.key("window", key),))]
+
+
+def _build(
+    store: RedisStore,
+    key: str,
+    replies: list[Any],
+    now: int,
+    wall: float,
+    meta: dict[str, Any] | None,
+) -> LimiterSnapshot | None:
+    if replies[0] is None:
+        return None
+    end = int(replies[0])
+    left = max(0, end - now)
+    ends_at = epoch_of(end / _US, now / _US, wall) if left > 0 else None
+    return LimiterSnapshot(key, None, None, None, 0, 0, left > 0, left / _US, ends_at)
+
+
+VIEW: Final = View(("",), _reads, _build)

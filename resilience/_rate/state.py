@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from resilience import _clock
 from resilience._rate.window import MemoryWindowBackend
+from resilience._snapshot import LimiterSnapshot
 
 
 if TYPE_CHECKING:
@@ -247,6 +248,22 @@ class RateState:
         """Return how many reserved starts lie in the future (the waiting queue's depth)."""
         return len(self.log) - bisect.bisect_right(self.log, now)
 
+    def view(self, now: float) -> tuple[int, int, bool]:
+        """
+        Return (starts in the last *per* seconds, reservations ahead, a newcomer waits).
+
+        Reads only: nothing is dropped from the logs.
+        """
+        starts = sum(1 for t in self.starts if now - self.per < t <= now)
+        ahead = self.pending(now)
+        log = [t for t in self.log if t + self.per > now]
+        waits = bool(log) and log[-1] > now
+        if len(log) >= self.rate and log[-self.rate] + self.per > now:
+            waits = True
+        if self.spaced and len(log) >= self.burst and log[-self.burst] + self.gap > now:
+            waits = True
+        return starts, ahead, waits
+
 
 class RateBackend(Protocol):
     """
@@ -306,6 +323,10 @@ class RateBackend(Protocol):
 
     async def apending(self) -> int:
         """The async twin of ``pending``."""
+        ...
+
+    def snapshot(self, key: str) -> LimiterSnapshot:
+        """Return the operator's view of the budget of *key*, changing nothing."""
         ...
 
 
@@ -417,6 +438,24 @@ class MemoryRateBackend:
     async def apending(self) -> int:
         """The async twin of ``pending`` (no I/O: the same call)."""
         return self.pending()
+
+    def snapshot(self, key: str) -> LimiterSnapshot:
+        """Return the operator's view of the budget of *key*, changing nothing."""
+        clock = _clock.resolve(self._clock)
+        with self._lock:
+            starts, waiting, waits = self._state.view(clock.monotonic())
+        left, ends_at = self._window.view()
+        return LimiterSnapshot(
+            key=key,
+            rate=self.rate,
+            per=self.per,
+            burst=self.burst,
+            starts=starts,
+            waiting=waiting,
+            saturated=waits or left > 0.0,
+            window_remaining=left,
+            window_ends_at=ends_at,
+        )
 
 
 def memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:

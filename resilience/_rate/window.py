@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
+from resilience._snapshot import LimiterSnapshot, epoch_of
 from resilience._validate import duration
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.telemetry._bus import BUS, emit
@@ -47,6 +48,10 @@ class WindowBackend(Protocol):
 
     def clear(self) -> None:
         """Close the window at once."""
+        ...
+
+    def snapshot(self, key: str) -> LimiterSnapshot:
+        """Return the operator's view of the window of *key* (no limiter), changing nothing."""
         ...
 
 
@@ -84,6 +89,20 @@ class MemoryWindowBackend:
         """Close the window at once."""
         with self._lock:
             self.end = -math.inf
+
+    def view(self) -> tuple[float, float | None]:
+        """Return (seconds left, epoch seconds of the end or None when closed)."""
+        clock = _clock.resolve(self._clock)
+        now = clock.monotonic()
+        end = self.end
+        if end <= now:
+            return 0.0, None
+        return end - now, epoch_of(end, now, clock.time())
+
+    def snapshot(self, key: str) -> LimiterSnapshot:
+        """Return the operator's view of the window of *key* (no limiter), changing nothing."""
+        left, ends_at = self.view()
+        return LimiterSnapshot(key, None, None, None, 0, 0, left > 0.0, left, ends_at)
 
     def idle(self) -> bool:
         """Whether the window is closed: a fresh backend would answer the same (eviction)."""

@@ -14,10 +14,16 @@ medium.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
+from resilience import _clock
 from resilience._config import on_reset
 from resilience.stores._registry import BackendRegistry
+
+
+if TYPE_CHECKING:
+    from resilience._snapshot import Snapshot
 
 
 __all__ = ["DEFAULT_STORE", "MemoryStore"]
@@ -52,6 +58,35 @@ class MemoryStore(BackendRegistry):
     def keys(self, concern: str) -> list[str]:
         """Return the keys that have a backend of *concern*."""
         return [key for (kind, key) in list(self._backends) if kind == concern]
+
+    def snapshot(self) -> Snapshot:
+        """
+        Read every breaker, limiter, window, pool and budget this store holds, changing nothing.
+
+        Each backend is read under its own lock, so every record is consistent with itself.
+        """
+        from resilience._snapshot import Snapshot  # noqa: PLC0415 - loaded with the view
+
+        items = list(self._backends.items())
+        rated = {key for (concern, key), _ in items if concern == "rate"}
+        queues = {key: queue for (concern, key), queue in items if concern == "pool.queue"}
+        breakers, limiters, pools, budgets = [], [], [], []
+        for (concern, key), backend in items:
+            if getattr(backend, "snapshot", None) is None:
+                continue
+            if concern == "breaker":
+                if not backend.retired:
+                    breakers.append(backend.snapshot())
+            elif concern == "rate" or (concern == "window" and key not in rated):
+                limiters.append(backend.snapshot(key))
+            elif concern == "pool":
+                queue = queues.get(key)
+                waiting = len(queue.waiters) if queue is not None else 0
+                pools.append(replace(backend.snapshot(key), waiting=waiting))
+            elif concern in ("budget", "tokens"):
+                budgets.append(backend.snapshot(key))
+        clock = _clock.current_clock()
+        return Snapshot.of(clock.time(), "memory", breakers, limiters, pools, budgets)
 
     def clear(self) -> None:
         """Forget every backend (for test isolation)."""

@@ -112,6 +112,7 @@ class RedisStore(BackendRegistry):
     __module__ = "resilience.stores"
 
     _loaders: ClassVar[dict[str, Callable[[str, RedisStore], Any] | str]] = {}
+    _views: ClassVar[dict[str, str]] = {}
     #: The state lives in Redis: a handle nothing holds can be dropped from this process.
     stateless_backends: ClassVar[bool] = True
 
@@ -180,6 +181,9 @@ class RedisStore(BackendRegistry):
         self._description: str = clients.describe(self.client)
         self._given_async = given_async
         super().__init__()
+        from resilience.stores._redis_snapshot import MetaWriter  # noqa: PLC0415 - circular
+
+        self._meta = MetaWriter(self)
         self._shas: dict[str, str] = {}
         self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
@@ -198,6 +202,27 @@ class RedisStore(BackendRegistry):
         ``register``.
         """
         cls._loaders[concern] = loader
+
+    @classmethod
+    def register_view(cls, concern: str, module: str) -> None:
+        """Make ``snapshot()`` read the keys of *concern* with the ``VIEW`` of *module*."""
+        cls._views[concern] = module
+
+    def backend(self, concern: str, key: str, policy: Any) -> Any:
+        """Return the backend of *concern* for *key*; a new one's numbers go to the meta hash."""
+        found = self._backends.get((concern, key))
+        if found is None:
+            found = super().backend(concern, key, policy)
+            meta = getattr(found, "meta", None)
+            if meta is not None:
+                self._meta.declare(concern, key, meta())
+        return found
+
+    def snapshot(self) -> Any:
+        """Read every breaker, limiter, window, pool and budget of the namespace (no writes)."""
+        from resilience.stores._redis_snapshot import snapshot  # noqa: PLC0415 - on use
+
+        return snapshot(self)
 
     def peek(self, concern: str, key: str) -> Any:
         """
@@ -304,21 +329,28 @@ class RedisStore(BackendRegistry):
         *timeout* (if smaller than the store's) bounds this one call, e.g. by a policy's own
         remaining time.
         """
-        client = self._async_client()
         limit = self.timeout if timeout is None else min(self.timeout, max(timeout, 0.0))
-        try:
-            async with asyncio.timeout(limit):
-                try:
-                    return await client.evalsha(self._sha(source), len(keys), *keys, *args)
-                except self._no_script:
-                    return await client.eval(source, len(keys), *keys, *args)
-        except (TimeoutError, OSError, self._error) as error:
-            raise self.unavailable(key, error, limit) from error
-        except Exception as error:
-            # Not the library's own error: a client left broken (e.g. cancelled while it
-            # connected). Start the next call on a fresh twin; this one is unavailable.
-            self._async_clients.pop(asyncio.get_running_loop(), None)
-            raise self.unavailable(key, error, limit) from error
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        for attempt in (1, 2):
+            client = self._async_client()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    try:
+                        return await client.evalsha(self._sha(source), len(keys), *keys, *args)
+                    except self._no_script:
+                        return await client.eval(source, len(keys), *keys, *args)
+            except (TimeoutError, OSError, self._error) as error:
+                raise self.unavailable(key, error, limit) from error
+            except Exception as error:
+                # Not the library's own error: a client left broken (e.g. a connection
+                # cancelled while it connected). Drop it; try once more on a fresh twin
+                # within the same deadline.
+                if self._given_async is None:
+                    self._async_clients.pop(loop, None)
+                if attempt == 2 or self._given_async is not None or loop.time() >= deadline:
+                    raise self.unavailable(key, error, limit) from error
+        raise AssertionError  # pragma: no cover - the loop returns or raises
 
     def _async_client(self) -> Any:
         if self._given_async is not None:
@@ -351,6 +383,8 @@ class RedisStore(BackendRegistry):
 
     def clear(self) -> None:
         """Delete every key of this store's namespace (for tests) and forget backends."""
+        self._meta.settle()
+        self._meta.forget()
         self._forget_backends()
         pattern = f"{self.namespace.translate(_GLOB)}:*"
         names = self._scan(pattern)
@@ -367,6 +401,7 @@ class RedisStore(BackendRegistry):
 
     def close(self) -> None:
         """Close the connections this store opened (a client passed in stays open)."""
+        self._meta.stop()
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -476,5 +511,11 @@ RedisStore.register("window", "resilience._rate.redis_window:redis_window_backen
 RedisStore.register("pool", "resilience._bounded.redis:redis_pool_backend")
 RedisStore.register("pool.queue", "resilience._bounded.redis:redis_permit_queue")
 RedisStore.register("budget", "resilience._budget.redis:redis_budget_backend")
+# The operator's view: each concern's plain reads of its keys (``_redis_snapshot.View``).
+RedisStore.register_view("breaker", "resilience._breaker.redis")
+RedisStore.register_view("rate", "resilience._rate.redis")
+RedisStore.register_view("window", "resilience._rate.redis_window")
+RedisStore.register_view("pool", "resilience._bounded.redis")
+RedisStore.register_view("budget", "resilience._budget.redis")
 RedisStore.register("throttle", "resilience._throttle.redis:redis_throttle")
 RedisStore.register("tokens", "resilience._budget.redis:redis_tokens")

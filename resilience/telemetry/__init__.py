@@ -21,6 +21,7 @@ from resilience.telemetry._redact import (
 )
 from resilience.telemetry._reporter import Reporter
 from resilience.telemetry._reporter_events import Batch, ReporterStats
+from resilience.telemetry._rolling import NameMetrics, RollingMetrics
 from resilience.telemetry._spans import Span, current_span
 from resilience.telemetry._structlog import attach_structlog
 from resilience.telemetry._switch import env_enabled, is_enabled, set_enabled
@@ -34,8 +35,10 @@ __all__ = [
     "EventHandler",
     "Handle",
     "HttpBackend",
+    "NameMetrics",
     "Reporter",
     "ReporterStats",
+    "RollingMetrics",
     "Span",
     "add_pattern",
     "add_sensitive",

@@ -213,7 +213,22 @@ class TestWeighted:
                 clear = getattr(store, "clear", None)
                 if clear is not None:
                     clear()
-        assert runs[0] == pytest.approx(runs[1], abs=2e-6)  # Redis keeps whole microseconds
+        # Redis keeps whole microseconds, and a start can build on earlier rounded ones
+        assert runs[0] == pytest.approx(runs[1], abs=1e-6 * (len(calls) + 1))
+
+
+class TestDeadline:
+    def test_a_weighted_turn_past_the_deadline_is_refused_at_once(self, clock: FakeClock) -> None:
+        """A turn 60 s away under a 5 s deadline: RateLimitedError without waiting."""
+        from resilience import deadline
+
+        @rate_limited(rate=10, per=60.0, cost=6, key="w-deadline")
+        def call() -> None: ...
+
+        call()
+        with deadline(5.0), pytest.raises(RateLimitedError):
+            call()
+        assert [] == clock.sleeps
 
 
 class TestState:

@@ -239,7 +239,7 @@ def test_paused_primary(topology, how):
                 target=blocker.execute_command, args=("DEBUG", "SLEEP", "1.0"), daemon=True
             )
             hang.start()
-            time.sleep(0.05)
+            time.sleep(0.2)  # the DEBUG SLEEP has reached the server
         assert_fails_in_time(closed)
         started = time.monotonic()
         assert "ok" == opened()

@@ -26,6 +26,7 @@ from resilience import (
     circuit_breaker,
     get_bounded,
     parse_retry_after,
+    presets,
     rate_limited,
     retry,
     throttled,
@@ -245,6 +246,9 @@ async def check() -> None:
     assert_type(await stacked(1, b="x"), list[int])
     assert_type(via_stack(1), tuple[int, str])
     assert_type(parse_retry_after({"retry-after": "1"}), float | None)
+    assert_type(presets.openai()(bare)(1, b="y"), float)
+    assert_type(presets.anthropic(key="shared")(bare)(1), float)
+    assert_type(presets.tinker_retry_handler(pool_scope="call")(bare)(1), float)
     assert_type(Backoff().delay(0), float)
     assert_type(Backoff().bounds(0), tuple[float, float])
     decorator = retry(attempts=2)
