@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
@@ -285,15 +285,7 @@ class TracedLayer(Layer):
     def build_gen(self, call_next: Runner) -> Runner:
         start = functools.partial(_Call, self)
 
-        def runner(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Generator[Any, Any, Any]:
-            return pump(start, call_next, wrapped, instance, args, kwargs)
-
-        return runner
+        return functools.partial(pump, start, call_next)  # (wrapped, instance, args, kwargs)
 
     def build_asyncgen(self, call_next: Runner) -> Runner:
         layer = self
@@ -301,15 +293,7 @@ class TracedLayer(Layer):
         async def start() -> _Call:
             return _Call(layer)
 
-        def runner(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> AsyncGenerator[Any, Any]:
-            return apump(start, call_next, wrapped, instance, args, kwargs)
-
-        return runner
+        return functools.partial(apump, start, call_next)  # (wrapped, instance, args, kwargs)
 
 
 @overload

@@ -14,9 +14,10 @@ no write). Failures, refusals and probes take the backend's lock.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config
@@ -417,15 +418,7 @@ class BreakerLayer(Layer):
                 raise ticket
             return _Recorded(layer, backend, ticket)
 
-        def runner(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> AsyncGenerator[Any, Any]:
-            return apump(start, call_next, wrapped, instance, args, kwargs)
-
-        return runner
+        return functools.partial(apump, start, call_next)  # (wrapped, instance, args, kwargs)
 
 
 _UNRECORDED = Passage()  # the library is switched off: the generator runs unguarded
