@@ -32,18 +32,20 @@ def work() -> int:
 
 def scenarios() -> list[Scenario]:
     """The three comparisons of issue 16."""
-    fixed = bounded(limit=1000, key=f"bench-{next(_keys)}")(work)
-    gradient = bounded(limit=AdaptiveLimit(initial=1000), key=f"bench-{next(_keys)}")(work)
-    aimd = bounded(limit=AdaptiveLimit(algorithm="aimd", initial=1000), key=f"bench-{next(_keys)}")(
-        work
-    )
-    throttle = throttled(key=f"bench-{next(_keys)}")(work)
-    breaker = circuit_breaker(name=f"bench-{next(_keys)}")(work)
-    windowed = circuit_breaker(
-        name=f"bench-{next(_keys)}", failure_rate=0.5, window_duration=120.0
+    fixed = bounded(limit=1000, key=f"bench-adaptive-{next(_keys)}")(work)
+    gradient = bounded(limit=AdaptiveLimit(initial=1000), key=f"bench-adaptive-{next(_keys)}")(work)
+    aimd = bounded(
+        limit=AdaptiveLimit(algorithm="aimd", initial=1000), key=f"bench-adaptive-{next(_keys)}"
     )(work)
-    plain = rate_limited(rate=HUGE, per=1.0, key=f"bench-{next(_keys)}")(work)
-    weighted = rate_limited(rate=HUGE, per=1.0, key=f"bench-{next(_keys)}", cost=lambda: 1)(work)
+    throttle = throttled(key=f"bench-adaptive-{next(_keys)}")(work)
+    breaker = circuit_breaker(name=f"bench-adaptive-{next(_keys)}")(work)
+    windowed = circuit_breaker(
+        name=f"bench-adaptive-{next(_keys)}", failure_rate=0.5, window_duration=120.0
+    )(work)
+    plain = rate_limited(rate=HUGE, per=1.0, key=f"bench-adaptive-{next(_keys)}")(work)
+    weighted = rate_limited(
+        rate=HUGE, per=1.0, key=f"bench-adaptive-{next(_keys)}", cost=lambda: 1
+    )(work)
     return [
         Scenario(
             title=ADAPTIVE,
