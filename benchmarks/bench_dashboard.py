@@ -70,6 +70,7 @@ class _Bench:
         self.page.pause(mode != "page")
 
     def close(self) -> None:
+        self.metrics.detach()  # else every later scenario pays a listening handler
         self._reply.close()
         self.page.stop()
 

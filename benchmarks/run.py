@@ -104,12 +104,19 @@ def discover(only: Sequence[str]) -> Plan:
 
 def run_scenario(module: str, scenario: Scenario, repeats: int, target: float) -> Outcome:
     """Run *scenario* between its setup and teardown (if it has them)."""
+    from resilience.telemetry._bus import BUS
+
+    before = list(BUS.subs)
     teardown = scenario.setup() if scenario.setup is not None else None
     try:
         return _run_scenario(module, scenario, repeats, target)
     finally:
         if teardown is not None:
             teardown()
+        if list(BUS.subs) != before:
+            # A handler left attached would make every later scenario pay for a listener.
+            msg = f"benchmark scenario {scenario.title!r} left a telemetry handler attached"
+            raise RuntimeError(msg)
 
 
 def _run_scenario(module: str, scenario: Scenario, repeats: int, target: float) -> Outcome:

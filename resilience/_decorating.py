@@ -19,7 +19,7 @@ import dataclasses
 import functools
 import inspect
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
 import wrapt
@@ -36,11 +36,14 @@ __all__ = [
     "Kind",
     "KeyedLayer",
     "Layer",
+    "Passage",
     "Runner",
     "apply",
+    "apump",
     "is_target",
     "layers_of",
     "policy_from",
+    "pump",
     "terminal",
 ]
 
@@ -295,3 +298,115 @@ class Decorator(Generic[PolicyT]):
 
     def __repr__(self) -> str:
         return f"<decorator {self.policy!r}>"
+
+
+class Passage:
+    """
+    One generator's way through a layer, told by ``pump``/``apump`` (here: nothing to do).
+
+    ``pause`` runs before each item goes to the consumer and ``resume`` when the consumer is
+    back (a send, a throw or a close); ``ended`` runs once, when the generator has finished
+    (None, also when the consumer closed it) or raised; ``aended`` is its async form.
+    """
+
+    __slots__ = ()
+
+    def pause(self) -> None:
+        """The consumer's code runs until ``resume``."""
+
+    def resume(self) -> None:
+        """The generator's code runs again."""
+
+    def ended(self, exc: BaseException | None) -> None:
+        """The generator finished (*exc* None) or raised *exc*."""
+
+    async def aended(self, exc: BaseException | None) -> None:
+        """``ended`` for async generators."""
+        self.ended(exc)
+
+
+def pump(
+    start: Callable[[], Passage],
+    call_next: Runner,
+    wrapped: Callable[..., Any],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Generator[Any, Any, Any]:
+    """
+    Run the next runner's generator under the passage *start()* opens on the first item.
+
+    Every send, throw and close passes through, as ``yield from`` would, with the passage
+    told of each turn; its end (a close's too, and the close's own error) goes to ``ended``.
+    """
+    passage = start()
+    try:
+        gen = call_next(wrapped, instance, args, kwargs)
+        step: Callable[[Any], Any] = gen.send
+        argument: Any = None
+        while True:
+            try:
+                item = step(argument)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            passage.pause()
+            try:
+                argument = yield item
+            except GeneratorExit:
+                passage.resume()
+                gen.close()
+                raise
+            except BaseException as thrown:  # forwarded into the generator
+                step, argument = gen.throw, thrown
+            else:
+                step = gen.send
+            passage.resume()
+    except GeneratorExit:
+        passage.ended(None)
+        raise
+    except BaseException as exc:
+        passage.ended(exc)
+        raise
+    passage.ended(None)
+    return result
+
+
+async def apump(
+    start: Callable[[], Awaitable[Passage]],
+    call_next: Runner,
+    wrapped: Callable[..., Any],
+    instance: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> AsyncGenerator[Any, Any]:
+    """``pump`` for async generators (which cannot ``yield from``): forwards by hand."""
+    passage = await start()
+    try:
+        agen = call_next(wrapped, instance, args, kwargs)
+        step: Callable[[Any], Awaitable[Any]] = agen.asend
+        argument: Any = None
+        while True:
+            try:
+                item = await step(argument)
+            except StopAsyncIteration:
+                break
+            passage.pause()
+            try:
+                argument = yield item
+            except GeneratorExit:
+                passage.resume()
+                await agen.aclose()
+                raise
+            except BaseException as thrown:  # forwarded into the generator
+                step, argument = agen.athrow, thrown
+            else:
+                step = agen.asend
+            passage.resume()
+    except GeneratorExit:
+        await passage.aended(None)
+        raise
+    except BaseException as exc:
+        await passage.aended(exc)
+        raise
+    await passage.aended(None)

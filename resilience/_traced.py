@@ -11,7 +11,9 @@ own code runs, never in the consumer's code between items.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+import functools
+
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
@@ -19,10 +21,13 @@ from resilience._decorating import (
     Decorator,
     Kind,
     Layer,
+    Passage,
     Runner,
     apply,
+    apump,
     is_target,
     policy_from,
+    pump,
     terminal,
 )
 from resilience._dictable import FromDict
@@ -102,7 +107,7 @@ class TracedFields(TypedDict, total=False):
     clock: Clock | None
 
 
-class _Call:
+class _Call(Passage):
     """
     One traced call: its span, when it started, and how to report.
 
@@ -178,6 +183,13 @@ class _Call:
 
     def leave(self) -> None:
         exit_span(self.token)
+
+    def ended(self, exc: BaseException | None) -> None:
+        """A traced generator is done: report, then leave the span."""
+        try:
+            self.stop(exc)
+        finally:
+            exit_span(self.token)
 
     def pause(self) -> None:
         """The generator yields: the consumer's code runs outside this span."""
@@ -271,88 +283,17 @@ class TracedLayer(Layer):
         return runner
 
     def build_gen(self, call_next: Runner) -> Runner:
-        layer = self
+        start = functools.partial(_Call, self)
 
-        def runner(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Generator[Any, Any, Any]:
-            call = _Call(layer)
-            try:
-                gen = call_next(wrapped, instance, args, kwargs)
-                step: Callable[[Any], Any] = gen.send
-                argument: Any = None
-                while True:
-                    try:
-                        item = step(argument)
-                    except StopIteration as stop:
-                        call.stop(None)
-                        return stop.value
-                    except BaseException as exc:
-                        call.stop(exc)
-                        raise
-                    call.pause()
-                    try:
-                        argument = yield item
-                    except GeneratorExit:
-                        call.resume()
-                        gen.close()
-                        call.stop(None)
-                        raise
-                    except BaseException as thrown:
-                        call.resume()
-                        step, argument = gen.throw, thrown
-                    else:
-                        call.resume()
-                        step = gen.send
-            finally:
-                call.leave()
-
-        return runner
+        return functools.partial(pump, start, call_next)  # (wrapped, instance, args, kwargs)
 
     def build_asyncgen(self, call_next: Runner) -> Runner:
         layer = self
 
-        async def runner(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> AsyncGenerator[Any, Any]:
-            call = _Call(layer)
-            try:
-                agen = call_next(wrapped, instance, args, kwargs)
-                step: Callable[[Any], Any] = agen.asend
-                argument: Any = None
-                while True:
-                    try:
-                        item = await step(argument)
-                    except StopAsyncIteration:
-                        call.stop(None)
-                        return
-                    except BaseException as exc:
-                        call.stop(exc)
-                        raise
-                    call.pause()
-                    try:
-                        argument = yield item
-                    except GeneratorExit:
-                        call.resume()
-                        await agen.aclose()
-                        call.stop(None)
-                        raise
-                    except BaseException as thrown:
-                        call.resume()
-                        step, argument = agen.athrow, thrown
-                    else:
-                        call.resume()
-                        step = agen.asend
-            finally:
-                call.leave()
+        async def start() -> _Call:
+            return _Call(layer)
 
-        return runner
+        return functools.partial(apump, start, call_next)  # (wrapped, instance, args, kwargs)
 
 
 @overload

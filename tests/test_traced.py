@@ -122,6 +122,48 @@ class TestEvents:
             gen.close()
         assert "resilience.trace.stop" == events[-1].name
 
+    def test_generator_whose_close_raises(self):
+        """A generator that raises while being closed ends its span with that exception."""
+
+        @traced(log=False)
+        def items():
+            try:
+                yield 1
+            finally:
+                raise OSError("cleanup failed")
+
+        with capture_events() as events:
+            gen = items()
+            next(gen)
+            with pytest.raises(OSError, match="cleanup failed"):
+                gen.close()
+        assert ["resilience.trace.start", "resilience.trace.exception"] == [e.name for e in events]
+        assert "OSError" == events[-1].metadata["error_type"]
+        assert current_span() is None
+
+    @pytest.mark.anyio
+    async def test_async_generator_close_and_throw(self):
+        """An async generator's span is the generator's only: a throw passes in, a close ends it."""
+        seen = []
+
+        @traced("agen", log=False)
+        async def items():
+            while True:
+                try:
+                    yield current_span().name
+                except KeyError as exc:
+                    seen.append(exc)
+
+        with capture_events() as events:
+            agen = items()
+            assert "agen" == await agen.__anext__()
+            assert current_span() is None
+            assert "agen" == await agen.athrow(KeyError("k"))
+            await agen.aclose()
+        assert 1 == len(seen)
+        assert ["resilience.trace.start", "resilience.trace.stop"] == [e.name for e in events]
+        assert current_span() is None
+
     @pytest.mark.anyio
     async def test_async_generator(self):
         """Async generators are traced across their iteration."""

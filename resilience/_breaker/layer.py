@@ -14,15 +14,16 @@ no write). Failures, refusals and probes take the backend's lock.
 
 from __future__ import annotations
 
+import functools
 import weakref
 
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config
 from resilience._breaker.contract import FAILURE, IGNORED, SUCCESS, UNGUARDED
 from resilience._breaker.registry import announce, backend_for, declared
-from resilience._decorating import Layer, Runner, terminal
+from resilience._decorating import Layer, Passage, Runner, apump, terminal
 from resilience._errors import CircuitOpenError, StoreUnavailableError
 from resilience._fallback import Fallback
 from resilience.stores._memory import DEFAULT_STORE
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
 
 
 __all__ = ["BreakerLayer"]
+
+
+def _unrecorded(error: StoreUnavailableError) -> None:
+    """The call has run: a store that cannot take its outcome is reported, never raised."""
+    store_unavailable(error, decorator="circuit_breaker", fail_open=True)
 
 
 def _no_answer(exc: BaseException) -> Any:  # pragma: no cover - never called without fallback
@@ -85,8 +91,7 @@ class BreakerLayer(Layer):
         try:
             admission = backend.admit()
         except StoreUnavailableError as error:
-            store_unavailable(error, decorator="circuit_breaker", fail_open=self.policy.fail_open)
-            return UNGUARDED
+            return self._unguarded(error)
         return self._admitted(admission)
 
     async def _aadmit(self, backend: BreakerBackend) -> int | CircuitOpenError:
@@ -94,9 +99,13 @@ class BreakerLayer(Layer):
         try:
             admission = await backend.aadmit()
         except StoreUnavailableError as error:
-            store_unavailable(error, decorator="circuit_breaker", fail_open=self.policy.fail_open)
-            return UNGUARDED
+            return self._unguarded(error)
         return self._admitted(admission)
+
+    def _unguarded(self, error: StoreUnavailableError) -> int:
+        """The store cannot admit: raise, or let the call run unguarded (``fail_open``)."""
+        store_unavailable(error, decorator="circuit_breaker", fail_open=self.policy.fail_open)
+        return UNGUARDED
 
     def _admitted(self, admission: Admission) -> int | CircuitOpenError:
         if admission.transition is not None:
@@ -127,7 +136,7 @@ class BreakerLayer(Layer):
         try:
             transition = backend.record(ticket, outcome)
         except StoreUnavailableError as error:
-            store_unavailable(error, decorator="circuit_breaker", fail_open=True)
+            _unrecorded(error)
             return
         if transition is not None:
             announce(transition)
@@ -138,38 +147,44 @@ class BreakerLayer(Layer):
         try:
             transition = await backend.arecord(ticket, outcome)
         except StoreUnavailableError as error:
-            store_unavailable(error, decorator="circuit_breaker", fail_open=True)
+            _unrecorded(error)
             return
         if transition is not None:
             announce(transition)
 
-    def _judge_exception(self, exc: BaseException) -> tuple[int, BaseException | None]:
-        """Return the outcome of a raised *exc*, and what the ``on`` predicate raised."""
+    def _judge_exception(
+        self, exc: BaseException, ticket: int
+    ) -> tuple[int | None, BaseException | None]:
+        """What to record for a raised *exc* (None: nothing), and what ``on`` raised."""
         try:
             failed = self.is_failure(exc)
         except BaseException as error:  # re-raised by the caller, after recording
-            return IGNORED, error
-        if not failed or not _config.state.active:
-            return IGNORED, None
-        return FAILURE, None
+            return (IGNORED if ticket else None), error
+        if failed and _config.state.active:
+            return FAILURE, None
+        return (IGNORED if ticket else None), None
 
-    def _judge_result(self, result: Any) -> tuple[int, BaseException | None]:
-        """Return the outcome of a returned *result* (``SUCCESS``/``FAILURE``), or what ``on_result`` raised."""
+    def _judge_result(
+        self, backend: BreakerBackend, result: Any, ticket: int
+    ) -> tuple[int | None, BaseException | None]:
+        """What to record for a returned *result* (None: nothing), and what ``on_result`` raised."""
         on_result = self.on_result
         outcome = SUCCESS
         if on_result is not None:
             try:
                 failed = on_result(result)
             except BaseException as error:  # re-raised by the caller, after recording
-                return IGNORED, error
+                return (IGNORED if ticket else None), error
             if failed:
                 outcome = FAILURE
-        return outcome, None
+        if outcome == SUCCESS and ticket == 0 and not backend.dirty:
+            return None, None  # nothing to reset
+        return (outcome if _config.state.active else IGNORED), None
 
     def _after_exception(self, backend: BreakerBackend, exc: BaseException, ticket: int) -> bool:
         """Record a raised exception; return whether the fallback answers for it."""
-        outcome, error = self._judge_exception(exc)
-        if outcome == FAILURE or ticket:
+        outcome, error = self._judge_exception(exc, ticket)
+        if outcome is not None:
             self._record(backend, ticket, outcome)
         if error is not None:
             raise error
@@ -179,8 +194,8 @@ class BreakerLayer(Layer):
         self, backend: BreakerBackend, exc: BaseException, ticket: int
     ) -> bool:
         """The async twin of ``_after_exception``."""
-        outcome, error = self._judge_exception(exc)
-        if outcome == FAILURE or ticket:
+        outcome, error = self._judge_exception(exc, ticket)
+        if outcome is not None:
             await self._arecord(backend, ticket, outcome)
         if error is not None:
             raise error
@@ -188,25 +203,19 @@ class BreakerLayer(Layer):
 
     def _after_result(self, backend: BreakerBackend, result: Any, ticket: int) -> None:
         """Record a returned value (a failure if ``on_result`` says so)."""
-        outcome, error = self._judge_result(result)
+        outcome, error = self._judge_result(backend, result, ticket)
+        if outcome is not None:
+            self._record(backend, ticket, outcome)
         if error is not None:
-            if ticket:
-                self._record(backend, ticket, IGNORED)
             raise error
-        if outcome == SUCCESS and ticket == 0 and not backend.dirty:
-            return
-        self._record(backend, ticket, outcome if _config.state.active else IGNORED)
 
     async def _aafter_result(self, backend: BreakerBackend, result: Any, ticket: int) -> None:
         """The async twin of ``_after_result``."""
-        outcome, error = self._judge_result(result)
+        outcome, error = self._judge_result(backend, result, ticket)
+        if outcome is not None:
+            await self._arecord(backend, ticket, outcome)
         if error is not None:
-            if ticket:
-                await self._arecord(backend, ticket, IGNORED)
             raise error
-        if outcome == SUCCESS and ticket == 0 and not backend.dirty:
-            return
-        await self._arecord(backend, ticket, outcome if _config.state.active else IGNORED)
 
     # -- sync -----------------------------------------------------------------------------------
 
@@ -400,42 +409,31 @@ class BreakerLayer(Layer):
     def build_asyncgen(self, call_next: Runner) -> Runner:
         layer = self
 
-        async def runner(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> AsyncGenerator[Any, Any]:
+        async def start() -> Passage:
             backend = layer._current()
-            active = _config.state.active
-            ticket = await layer._aadmit(backend) if active else 0
+            if not _config.state.active:
+                return _UNRECORDED
+            ticket = await layer._aadmit(backend)
             if isinstance(ticket, CircuitOpenError):
                 raise ticket
-            agen = call_next(wrapped, instance, args, kwargs)
-            step, argument = agen.asend, None
-            try:
-                while True:
-                    try:
-                        item = await step(argument)
-                    except StopAsyncIteration:
-                        break
-                    try:
-                        argument = yield item
-                        step = agen.asend
-                    except GeneratorExit:
-                        await agen.aclose()
-                        raise
-                    except BaseException as thrown:  # forwarded into the generator
-                        step, argument = agen.athrow, thrown
-            except GeneratorExit:
-                if active:
-                    await layer._aafter_result(backend, None, ticket)
-                raise
-            except BaseException as exc:
-                if active:
-                    await layer._aafter_exception(backend, exc, ticket)
-                raise
-            if active:
-                await layer._aafter_result(backend, None, ticket)
+            return _Recorded(layer, backend, ticket)
 
-        return runner
+        return functools.partial(apump, start, call_next)  # (wrapped, instance, args, kwargs)
+
+
+_UNRECORDED = Passage()  # the library is switched off: the generator runs unguarded
+
+
+class _Recorded(Passage):
+    """An async generator's way through the breaker: its end is the call's outcome."""
+
+    __slots__ = ("backend", "layer", "ticket")
+
+    def __init__(self, layer: BreakerLayer, backend: BreakerBackend, ticket: int) -> None:
+        self.layer, self.backend, self.ticket = layer, backend, ticket
+
+    async def aended(self, exc: BaseException | None) -> None:
+        if exc is None:
+            await self.layer._aafter_result(self.backend, None, self.ticket)
+        else:
+            await self.layer._aafter_exception(self.backend, exc, self.ticket)

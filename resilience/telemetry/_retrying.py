@@ -82,20 +82,25 @@ def _stop(
     )
 
 
+def _begin(layer: Any) -> tuple[int, Clock | None, int]:
+    """Number an attempt and emit its start: the number, the clock and when it started."""
+    number = _next_attempt()
+    clock = layer.policy.clock
+    emit(
+        "resilience.retry.attempt.start",
+        {"attempt": number},
+        {"name": layer.name, "attempt": number},
+    )
+    return number, clock, now_ns(clock)
+
+
 def attempt_events(layer: Any, call_next: Runner) -> Runner:
     """Wrap *call_next* so each call emits ``resilience.retry.attempt.start``/``.stop``."""
 
     def attempt(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        number = _next_attempt()
-        clock = layer.policy.clock
-        emit(
-            "resilience.retry.attempt.start",
-            {"attempt": number},
-            {"name": layer.name, "attempt": number},
-        )
-        started = now_ns(clock)
+        number, clock, started = _begin(layer)
         try:
             result = call_next(wrapped, instance, args, kwargs)
         except BaseException as exc:
@@ -113,14 +118,7 @@ def attempt_events_async(layer: Any, call_next: Runner) -> Runner:
     async def attempt(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        number = _next_attempt()
-        clock = layer.policy.clock
-        emit(
-            "resilience.retry.attempt.start",
-            {"attempt": number},
-            {"name": layer.name, "attempt": number},
-        )
-        started = now_ns(clock)
+        number, clock, started = _begin(layer)
         try:
             result = await call_next(wrapped, instance, args, kwargs)
         except BaseException as exc:
