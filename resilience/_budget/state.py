@@ -26,7 +26,7 @@ from resilience import _clock
 from resilience._dictable import FromDict
 from resilience._errors import StoreUnavailableError
 from resilience._snapshot import BudgetSnapshot
-from resilience._validate import check_number, check_store, duration
+from resilience._validate import check_clock, check_number, check_store, duration
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
 
@@ -244,6 +244,7 @@ class RetryBudget(FromDict):
             msg = f"{owner}.key must be a string or None, got {type(self.key).__name__}"
             raise TypeError(msg)
         check_store(owner, self.store)
+        check_clock(owner, self.clock)
         if self.key is None:
             object.__setattr__(self, "_own", MemoryBudgetBackend(self))
 

@@ -121,13 +121,18 @@ _SHAPES = re.compile(
 _SHAPE_HINTS: tuple[str, ...] = ("eyJ", "sk-", "_live_", "_test_", "AKIA", "ASIA", "AGPA")
 _SHAPE_HINTS += ("AIDA", "AROA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
 _SHAPE_HINTS += ("glpat-", "xox", "AIza", "hf_")
-# name=value, name: value, "name": "value", 'name': 'value'.
+# name=value, name: value, "name": "value", 'name': 'value': the name and separator are
+# found first, and only after a sensitive name is a value read (a value read after any name,
+# "ValueError: ... password=x", would hide the pairs inside it). An unquoted value runs, after
+# "=", up to "&", ";", ",", whitespace or the end; after ":", up to the end of the line, a ","
+# or a ";" (so "passphrase: open sesame" goes whole).
 # The lookbehind and the possessive name keep it from retrying inside every word.
 _PAIR = re.compile(
     r"(?<![A-Za-z0-9_.\-])(?P<q>[\"']?)(?P<name>[A-Za-z_][A-Za-z0-9_.\-]{0,63}+)(?P=q)"
-    r"(?P<sep>\s*[:=]\s*)"
-    r"(?P<value>\"[^\"]*\"|'[^']*'|[^\s,;&\"'<>(){}\[\]]+)"
+    r"(?P<sep>\s*(?:(?P<eq>=)|:)\s*)"
 )
+_EQ_VALUE = re.compile(r"\"[^\"]*\"|'[^']*'|[^\s,;&]+")
+_COLON_VALUE = re.compile(r"\"[^\"]*\"|'[^']*'|[^\r\n,;]*[^\s,;]")
 
 
 class _Rules:
@@ -306,7 +311,7 @@ def _scrub(text: str, extra: tuple[str, ...]) -> str:
     if any(hint in text for hint in _SHAPE_HINTS):
         text = _SHAPES.sub(REDACTED, text)
     if named and (":" in text or "=" in text):
-        text = _PAIR.sub(lambda m: _pair(m, extra), text)
+        text = _scrub_pairs(text, extra)
     for pattern in _rules.patterns:
         text = pattern.sub(_user_match, text)
     return text
@@ -376,12 +381,27 @@ def _scheme(match: re.Match[str]) -> str:
     return f"{match['basic']} {REDACTED}"
 
 
-def _pair(match: re.Match[str], extra: tuple[str, ...]) -> str:
-    value = match["value"]
-    if value.strip("\"'") in ("", REDACTED) or not is_sensitive(match["name"], extra):
-        return match[0]
-    quote = value[0] if value[0] in "\"'" and len(value) > 1 else ""
-    return f"{match['q']}{match['name']}{match['q']}{match['sep']}{quote}{REDACTED}{quote}"
+def _scrub_pairs(text: str, extra: tuple[str, ...]) -> str:
+    parts = []
+    start = 0
+    for match in _PAIR.finditer(text):
+        if match.start() < start or not is_sensitive(match["name"], extra):
+            continue
+        reader = _EQ_VALUE if match["eq"] is not None else _COLON_VALUE
+        found = reader.match(text, match.end())
+        if found is None:
+            continue
+        value = found[0]
+        if value.strip("\"'") in ("", REDACTED):
+            continue
+        quote = value[0] if value[0] in "\"'" and len(value) > 1 else ""
+        parts.append(text[start : match.end()])
+        parts.append(f"{quote}{REDACTED}{quote}")
+        start = found.end()
+    if not parts:
+        return text
+    parts.append(text[start:])
+    return "".join(parts)
 
 
 def _user_match(match: re.Match[str]) -> str:

@@ -7,6 +7,7 @@ bounds unbounded key spaces, and keys still in use keep their state and behaviou
 from __future__ import annotations
 
 import gc
+import time
 import tracemalloc
 
 from typing import Any
@@ -269,6 +270,69 @@ class TestRedis:
         for name in names:
             ttl = store.client.pttl(name)
             assert 0 < ttl <= ceiling, (name, ttl)
+
+    def test_keys_gone_after_their_horizon(self, request: pytest.FixtureRequest) -> None:
+        """
+        With a short idle TTL each key lives max(idle_ttl, its own horizon), then is gone.
+
+        Every concern used once: its keys' PTTLs are bounded by that, keys with a longer
+        horizon (an open breaker, a backoff window) outlive the idle TTL until it, and the
+        rest really expire from Redis within 0.3 s (no sweep, no PEXPIRE by the test).
+        """
+        from tests.conftest import redis_store_for
+
+        idle = 0.15
+        store: Any = redis_store_for("single", request, idle_ttl=idle, lease=0.2)
+        horizons = {  # (concern, key) -> its horizon in seconds
+            ("rate", "r"): 0.1,
+            ("breaker", "c"): 0.0,
+            ("breaker", "open"): 30.0,
+            ("pool", "p"): 0.2,
+            ("window", "short"): 0.1 + 1.0,  # a window's key stays a second past its end
+            ("window", "long"): 5.0 + 1.0,
+            ("budget", "b"): 0.1,
+        }
+        try:
+            with virtual_time():
+                rate_limited(rate=5, per=0.1, key="r", store=store)(_work)()
+                with pytest.raises(ConnectionError):  # closed, one failure counted
+                    circuit_breaker(name="c", failure_threshold=5, store=store)(_fail)()
+                with pytest.raises(ConnectionError):
+                    circuit_breaker(
+                        name="open", failure_threshold=1, reset_timeout=30.0, store=store
+                    )(_fail)()
+                bounded(limit=2, key="p", store=store)(_work)()
+                backoff_window("short", store=store).set(0.1)
+                backoff_window("long", store=store).set(5.0)
+                budget = RetryBudget(key="b", window=0.1, store=store)
+                retry(attempts=2, budget=budget)(_work)()
+            owners = {store.key(*owner): horizon for owner, horizon in horizons.items()}
+            seen: dict[str, float] = {}  # a key -> the horizon of its owner
+            for raw in store.client.scan_iter(match=f"{store.namespace}:*", count=500):
+                name = raw.decode()
+                owner = next((o for o in owners if name.startswith(o)), None)
+                if owner is None:  # the store's own bookkeeping (the fleet's snapshot)
+                    continue
+                ttl = store.client.pttl(name)
+                ceiling = max(idle, owners[owner]) * 1000 + 50  # + a little clock skew
+                assert 0 < ttl <= ceiling, (name, ttl, ceiling)
+                seen[name] = owners[owner]
+            used = {o for o in owners if any(name.startswith(o) for name in seen)}
+            assert set(owners) == used  # every concern wrote a key, and each was checked
+            assert store.client.pttl(store.key("breaker", "open")) > 29_000  # its horizon
+            short = [name for name, horizon in seen.items() if horizon < 0.3]
+            quick = {store.key(*o) for o in [("rate", "r"), ("breaker", "c"), ("pool", "p")]}
+            quick.add(store.key("budget", "b"))
+            assert quick == {o for o in quick if any(name.startswith(o) for name in short)}
+            deadline = time.monotonic() + 0.3
+            while time.monotonic() < deadline and store.client.exists(*short):
+                time.sleep(0.02)
+            assert [] == [name for name in short if store.client.exists(name)]
+            assert store.client.exists(store.key("breaker", "open"))
+            assert store.client.exists(store.key("window", "long"))
+        finally:
+            store.clear()
+            store.close()
 
     def test_unheld_handles_are_released_locally(self, redis_store: Any) -> None:
         """Redis state lives in Redis: handles nothing holds leave this process's registry."""

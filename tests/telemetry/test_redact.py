@@ -110,7 +110,11 @@ CARRIERS = [
     ("header Basic dXNlcjpwYXNz here", "header Basic [REDACTED] here"),
     ("password=hunter2 user=bob", "password=[REDACTED] user=bob"),
     ('{"client_secret": "s3", "id": 7}', '{"client_secret": "[REDACTED]", "id": 7}'),
-    ("passphrase: open sesame", "passphrase: [REDACTED] sesame"),
+    ("passphrase: open sesame", "passphrase: [REDACTED]"),  # the whole value, to the line's end
+    ("passphrase: open sesame\nnext: 1", "passphrase: [REDACTED]\nnext: 1"),
+    ("passphrase: open sesame, user: bob", "passphrase: [REDACTED], user: bob"),
+    ("token=a b; secret=c&d=1,e", "token=[REDACTED] b; secret=[REDACTED]&d=1,e"),
+    ("ValueError: said password=x y", "ValueError: said password=[REDACTED] y"),
     ("X-Access-Key=abc", "X-Access-Key=[REDACTED]"),
     ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl", REDACTED),
     ("key sk-abcdefghijklmnop0123 leaked", "key [REDACTED] leaked"),

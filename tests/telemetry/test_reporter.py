@@ -315,7 +315,7 @@ class TestForwarding:
         assert "resilience.retry.retry" in names
         retry_event = next(e for e in sink.events() if e["event_name"] == "resilience.retry.retry")
         json.dumps(retry_event)
-        assert "OSError: token=abc" == retry_event["event_data"]["metadata"]["outcome"]
+        assert "OSError: token=[REDACTED]" == retry_event["event_data"]["metadata"]["outcome"]
 
 
 class TestHttpBackend:
