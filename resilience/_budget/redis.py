@@ -14,7 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any, Final
 
 from resilience._snapshot import BudgetSnapshot
-from resilience.stores._redis import NOW_LUA
+from resilience.stores._redis import BUCKETS_LUA, NOW_LUA
 from resilience.stores._redis_snapshot import View, read_one, text
 
 
@@ -29,41 +29,26 @@ __all__ = ["RedisBudgetBackend", "RedisTokenBackend", "redis_budget_backend", "r
 # calls), 6 the step: 'deposit', 'withdraw' or 'balance'. Reply: the balance (text) or 1/0.
 _STEP: Final = (
     NOW_LUA
+    + BUCKETS_LUA
     + """
 local K = KEYS[1]
 local now = now_us()
 local ttl, ratio = tonumber(ARGV[2]), tonumber(ARGV[3])
 local width, floor, step = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local raw = redis.call('HGETALL', K)
-local h = {}
-for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
-local function num(field) return tonumber(h[field]) or 0 end
-local tc, tr = num('tc'), num('tr')
-local index = math.floor(now / width)
-local current = tonumber(h.cur)
-if current == nil or index > current then
-  local stale = 10
-  if current ~= nil then stale = math.min(10, index - current) end
-  for back = 0, stale - 1 do
-    local slot = (index - back) % 10
-    tc = tc - num('c' .. slot)
-    tr = tr - num('r' .. slot)
-    h['c' .. slot] = 0; h['r' .. slot] = 0
-  end
-  current = index
-end
+local h = read_hash(K)
+local tc, tr, current = roll(h, now, width, 'c', 'r')
 local slot = current % 10
 local balance = ratio * tc + floor - tr
 local reply
 if step == 'deposit' then
-  h['c' .. slot] = num('c' .. slot) + 1
+  h['c' .. slot] = num(h, 'c' .. slot) + 1
   tc = tc + 1
   reply = 1
 elseif step == 'withdraw' then
   if balance < 1 then
     reply = 0
   else
-    h['r' .. slot] = num('r' .. slot) + 1
+    h['r' .. slot] = num(h, 'r' .. slot) + 1
     tr = tr + 1
     reply = 1
   end
@@ -71,13 +56,7 @@ else
   reply = string.format('%.17g', balance)
 end
 h.tc, h.tr, h.cur = tc, tr, string.format('%d', current)
-local flat = {}
-for field, value in pairs(h) do
-  flat[#flat + 1] = field
-  flat[#flat + 1] = value
-end
-redis.call('HSET', K, unpack(flat))
-redis.call('PEXPIRE', K, ttl)
+write_hash(K, h, ttl)
 return reply
 """
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, cast
 
-from resilience.stores._redis import NOW_LUA
+from resilience.stores._redis import BUCKETS_LUA, NOW_LUA
 
 
 if TYPE_CHECKING:
@@ -25,49 +25,28 @@ __all__ = ["RedisThrottleBackend", "redis_throttle"]
 # Reply: {probability (text), requests, accepts} as counted before the step.
 _STEP: Final = (
     NOW_LUA
+    + BUCKETS_LUA
     + """
 local K = KEYS[1]
 local now = now_us()
 local ttl, k, width, step = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local raw = redis.call('HGETALL', K)
-local h = {}
-for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
-local function num(field) return tonumber(h[field]) or 0 end
-local tq, ta = num('tq'), num('ta')
-local index = math.floor(now / width)
-local current = tonumber(h.cur)
-if current == nil or index > current then
-  local stale = 10
-  if current ~= nil then stale = math.min(10, index - current) end
-  for back = 0, stale - 1 do
-    local slot = (index - back) % 10
-    tq = tq - num('q' .. slot)
-    ta = ta - num('a' .. slot)
-    h['q' .. slot] = 0; h['a' .. slot] = 0
-  end
-  current = index
-end
+local h = read_hash(K)
+local tq, ta, current = roll(h, now, width, 'q', 'a')
 local excess = tq - k * ta
 local p = 0
 if excess > 0 then p = excess / (tq + 1) end
 local reply = {string.format('%.17g', p), tq, ta}
 if step ~= 'read' then
   local slot = current % 10
-  h['q' .. slot] = num('q' .. slot) + 1
+  h['q' .. slot] = num(h, 'q' .. slot) + 1
   tq = tq + 1
   if step == 'accept' then
-    h['a' .. slot] = num('a' .. slot) + 1
+    h['a' .. slot] = num(h, 'a' .. slot) + 1
     ta = ta + 1
   end
 end
 h.tq, h.ta, h.cur = tq, ta, string.format('%d', current)
-local flat = {}
-for field, value in pairs(h) do
-  flat[#flat + 1] = field
-  flat[#flat + 1] = value
-end
-redis.call('HSET', K, unpack(flat))
-redis.call('PEXPIRE', K, ttl)
+write_hash(K, h, ttl)
 return reply
 """
 )

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = ["NOW_LUA", "RedisStore"]
+__all__ = ["BUCKETS_LUA", "NOW_LUA", "RedisStore"]
 
 NOW_LUA = """
 local function now_us()
@@ -54,6 +54,51 @@ server's clock (``TIME``: machines with skewed clocks agree); with ``RedisStore(
 (tests only) it is that clock's ``monotonic()`` in microseconds, so tests run on virtual
 time. Whole microseconds keep Lua's doubles exact and replies integers (Redis truncates Lua
 floats in replies: return ``tostring(x)`` for a fraction).
+"""
+
+
+BUCKETS_LUA = """
+local function read_hash(key)
+  local raw = redis.call('HGETALL', key)
+  local h = {}
+  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+  return h
+end
+local function num(h, field) return tonumber(h[field]) or 0 end
+local function roll(h, now, width, a, b)
+  local ta, tb = num(h, 't' .. a), num(h, 't' .. b)
+  local index = math.floor(now / width)
+  local current = tonumber(h.cur)
+  if current == nil or index > current then
+    local stale = 10
+    if current ~= nil then stale = math.min(10, index - current) end
+    for back = 0, stale - 1 do
+      local slot = (index - back) % 10
+      ta = ta - num(h, a .. slot)
+      tb = tb - num(h, b .. slot)
+      h[a .. slot] = 0; h[b .. slot] = 0
+    end
+    current = index
+  end
+  return ta, tb, current
+end
+local function write_hash(key, h, ttl)
+  local flat = {}
+  for field, value in pairs(h) do
+    flat[#flat + 1] = field
+    flat[#flat + 1] = value
+  end
+  redis.call('HSET', key, unpack(flat))
+  redis.call('PEXPIRE', key, ttl)
+end
+"""
+"""
+Lua preamble for two counters in ten buckets of *width* microseconds, kept in one hash.
+
+``roll(h, now, width, a, b)`` moves the window to *now*: buckets ``<a><slot>`` and
+``<b><slot>`` that fell out of it are emptied and taken off the totals ``t<a>``/``t<b>``;
+it returns the two totals and the current bucket index (stored back as ``cur``). The retry
+budget (calls ``c``, retries ``r``) and the throttle (requests ``q``, accepts ``a``) share it.
 """
 
 
