@@ -11,6 +11,7 @@ This module is the decorator's public face: ``bounded()`` with its overloads and
 - ``layer``: ``BoundedLayer``, the sync and async drivers that take permits before the call
   and give them back after it;
 - ``redis``: the pool as Redis leases, the same accounting as ``MemoryPoolBackend``.
+- ``redis_adaptive``: an ``AdaptiveLimit``'s live limit in Redis, fed by every process.
 """
 
 from __future__ import annotations
