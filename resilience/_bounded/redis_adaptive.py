@@ -214,7 +214,7 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
     and sample answers it); ``live()`` asks Redis now.
     """
 
-    __slots__ = ("_keys3", "_params", "_pending", "adaptive", "granted_in_use")
+    __slots__ = ("_keys3", "_params", "_pending", "_timeout", "adaptive", "granted_in_use")
 
     def __init__(self, store: RedisStore, key: str, adaptive: AdaptiveLimit, lease: float) -> None:
         super().__init__(store, key, adaptive.initial, lease)
@@ -234,6 +234,8 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
             repr(shape.queue_size),
         )
         self.granted_in_use = adaptive.initial  # in use at this process's latest grant
+        timeout = adaptive.timeout  # AIMD's: a call slower than it is a drop, as ``Aimd`` reads
+        self._timeout = math.inf if timeout is None else float(timeout)  # type: ignore[arg-type]
         self._pending: set[asyncio.Task[Any]] = set()  # give-backs of cancelled callers
 
     def _state_argv(self, *extra: Any) -> list[Any]:
@@ -295,6 +297,7 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
     # -- the call's end: release and sample in one script -----------------------------------
 
     def _sample_argv(self, lease_id: str | None, rtt: float, in_use: int, dropped: bool) -> Any:
+        dropped = dropped or rtt > self._timeout
         extra = ("" if lease_id is None else lease_id, _rtt_arg(rtt), in_use, int(dropped))
         return self._state_argv(*extra)
 

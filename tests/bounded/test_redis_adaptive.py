@@ -130,6 +130,18 @@ class TestExactTwin:
         assert max(path[:450]) > 10
         assert path[-1] < max(path)
 
+    @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(feed=samples, timeout=st.floats(min_value=1e-6, max_value=1e6))
+    def test_aimd_timeout_is_the_memory_rule(
+        self, shared: RedisStore, feed: list[tuple[float, int, bool]], timeout: float
+    ) -> None:
+        """AIMD with a timeout: a slow call is a drop on Redis exactly as in memory."""
+        adaptive = AdaptiveLimit(algorithm="aimd", initial=30, max_limit=60, timeout=timeout)
+        machine = adaptive.make()
+        backend = _pool(shared, adaptive)
+        for rtt, in_use, dropped in feed:
+            assert machine.update(rtt, in_use, dropped) == backend.sample(rtt, in_use, dropped)
+
     def test_aimd_worked_numbers_on_redis(self, shared: RedisStore) -> None:
         """10 -> 11 busy, holds when idle, 11 -> 9 on a drop (floor of 9.9)."""
         backend = _pool(shared, AdaptiveLimit(algorithm="aimd", initial=10))
