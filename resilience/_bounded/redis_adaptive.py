@@ -102,7 +102,10 @@ local ratio = tonumber(ARGV[8])
 local raw = redis.call('HGETALL', state)
 local s = {}
 for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
-if s.algo ~= algo then s = {} end  -- none yet, or another algorithm's: start afresh
+if s.algo ~= algo then  -- none yet, or another algorithm's: start afresh
+  if s.algo then redis.call('DEL', state) end
+  s = {}
+end
 local limit = tonumber(s.limit) or tonumber(ARGV[5])
 local out = {'algo', algo}
 
@@ -190,8 +193,7 @@ else  -- gradient2
 end
 
 out[#out + 1] = 'limit'; out[#out + 1] = limit
-redis.call('DEL', state)
-redis.call('HSET', state, unpack(out))
+redis.call('HSET', state, unpack(out))  -- one algorithm's fields: each one rewritten
 redis.call('PEXPIRE', state, ttl)
 return limit
 """
