@@ -335,6 +335,11 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
         self.limit = limit = int(reply[0])
         return limit, int(reply[1])
 
+    async def alive(self) -> tuple[int, int]:
+        """The async twin of ``live``."""
+        reply = await self.store.arun(_LIVE, self._keys3, self._state_argv(), key=self.key)
+        return int(reply[0]), int(reply[1])
+
     def available(self) -> int:
         """Return the free units under the live limit now (never below 0)."""
         limit, in_use = self.live()

@@ -234,6 +234,49 @@ class TestConcurrency:
         assert (6, 0, 0) == (pool.limit, pool.in_use, pool.waiting)
 
     @pytest.mark.anyio
+    async def test_tasks_never_hold_more_than_the_live_limit(self, either: Any) -> None:
+        """12 tasks through AIMD without drops: holders at entry <= the live limit then."""
+        key = "task-holders"
+        inside = 0
+        seen: list[tuple[int, int]] = []
+        backend: Any = None
+
+        async def live_limit() -> int:
+            if isinstance(either, RedisStore):
+                limit, _ = await backend.alive()
+                return int(limit)
+            return int(backend.limit)
+
+        @bounded(
+            limit=AdaptiveLimit(algorithm="aimd", initial=2, max_limit=6), key=key, store=either
+        )
+        async def call() -> None:
+            nonlocal inside
+            inside += 1
+            holders = inside
+            # Without drops AIMD never shrinks: the limit read now is at least the limit
+            # when these holders were granted.
+            seen.append((holders, await live_limit()))
+            await asyncio.sleep(0.001)
+            inside -= 1
+
+        async def client() -> None:
+            for _ in range(8):
+                await call()
+
+        backend = either.backend("pool", key, None)
+        try:
+            await call()  # a first call alone: see WARM_UP
+            await asyncio.gather(*(client() for _ in range(12)))
+        finally:
+            if isinstance(either, RedisStore):
+                await either.aclose()
+        pool = get_bounded(key, store=either)
+        assert [] == [(holders, limit) for holders, limit in seen if holders > limit]
+        assert 6 == max(holders for holders, _ in seen)
+        assert (6, 0, 0) == (pool.limit, pool.in_use, pool.waiting)
+
+    @pytest.mark.anyio
     async def test_tasks_with_drops_stay_in_bounds_and_leak_nothing(self, either: Any) -> None:
         """12 tasks, every fifth call a drop: holders never above max_limit, nothing held after."""
         key = "tasks"
