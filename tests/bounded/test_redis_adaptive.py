@@ -87,7 +87,12 @@ class TestExactTwin:
 
     @pytest.mark.parametrize("algorithm", ALGORITHMS)
     @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(feed=samples, low=st.integers(1, 20), span=st.integers(0, 60))
+    @given(
+        feed=samples,
+        low=st.integers(1, 20),
+        span=st.integers(0, 60),
+        timeout=st.none() | st.floats(min_value=1e-6, max_value=1e6),
+    )
     def test_same_samples_same_limit(
         self,
         shared: RedisStore,
@@ -95,6 +100,7 @@ class TestExactTwin:
         feed: list[tuple[float, int, bool]],
         low: int,
         span: int,
+        timeout: float | None,
     ) -> None:
         """Whatever the samples (NaN, inf, zero RTTs, drops), Redis answers the memory limit."""
         adaptive = AdaptiveLimit(
@@ -103,6 +109,7 @@ class TestExactTwin:
             max_limit=low + span,
             initial=low + span // 2,
             backoff_ratio=0.75,
+            timeout=timeout if algorithm == "aimd" else None,  # AIMD's slow-call drop
         )
         machine = adaptive.make()
         backend = _pool(shared, adaptive)
@@ -129,6 +136,15 @@ class TestExactTwin:
             assert path[-1] == backend.sample(rtt, in_use, dropped=False)
         assert max(path[:450]) > 10
         assert path[-1] < max(path)
+
+    def test_aimd_timeout_makes_a_slow_success_a_drop(self, shared: RedisStore) -> None:
+        """With timeout=1: a 2 s success drops (10 -> 9), as does an endless one; 0.5 s adds."""
+        backend = _pool(shared, AdaptiveLimit(algorithm="aimd", initial=10, timeout=1.0))
+        assert [9, 8, 9] == [
+            backend.sample(2.0, 10, False),
+            backend.sample(math.inf, 10, False),
+            backend.sample(0.5, 10, False),
+        ]
 
     def test_aimd_worked_numbers_on_redis(self, shared: RedisStore) -> None:
         """10 -> 11 busy, holds when idle, 11 -> 9 on a drop (floor of 9.9)."""
