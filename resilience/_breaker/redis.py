@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, Final
 
 from resilience import _clock
@@ -312,28 +313,27 @@ class RedisBreaker:
     """
     ``BreakerBackend`` in Redis: one Lua script (one round trip) per step, on server time.
 
-    ``closed`` stays False (only Redis knows), so the decorator always asks ``admit``;
     ``dirty`` is refreshed from each admission's consecutive count, so a success in the
     closed state of a breaker without failures costs no second round trip.
 
-    With ``RedisStore(local_breakers=True)``, a breaker in consecutive-failure mode keeps
-    ``closed`` and ``dirty`` in this process: a healthy call costs no round trip; failures
-    are still recorded atomically in Redis, and every change (open, half-open, closed, a
-    failure streak begun or broken) is published by the script that made it and applied
-    here by the store's listener thread (see ``stores._redis``), typically within a
-    millisecond. While the listener is not subscribed, ``closed`` stays False: every call
-    asks Redis.
+    With ``RedisStore(local_breakers=True)`` (the default), a breaker in consecutive-failure
+    mode keeps "closed" and ``dirty`` in this process: a healthy call costs no round trip;
+    failures are still recorded atomically in Redis, and every change (open, half-open,
+    closed, a failure streak begun or broken) is published by the script that made it and
+    applied here by the store's listener thread (see ``stores._redis._Listener``). ``closed``
+    reads True only while that feed is live (its heartbeat answered within its bound);
+    otherwise every call asks Redis. Without local state ``closed`` stays False.
     """
 
     __slots__ = (
         "__weakref__",
         "_args",
         "_channel",
+        "_closed",
         "_keys",
         "_listener",
         "_policy_clock",
         "_windowed",
-        "closed",
         "config",
         "dirty",
         "name",
@@ -355,7 +355,7 @@ class RedisBreaker:
             config = BreakerConfig.of(policy)
         self.config = config
         self._policy_clock = policy.clock if policy is not None else None
-        self.closed = False
+        self._closed = False
         self.retired = False
         self.dirty = True
         self._windowed = config.window_size is not None or config.window_duration is not None
@@ -394,14 +394,23 @@ class RedisBreaker:
     def _argv(self, *extra: Any) -> list[Any]:
         return [self.store.now_arg(), *self._args, *extra, self._channel]
 
+    @property
+    def closed(self) -> bool:
+        """Whether a call may skip ``admit``: locally closed, and the change feed is live."""
+        return self._closed and _monotonic() < self._listener.fresh_until
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value and self._listener is not None
+
     def apply(self, state: int, dirty: bool) -> None:
         """A change published by a script (the listener's thread): follow it."""
         self.dirty = dirty or state != 0
-        self.closed = state == 0 and self._listener is not None and self._listener.live
+        self._closed = state == 0
 
     def forget(self) -> None:
-        """The listener lost its subscription: ask Redis on every call until it is back."""
-        self.closed = False
+        """The feed was lost (changes may be missed): ask Redis until it reads the state again."""
+        self._closed = False
         self.dirty = True
 
     def _run(self, script: str, *extra: Any) -> Any:
@@ -432,9 +441,9 @@ class RedisBreaker:
             # Closed now, and no change was heard while we asked: keep it locally. (A change
             # heard meanwhile may be newer than this reply; the next call asks again.)
             if listener is not None and listener.live and listener.heard == seen:
-                self.closed = True
+                self._closed = True
             return ADMITTED
-        self.closed = False
+        self._closed = False
         self.dirty = True
         transition = self._transition(reply[6:12]) if len(reply) > 6 else None
         text = _text(reason)
@@ -468,7 +477,7 @@ class RedisBreaker:
     def _recorded(self, ticket: int, outcome: int, reply: Any) -> Transition | None:
         transition = self._transition(reply)
         if transition is not None and transition.to_state != "closed":
-            self.closed = False
+            self._closed = False
         if self._listener is not None and ticket == 0 and outcome != 2:
             self.dirty = outcome == 1  # a failure begins a streak; a success ends it
         return transition
