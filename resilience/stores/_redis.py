@@ -487,7 +487,8 @@ class _Listener:
     ``StoreUnavailableError`` (or fails open) within the timeout. A lost connection (and any
     resubscription, even one the client made by itself) makes the breakers forget their
     local state: each reads it again from Redis before trusting it. ``heard`` counts the
-    changes applied and the losses, so a reply can tell whether one overtook it.
+    changes applied and the losses, so a reply can tell whether one overtook it; ``late``
+    counts the heartbeats answered after the feed had stopped being trusted.
     """
 
     def __init__(self, store: RedisStore, channel: str) -> None:
@@ -496,6 +497,7 @@ class _Listener:
         self.heartbeat = self.bound / 3
         self.fresh_until = 0.0
         self.heard = 0
+        self.late = 0
         self.pid = os.getpid()
         self._client = store.client
         self._timeout = store.timeout
@@ -562,6 +564,8 @@ class _Listener:
                     if kind == "message":
                         self._apply(message["data"])
                     elif kind == "pong" and sent is not None:
+                        if 0.0 < self.fresh_until < time.monotonic():
+                            self.late += 1  # a spell in which calls asked Redis
                         self.fresh_until = sent + self.bound
                         due = sent + self.heartbeat
                         sent = waiting = None
