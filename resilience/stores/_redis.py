@@ -42,6 +42,8 @@ __all__ = ["BUCKETS_LUA", "NOW_LUA", "RedisStore"]
 
 #: The longest the breakers' change feed is trusted after its last answered heartbeat (s).
 _FRESH = 0.1
+#: The longest ``sync_interval`` accepted (s).
+_MOST_INTERVAL = 10.0
 
 NOW_LUA = """
 local function now_us()
@@ -157,6 +159,13 @@ class RedisStore(BackendRegistry):
             Redis, so an unreachable server still raises ``StoreUnavailableError`` (or
             fails open) as without the option; after a reconnect each breaker reads its
             state again before trusting it. ``False``: every call asks Redis.
+        sync_interval: Seconds between the batches in which breakers in failure-rate mode
+            (``failure_rate=``) send the outcomes of their closed calls to Redis (0 to 10;
+            0: one round trip per call, as with ``local_breakers=False``). A failure is sent
+            at once (by the same background thread), successes at most this far apart, so
+            the window's rate in Redis may lag this process's last calls by up to
+            *sync_interval*. Failed batches are reported and retried; ``flush()`` and
+            ``close()`` (and the interpreter's exit) send what is left.
 
     .. versionadded:: 0.1.0
     """
@@ -180,6 +189,7 @@ class RedisStore(BackendRegistry):
         lease: float = 10.0,
         slack: float = 0.001,
         local_breakers: bool = True,
+        sync_interval: float = 0.1,
     ) -> None:
         self.timeout: float = duration("RedisStore", "timeout", timeout, strict=True) or 0.0
         self.idle_ttl: float = duration("RedisStore", "idle_ttl", idle_ttl, strict=True) or 0.0
@@ -198,7 +208,16 @@ class RedisStore(BackendRegistry):
             msg = f"RedisStore.local_breakers must be True or False, got {local_breakers!r}"
             raise TypeError(msg)
         self.local_breakers = local_breakers
+        interval = duration("RedisStore", "sync_interval", sync_interval) or 0.0
+        if interval > _MOST_INTERVAL:
+            msg = (
+                f"RedisStore.sync_interval must be between 0 and {_MOST_INTERVAL:g} seconds "
+                f"(0: record every outcome at once), got {sync_interval!r}"
+            )
+            raise ValueError(msg)
+        self.sync_interval: float = interval
         self._listener: _Listener | None = None
+        self._flusher: _Flusher | None = None
         clients = _clients()
         self.url: str | None = None
         given_async: Any = None
@@ -435,6 +454,20 @@ class RedisStore(BackendRegistry):
                 weakref.finalize(self, listener.stop, wait=False)
             return listener
 
+    def breaker_flusher(self) -> _Flusher:
+        """The one thread that sends failure-rate breakers' batched outcomes (``sync_interval``)."""
+        with self._lock:
+            flusher = self._flusher
+            if flusher is None or flusher.pid != os.getpid():
+                flusher = self._flusher = _Flusher(self.namespace, self.sync_interval)
+                weakref.finalize(self, flusher.stop)  # also at exit: the last batch is sent
+            return flusher
+
+    def flush(self) -> bool:
+        """Send every batched breaker outcome now; False if Redis could not take them all."""
+        flusher = self._flusher
+        return flusher is None or flusher.flush()
+
     def clear(self) -> None:
         """Delete every key of this store's namespace (for tests) and forget backends."""
         self._meta.settle()
@@ -456,6 +489,9 @@ class RedisStore(BackendRegistry):
     def close(self) -> None:
         """Close the connections this store opened (a client passed in stays open)."""
         self._meta.stop()
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -590,6 +626,62 @@ class _Listener:
                 self._down()
                 self._stopped.wait(min(0.1, self._timeout))
         self._down()
+
+
+class _Flusher:
+    """
+    One daemon thread per store sending its failure-rate breakers' batches to Redis.
+
+    Every *interval* seconds, or at once when a breaker keeps a failure, each watched
+    backend's ``flush()`` runs one script with its pending outcomes. A batch Redis cannot
+    take is reported by the backend and kept; ``failures`` counts them, and the thread
+    waits a whole interval before trying again. ``stop()`` sends what is left.
+    """
+
+    def __init__(self, namespace: str, interval: float) -> None:
+        self.interval = interval
+        self.failures = 0
+        self.pid = os.getpid()
+        self._backends: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._woken = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"resilience-batches-{namespace}", daemon=True
+        )
+        self._thread.start()
+
+    def watch(self, backend: Any) -> None:
+        self._backends.add(backend)
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def flush(self) -> bool:
+        """Flush every watched backend; whether all batches reached Redis."""
+        sent = True
+        for backend in list(self._backends):
+            if not backend.flush():
+                self.failures += 1
+                sent = False
+        return sent
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._woken.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._woken.wait(self.interval)
+            self._woken.clear()
+            try:
+                sent = self.flush()
+            except Exception:  # a bug must not end the thread: the next round retries
+                sent = False
+            if not sent:
+                self._stopped.wait(self.interval)
 
 
 def _unquote(text: str) -> str:

@@ -330,26 +330,6 @@ def test_a_success_elsewhere_breaks_the_streak(pair):
     assert "open" == get_circuit_breaker("up", store=one).state
 
 
-def test_failure_rate_breakers_always_ask(request):
-    """A failure-rate breaker keeps no local state: every call is a round trip."""
-    store: Any = redis_store_for("single", request)
-    try:
-
-        @circuit_breaker(name="rate", failure_rate=0.5, window_size=10, store=store)
-        def call() -> int:
-            return 1
-
-        call()
-        trips = counting(store)
-        for _ in range(5):
-            call()
-        assert trips[0] >= 5
-        assert not store.peek("breaker", "rate").closed
-    finally:
-        store.clear()
-        store.close()
-
-
 # -- a feed that is not live --------------------------------------------------------------------
 
 
