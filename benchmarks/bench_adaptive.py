@@ -55,7 +55,7 @@ class ThrottleFloor(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            result = wrapped(*args, **kwargs)
+            result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)  # as @throttled
             if monotonic() < until:
                 next(accepts)
             return result

@@ -161,7 +161,8 @@ class ThrottleLayer(Layer):
                 layer._draw(layer._backend)
             try:
                 if direct:  # innermost: call the function itself, one frame less
-                    result = wrapped(*args, **kwargs)
+                    # (without keywords: no copy of the empty dict)
+                    result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
                 else:
                     result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
@@ -221,7 +222,8 @@ class ThrottleLayer(Layer):
                 layer._draw(layer._backend)
             try:
                 if direct:  # innermost: await the function itself, one frame less
-                    result = await wrapped(*args, **kwargs)
+                    # (without keywords: no copy of the empty dict)
+                    result = await (wrapped(*args, **kwargs) if kwargs else wrapped(*args))
                 else:
                     result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
