@@ -286,17 +286,15 @@ class BoundedLayer(KeyedLayer):
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
             in_use = 0
-            if queue.waiters:
-                pass
-            elif not single:
-                in_use = backend.try_acquire_used(weight)
-            elif backend._free:  # one unit: ``try_acquire_used(1)``, inline
+            if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
                 try:
                     backend._pop()
-                except IndexError:  # taken meanwhile: wait for it
+                except IndexError:  # none free: wait
                     pass
                 else:
                     in_use = backend.repay() if backend.debt else backend.limit - len(backend._free)
+            elif not queue.waiters:
+                in_use = backend.try_acquire_used(weight)
             if not in_use:
                 layer._wait_sync(queue)
                 in_use = backend.used
@@ -352,17 +350,15 @@ class BoundedLayer(KeyedLayer):
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
             in_use = 0
-            if queue.waiters:
-                pass
-            elif not single:
-                in_use = backend.try_acquire_used(weight)
-            elif backend._free:  # one unit: ``try_acquire_used(1)``, inline
+            if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
                 try:
                     backend._pop()
-                except IndexError:  # taken meanwhile: wait for it
+                except IndexError:  # none free: wait
                     pass
                 else:
                     in_use = backend.repay() if backend.debt else backend.limit - len(backend._free)
+            elif not queue.waiters:
+                in_use = backend.try_acquire_used(weight)
             if not in_use:
                 await layer._wait_async(queue)
                 in_use = backend.used
