@@ -16,7 +16,6 @@ import asyncio
 import threading
 import time
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -46,13 +45,6 @@ class Boom(Exception):
     """The upstream's failure."""
 
 
-@pytest.fixture(name="servers", scope="module")
-def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    servers = Servers(tmp_path_factory.mktemp("faults"))
-    yield servers
-    servers.stop()
-
-
 class Topology:
     """A store on the cluster or the Sentinel pair, and the servers behind it."""
 
@@ -67,7 +59,9 @@ class Topology:
             self.sentinel = sentinel
 
     def store(self, **options: Any) -> RedisStore:
+        """A store on the topology; breakers ask Redis on every call unless told otherwise."""
         options.setdefault("timeout", TIMEOUT)
+        options.setdefault("local_breakers", False)
         if self.kind == "cluster":
             port = next(node.port for node in self.nodes if node.process is not None)
             return RedisStore(f"redis://127.0.0.1:{port}", cluster=True, **options)
@@ -91,6 +85,23 @@ class Topology:
             if info.get("role") == "slave" and info.get("master_port") == primary.port:
                 return node
         raise AssertionError("no replica")
+
+    def fail_over(self, replica: Server) -> None:
+        """A planned failover to *replica* (CLUSTER FAILOVER, SENTINEL FAILOVER), until done."""
+        if self.kind == "cluster":
+            with replica.client() as client:
+                client.execute_command("CLUSTER", "FAILOVER")
+        else:
+            with redis.Redis(port=self.sentinel.port, socket_timeout=2) as sentinel:
+                sentinel.execute_command("SENTINEL", "FAILOVER", "svc")
+
+        def promoted() -> bool:
+            with replica.client() as client:
+                return client.info("replication").get("role") == "master"
+
+        wait_until(promoted)
+        if self.kind == "sentinel":
+            wait_until(lambda: self.primary_now() == replica.port)
 
     def heal(self, killed: Server | None = None) -> None:
         """Restart *killed* (as a replica) and wait until the topology is whole again."""
@@ -259,21 +270,7 @@ def test_manual_failover_is_followed(topology):
     try:
         assert "ok" == closed()
         primary = topology.primary_of(store, store.key("breaker", "planned-False"))
-        replica = topology.replica_of(primary)
-        if topology.kind == "cluster":
-            with replica.client() as client:
-                client.execute_command("CLUSTER", "FAILOVER")
-        else:
-            with redis.Redis(port=topology.sentinel.port, socket_timeout=2) as sentinel:
-                sentinel.execute_command("SENTINEL", "FAILOVER", "svc")
-
-        def promoted() -> bool:
-            with replica.client() as client:
-                return client.info("replication").get("role") == "master"
-
-        wait_until(promoted)
-        if topology.kind == "sentinel":
-            wait_until(lambda: topology.primary_now() == replica.port)
+        topology.fail_over(topology.replica_of(primary))
         wait_until(lambda: closed() == "ok")  # the client follows (MOVED, or Sentinel)
     finally:
         store.close()
