@@ -107,7 +107,7 @@ def pool_worker(
     """
     Make *calls* bounded calls that each hold their permit *hold* s; count holders.
 
-    The first call of each worker holds on until *limit* holders are in (at most 10 s), so
+    The first call of each worker holds on until *limit* holders are in (at most 2 s), so
     the pool is full at least once however the workers are scheduled.
     """
     store = open_store(spec, namespace=namespace, lease=2.0)
@@ -120,7 +120,7 @@ def pool_worker(
         now = log.incr(holders)
         log.rpush(f"{namespace}:log:peaks", now)
         time.sleep(hold)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 2
         while first[0] and int(log.get(holders) or 0) < limit and time.monotonic() < deadline:
             time.sleep(0.005)
         first[0] = False

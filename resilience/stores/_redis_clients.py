@@ -300,7 +300,10 @@ def _mirror_cluster(client: Any, timeout: float, *, to_async: bool) -> Any:
         settings["ssl"] = True
     startup = [node_class(host, port) for host, port in nodes]
     if to_async:
-        return target_class(startup_nodes=startup, **settings)
+        # No retries, as for the sync cluster client: a script whose reply was lost may
+        # have run, and running it again would count twice (a permit granted twice).
+        retry = lib.asyncio.retry.Retry(lib.backoff.NoBackoff(), 0)
+        return target_class(startup_nodes=startup, **settings, retry=retry)
     return target_class(startup_nodes=startup, **settings, **_limits(lib, timeout, cluster=True))
 
 

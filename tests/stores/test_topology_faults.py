@@ -108,6 +108,12 @@ class Topology:
         if killed is not None and killed.process is None:
             if self.kind == "sentinel":
                 new = self.primary_now()
+                deadline = time.monotonic() + 30
+                while new == killed.port:  # Sentinel has not failed over yet
+                    if time.monotonic() > deadline:
+                        raise AssertionError("Sentinel did not fail over")
+                    time.sleep(0.1)
+                    new = self.primary_now()
                 killed.args = [*_strip_replicaof(killed.args), "--replicaof", "127.0.0.1", str(new)]
             killed.start()
         if self.kind == "cluster":
@@ -116,7 +122,9 @@ class Topology:
         deadline = time.monotonic() + 30
         while not self._settled():
             if time.monotonic() > deadline:
-                raise AssertionError("the Sentinel pair did not settle")
+                with redis.Redis(port=self.sentinel.port, socket_timeout=2) as sentinel:
+                    seen = sentinel.execute_command("SENTINEL", "REPLICAS", "svc")
+                raise AssertionError(f"the Sentinel pair did not settle: {seen}")
             time.sleep(0.1)
 
     def _settled(self) -> bool:
@@ -135,7 +143,23 @@ class Topology:
                 return False
             elif info.get("master_link_status") != "up":
                 return False
-        return True
+        return self._sentinel_knows_replicas(primary)
+
+    def _sentinel_knows_replicas(self, primary: int) -> bool:
+        """Sentinel lists every other node as a healthy replica (else it cannot fail over)."""
+        with redis.Redis(port=self.sentinel.port, socket_timeout=2) as sentinel:
+            replicas = sentinel.execute_command("SENTINEL", "REPLICAS", "svc")
+        healthy = set()
+        for entry in replicas:
+            fields = (
+                dict(zip(entry[::2], entry[1::2], strict=True))
+                if isinstance(entry, list)
+                else entry
+            )
+            fields = {_text(k): _text(v) for k, v in fields.items()}
+            if fields.get("flags") == "slave" and fields.get("master-link-status") == "ok":
+                healthy.add(int(fields["port"]))
+        return all(node.port in healthy for node in self.nodes if node.port != primary)
 
     def primary_now(self) -> int:
         manager = Sentinel([("127.0.0.1", self.sentinel.port)], socket_timeout=1.0)
@@ -147,6 +171,10 @@ class Topology:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _strip_replicaof(args: list[str]) -> list[str]:
