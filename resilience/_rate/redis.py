@@ -14,14 +14,14 @@ Same rule and same accounting as ``RateState`` (read its module docstring), as R
 Every key shares the hash tag ``{<key>}``, so one script touches one cluster slot. Every
 method is one Lua script, one round trip (EVALSHA); a decision reads only the entries it
 needs (``LINDEX`` at -1, -rate, -burst: no scan, no pop loop). Each time a list's length
-crosses a multiple of 32 (or reaches 2 x *rate*) the script drops its prefix that can no
+crosses a multiple of 128 (or reaches 2 x *rate*) the script drops its prefix that can no
 longer constrain a start: entries that left the window (trimmed by time: a binary search
 with ``LINDEX``, one ``LTRIM``) and entries before the last *rate*, so memory follows the
 calls of the last *per* seconds. Every script PEXPIREs what it writes, so an idle budget
 disappears after the store's ``idle_ttl`` or once its last entry has left the window (its
 horizon), whichever is later. An immediate start costs 9 commands (``TIME``, ``GET`` of the
 window, 2 ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the log; ``LINDEX``, ``RPUSH``,
-``PEXPIRE`` on the starts), plus one per burst check and about 0.1 for the amortized trim.
+``PEXPIRE`` on the starts), plus one per burst check and about 0.2 for the amortized trim.
 Why not fewer (one packed key, ``TIME`` + ``GET`` + ``SET PX``): see
 ``benchmarks/results/redis.md``.
 """
@@ -74,11 +74,11 @@ end
 
 -- After a push that left *n* entries (*added* of them new): drop what can no longer
 -- constrain a start: entries that left the window (at or before now - per - slack) and
--- entries before the last *rate*. Done when the length crosses a multiple of 32 or reaches
+-- entries before the last *rate*. Done when the length crosses a multiple of 128 or reaches
 -- 2 x rate, so amortized: one LINDEX of the head, and when it is stale a binary search
--- (LINDEX) and one LTRIM, per 32 entries. A list is in time order, so what goes is a prefix.
+-- (LINDEX) and one LTRIM, per 128 entries. A list is in time order: what goes is a prefix.
 local function trim(name, n, added)
-  if n < 2 * rate and math.floor(n / 32) == math.floor((n - added) / 32) then return end
+  if n < 2 * rate and math.floor(n / 128) == math.floor((n - added) / 128) then return end
   local edge = now - per - slack
   local low, high = 0, n - 1  -- the last entry is at least now: it stays
   if tonumber(redis.call('LINDEX', name, 0)) > edge then high = 0 end
