@@ -21,7 +21,13 @@ interleaved round after round, medians of the rounds:
   clock can run) and for the leanest packed one-key rate script we wrote;
 - bytes per idle key (``MEMORY USAGE`` of every key one limiter leaves after 100 decisions);
 - round trips per healthy breaker call over 10,000 calls (``EVALSHA`` calls counted by the
-  server), in consecutive-failure mode, without and with ``local_breakers=True``.
+  server; every command too, the change feed's heartbeat PINGs included), in
+  consecutive-failure mode with the local state (the default) and with
+  ``local_breakers=False``, and in failure-rate mode batched (``sync_interval=0.1``, the
+  default) and per call (``sync_interval=0``).
+
+    python -m benchmarks.redis_scale --breakers   # only the breaker rows (prints only)
+    python -m benchmarks.redis_scale --rate       # only the rate rows and the floor (prints only)
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -339,25 +346,66 @@ def bytes_per_idle_key(client: redis.Redis, name: str, url: str) -> tuple[int, i
 
 
 def breaker_round_trips(
-    client: redis.Redis, url: str, calls: int = 10_000, *, local: bool = False
-) -> float:
-    store = RedisStore(url, namespace="bench", idle_ttl=60.0, local_breakers=local)
+    client: redis.Redis, url: str, calls: int = 10_000, **options: Any
+) -> tuple[float, float, int]:
+    """
+    Per healthy breaker call over *calls* calls, counted by the server: (scripts, every
+    command, spells of late heartbeats). *options* go to the breaker (``failure_rate=...``)
+    and to the store (``local_breakers``, ``sync_interval``).
+    """
+    store_options = {k: options.pop(k) for k in ("local_breakers", "sync_interval") if k in options}
+    store = RedisStore(url, namespace="bench", idle_ttl=60.0, **store_options)
 
-    @circuit_breaker(name=f"healthy-{uuid.uuid4().hex[:6]}", store=store)
+    @circuit_breaker(name=f"healthy-{uuid.uuid4().hex[:6]}", store=store, **options)
     def healthy() -> int:
         return 1
 
     healthy()
     deadline = time.monotonic() + 5
-    while local and not store.breaker_listener().live and time.monotonic() < deadline:
+    while store._listener is not None and not store._listener.live:
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.01)
     healthy()
-    before = _stats(client)[2]
+    store.flush()
+    listener = store._listener  # the change feed, if this breaker keeps local state
+    late = listener.late if listener is not None else 0
+    before = _stats(client)
     for _ in range(calls):
         healthy()
-    after = _stats(client)[2]
+    store.flush()  # a batch still waiting counts too
+    after = _stats(client)
+    late = (listener.late if listener is not None else 0) - late
     store.close()
-    return (after - before) / calls
+    return (after[2] - before[2]) / calls, (after[0] - before[0]) / calls, late
+
+
+def _breaker_lines(client: redis.Redis, url: str) -> list[str]:
+    """Round trips per healthy breaker call, each way a breaker can run, three runs each."""
+    rows = [
+        ("consecutive mode, default (local state)", {}),
+        ("consecutive mode, `local_breakers=False`", {"local_breakers": False}),
+        (
+            "failure-rate mode, default (`sync_interval=0.1`)",
+            {"failure_rate": 0.5, "window_size": 100},
+        ),
+        (
+            "failure-rate mode, `sync_interval=0`",
+            {"failure_rate": 0.5, "window_size": 100, "sync_interval": 0.0},
+        ),
+    ]
+    lines = []
+    for title, options in rows:
+        runs = [breaker_round_trips(client, url, **dict(options)) for _ in range(3)]
+        scripts = sorted(run[0] for run in runs)[1]
+        commands = sorted(run[1] for run in runs)[1]
+        late = sum(run[2] for run in runs)
+        lines.append(
+            f"| round trips / healthy breaker call, {title} (10,000 calls, median of 3; "
+            f"all commands incl. heartbeat {commands:.4f}; late heartbeats {late}) | "
+            f"{scripts:.4f} | n/a | |"
+        )
+    return lines
 
 
 def _ratio(ours: float, theirs: float) -> str:
@@ -447,6 +495,15 @@ def main() -> None:
     began = time.monotonic()
     process, port, url = _start()
     client = redis.Redis(port=port)
+    if "--breakers" in sys.argv[1:]:
+        try:
+            print("\n".join(["| measure | resilience | | |", "|---|---:|---:|---:|"]))
+            print("\n".join(_breaker_lines(client, url)))
+        finally:
+            client.close()
+            process.kill()
+            process.wait(5)
+        return
     lines = [
         f"# Redis at scale: resilience vs limits (one private redis-server; medians of {ROUNDS} "
         f"interleaved rounds: {ROUND_DECISIONS} decisions per process per round for "
@@ -455,15 +512,11 @@ def main() -> None:
         "| measure | resilience | limits (moving window) | ratio |",
         "|---|---:|---:|---:|",
     ]
+    rate_only = "--rate" in sys.argv[1:]
     try:
         lines += rate_rows(client, url)
-        trips = breaker_round_trips(client, url)
-        lines.append(f"| round trips / healthy breaker call (10,000 calls) | {trips:.2f} | n/a | |")
-        trips = breaker_round_trips(client, url, local=True)
-        lines.append(
-            "| the same with `RedisStore(local_breakers=True)` (consecutive mode) | "
-            f"{trips:.2f} | n/a | |"
-        )
+        if not rate_only:
+            lines += _breaker_lines(client, url)
         lines += floor_rows(client)
     finally:
         client.close()
@@ -472,7 +525,8 @@ def main() -> None:
     lines += [NOTES, f"Took {time.monotonic() - began:.0f} s."]
     report = "\n".join(lines) + "\n"
     print(report)
-    OUT.write_text(report)
+    if not rate_only:
+        OUT.write_text(report)
 
 
 if __name__ == "__main__":

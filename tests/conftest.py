@@ -148,6 +148,11 @@ def redis_store_for(topology: str, request: pytest.FixtureRequest, **settings: o
     return store
 
 
+# The twins are held together one call at a time: a failure-rate breaker's outcomes go to
+# Redis as they happen, not in batches (``tests/breaker/test_redis_batches.py`` tests those).
+_ONE_BY_ONE: dict[str, object] = {"sync_interval": 0.0}
+
+
 @pytest.fixture(name="redis_store", params=_CHOSEN)
 def _redis_store(request: pytest.FixtureRequest) -> Iterator[object]:
     """
@@ -156,7 +161,7 @@ def _redis_store(request: pytest.FixtureRequest) -> Iterator[object]:
     Its scripts read the process's default clock (virtual time under the ``clock``
     fixture); tests of real server time make their own store.
     """
-    store: Any = redis_store_for(request.param, request, clock=DefaultClock())
+    store: Any = redis_store_for(request.param, request, clock=DefaultClock(), **_ONE_BY_ONE)
     yield store
     store.clear()
     store.close()
@@ -170,7 +175,7 @@ def _store(request: pytest.FixtureRequest) -> Iterator[object]:
     if request.param == "memory":
         yield MemoryStore()
         return
-    store: Any = redis_store_for(request.param[6:], request, clock=DefaultClock())
+    store: Any = redis_store_for(request.param[6:], request, clock=DefaultClock(), **_ONE_BY_ONE)
     yield store
     store.clear()
     store.close()

@@ -57,7 +57,7 @@ class BoundedLayer(KeyedLayer):
         queue: PermitQueue = store.backend(
             "pool.queue", self.key, store.backend("pool", self.key, policy)
         )
-        adaptive = isinstance(queue.backend, AdaptivePoolBackend)
+        adaptive = getattr(queue.backend, "adaptive", None) is not None  # memory or Redis
         if adaptive or not isinstance(policy.limit, int):
             self._check_adaptive(queue)
         elif queue.backend.limit != policy.limit:
@@ -78,8 +78,9 @@ class BoundedLayer(KeyedLayer):
         """A key's adaptive pool is shared only by decorators given an equal ``AdaptiveLimit``."""
         backend = queue.backend
         limit = self.policy.limit
-        if not isinstance(backend, AdaptivePoolBackend) or backend.adaptive != limit:
-            held = backend.adaptive if isinstance(backend, AdaptivePoolBackend) else backend.limit
+        held = getattr(backend, "adaptive", None)
+        if held is None or held != limit:
+            held = backend.limit if held is None else held
             msg = (
                 f"@bounded key {self.key!r} already has a pool with limit={held!r}; a pool "
                 f"sharing the key must use the same limit (got limit={limit!r})"
@@ -210,7 +211,191 @@ class BoundedLayer(KeyedLayer):
             {"key": self.key, "name": self.name, "dropped": dropped},
         )
 
+    def _ended(
+        self,
+        queue: PermitQueue,
+        backend: AdaptivePoolBackend,
+        rtt: float,
+        in_use: int,
+        dropped: bool,
+        full: bool,
+    ) -> None:
+        """A call's end that may move the limit: apply it under the pool's lock, say so."""
+        before = backend.limit
+        if full:  # Gradient2's window is full: its samples are in, close it
+            backend.close_release(self.policy.weight)
+        else:
+            backend.sample_release(self.policy.weight, rtt, in_use, dropped)
+        if queue.waiters:
+            queue.wake()
+        if BUS.subs and backend.limit != before:
+            self._moved(before, backend.limit, dropped)
+
+    def _raised(
+        self,
+        queue: PermitQueue,
+        backend: AdaptivePoolBackend,
+        exc: BaseException,
+        rtt: float,
+        in_use: int,
+    ) -> None:
+        """A call raised: a drop (``on_drop``) or a plain sample; control flow: no sample."""
+        if not isinstance(exc, Exception):  # cancellation, exit: neither drop nor latency
+            queue.release(self.policy.weight)
+            return
+        adaptive = self.policy.limit
+        assert isinstance(adaptive, AdaptiveLimit)
+        dropped = False
+        try:
+            dropped = adaptive.is_drop(exc)
+        finally:
+            self._ended(queue, backend, rtt, in_use, dropped, False)
+
+    def _succeeded(
+        self, queue: PermitQueue, backend: AdaptivePoolBackend, rtt: float, in_use: int
+    ) -> None:
+        """A call returned: its sample, and the permit back (inline in the runners)."""
+        window = backend.window
+        if window is None:
+            self._ended(queue, backend, rtt, in_use, False, False)
+        elif window.add(rtt, in_use):
+            self._ended(queue, backend, rtt, in_use, False, True)
+        else:
+            backend.release(self.policy.weight)
+            if queue.waiters:
+                queue.wake()
+
     def _build_adaptive_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        weight = self.policy.weight
+        single = weight == 1
+        policy_clock = self.policy.clock
+        default = _clock.DEFAULT
+        direct = call_next is terminal
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+            in_use = 0
+            if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
+                try:
+                    backend._pop()
+                except IndexError:  # none free: wait
+                    pass
+                else:
+                    in_use = backend.repay() if backend.debt else backend.limit - len(backend._free)
+            elif not queue.waiters:
+                in_use = backend.try_acquire_used(weight)
+            if not in_use:
+                layer._wait_sync(queue)
+                in_use = backend.used
+            monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
+            started = monotonic()
+            try:
+                if direct:  # innermost: call the function itself, one frame less
+                    result = wrapped(*args, **kwargs)
+                else:
+                    result = call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                layer._raised(queue, backend, exc, monotonic() - started, in_use)
+                raise
+            rtt = monotonic() - started
+            window = backend.window
+            if window is None or not single or backend.debt:
+                layer._succeeded(queue, backend, rtt, in_use)
+                return result
+            # ``Gradient2.add`` and ``release(1)``, inline and lock-free: the hot path
+            if rtt > 0.0:  # a difference of monotonic reads: never inf or NaN
+                window.total += rtt
+                window.count += 1
+            if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                window.busy = in_use
+            if window.count >= window.due:  # the window is full: close it under the lock
+                layer._ended(queue, backend, rtt, in_use, False, True)
+                return result
+            backend._push(None)
+            if queue.waiters:
+                queue.wake()
+            return result
+
+        return run
+
+    def _build_adaptive_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        weight = self.policy.weight
+        single = weight == 1
+        policy_clock = self.policy.clock
+        default = _clock.DEFAULT
+        direct = call_next is terminal
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+            in_use = 0
+            if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
+                try:
+                    backend._pop()
+                except IndexError:  # none free: wait
+                    pass
+                else:
+                    in_use = backend.repay() if backend.debt else backend.limit - len(backend._free)
+            elif not queue.waiters:
+                in_use = backend.try_acquire_used(weight)
+            if not in_use:
+                await layer._wait_async(queue)
+                in_use = backend.used
+            monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
+            started = monotonic()
+            try:
+                if direct:  # innermost: await the function itself, one frame less
+                    result = await wrapped(*args, **kwargs)
+                else:
+                    result = await call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                layer._raised(queue, backend, exc, monotonic() - started, in_use)
+                raise
+            rtt = monotonic() - started
+            window = backend.window
+            if window is None or not single or backend.debt:
+                layer._succeeded(queue, backend, rtt, in_use)
+                return result
+            # ``Gradient2.add`` and ``release(1)``, inline and lock-free: the hot path
+            if rtt > 0.0:  # a difference of monotonic reads: never inf or NaN
+                window.total += rtt
+                window.count += 1
+            if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                window.busy = in_use
+            if window.count >= window.due:  # the window is full: close it under the lock
+                layer._ended(queue, backend, rtt, in_use, False, True)
+                return result
+            backend._push(None)
+            if queue.waiters:
+                queue.wake()
+            return result
+
+        return run
+
+    # -- an adaptive limit in a remote store: the same samples, one script per call's end ------
+
+    def _build_remote_adaptive_sync(self, call_next: Runner) -> Runner:
         layer = self
         switches = _config.state
         epoch = EPOCH
@@ -229,12 +414,17 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
-            backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
-            sample = backend.sample_release
-            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
-            if not in_use:
-                layer._wait_sync(queue)
-                in_use = backend.used
+            backend: Any = (
+                queue.backend
+            )  # remote, adaptive: ``try_acquire_used``, ``sample_release``
+            try:
+                in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+                if not in_use:
+                    layer._wait_sync(queue)
+                    in_use = backend.granted_in_use
+            except StoreUnavailableError as error:
+                layer._unavailable(error)
+                return call_next(wrapped, instance, args, kwargs)
             clock = _clock.resolve(policy_clock)
             started = clock.monotonic()
             dropped: bool | None = False
@@ -247,19 +437,21 @@ class BoundedLayer(KeyedLayer):
                 dropped = None
                 raise
             finally:
-                if dropped is None:
-                    queue.release(weight)
-                else:
-                    before = backend.limit
-                    sample(weight, clock.monotonic() - started, in_use, dropped)
-                    if queue.waiters:
+                before = backend.limit
+                try:
+                    if dropped is None:
+                        queue.release(weight)
+                    else:
+                        backend.sample_release(weight, clock.monotonic() - started, in_use, dropped)
                         queue.wake()
-                    if BUS.subs and backend.limit != before:
-                        layer._moved(before, backend.limit, dropped)
+                except StoreUnavailableError as error:
+                    layer._release_failed(error)
+                if BUS.subs and backend.limit != before:
+                    layer._moved(before, backend.limit, bool(dropped))
 
         return run
 
-    def _build_adaptive_async(self, call_next: Runner) -> Runner:
+    def _build_remote_adaptive_async(self, call_next: Runner) -> Runner:
         layer = self
         switches = _config.state
         epoch = EPOCH
@@ -278,12 +470,19 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
-            backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
-            sample = backend.sample_release
-            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
-            if not in_use:
-                await layer._wait_async(queue)
-                in_use = backend.used
+            backend: Any = (
+                queue.backend
+            )  # remote, adaptive: ``try_acquire_used``, ``sample_release``
+            try:
+                in_use = 0
+                if not queue.waiters:
+                    in_use = await backend.atry_acquire_used(weight, layer.timeout or None)
+                if not in_use:
+                    await layer._wait_async(queue)
+                    in_use = backend.granted_in_use
+            except StoreUnavailableError as error:
+                layer._unavailable(error)
+                return await call_next(wrapped, instance, args, kwargs)
             clock = _clock.resolve(policy_clock)
             started = clock.monotonic()
             dropped: bool | None = False
@@ -296,20 +495,25 @@ class BoundedLayer(KeyedLayer):
                 dropped = None
                 raise
             finally:
-                if dropped is None:
-                    queue.release(weight)
-                else:
-                    before = backend.limit
-                    sample(weight, clock.monotonic() - started, in_use, dropped)
-                    if queue.waiters:
+                before = backend.limit
+                try:
+                    if dropped is None:
+                        await queue.arelease(weight)
+                    else:
+                        rtt = clock.monotonic() - started
+                        await backend.asample_release(weight, rtt, in_use, dropped)
                         queue.wake()
-                    if BUS.subs and backend.limit != before:
-                        layer._moved(before, backend.limit, dropped)
+                except StoreUnavailableError as error:
+                    layer._release_failed(error)
+                if BUS.subs and backend.limit != before:
+                    layer._moved(before, backend.limit, bool(dropped))
 
         return run
 
     def build_sync(self, call_next: Runner) -> Runner:
         if not isinstance(self.policy.limit, int):
+            if self._remote:
+                return self._build_remote_adaptive_sync(call_next)
             return self._build_adaptive_sync(call_next)
         layer = self
         switches = _config.state
@@ -341,6 +545,8 @@ class BoundedLayer(KeyedLayer):
 
     def build_async(self, call_next: Runner) -> Runner:
         if not isinstance(self.policy.limit, int):
+            if self._remote:
+                return self._build_remote_adaptive_async(call_next)
             return self._build_adaptive_async(call_next)
         layer = self
         switches = _config.state
