@@ -54,8 +54,9 @@ class BreakerSnapshot:
     Attributes:
         name: The breaker's name.
         state: ``"closed"``, ``"open"`` or ``"half_open"``.
-        since: Epoch seconds at which the current state began (None while closed: the
-            stores do not keep when a breaker last closed).
+        since: Epoch seconds at which the current state began: when it opened, became
+            half-open, or last closed again (None: closed and never opened, or its Redis
+            state expired since).
         reason: Why it opened (empty while closed).
         consecutive_failures: Failures in a row.
         failure_threshold: The consecutive failures that open it.

@@ -80,6 +80,8 @@ class Scene:
         _fail(half, 2)
         probing = _breaker(store, "b-probing", failure_threshold=2, reset_timeout=1.0)
         _fail(probing, 2)
+        reclosed = _breaker(store, "b-reclosed", failure_threshold=2, reset_timeout=1.0)
+        _fail(reclosed, 2)
         closed = _breaker(store, "b-closed", failure_threshold=3, reset_timeout=5.0)
         _fail(closed, 1)
         assert "ok" == _breaker(store, "b-quiet")()  # never failed: Redis keeps no state
@@ -89,6 +91,8 @@ class Scene:
         _fail(rated, 1)
         clock.advance(1.5)  # t = 3.5: b-half and b-probing report half-open since t = 3
         self.half_wall = clock.time() - 0.5
+        assert "ok" == reclosed()  # its probe succeeds: closed again since t = 3.5
+        self.reclosed_wall = clock.time()
         assert 0 < store.peek("breaker", "b-probing").admit().ticket  # a probe in flight
         busy = rate_limited(rate=2, per=1.0, key="r-busy", store=store)(lambda: "ok")
         busy()
@@ -153,10 +157,16 @@ class TestFields:
         """Open, half-open (idle and probing), closed with a failure, and failure-rate mode."""
         taken = snapshot(snap_store)
         breakers = _by(taken.breakers, "name")
-        assert ["b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate"] == [
-            b.name for b in taken.breakers
-        ]
-        assert ["open", "half_open", "half_open", "closed", "closed", "closed"] == [
+        assert [
+            "b-open",
+            "b-half",
+            "b-probing",
+            "b-closed",
+            "b-quiet",
+            "b-rate",
+            "b-reclosed",
+        ] == [b.name for b in taken.breakers]
+        assert ["open", "half_open", "half_open", "closed", "closed", "closed", "closed"] == [
             b.state for b in taken.breakers
         ]
         assert (
@@ -195,6 +205,15 @@ class TestFields:
             closed.consecutive_failures,
             closed.failure_threshold,
         )
+        reclosed = breakers["b-reclosed"]
+        assert ("closed", "", 0, 1) == (
+            reclosed.state,
+            reclosed.reason,
+            reclosed.consecutive_failures,
+            reclosed.times_opened,
+        )
+        assert pytest.approx(scene.reclosed_wall, abs=1e-3) == reclosed.since
+        assert None is breakers["b-quiet"].since is breakers["b-rate"].since  # never opened
         quiet = breakers["b-quiet"]
         assert (0, 0, 5, 30.0) == (
             quiet.consecutive_failures,
@@ -273,7 +292,7 @@ class TestFields:
     def test_json_and_filter(self, scene, snap_store):
         """to_dict() is plain JSON; a prefix keeps only matching names and keys."""
         data = json.loads(json.dumps(snapshot(snap_store, prefix="b-").to_dict()))
-        assert {"b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate"} == {
+        assert {"b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate", "b-reclosed"} == {
             b["name"] for b in data["breakers"]
         }
         assert [] == data["limiters"] == data["pools"] == data["budgets"]
@@ -336,7 +355,7 @@ def test_redis_fleet_view_from_another_process_store(scene, snap_store):
         theirs = snapshot(other)
     finally:
         other.close()
-    assert 6 == len(theirs.breakers)  # b-quiet too: its config is in the meta hash
+    assert 7 == len(theirs.breakers)  # b-quiet too: its config is in the meta hash
     assert mine.breakers == theirs.breakers
     assert mine.limiters == theirs.limiters
     assert mine.budgets == theirs.budgets
