@@ -16,12 +16,15 @@ from resilience import (
     LimiterSnapshot,
     PoolSnapshot,
     RetryBudget,
+    RetryQuota,
     backoff_window,
     bounded,
     circuit_breaker,
     rate_limited,
     snapshot,
+    throttled,
 )
+from resilience._snapshot import ThrottleSnapshot
 from resilience.stores import MemoryStore
 
 from .conftest import DefaultClock, redis_store_for
@@ -108,6 +111,22 @@ class Scene:
         for _ in range(4):
             budget.record_call()
         assert budget.try_retry()
+        self._quotas_and_throttles(store)
+
+    def _quotas_and_throttles(self, store):
+        quota = RetryQuota(capacity=50, key="q-aws", store=store)
+        assert quota.backend().step(5, 5, 0) == (True, 45)
+        RetryQuota(capacity=20, key="q-full", store=store).backend()  # declared, untouched
+
+        @throttled(k=1.0, window=10.0, on=Boom, key="t-hot", store=store, rand=lambda: 0.99)
+        def hot():
+            raise Boom
+
+        for _ in range(4):
+            with pytest.raises(Boom):
+                hot()
+        cool = throttled(k=2.0, window=10.0, key="t-cool", store=store)(lambda: "ok")
+        assert "ok" == cool() == cool()
 
     def _pools(self, store):
         held = threading.Event()
@@ -280,6 +299,19 @@ class TestFields:
         budgets = _by(snapshot(snap_store).budgets, "key")
         assert BudgetSnapshot("bud", 2.0, 0.5, 10.0, 4, 1) == budgets["bud"]
 
+    def test_quotas_and_throttles(self, scene, snap_store):
+        """A quota's tokens left (a declared, untouched one is full); a throttle's counts."""
+        taken = snapshot(snap_store)
+        budgets = _by(taken.budgets, "key")
+        assert BudgetSnapshot("q-aws", 45.0, None, None, 0, 0) == budgets["q-aws"]
+        assert BudgetSnapshot("q-full", 20.0, None, None, 0, 0) == budgets["q-full"]
+        assert [
+            ThrottleSnapshot("t-hot", 1.0, 10.0, 4, 0, pytest.approx(0.8)),
+            ThrottleSnapshot("t-cool", 2.0, 10.0, 2, 2, 0.0),
+        ] == list(taken.throttles)  # the likeliest to refuse first
+        assert taken.throttles[0] == snap_store.peek("throttle", "t-hot").snapshot("t-hot")
+        assert budgets["q-aws"] == snap_store.peek("tokens", "q-aws").snapshot("q-aws")
+
     def test_backend_snapshots_agree_with_the_store(self, scene, snap_store):
         """Each backend's own snapshot() is the record the store-level snapshot shows."""
         taken = snapshot(snap_store)
@@ -295,7 +327,7 @@ class TestFields:
         assert {"b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate", "b-reclosed"} == {
             b["name"] for b in data["breakers"]
         }
-        assert [] == data["limiters"] == data["pools"] == data["budgets"]
+        assert [] == data["limiters"] == data["pools"] == data["budgets"] == data["throttles"]
         assert data["metrics"] is None
 
 
@@ -330,10 +362,19 @@ def _store_state(store):
     return [(name, client.dump(name)) for name in names]
 
 
+def _settle(store):
+    """Wait for what Redis learns off the call path: the meta hash, the waiter counts."""
+    store._meta.settle()
+    reported = store.key("pool", "p-busy", "waiting")
+    deadline = time.monotonic() + 5
+    while not store.client.hlen(reported) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the poller says how many wait here (off the call path)
+
+
 def test_a_snapshot_changes_nothing(scene, snap_store, clock):
     """Key count and every value (DUMP) are the same before and after three snapshots."""
     if not isinstance(snap_store, MemoryStore):
-        snap_store._meta.settle()
+        _settle(snap_store)
     before = _store_state(snap_store)
     assert len(before) >= 8
     for _ in range(3):
@@ -348,7 +389,7 @@ def test_redis_fleet_view_from_another_process_store(scene, snap_store):
         pytest.skip("the fleet view is Redis's")
     from tests.redis_workers import open_store
 
-    snap_store._meta.settle()
+    _settle(snap_store)
     mine = snapshot(snap_store)
     other = open_store(snap_store.test_spec, namespace=snap_store.namespace, clock=DefaultClock())
     try:
@@ -359,8 +400,9 @@ def test_redis_fleet_view_from_another_process_store(scene, snap_store):
     assert mine.breakers == theirs.breakers
     assert mine.limiters == theirs.limiters
     assert mine.budgets == theirs.budgets
-    assert [None] * len(theirs.pools) == [p.waiting for p in theirs.pools]  # not in Redis
-    assert [p.in_use for p in mine.pools] == [p.in_use for p in theirs.pools]
+    assert mine.throttles == theirs.throttles
+    assert mine.pools == theirs.pools  # waiters too: each process reports its own
+    assert {"p-busy": 1, "p-idle": 0} == {p.key: p.waiting for p in theirs.pools}
 
 
 def test_an_empty_store():

@@ -17,7 +17,11 @@ renewing: permits are never over-granted. A release or an acquire whose reply wa
 Waiting: callers wait in their process's FIFO ``PermitQueue``; a grant from another
 process cannot wake them, so while anyone waits a poller thread retries the head's
 acquire, every 2 ms at first, backing off to 50 ms while nothing frees up, and at once
-when this process releases. Across processes, the first poller to ask after a release wins.
+when this process releases. The poller also says how many wait here, for the operator's
+view: ``<ns>:pool:{<key>}:waiting``, a hash of ``<host>:<pid>`` -> ``<count>:<expiry us>``,
+written when the count changes (at most every ``_REPORT_EVERY`` seconds, and at once when
+nobody waits any more: the entry is deleted) or half its life (``RedisStore.lease``) has
+passed; a snapshot ignores expired entries, so a dead process's waiters vanish with it. Across processes, the first poller to ask after a release wins.
 When the store fails (no answer within its timeout, or an error answer), every waiter is
 woken with the ``StoreUnavailableError``: it fails closed, or proceeds with ``fail_open``.
 """
@@ -135,8 +139,33 @@ return n
 # ARGV 4 limit. Returns the free units now.
 _AVAILABLE: Final = _COMMON + "purge()\nreturn tonumber(ARGV[4]) - used()\n"
 
+# KEYS[1] the waiting hash. ARGV: 1 now, 2 life us, 3 holder, 4 count (0 deletes the entry).
+# Writes only what changed, or an entry past half its life. Returns 1 if it wrote.
+_WAITING: Final = (
+    NOW_LUA
+    + """
+local now = now_us()
+local life, holder, count = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+if count == 0 then return redis.call('HDEL', KEYS[1], holder) end
+local old = redis.call('HGET', KEYS[1], holder)
+if old then
+  local n, expiry = string.match(old, '^(%d+):(%d+)$')
+  if tonumber(n) == count and tonumber(expiry) - now > life / 2 then return 0 end
+end
+redis.call('HSET', KEYS[1], holder, string.format('%d:%.17g', count, now + life))
+redis.call('PEXPIRE', KEYS[1], math.ceil(life / 1000))
+return 1
+"""
+)
+
 _POLL_MIN: Final = 0.002
 _POLL_MAX: Final = 0.05
+_REPORT_EVERY: Final = 0.25  # seconds between two waiter counts sent while the count moves
+
+
+def holder_name() -> str:
+    """Name the process as the snapshot does: ``<host>:<pid>`` (as its lease ids begin)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class RedisPoolBackend:
@@ -280,12 +309,13 @@ class RedisPermitQueue(PermitQueue):
     in another process cannot wake this queue, so while anyone waits the poller retries.
     """
 
-    __slots__ = ("_poller", "_wake")
+    __slots__ = ("_poller", "_reported", "_wake")
 
     def __init__(self, backend: PoolBackend) -> None:
         super().__init__(backend)
         self._wake = threading.Event()
         self._poller: threading.Thread | None = None
+        self._reported = (0, 0.0)  # the waiter count last sent, and when
 
     def _dispatch(self) -> None:
         """Hand the work to the poller (the queue's lock is held)."""
@@ -309,13 +339,35 @@ class RedisPermitQueue(PermitQueue):
                     # An outage: every waiter hears of it now (within the store's timeout)
                     # and fails closed or proceeds per its policy, instead of polling on.
                     self._fail_all(error)
-                if not self.waiters:
+                waiting = len(self.waiters)
+                if not waiting:
                     self._poller = None
-                    return
-                moved = len(self.waiters) < before
+            self._report(waiting)
+            if not waiting:
+                return
+            moved = waiting < before
             interval = _POLL_MIN if moved else min(interval * 2, _POLL_MAX)
             self._wake.wait(interval)
             self._wake.clear()
+
+    def _report(self, waiting: int) -> None:
+        """Tell the store how many wait here (the poller's thread: never a caller's)."""
+        sent, at = self._reported
+        now = time.monotonic()
+        if waiting == sent == 0:
+            return
+        if waiting == sent and now - at < _REPORT_EVERY:
+            return
+        if waiting != sent and waiting and now - at < _REPORT_EVERY:
+            return  # moving fast: the next report in a moment
+        backend: Any = self.backend
+        store = backend.store
+        argv = [store.now_arg(), round(store.lease * 1_000_000), holder_name(), waiting]
+        try:
+            store.run(_WAITING, (store.key("pool", backend.key, "waiting"),), argv, key=backend.key)
+        except StoreUnavailableError:
+            return  # advisory: the next round tries again
+        self._reported = (waiting, now)
 
     async def acquire_async(self, weight: int, timeout: float | None, clock: Any) -> bool:
         """Like ``PermitQueue.acquire_async``, with the first try on the asyncio client."""
@@ -355,7 +407,20 @@ def _reads(store: RedisStore, key: str) -> list[Any]:
     return [
         ("zrange", (store.key("pool", key, "leases"), 0, -1), {"withscores": True}),
         ("hgetall", (store.key("pool", key, "weights"),)),
+        ("hgetall", (store.key("pool", key, "waiting"),)),
     ]
+
+
+def _waiting(store: RedisStore, key: str, reply: Any, now: int) -> int:
+    """Waiters of every process (expired entries left out); this process's own, live."""
+    own = store._backends.get(("pool.queue", key))
+    me = holder_name() if own is not None else None
+    total = len(own.waiters) if own is not None else 0
+    for holder, value in (reply or {}).items():
+        count, _, expiry = text(value).partition(":")
+        if text(holder) != me and count.isdigit() and expiry and float(expiry) > now:
+            total += int(count)
+    return total
 
 
 def _build(
@@ -368,7 +433,7 @@ def _build(
 ) -> PoolSnapshot | None:
     leases = [(text(lease), int(score)) for lease, score in replies[0] or ()]
     weights = {text(k): int(v) for k, v in (replies[1] or {}).items()}
-    if not leases and not weights and meta is None:
+    if not leases and not weights and not replies[2] and meta is None:
         return None
     live = [(lease, expiry) for lease, expiry in leases if expiry > now]
     holders: dict[str, int] = {}
@@ -384,10 +449,10 @@ def _build(
         limit=None if meta is None else int(meta["limit"]),
         live_limit=None,
         in_use=sum(holders.values()),
-        waiting=None,
+        waiting=_waiting(store, key, replies[2], now),
         oldest_lease=oldest,
         holders=holders,
     )
 
 
-VIEW: Final = View(("leases", "weights"), _reads, _build)
+VIEW: Final = View(("leases", "weights", "waiting"), _reads, _build)

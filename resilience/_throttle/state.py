@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
 from resilience._dictable import FromDict
+from resilience._snapshot import ThrottleSnapshot
 from resilience._validate import (
     check_clock,
     check_number,
@@ -44,6 +45,7 @@ __all__ = [
     "MemoryThrottleBackend",
     "ThrottleBackend",
     "ThrottlePolicy",
+    "throttle_snapshot",
     "ThrottleState",
     "memory_throttle",
 ]
@@ -152,6 +154,20 @@ class ThrottleState:
         excess = requests - self.k * self.total_accepts
         return excess / (requests + 1) if excess > 0 else 0.0
 
+    def view(self, now: float) -> tuple[int, int]:
+        """Return (requests, accepts) in the window as of *now*, changing nothing."""
+        index = math.floor(now / self.width)
+        requests, accepts = self.total_requests, self.total_accepts
+        if index > self.current:
+            stale = (
+                BUCKETS if self.current == -math.inf else min(BUCKETS, index - int(self.current))
+            )
+            for step in range(stale):
+                slot = (index - step) % BUCKETS
+                requests -= self.requests[slot]
+                accepts -= self.accepts[slot]
+        return requests, accepts
+
     def record(self, now: float, accepted: bool) -> None:
         """Count one request at *now*, and one accept if *accepted*."""
         slot = self._roll(now)
@@ -185,12 +201,13 @@ class ThrottleBackend(Protocol):
 class MemoryThrottleBackend:
     """A throttle's counts in this process: ``ThrottleState`` under a lock."""
 
-    __slots__ = ("_acquire", "_clock", "_lock", "_release", "_state")
+    __slots__ = ("_acquire", "_clock", "_lock", "_release", "_state", "_window")
 
     def __init__(self, policy: ThrottlePolicy) -> None:
         window = policy.window
         assert isinstance(window, float)
         self._state = ThrottleState(policy.k, window)
+        self._window = window
         self._clock = policy.clock
         self._lock = threading.Lock()
         self._acquire = self._lock.acquire  # bound once: cheaper than `with` on the hot path
@@ -218,6 +235,14 @@ class MemoryThrottleBackend:
             return 0.0
         return self.probability()[0]
 
+    def snapshot(self, key: str) -> ThrottleSnapshot:
+        """Return the operator's view of the throttle of *key*, changing nothing."""
+        state = self._state
+        now = _clock.resolve(self._clock).monotonic()
+        with self._lock:
+            requests, accepts = state.view(now)
+        return throttle_snapshot(key, state.k, self._window, requests, accepts)
+
     def record(self, accepted: bool) -> None:
         """Count one request, and one accept if *accepted*."""
         state = self._state
@@ -235,6 +260,15 @@ class MemoryThrottleBackend:
                 state.record(now, accepted)
         finally:
             self._release()
+
+
+def throttle_snapshot(
+    key: str, k: float | None, window: float | None, requests: int, accepts: int
+) -> ThrottleSnapshot:
+    """The record of a throttle's counts, with its refusal probability (``probability``)."""
+    excess = requests - (k or 0.0) * accepts
+    chance = excess / (requests + 1) if k is not None and excess > 0 else 0.0
+    return ThrottleSnapshot(key, k, window, requests, accepts, chance)
 
 
 def memory_throttle(key: str, policy: ThrottlePolicy, store: MemoryStore) -> MemoryThrottleBackend:
