@@ -51,10 +51,17 @@ if TYPE_CHECKING:
     from resilience.stores._redis import RedisStore
 
 
-__all__ = ["RedisPermitQueue", "RedisPoolBackend", "redis_permit_queue", "redis_pool_backend"]
+__all__ = [
+    "COMMON_LUA",
+    "RELEASE_LUA",
+    "RedisPermitQueue",
+    "RedisPoolBackend",
+    "redis_permit_queue",
+    "redis_pool_backend",
+]
 
 # ARGV: 1 now, 2 idle ttl ms, 3 lease us; then each script's own.
-_COMMON: Final = (
+COMMON_LUA: Final = (
     NOW_LUA
     + """
 local now = now_us()
@@ -93,7 +100,7 @@ end
 
 # ARGV 4 limit, 5 weight, 6 lease id. Returns 1 (granted) or 0.
 _ACQUIRE: Final = (
-    _COMMON
+    COMMON_LUA
     + """
 purge()
 local weight = tonumber(ARGV[5])
@@ -107,8 +114,8 @@ return 1
 )
 
 # ARGV 4 lease id. Returns the units given back (0: the lease was gone already).
-_RELEASE: Final = (
-    _COMMON
+RELEASE_LUA: Final = (
+    COMMON_LUA
     + """
 local w = redis.call('HGET', weights, ARGV[4])
 if not w then return 0 end
@@ -122,7 +129,7 @@ return tonumber(w)
 # ARGV 4.. lease ids. Pushes each live lease's expiry out; returns how many it renewed.
 # A lease past its expiry that no acquire has purged yet is revived: nobody got its units.
 _RENEW: Final = (
-    _COMMON
+    COMMON_LUA
     + """
 local n = 0
 for i = 4, #ARGV do
@@ -137,7 +144,7 @@ return n
 )
 
 # ARGV 4 limit. Returns the free units now.
-_AVAILABLE: Final = _COMMON + "purge()\nreturn tonumber(ARGV[4]) - used()\n"
+_AVAILABLE: Final = COMMON_LUA + "purge()\nreturn tonumber(ARGV[4]) - used()\n"
 
 # KEYS[1] the waiting hash. ARGV: 1 now, 2 life us, 3 holder, 4 count (0 deletes the entry).
 # Writes only what changed, or an entry past half its life. Returns 1 if it wrote.
@@ -276,13 +283,13 @@ class RedisPoolBackend:
         """Give back one lease of *weight* units (no-op if this process holds none)."""
         lease_id = self._unhold(weight)
         if lease_id is not None:
-            self.store.run(_RELEASE, self._keys, self._argv(lease_id), key=self.key)
+            self.store.run(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
 
     async def arelease(self, weight: int) -> None:
         """The async twin of ``release``."""
         lease_id = self._unhold(weight)
         if lease_id is not None:
-            await self.store.arun(_RELEASE, self._keys, self._argv(lease_id), key=self.key)
+            await self.store.arun(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
 
     def available(self) -> int:
         """Return the free units now, across every process."""
@@ -309,13 +316,12 @@ class RedisPermitQueue(PermitQueue):
     in another process cannot wake this queue, so while anyone waits the poller retries.
     """
 
-    __slots__ = ("_poller", "_reported", "_wake")
+    __slots__ = ("_poller", "_wake")
 
     def __init__(self, backend: PoolBackend) -> None:
         super().__init__(backend)
         self._wake = threading.Event()
         self._poller: threading.Thread | None = None
-        self._reported = (0, 0.0)  # the waiter count last sent, and when
 
     def _dispatch(self) -> None:
         """Hand the work to the poller (the queue's lock is held)."""
@@ -330,6 +336,7 @@ class RedisPermitQueue(PermitQueue):
     def _poll(self) -> None:
         """Grant the head while its weight fits; retry with short sleeps while anyone waits."""
         interval = _POLL_MIN
+        reported = (0, 0.0)  # the waiter count this poller last sent, and when
         while True:
             with self._lock:
                 before = len(self.waiters)
@@ -342,7 +349,7 @@ class RedisPermitQueue(PermitQueue):
                 waiting = len(self.waiters)
                 if not waiting:
                     self._poller = None
-            self._report(waiting)
+            reported = self._report(waiting, reported)
             if not waiting:
                 return
             moved = waiting < before
@@ -350,24 +357,24 @@ class RedisPermitQueue(PermitQueue):
             self._wake.wait(interval)
             self._wake.clear()
 
-    def _report(self, waiting: int) -> None:
+    def _report(self, waiting: int, reported: tuple[int, float]) -> tuple[int, float]:
         """Tell the store how many wait here (the poller's thread: never a caller's)."""
-        sent, at = self._reported
+        sent, at = reported
         now = time.monotonic()
         if waiting == sent == 0:
-            return
+            return reported  # nothing said yet: nothing to take back
         if waiting == sent and now - at < _REPORT_EVERY:
-            return
+            return reported
         if waiting != sent and waiting and now - at < _REPORT_EVERY:
-            return  # moving fast: the next report in a moment
+            return reported  # moving fast: the next report in a moment
         backend: Any = self.backend
         store = backend.store
         argv = [store.now_arg(), round(store.lease * 1_000_000), holder_name(), waiting]
         try:
             store.run(_WAITING, (store.key("pool", backend.key, "waiting"),), argv, key=backend.key)
-        except StoreUnavailableError:
-            return  # advisory: the next round tries again
-        self._reported = (waiting, now)
+        except Exception:  # advisory (a closed store too): next round, or the entry expires
+            return reported
+        return waiting, now
 
     async def acquire_async(self, weight: int, timeout: float | None, clock: Any) -> bool:
         """Like ``PermitQueue.acquire_async``, with the first try on the asyncio client."""
@@ -385,13 +392,13 @@ class RedisPermitQueue(PermitQueue):
 
 
 def redis_pool_backend(key: str, policy: BoundedPolicy, store: RedisStore) -> RedisPoolBackend:
-    """Build the Redis pool of *key* from *policy* (the ``"pool"`` factory)."""
+    """Build the Redis pool of *key* from *policy* (the ``"pool"`` factory; adaptive or fixed)."""
     if not isinstance(policy.limit, int):
-        msg = (
-            f"@bounded key {key!r}: an AdaptiveLimit is kept in memory for now; "
-            f"use a MemoryStore, or a fixed limit on a RedisStore"
+        from resilience._bounded.redis_adaptive import (  # noqa: PLC0415 - circular
+            RedisAdaptivePoolBackend,
         )
-        raise ValueError(msg)
+
+        return RedisAdaptivePoolBackend(store, key, policy.limit, store.lease)
     return RedisPoolBackend(store, key, policy.limit, store.lease)
 
 
@@ -407,6 +414,7 @@ def _reads(store: RedisStore, key: str) -> list[Any]:
     return [
         ("zrange", (store.key("pool", key, "leases"), 0, -1), {"withscores": True}),
         ("hgetall", (store.key("pool", key, "weights"),)),
+        ("hgetall", (store.key("pool", key, "adaptive"),)),
         ("hgetall", (store.key("pool", key, "waiting"),)),
     ]
 
@@ -433,7 +441,11 @@ def _build(
 ) -> PoolSnapshot | None:
     leases = [(text(lease), int(score)) for lease, score in replies[0] or ()]
     weights = {text(k): int(v) for k, v in (replies[1] or {}).items()}
-    if not leases and not weights and not replies[2] and meta is None:
+    state = {text(k): v for k, v in (replies[2] or {}).items()}  # an adaptive pool's state
+    live_limit = int(state["limit"]) if "limit" in state else None
+    if live_limit is None and meta is not None and "initial" in meta:
+        live_limit = int(meta["initial"])  # adaptive, nothing learnt yet (or idle and expired)
+    if not leases and not weights and not replies[3] and meta is None and live_limit is None:
         return None
     live = [(lease, expiry) for lease, expiry in leases if expiry > now]
     holders: dict[str, int] = {}
@@ -447,12 +459,12 @@ def _build(
     return PoolSnapshot(
         key=key,
         limit=None if meta is None else int(meta["limit"]),
-        live_limit=None,
+        live_limit=live_limit,
         in_use=sum(holders.values()),
-        waiting=_waiting(store, key, replies[2], now),
+        waiting=_waiting(store, key, replies[3], now),
         oldest_lease=oldest,
         holders=holders,
     )
 
 
-VIEW: Final = View(("leases", "weights", "waiting"), _reads, _build)
+VIEW: Final = View(("leases", "weights", "adaptive", "waiting"), _reads, _build)
