@@ -163,6 +163,7 @@ POLICIES: dict[type[Any], tuple[Callable[[Any], Any], dict[str, Any], tuple[str,
 
 # exported frozen dataclasses that are read-outs, not policies a user builds
 READ_OUTS = {"Snapshot", "BreakerSnapshot", "BudgetSnapshot", "LimiterSnapshot", "PoolSnapshot"}
+READ_OUTS |= {"ThrottleSnapshot"}
 READ_OUTS |= {"CircuitBreakerStats"}
 
 
