@@ -175,6 +175,41 @@ class TestAccounting:
         assert 2 == len(names)
         assert all(0 < redis_store.client.pttl(name) <= redis_store.ttl_ms for name in names)
 
+    def test_lists_trimmed_by_time(self, redis_store, clock):
+        """Entries that left the window are dropped (every 128th push), far below 2 x rate."""
+
+        @rate_limited(rate=1000, per=1.0, key="api", store=redis_store)
+        def call():
+            pass
+
+        for _ in range(100):
+            call()
+        clock.advance(2.0)
+        for _ in range(28):  # the 128th entry of each list: a trim, and all 100 left the window
+            call()
+        client = redis_store.client
+        for part in ("log", "starts"):
+            entries = [int(x) for x in client.lrange(redis_store.key("rate", "api", part), 0, -1)]
+            assert 28 == len(entries)
+            assert all(t > (clock.monotonic() - 1.0) * 1_000_000 for t in entries)
+
+    def test_weighted_lists_trimmed_by_time(self, redis_store, clock):
+        """The same for weighted calls: a cost of 7 crosses 128 without landing on it."""
+
+        @rate_limited(rate=1000, per=1.0, key="api", store=redis_store, cost=lambda: 7)
+        def call():
+            pass
+
+        for _ in range(15):
+            call()
+        clock.advance(2.0)
+        for _ in range(4):  # 105 -> 133 units: a trim at the crossing of 128
+            call()
+        client = redis_store.client
+        for part in ("log", "starts"):
+            entries = client.lrange(redis_store.key("rate", "api", part), 0, -1)
+            assert 28 == len(entries)
+
 
 class TestRealTime:
     """Server time (TIME) and the asyncio client, briefly."""
