@@ -200,7 +200,7 @@ def test_a_given_client_that_retries_timeouts_fails_in_time(server):
     (redis-py 6+: three, on timeouts too) would ride out a pause; the store's does not.
     """
     client = redis.Redis(port=server.port, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
-    store = RedisStore(client, timeout=TIMEOUT)
+    store = RedisStore(client, timeout=TIMEOUT, local_breakers=False)  # a round trip per call
     call = declare(store, fail_open=False, name="given")
     blocker = redis.Redis(port=server.port, socket_timeout=5)
     try:
