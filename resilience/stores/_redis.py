@@ -594,7 +594,10 @@ class _Listener:
                     self._ping_primaries()
                     sent = waiting = now
                     pubsub.ping()
-                message = pubsub.get_message(timeout=self.heartbeat)
+                wait = self.heartbeat  # for an answer, or (below) until the next PING is due
+                if subscribed and sent is None:
+                    wait = min(wait, max(due - time.monotonic(), 0.0))
+                message = pubsub.get_message(timeout=wait)
                 if message is not None:
                     kind = message.get("type")
                     if kind == "message":

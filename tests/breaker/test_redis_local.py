@@ -297,6 +297,8 @@ def test_threads_hear_an_open_and_failures_count_atomically(pair):
     stats = get_circuit_breaker("up", store=one).stats
     assert "open" == stats.state
     assert 40 == stats.failures  # the 40th opened it; none was lost or counted twice
+    mine_backend = one.peek("breaker", "up")
+    until(lambda: not mine_backend._closed, 1.0)  # heard (within 100 ms when not loaded)
 
     def refuse() -> None:
         with pytest.raises(CircuitOpenError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
+import time
 import uuid
 
 import pytest
@@ -39,6 +40,7 @@ def breaker_worker(namespace: str, index: int, barrier, results) -> None:
                 except Boom:
                     pass
         barrier.wait(10)  # process 0 opened it
+        time.sleep(0.15)  # the others learn of a change within 100 ms (their local state)
         try:
             second = call()
         except CircuitOpenError as error:
