@@ -48,12 +48,13 @@ from resilience._validate import (
 
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from resilience.typing import ExceptionFilter
 
 
 __all__ = [
+    "ADAPTIVE_TOKENS_MAX",
     "ALGORITHMS",
     "AdaptiveLimit",
     "AdaptivePoolBackend",
@@ -336,6 +337,45 @@ class Vegas:
         return self.limit
 
 
+#: The largest ``max_limit`` kept as tokens (8 bytes each: 512 KiB); above it the free units
+#: are a count under a lock (``_Units``).
+ADAPTIVE_TOKENS_MAX = 1 << 16
+
+
+class _Units:
+    """A pool too large for tokens: its free units as a count, with the deque calls it uses."""
+
+    __slots__ = ("_lock", "free", "most")
+
+    def __init__(self, free: int, most: int) -> None:
+        self.free = free
+        self.most = most
+        self._lock = threading.Lock()
+
+    def pop(self) -> None:
+        """Take one unit; ``IndexError`` when none is free (as an empty deque)."""
+        with self._lock:
+            if not self.free:
+                msg = "no free unit"
+                raise IndexError(msg)
+            self.free -= 1
+
+    def append(self, unit: None) -> None:
+        """Give one unit back (never more free than *most*, as a deque's ``maxlen``)."""
+        with self._lock:
+            if self.free < self.most:
+                self.free += 1
+
+    def extend(self, units: Iterable[None]) -> None:
+        """Give several units back."""
+        count = sum(1 for _ in units)
+        with self._lock:
+            self.free = min(self.most, self.free + count)
+
+    def __len__(self) -> int:
+        return self.free
+
+
 class AdaptivePoolBackend(MemoryPoolBackend):
     """
     A memory pool whose limit an ``AdaptiveLimit`` machine moves after each call.
@@ -356,7 +396,11 @@ class AdaptivePoolBackend(MemoryPoolBackend):
     def __init__(self, adaptive: AdaptiveLimit) -> None:
         limit = adaptive.initial
         self.limit = limit
-        self._free: deque[None] = deque([None] * limit, maxlen=adaptive.max_limit)
+        most = adaptive.max_limit
+        if most <= ADAPTIVE_TOKENS_MAX:
+            self._free = deque([None] * limit, maxlen=most)
+        else:  # constant memory for a huge ceiling: the same calls on a counter
+            self._free = _Units(limit, most)  # type: ignore[assignment]
         self._pop = self._free.pop
         self._push = self._free.append
         self._lock = threading.Lock()

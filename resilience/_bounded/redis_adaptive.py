@@ -25,6 +25,10 @@ windows and averages are the fleet's, not one process's. What is approximate: a 
 that waited for its permit reports the units in use at the latest grant this process saw
 (the poller took the permit, not the caller), and the state restarts at ``initial`` when
 the key has been idle for the store's ``idle_ttl``.
+
+Cancellation: an async acquire whose caller is cancelled while it is in flight runs on
+(shielded), and a lease it was granted is given straight back; the call's end (release
+and sample) is shielded too. So a cancelled task holds nothing once its scripts answer.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ microseconds (see ``NOW_LUA``). Every script refreshes the keys' expiry: the sto
 
 Hash fields: ``s`` state (0 closed, 1 open, 2 half-open), ``c`` consecutive failures, ``e``
 spell number, ``p`` probes running, ``o`` opened at, ``r`` reason, ``n`` times opened, ``f``
-failures, ``j`` rejected, ``wc``/``wf`` window calls/failures, ``wp`` ring position, ``wh``
+failures, ``j`` rejected, ``k`` last closed at, ``wc``/``wf`` window calls/failures, ``wp`` ring position, ``wh``
 newest time bucket, ``c0``..``c9``/``f0``..``f9`` bucket counts.
 """
 
@@ -202,7 +202,7 @@ end
 
 local function close(why, before)
   local t = false
-  if before ~= CLOSED then t = change(CLOSED, why, before) end
+  if before ~= CLOSED then t = change(CLOSED, why, before); h.k = now end
   consecutive, probes, reason = 0, 0, ''
   window_clear()
   return t
@@ -697,7 +697,8 @@ def _build(
     state = STATE_NAMES[stored]
     if stored == 1 and now >= opened + reset_us:
         state = "half_open"
-    since = None
+    closed = h.get("k")
+    since = None if not closed else epoch_of(int(closed) / _US, now / _US, wall)
     if state == "open":
         since = epoch_of(opened / _US, now / _US, wall)
     elif state == "half_open":

@@ -320,6 +320,7 @@ class RateLimitLayer(KeyedLayer):
         max_wait = self.max_wait
         rate = self.policy.rate
         direct = call_next is terminal
+        one = _ONE
 
         def run(
             wrapped: Callable[..., Any],
@@ -330,8 +331,9 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            cost = fixed or estimate(*args, **kwargs)
-            if cost is not _ONE and (type(cost) is not int or not 0 < cost <= rate):
+            # (without keywords: the cost callable is called without copying the empty dict)
+            cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
+            if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
                 cost = layer._cost(cost)
             bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
             try:
@@ -373,6 +375,7 @@ class RateLimitLayer(KeyedLayer):
         max_wait = self.max_wait
         rate = self.policy.rate
         direct = call_next is terminal
+        one = _ONE
 
         async def run(
             wrapped: Callable[..., Any],
@@ -383,8 +386,9 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            cost = fixed or estimate(*args, **kwargs)
-            if cost is not _ONE and (type(cost) is not int or not 0 < cost <= rate):
+            # (without keywords: the cost callable is called without copying the empty dict)
+            cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
+            if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
                 cost = layer._cost(cost)
             bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
             try:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
 from resilience._dictable import FromDict
+from resilience._snapshot import ThrottleSnapshot
 from resilience._validate import (
     check_clock,
     check_number,
@@ -45,6 +46,7 @@ __all__ = [
     "MemoryThrottleBackend",
     "ThrottleBackend",
     "ThrottlePolicy",
+    "throttle_snapshot",
     "ThrottleState",
     "memory_throttle",
 ]
@@ -197,6 +199,21 @@ class ThrottleState:
         excess = requests - self.k * accepts
         return excess / (requests + 1) if excess > 0 else 0.0
 
+    def view(self, now: float) -> tuple[int, int]:
+        """Return (requests, accepts) in the window as of *now*, changing no count."""
+        index = math.floor(now / self.width)
+        current = self._accepted() - self.mark  # the current bucket's accepts (not in a slot)
+        accepts, misses = self.window_accepts + current, self.total_misses
+        if index > self.current:
+            stale = (
+                BUCKETS if self.current == -math.inf else min(BUCKETS, index - int(self.current))
+            )
+            for step in range(stale):
+                slot = (index - step) % BUCKETS
+                accepts -= self.accepts[slot] + (current if slot == self.slot else 0)
+                misses -= self.misses[slot]
+        return accepts + misses, accepts
+
     def record(self, now: float, accepted: bool) -> None:
         """Count one request at *now*, and one accept if *accepted*."""
         slot = self._roll(now)
@@ -236,12 +253,13 @@ class MemoryThrottleBackend:
     ``chance`` altogether (``quiet``).
     """
 
-    __slots__ = ("_clock", "_lock", "_state", "quiet")
+    __slots__ = ("_clock", "_lock", "_state", "_window", "quiet")
 
     def __init__(self, policy: ThrottlePolicy) -> None:
         window = policy.window
         assert isinstance(window, float)
         self._state = ThrottleState(policy.k, window)
+        self._window = window
         self._clock = policy.clock
         self._lock = threading.Lock()
         #: With ``k >= 1`` a window without misses has probability 0: no clock, no lock.
@@ -277,6 +295,14 @@ class MemoryThrottleBackend:
             with self._lock:
                 state.record(now, True)
 
+    def snapshot(self, key: str) -> ThrottleSnapshot:
+        """Return the operator's view of the throttle of *key*, changing nothing."""
+        state = self._state
+        now = _clock.resolve(self._clock).monotonic()
+        with self._lock:
+            requests, accepts = state.view(now)
+        return throttle_snapshot(key, state.k, self._window, requests, accepts)
+
     def record(self, accepted: bool) -> None:
         """Count one request, and one accept if *accepted*."""
         now = _clock.resolve(self._clock).monotonic()
@@ -285,6 +311,15 @@ class MemoryThrottleBackend:
             return
         with self._lock:
             self._state.record(now, False)
+
+
+def throttle_snapshot(
+    key: str, k: float | None, window: float | None, requests: int, accepts: int
+) -> ThrottleSnapshot:
+    """The record of a throttle's counts, with its refusal probability (``probability``)."""
+    excess = requests - (k or 0.0) * accepts
+    chance = excess / (requests + 1) if k is not None and excess > 0 else 0.0
+    return ThrottleSnapshot(key, k, window, requests, accepts, chance)
 
 
 def memory_throttle(key: str, policy: ThrottlePolicy, store: MemoryStore) -> MemoryThrottleBackend:

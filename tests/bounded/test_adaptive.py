@@ -20,7 +20,13 @@ from resilience import (
     bounded,
     get_bounded,
 )
-from resilience._bounded.adaptive import AdaptivePoolBackend, Aimd, Gradient2, Vegas
+from resilience._bounded.adaptive import (
+    ADAPTIVE_TOKENS_MAX,
+    AdaptivePoolBackend,
+    Aimd,
+    Gradient2,
+    Vegas,
+)
 from resilience.testing import FakeClock, capture_events
 
 
@@ -208,6 +214,19 @@ class TestAdaptivePool:
         assert (3, 0, 0) == (pool.used, pool.available(), pool.debt)
         pool.release(1)
         assert 3 == pool.try_acquire_used(1)
+
+    def test_a_huge_ceiling_counts_instead_of_keeping_tokens(self) -> None:
+        """max_limit above the token cap: the same rules on a counter, in constant memory."""
+        pool = AdaptivePoolBackend(
+            AdaptiveLimit(algorithm="aimd", initial=2, max_limit=ADAPTIVE_TOKENS_MAX + 1)
+        )
+        assert [1, 2, 0] == [pool.try_acquire_used(1) for _ in range(3)]
+        pool.sample(0.1, 2, dropped=True)  # floor(2 * 0.9) = 1: a debt of one
+        pool.release(1)
+        assert (1, 1, 0) == (pool.limit, pool.used, pool.debt)
+        pool.release(1)
+        pool.sample(0.1, 1, dropped=False)  # busy: 1 -> 2
+        assert [1, 2, 0] == [pool.try_acquire_used(1) for _ in range(3)]
 
     def test_a_token_taken_while_in_debt_pays_it(self) -> None:
         """A release racing a fall can leave a token free in debt: taking it pays instead."""

@@ -401,10 +401,9 @@ def _server(tmp_path: Path) -> Iterator[Server]:
     server.kill()
 
 
-def hammer(call: Any, seconds: float, results: list[Any]) -> None:
-    """Healthy calls for *seconds*: (started, ended, what each returned or raised)."""
-    ended = time.monotonic() + seconds
-    while time.monotonic() < ended:
+def hammer(call: Any, stop: threading.Event, results: list[Any]) -> None:
+    """Healthy calls until *stop*: (started, ended, what each returned or raised)."""
+    while not stop.is_set():
         started = time.monotonic()
         try:
             outcome: Any = call()
@@ -428,7 +427,8 @@ def test_an_unreachable_server_fails_healthy_calls_within_the_timeout(server, ho
         call()
         settled(store, "down")
         results: list[Any] = []
-        threads = [threading.Thread(target=hammer, args=(call, 2.0, results)) for _ in range(2)]
+        stop = threading.Event()
+        threads = [threading.Thread(target=hammer, args=(call, stop, results)) for _ in range(2)]
         for thread in threads:
             thread.start()
         time.sleep(0.1)
@@ -443,6 +443,8 @@ def test_an_unreachable_server_fails_healthy_calls_within_the_timeout(server, ho
         if how == "kill":
             server.start()
         back = time.monotonic()
+        until(lambda: any(r == "ok" for s, e, r in results if s > back + TIMEOUT), 10.0)
+        stop.set()
         for thread in threads:
             thread.join(10)
         assert all(r == "ok" for s, e, r in results if e < broke)
@@ -519,7 +521,52 @@ def test_a_resubscription_by_the_client_forgets_the_local_state(server):
         trips = counting(store)
         assert "ok" == call()
         assert trips[0] == 1 or not store.breaker_listener().live  # it asked Redis once
-        until(lambda: backend.closed, 2.0)
+        assert backend is settled(store, "kick")  # and trusts the state it read again
     finally:
         admin.close()
         store.close()
+
+
+def test_the_feed_follows_a_sentinel_failover(redis_servers):
+    """After a failover, a change made through the new primary still reaches this process."""
+    from redis.sentinel import Sentinel
+
+    _, replica, sentinel = redis_servers.sentinel("feed")
+
+    def store() -> RedisStore:
+        manager = Sentinel([("127.0.0.1", sentinel.port)], socket_timeout=1.0)
+        return RedisStore(manager.master_for("svc", socket_timeout=1.0), namespace="feed")
+
+    one, two = store(), store()
+    try:
+        mine, theirs = declare(one, "fo"), declare(two, "fo")
+        mine()
+        theirs()
+        backend = settled(one, "fo")
+        with redis.Redis(port=sentinel.port, socket_timeout=2) as admin:
+            admin.execute_command("SENTINEL", "FAILOVER", "svc")
+
+        def promoted() -> bool:
+            with replica.client() as client:
+                return client.info("replication").get("role") == "master"
+
+        until(promoted, 20.0)
+
+        def answered() -> bool:
+            try:
+                return theirs() == "ok" and mine() == "ok"
+            except StoreUnavailableError:
+                return False
+
+        until(answered, 20.0)  # both clients follow the new primary
+        backend = settled(one, "fo")
+        for _ in range(2):
+            with pytest.raises(Boom):
+                theirs(fail=True)
+        assert until(lambda: not backend._closed, 2.0) < 0.1
+        with pytest.raises(CircuitOpenError):
+            mine()
+    finally:
+        one.clear()
+        one.close()
+        two.close()

@@ -192,3 +192,25 @@ async def test_async_stop_and_restart(server):
     finally:
         await store.aclose()
         store.close()
+
+
+def test_a_given_client_that_retries_timeouts_fails_in_time(server):
+    """
+    A client of the user's with a short socket timeout and the library's default retries
+    (redis-py 6+: three, on timeouts too) would ride out a pause; the store's does not.
+    """
+    client = redis.Redis(port=server.port, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    store = RedisStore(client, timeout=TIMEOUT)
+    call = declare(store, fail_open=False, name="given")
+    blocker = redis.Redis(port=server.port, socket_timeout=5)
+    try:
+        assert "ok" == call()
+        blocker.execute_command("CLIENT", "PAUSE", "2000", "ALL")
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="for key 'given'"):
+            call()
+        assert time.monotonic() - started < TIMEOUT + 0.5
+    finally:
+        blocker.close()
+        store.close()
+        client.close()
