@@ -447,8 +447,8 @@ more than the costs do, so trust the cost rows and the ratios within one column 
 table, and repeat before believing a throughput ratio.
 
 - Commands: ours are `EVALSHA` + `TIME` + `GET` (the backoff window) + 3 `LINDEX` (the last
-  reservation, the log at -rate, the starts at -rate) + 2 `RPUSH` + 2 `PEXPIRE`, plus about
-  0.26 for the amortized trim by time (a binary search and an `LTRIM` every 128 entries);
+  reservation, the log at -rate, the starts at -rate) + 2 `RPUSH` + 2 `PEXPIRE`, plus 0.04-0.3
+  for the amortized trim by time (a binary search and an `LTRIM` every 128 entries);
   limits' are `EVALSHA` + `LINDEX` + `LPUSH` + `LTRIM` + `EXPIRE`: no server clock, no window,
   no queue, no second log.
 - The floor: a strict rule on the server's clock needs at least `TIME` + one read + one write
@@ -456,8 +456,8 @@ table, and repeat before believing a throughput ratio.
   Those three commands alone, with no rule at all, cost 0.5-0.7x of limits' whole decision.
   The rule in that layout packs the logs in one string, and a string cannot drop its head
   and append in one command, so every decision copies the whole window: our leanest packed
-  script (immediate path only, trimmed every 128 entries) costs about 1.0-1.25x with a few
-  entries in the window and 1.6x with thousands, and grows with the window. Lists keep a
+  script (immediate path only, trimmed every 128 entries) costs about 0.9-1.5x with a few
+  entries in the window and 1.5-2.4x with thousands, and grows with the window. Lists keep a
   decision O(1) whatever the window holds, for 9 commands: 1.4-1.7x. So 1.0x is out of reach
   without weakening the rule; the floor is the strict rule's extra reads and writes (the
   server clock, the window, the last reservation, and the starts log's read, push and expiry).
