@@ -133,7 +133,7 @@ class _Call(Passage):
         if listening or self.logs_stop:
             metadata = self._metadata()
             if listening:
-                emit("resilience.trace.start", None, metadata)
+                emit("resilience.trace.start", None, metadata, logged=logs_start)
             if logs_start:
                 log_event("resilience.trace.start", None, metadata, "debug")
         self.started = now_ns(policy.clock)
@@ -157,7 +157,7 @@ class _Call(Passage):
                 return
             measurements = self._measurements()
             if self.listening:
-                emit("resilience.trace.stop", measurements, self._metadata())
+                emit("resilience.trace.stop", measurements, self._metadata(), logged=self.logs_stop)
             if self.logs_stop:
                 log_event("resilience.trace.stop", measurements, self._metadata(), policy.level)
             return
@@ -173,7 +173,7 @@ class _Call(Passage):
             "error": str(exc),
         }
         if self.listening:
-            emit("resilience.trace.exception", measurements, metadata)
+            emit("resilience.trace.exception", measurements, metadata, logged=logs)
         if logs:
             log_event("resilience.trace.exception", measurements, metadata, level)
 

@@ -7,13 +7,14 @@ would, waits at a barrier so all start together, and logs what it did into Redis
 
 from __future__ import annotations
 
+import threading
 import time
 
 from typing import Any
 
 import redis
 
-from resilience import bounded, rate_limited
+from resilience import AdaptiveLimit, bounded, get_bounded, rate_limited
 from resilience.stores import RedisStore
 
 
@@ -112,3 +113,42 @@ def hog_worker(namespace: str, limit: int, lease: float, spec: Any = None) -> No
         time.sleep(60)
 
     hold()
+
+
+def adaptive_worker(
+    namespace: str, calls: int, samples: int, barrier: Any, spec: Any = None
+) -> None:
+    """
+    Four threads make *calls* each through the AIMD pool "shared", logging (holders, live
+    limit) at each entry; then feed *samples* busy successes to the pool "exact".
+    """
+    store = open_store(spec, namespace=namespace, lease=2.0)
+    log = redis.Redis.from_url(URL)
+    holders = f"{namespace}:holders"
+
+    @bounded(
+        limit=AdaptiveLimit(algorithm="aimd", initial=2, max_limit=8),
+        key="shared",
+        store=store,
+        timeout=30.0,
+    )
+    def call() -> None:
+        now = log.incr(holders)
+        limit = get_bounded("shared", store=store).limit
+        log.rpush(f"{namespace}:log", f"{now},{limit}")
+        time.sleep(0.002)
+        log.decr(holders)
+
+    exact = AdaptiveLimit(algorithm="aimd", initial=5, max_limit=1000)
+    bounded(limit=exact, key="exact", store=store)(lambda: None)
+    backend = store.backend("pool", "exact", None)
+    barrier.wait(timeout=30)
+    threads = [threading.Thread(target=lambda: [call() for _ in range(calls)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for _ in range(samples):
+        backend.sample(0.01, 1000, False)
+    store.close()
+    log.close()

@@ -282,6 +282,41 @@ class TestStructlog:
         assert logs[1]["duration"] >= 0
         assert logs[0]["span_id"] == logs[1]["span_id"]
 
+    def test_attach_structlog_writes_each_line_once(self):
+        """With attach_structlog on, a logging @traced still writes one line per event."""
+        from resilience.telemetry import attach_structlog
+
+        @traced("svc.once")
+        def work():
+            return None
+
+        @traced("svc.once_fail")
+        def fail():
+            raise KeyError("k")
+
+        @traced("svc.quiet", log=False)
+        def quiet():
+            return None
+
+        handle = attach_structlog(level="debug")
+        try:
+            with structlog.testing.capture_logs() as logs:
+                work()
+                with pytest.raises(KeyError):
+                    fail()
+                quiet()
+        finally:
+            handle.detach()
+        events = [(x["event"], x["name"]) for x in logs]
+        assert [
+            ("resilience.trace.start", "svc.once"),
+            ("resilience.trace.stop", "svc.once"),
+            ("resilience.trace.start", "svc.once_fail"),
+            ("resilience.trace.exception", "svc.once_fail"),
+            ("resilience.trace.start", "svc.quiet"),
+            ("resilience.trace.stop", "svc.quiet"),
+        ] == events
+
     def test_exception_level(self):
         """The exception line is logged at error level."""
 

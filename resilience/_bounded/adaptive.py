@@ -7,7 +7,8 @@ answer with the new limit. They never read a clock or sleep, so every rule is te
 without one:
 
 - ``Aimd``: exact, as the contract says: a drop sets ``max(min, floor(limit * ratio))``; a
-  success while at least half the limit was in use adds one.
+  success while at least half the limit was in use adds one. With a ``timeout`` (as
+  Netflix's ``AIMDLimit``), a call slower than it is a drop too, so queueing shows.
 - ``Gradient2`` (the default, after Netflix's concurrency-limits): an average RTT over a
   long window (the "no load" latency, slowly tracking change) against a short window's;
   ``gradient = clamp(tolerance * long / short, 0.5, 1)``; the new limit is
@@ -28,12 +29,19 @@ from __future__ import annotations
 import math
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from resilience._bounded.pool import CountedPoolBackend
 from resilience._dictable import FromDict
 from resilience._snapshot import PoolSnapshot
-from resilience._validate import check_choice, check_int, check_number, exception_predicate
+from resilience._validate import (
+    check_choice,
+    check_int,
+    check_number,
+    duration,
+    exception_predicate,
+)
 
 
 if TYPE_CHECKING:
@@ -72,6 +80,9 @@ class AdaptiveLimit(FromDict):
         max_limit: The highest limit (>= *min_limit*).
         backoff_ratio: What a drop multiplies the limit by, in ``[0.5, 1)``.
         on_drop: The exceptions that count as drops: a class, a tuple, or a predicate.
+        timeout: ``"aimd"`` only: a call that takes longer (seconds or a ``timedelta``)
+            counts as a drop even when it succeeds, so queueing upstream lowers the limit
+            before the upstream starts failing. None (the default): only exceptions drop.
 
     .. versionadded:: 0.2.0
     """
@@ -82,6 +93,7 @@ class AdaptiveLimit(FromDict):
     max_limit: int = 1000
     backoff_ratio: float = 0.9
     on_drop: ExceptionFilter = Exception
+    timeout: float | timedelta | None = None
     _is_drop: Callable[[BaseException], bool] = field(
         init=False,
         repr=False,
@@ -100,6 +112,14 @@ class AdaptiveLimit(FromDict):
         )
         object.__setattr__(self, "backoff_ratio", ratio)
         object.__setattr__(self, "_is_drop", exception_predicate(owner, "on_drop", self.on_drop))
+        timeout = duration(owner, "timeout", self.timeout, strict=True, allow_none=True)
+        if timeout is not None and self.algorithm != "aimd":
+            msg = (
+                f"AdaptiveLimit.timeout applies to algorithm='aimd' only (the latency-based "
+                f"{self.algorithm!r} reads latency itself), got timeout={self.timeout!r}"
+            )
+            raise ValueError(msg)
+        object.__setattr__(self, "timeout", timeout)
 
     def make(self) -> LimitAlgorithm:
         """Return a fresh machine of this limit's algorithm, at *initial*."""
@@ -127,18 +147,24 @@ class LimitAlgorithm(Protocol):
 class Aimd:
     """Additive increase, multiplicative decrease: the contract's exact rule."""
 
-    __slots__ = ("high", "limit", "low", "ratio")
+    __slots__ = ("high", "limit", "low", "ratio", "timeout")
 
     def __init__(self, policy: AdaptiveLimit) -> None:
         self.limit = policy.initial
         self.low = policy.min_limit
         self.high = policy.max_limit
         self.ratio = policy.backoff_ratio
+        timeout = policy.timeout
+        self.timeout = math.inf if timeout is None else float(timeout)  # type: ignore[arg-type]
 
     def update(self, rtt: float, in_use: int, dropped: bool) -> int:
-        """A drop: ``max(min, floor(limit * ratio))``; a busy success: ``min(max, limit + 1)``."""
+        """
+        A drop: ``max(min, floor(limit * ratio))``; a busy success: ``min(max, limit + 1)``.
+
+        A call slower than the policy's ``timeout`` is a drop whatever its outcome.
+        """
         limit = self.limit
-        if dropped:
+        if dropped or rtt > self.timeout:
             limit = max(self.low, math.floor(limit * self.ratio))
         elif 2 * in_use >= limit:
             limit = min(self.high, limit + 1)

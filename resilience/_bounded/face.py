@@ -11,6 +11,7 @@ This module is the decorator's public face: ``bounded()`` with its overloads and
 - ``layer``: ``BoundedLayer``, the sync and async drivers that take permits before the call
   and give them back after it;
 - ``redis``: the pool as Redis leases, the same accounting as ``MemoryPoolBackend``.
+- ``redis_adaptive``: an ``AdaptiveLimit``'s live limit in Redis, fed by every process.
 """
 
 from __future__ import annotations
@@ -109,13 +110,18 @@ class BoundedPool:
 
     @property
     def limit(self) -> int:
-        """The live limit in units (an ``AdaptiveLimit``'s current value)."""
-        return int(self._queue().backend.limit)
+        """The live limit in units (an ``AdaptiveLimit``'s current value; Redis: read now)."""
+        backend: Any = self._queue().backend
+        live = getattr(backend, "live", None)  # a shared adaptive pool: its limit is remote
+        return int(backend.limit if live is None else live()[0])
 
     @property
     def in_use(self) -> int:
-        """The units held now by running calls."""
-        backend = self._queue().backend
+        """The units held now by running calls (every process's, for Redis)."""
+        backend: Any = self._queue().backend
+        live = getattr(backend, "live", None)
+        if live is not None:
+            return int(live()[1])
         return int(backend.limit - backend.available())
 
     @property

@@ -57,7 +57,7 @@ class BoundedLayer(KeyedLayer):
         queue: PermitQueue = store.backend(
             "pool.queue", self.key, store.backend("pool", self.key, policy)
         )
-        adaptive = isinstance(queue.backend, AdaptivePoolBackend)
+        adaptive = getattr(queue.backend, "adaptive", None) is not None  # memory or Redis
         if adaptive or not isinstance(policy.limit, int):
             self._check_adaptive(queue)
         elif queue.backend.limit != policy.limit:
@@ -78,8 +78,9 @@ class BoundedLayer(KeyedLayer):
         """A key's adaptive pool is shared only by decorators given an equal ``AdaptiveLimit``."""
         backend = queue.backend
         limit = self.policy.limit
-        if not isinstance(backend, AdaptivePoolBackend) or backend.adaptive != limit:
-            held = backend.adaptive if isinstance(backend, AdaptivePoolBackend) else backend.limit
+        held = getattr(backend, "adaptive", None)
+        if held is None or held != limit:
+            held = backend.limit if held is None else held
             msg = (
                 f"@bounded key {self.key!r} already has a pool with limit={held!r}; a pool "
                 f"sharing the key must use the same limit (got limit={limit!r})"
@@ -308,8 +309,127 @@ class BoundedLayer(KeyedLayer):
 
         return run
 
+    # -- an adaptive limit in a remote store: the same samples, one script per call's end ------
+
+    def _build_remote_adaptive_sync(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        weight = self.policy.weight
+        adaptive = self.policy.limit
+        assert isinstance(adaptive, AdaptiveLimit)
+        is_drop = adaptive.is_drop
+        policy_clock = self.policy.clock
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            backend: Any = (
+                queue.backend
+            )  # remote, adaptive: ``try_acquire_used``, ``sample_release``
+            try:
+                in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+                if not in_use:
+                    layer._wait_sync(queue)
+                    in_use = backend.granted_in_use
+            except StoreUnavailableError as error:
+                layer._unavailable(error)
+                return call_next(wrapped, instance, args, kwargs)
+            clock = _clock.resolve(policy_clock)
+            started = clock.monotonic()
+            dropped: bool | None = False
+            try:
+                return call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                dropped = is_drop(exc)
+                raise
+            except BaseException:  # control flow: neither a drop nor a latency sample
+                dropped = None
+                raise
+            finally:
+                before = backend.limit
+                try:
+                    if dropped is None:
+                        queue.release(weight)
+                    else:
+                        backend.sample_release(weight, clock.monotonic() - started, in_use, dropped)
+                        queue.wake()
+                except StoreUnavailableError as error:
+                    layer._release_failed(error)
+                if BUS.subs and backend.limit != before:
+                    layer._moved(before, backend.limit, bool(dropped))
+
+        return run
+
+    def _build_remote_adaptive_async(self, call_next: Runner) -> Runner:
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        weight = self.policy.weight
+        adaptive = self.policy.limit
+        assert isinstance(adaptive, AdaptiveLimit)
+        is_drop = adaptive.is_drop
+        policy_clock = self.policy.clock
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            backend: Any = (
+                queue.backend
+            )  # remote, adaptive: ``try_acquire_used``, ``sample_release``
+            try:
+                in_use = 0
+                if not queue.waiters:
+                    in_use = await backend.atry_acquire_used(weight, layer.timeout or None)
+                if not in_use:
+                    await layer._wait_async(queue)
+                    in_use = backend.granted_in_use
+            except StoreUnavailableError as error:
+                layer._unavailable(error)
+                return await call_next(wrapped, instance, args, kwargs)
+            clock = _clock.resolve(policy_clock)
+            started = clock.monotonic()
+            dropped: bool | None = False
+            try:
+                return await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                dropped = is_drop(exc)
+                raise
+            except BaseException:  # control flow: neither a drop nor a latency sample
+                dropped = None
+                raise
+            finally:
+                before = backend.limit
+                try:
+                    if dropped is None:
+                        await queue.arelease(weight)
+                    else:
+                        rtt = clock.monotonic() - started
+                        await backend.asample_release(weight, rtt, in_use, dropped)
+                        queue.wake()
+                except StoreUnavailableError as error:
+                    layer._release_failed(error)
+                if BUS.subs and backend.limit != before:
+                    layer._moved(before, backend.limit, bool(dropped))
+
+        return run
+
     def build_sync(self, call_next: Runner) -> Runner:
         if not isinstance(self.policy.limit, int):
+            if self._remote:
+                return self._build_remote_adaptive_sync(call_next)
             return self._build_adaptive_sync(call_next)
         layer = self
         switches = _config.state
@@ -341,6 +461,8 @@ class BoundedLayer(KeyedLayer):
 
     def build_async(self, call_next: Runner) -> Runner:
         if not isinstance(self.policy.limit, int):
+            if self._remote:
+                return self._build_remote_adaptive_async(call_next)
             return self._build_adaptive_async(call_next)
         layer = self
         switches = _config.state

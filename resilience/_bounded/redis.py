@@ -47,10 +47,17 @@ if TYPE_CHECKING:
     from resilience.stores._redis import RedisStore
 
 
-__all__ = ["RedisPermitQueue", "RedisPoolBackend", "redis_permit_queue", "redis_pool_backend"]
+__all__ = [
+    "COMMON_LUA",
+    "RELEASE_LUA",
+    "RedisPermitQueue",
+    "RedisPoolBackend",
+    "redis_permit_queue",
+    "redis_pool_backend",
+]
 
 # ARGV: 1 now, 2 idle ttl ms, 3 lease us; then each script's own.
-_COMMON: Final = (
+COMMON_LUA: Final = (
     NOW_LUA
     + """
 local now = now_us()
@@ -89,7 +96,7 @@ end
 
 # ARGV 4 limit, 5 weight, 6 lease id. Returns 1 (granted) or 0.
 _ACQUIRE: Final = (
-    _COMMON
+    COMMON_LUA
     + """
 purge()
 local weight = tonumber(ARGV[5])
@@ -103,8 +110,8 @@ return 1
 )
 
 # ARGV 4 lease id. Returns the units given back (0: the lease was gone already).
-_RELEASE: Final = (
-    _COMMON
+RELEASE_LUA: Final = (
+    COMMON_LUA
     + """
 local w = redis.call('HGET', weights, ARGV[4])
 if not w then return 0 end
@@ -118,7 +125,7 @@ return tonumber(w)
 # ARGV 4.. lease ids. Pushes each live lease's expiry out; returns how many it renewed.
 # A lease past its expiry that no acquire has purged yet is revived: nobody got its units.
 _RENEW: Final = (
-    _COMMON
+    COMMON_LUA
     + """
 local n = 0
 for i = 4, #ARGV do
@@ -133,7 +140,7 @@ return n
 )
 
 # ARGV 4 limit. Returns the free units now.
-_AVAILABLE: Final = _COMMON + "purge()\nreturn tonumber(ARGV[4]) - used()\n"
+_AVAILABLE: Final = COMMON_LUA + "purge()\nreturn tonumber(ARGV[4]) - used()\n"
 
 _POLL_MIN: Final = 0.002
 _POLL_MAX: Final = 0.05
@@ -247,13 +254,13 @@ class RedisPoolBackend:
         """Give back one lease of *weight* units (no-op if this process holds none)."""
         lease_id = self._unhold(weight)
         if lease_id is not None:
-            self.store.run(_RELEASE, self._keys, self._argv(lease_id), key=self.key)
+            self.store.run(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
 
     async def arelease(self, weight: int) -> None:
         """The async twin of ``release``."""
         lease_id = self._unhold(weight)
         if lease_id is not None:
-            await self.store.arun(_RELEASE, self._keys, self._argv(lease_id), key=self.key)
+            await self.store.arun(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
 
     def available(self) -> int:
         """Return the free units now, across every process."""
@@ -333,13 +340,13 @@ class RedisPermitQueue(PermitQueue):
 
 
 def redis_pool_backend(key: str, policy: BoundedPolicy, store: RedisStore) -> RedisPoolBackend:
-    """Build the Redis pool of *key* from *policy* (the ``"pool"`` factory)."""
+    """Build the Redis pool of *key* from *policy* (the ``"pool"`` factory; adaptive or fixed)."""
     if not isinstance(policy.limit, int):
-        msg = (
-            f"@bounded key {key!r}: an AdaptiveLimit is kept in memory for now; "
-            f"use a MemoryStore, or a fixed limit on a RedisStore"
+        from resilience._bounded.redis_adaptive import (  # noqa: PLC0415 - circular
+            RedisAdaptivePoolBackend,
         )
-        raise ValueError(msg)
+
+        return RedisAdaptivePoolBackend(store, key, policy.limit, store.lease)
     return RedisPoolBackend(store, key, policy.limit, store.lease)
 
 
@@ -355,6 +362,7 @@ def _reads(store: RedisStore, key: str) -> list[Any]:
     return [
         ("zrange", (store.key("pool", key, "leases"), 0, -1), {"withscores": True}),
         ("hgetall", (store.key("pool", key, "weights"),)),
+        ("hgetall", (store.key("pool", key, "adaptive"),)),
     ]
 
 
@@ -368,7 +376,11 @@ def _build(
 ) -> PoolSnapshot | None:
     leases = [(text(lease), int(score)) for lease, score in replies[0] or ()]
     weights = {text(k): int(v) for k, v in (replies[1] or {}).items()}
-    if not leases and not weights and meta is None:
+    state = {text(k): v for k, v in (replies[2] or {}).items()}  # an adaptive pool's state
+    live_limit = int(state["limit"]) if "limit" in state else None
+    if live_limit is None and meta is not None and "initial" in meta:
+        live_limit = int(meta["initial"])  # adaptive, nothing learnt yet (or idle and expired)
+    if not leases and not weights and meta is None and live_limit is None:
         return None
     live = [(lease, expiry) for lease, expiry in leases if expiry > now]
     holders: dict[str, int] = {}
@@ -382,7 +394,7 @@ def _build(
     return PoolSnapshot(
         key=key,
         limit=None if meta is None else int(meta["limit"]),
-        live_limit=None,
+        live_limit=live_limit,
         in_use=sum(holders.values()),
         waiting=None,
         oldest_lease=oldest,
@@ -390,4 +402,4 @@ def _build(
     )
 
 
-VIEW: Final = View(("leases", "weights"), _reads, _build)
+VIEW: Final = View(("leases", "weights", "adaptive"), _reads, _build)

@@ -43,8 +43,11 @@ class Event:
         metadata: Context: the function's name, the attempt number, the exception.
         time: Wall-clock epoch seconds when the event was emitted.
         monotonic_ns: ``time.monotonic_ns()`` when the event was emitted.
+        logged: True when the emitting layer wrote this event's log line itself (``@traced``
+            with ``log=True``), so ``attach_structlog()`` does not write it a second time.
 
     .. versionadded:: 0.1.0
+    .. versionchanged:: 0.2.0 ``logged``.
     """
 
     name: str
@@ -52,6 +55,7 @@ class Event:
     metadata: dict[str, Any] = field(default_factory=dict)
     time: float = field(default_factory=_time.time)
     monotonic_ns: int = field(default_factory=_time.monotonic_ns)
+    logged: bool = False
 
 
 EventHandler = Callable[[Event], object]
@@ -196,12 +200,15 @@ def emit(
     name: str,
     measurements: Mapping[str, float] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    *,
+    logged: bool = False,
 ) -> None:
     """
     Deliver an event named *name* to the handlers that want it.
 
     Costs one attribute read when nobody listens, and a dict lookup when nobody listens to
-    *name*. The mappings are copied, so handlers may keep the event.
+    *name*. The mappings are copied, so handlers may keep the event. *logged* says the
+    caller writes the event's log line itself (see `Event.logged`).
 
     .. versionadded:: 0.1.0
     """
@@ -216,6 +223,7 @@ def emit(
         name,
         dict(measurements) if measurements else {},
         dict(metadata) if metadata else {},
+        logged=logged,
     )
     for handle in handles:
         try:

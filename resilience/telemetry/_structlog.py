@@ -138,6 +138,8 @@ def attach_structlog(
     Log every event on the bus (or those starting with *events*) through structlog.
 
     Exception and give-up events are logged at ``warning`` at least; the rest at *level*.
+    An event whose layer already wrote its line (``Event.logged``, as ``@traced`` does with
+    ``log=True``) is not written again.
 
     Args:
         events: Name prefixes to log (None: every event).
@@ -155,6 +157,8 @@ def attach_structlog(
     base = LEVELS.index(level)
 
     def handler(event: Event) -> None:
+        if event.logged:  # the emitting layer wrote this line itself
+            return
         chosen = _level_for(event.name, level)
         log_event(
             event.name, event.measurements, event.metadata, LEVELS[max(base, LEVELS.index(chosen))]

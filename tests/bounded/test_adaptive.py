@@ -7,6 +7,8 @@ import math
 import threading
 import time
 
+from datetime import timedelta
+
 import pytest
 
 from hypothesis import given
@@ -43,6 +45,12 @@ class TestAdaptiveLimitPolicy:
             ({"initial": 2000}, "initial"),
             ({"backoff_ratio": 1.0}, "backoff_ratio"),
             ({"backoff_ratio": 0.49}, "backoff_ratio"),
+            ({"algorithm": "aimd", "timeout": 0.0}, "timeout"),
+            ({"algorithm": "aimd", "timeout": -1.0}, "timeout"),
+            ({"algorithm": "aimd", "timeout": math.nan}, "timeout"),
+            ({"algorithm": "aimd", "timeout": math.inf}, "timeout"),
+            ({"timeout": 1.0}, "timeout"),  # gradient2 reads latency itself
+            ({"algorithm": "vegas", "timeout": 1.0}, "timeout"),
         ],
     )
     def test_out_of_range_fields_name_themselves(
@@ -63,6 +71,15 @@ class TestAdaptiveLimitPolicy:
             limit.backoff_ratio,
             limit.on_drop,
         )
+
+    def test_timeout_is_seconds_or_a_timedelta_and_none_by_default(self) -> None:
+        """None keeps drops to exceptions; a timedelta becomes float seconds; text is refused."""
+        assert AdaptiveLimit(algorithm="aimd").timeout is None
+        assert 0.25 == AdaptiveLimit(algorithm="aimd", timeout=timedelta(milliseconds=250)).timeout
+        with pytest.raises(TypeError, match=r"AdaptiveLimit\.timeout"):
+            AdaptiveLimit(algorithm="aimd", timeout="1s")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="algorithm='aimd' only"):
+            AdaptiveLimit(algorithm="gradient2", timeout=1.0)
 
     def test_bounded_policy_from_dict_builds_a_nested_limit(self) -> None:
         """``limit`` may be a mapping in from_dict."""
@@ -90,6 +107,41 @@ class TestAimd:
             elif in_use >= expected / 2:
                 expected = min(low + span, expected + 1)
             assert expected == machine.update(rtt, in_use, dropped)
+
+    @given(
+        samples,
+        st.integers(min_value=1, max_value=50),
+        st.integers(min_value=0, max_value=50),
+        st.floats(min_value=1e-6, max_value=1e6),
+    )
+    def test_a_call_slower_than_the_timeout_is_a_drop(
+        self, feed: list[tuple[float, int, bool]], low: int, span: int, timeout: float
+    ) -> None:
+        """With ``timeout``, a drop is an exception or an RTT above it; the arithmetic is kept."""
+        policy = AdaptiveLimit(
+            algorithm="aimd",
+            min_limit=low,
+            max_limit=low + span,
+            initial=low + span,
+            backoff_ratio=0.5,
+            timeout=timeout,
+        )
+        machine = Aimd(policy)
+        expected = low + span
+        for rtt, in_use, dropped in feed:
+            if dropped or rtt > timeout:  # NaN is not slower than anything
+                expected = max(low, math.floor(expected * 0.5))
+            elif in_use >= expected / 2:
+                expected = min(low + span, expected + 1)
+            assert expected == machine.update(rtt, in_use, dropped)
+            assert low <= machine.limit <= low + span
+
+    def test_timeout_worked_numbers(self) -> None:
+        """At a 0.2 s timeout: 0.2 s is in time (10 -> 11), 0.21 s is a drop (11 -> 9)."""
+        machine = Aimd(AdaptiveLimit(algorithm="aimd", initial=10, timeout=0.2))
+        assert 11 == machine.update(0.2, 10, dropped=False)
+        assert 9 == machine.update(0.21, 10, dropped=False)
+        assert 8 == machine.update(0.01, 10, dropped=True)
 
     def test_worked_numbers(self) -> None:
         """10 -> 11 busy, holds when idle, 11 -> 9 on a drop (floor of 9.9)."""
@@ -177,6 +229,31 @@ class TestBoundedAdaptiveAsync:
         assert all(in_use <= limit for in_use, limit in seen)
         assert (0, 0) == (pool.in_use, pool.waiting)
 
+    async def test_slow_calls_bring_an_aimd_timeout_limit_down_within_bounds(
+        self, clock: FakeClock
+    ) -> None:
+        """Latency that grows with in_use: a timeout holds the limit near where it crosses."""
+        seen: list[tuple[int, int]] = []
+        limit = AdaptiveLimit(algorithm="aimd", initial=2, min_limit=2, max_limit=50, timeout=0.1)
+
+        @bounded(limit=limit, key="aimd-timeout")
+        async def call() -> None:
+            pool = get_bounded("aimd-timeout")
+            seen.append((pool.in_use, pool.limit))
+            await clock.asleep(0.01 * pool.in_use)  # a queueing upstream: 10 ms per call held
+
+        async def client() -> None:
+            for _ in range(40):
+                await call()
+
+        await asyncio.gather(*(client() for _ in range(30)))
+        limits = [limit for _, limit in seen]
+        assert all(2 <= value <= 50 for value in limits)
+        assert max(limits) < 20  # 10 in flight is 0.1 s: above it calls are drops
+        assert max(limits[len(limits) // 2 :]) >= 8  # and it climbs back to the crossing
+        assert all(in_use <= value for in_use, value in seen)
+        assert (0, 0) == (get_bounded("aimd-timeout").in_use, get_bounded("aimd-timeout").waiting)
+
     async def test_cancelled_callers_leak_nothing(self, clock: FakeClock) -> None:
         """Running and waiting tasks cancelled at random moments leave the pool empty."""
 
@@ -250,6 +327,31 @@ class TestBoundedAdaptiveThreads:
         assert [] == broken
         assert (0, 0) == (pool.in_use, pool.waiting)
         assert 1 <= pool.limit <= 6
+
+    def test_real_threads_with_a_timeout_keep_the_bounds(self) -> None:
+        """Threads whose calls are sometimes slower than the timeout: the limit stays in bounds."""
+        limits: list[int] = []
+        policy = AdaptiveLimit(algorithm="aimd", initial=3, min_limit=2, max_limit=9, timeout=0.001)
+
+        @bounded(limit=policy, key="threads-timeout")
+        def call(n: int) -> None:
+            limits.append(get_bounded("threads-timeout").limit)
+            time.sleep(0.002 if n % 3 == 0 else 0.0)
+
+        def worker() -> None:
+            for n in range(30):
+                call(n)
+
+        threads = [threading.Thread(target=worker) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pool = get_bounded("threads-timeout")
+        assert all(2 <= value <= 9 for value in limits)
+        assert min(limits) < max(limits)  # it moved both ways, not pinned at a bound
+        assert (0, 0) == (pool.in_use, pool.waiting)
+        assert 2 <= pool.limit <= 9
 
 
 class TestSharing:

@@ -1,0 +1,353 @@
+"""
+The Redis twin of ``AdaptivePoolBackend``: one live limit per key, fed by every process.
+
+The permits are the fixed Redis pool's leases (``_bounded.redis``: expiry, renewal,
+waiting, fail-open or closed). Beside them, in the same hash tag (one cluster slot, one
+script), the algorithm's whole state lives in one hash:
+
+- ``<ns>:pool:{<key>}:adaptive``: ``limit`` (the live limit), ``algo`` (who wrote it) and
+  the machine's fields (Gradient2's window and averages, Vegas' estimate and lowest RTT).
+
+Two scripts, one round trip each, as for a fixed pool:
+
+- acquire: purge expired leases, then grant if ``#total + weight <= limit`` with the
+  *live* limit read in the same script; it answers ``{in_use, limit}``, so the grant and
+  the limit it was checked against are one instant, and no grant ever takes the units in
+  use above the live limit.
+- sample-release: give the lease back and apply one sample ``(rtt, in_use, dropped)`` to
+  the state, in one script; it answers the new limit.
+
+The Lua below is ``_bounded/adaptive.py``'s ``Aimd``, ``Gradient2`` and ``Vegas`` rule for
+rule, on the same doubles (floats are stored with 17 significant digits, so they come back
+bit for bit): fed the samples in the order the server ran the scripts, the Redis limit is
+exactly the memory machine's. Every process's samples go into one stream, so Gradient2's
+windows and averages are the fleet's, not one process's. What is approximate: a caller
+that waited for its permit reports the units in use at the latest grant this process saw
+(the poller took the permit, not the caller), and the state restarts at ``initial`` when
+the key has been idle for the store's ``idle_ttl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+
+from typing import TYPE_CHECKING, Any, Final
+
+from resilience._bounded.adaptive import Gradient2
+from resilience._bounded.redis import COMMON_LUA, RELEASE_LUA, RedisPoolBackend
+
+
+if TYPE_CHECKING:
+    from resilience._bounded.adaptive import AdaptiveLimit
+    from resilience.stores._redis import RedisStore
+
+
+__all__ = ["RedisAdaptivePoolBackend"]
+
+# ARGV: 1 now, 2 idle ttl ms, 3 lease us (``COMMON_LUA``); 4 algorithm, 5 initial, 6 min,
+# 7 max, 8 backoff ratio, 9 tolerance, 10 smoothing, 11 long alpha, 12 short window,
+# 13 queue size; then each script's own (from 14).
+_STATE: Final = (
+    COMMON_LUA
+    + """
+local state = KEYS[3]
+local algo = ARGV[4]
+local low, high = tonumber(ARGV[6]), tonumber(ARGV[7])
+
+local function live_limit()
+  local limit = redis.call('HGET', state, 'limit')
+  if limit then return tonumber(limit) end
+  return tonumber(ARGV[5])
+end
+
+local function f17(x) return string.format('%.17g', x) end
+"""
+)
+
+# ARGV 14 weight, 15 lease id. Returns {in_use just after (0: refused), live limit}.
+_ACQUIRE: Final = (
+    _STATE
+    + """
+purge()
+local limit = live_limit()
+local weight = tonumber(ARGV[14])
+local total = used() + weight
+if total > limit then return {0, limit} end
+redis.call('ZADD', leases, now + lease, ARGV[15])
+redis.call('HSET', weights, ARGV[15], weight)
+redis.call('HINCRBY', weights, TOTAL, weight)
+keep()
+return {total, limit}
+"""
+)
+
+# ARGV 14 lease id ('' for none), 15 rtt (0: no latency sample), 16 in use, 17 dropped
+# (0/1). Gives the lease back, feeds the sample, returns the new live limit.
+_SAMPLE: Final = (
+    _STATE
+    + """
+local id = ARGV[14]
+if id ~= '' then
+  local w = redis.call('HGET', weights, id)
+  if w then
+    redis.call('HDEL', weights, id)
+    redis.call('ZREM', leases, id)
+    redis.call('HINCRBY', weights, TOTAL, -tonumber(w))
+  end
+end
+local rtt, in_use, dropped = tonumber(ARGV[15]), tonumber(ARGV[16]), ARGV[17] == '1'
+local ratio = tonumber(ARGV[8])
+local raw = redis.call('HGETALL', state)
+local s = {}
+for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
+if s.algo ~= algo then s = {} end  -- none yet, or another algorithm's: start afresh
+local limit = tonumber(s.limit) or tonumber(ARGV[5])
+local out = {'algo', algo}
+
+if algo == 'aimd' then
+  if dropped then
+    limit = math.max(low, math.floor(limit * ratio))
+  elseif 2 * in_use >= limit then
+    limit = math.min(high, limit + 1)
+  end
+elseif algo == 'vegas' then
+  local estimate = tonumber(s.estimate) or limit
+  local rtt_min = tonumber(s.rtt_min)
+  local moved = true
+  if dropped then
+    estimate = estimate * ratio
+  elseif not (rtt > 0) then
+    moved = false
+  elseif rtt_min == nil or rtt < rtt_min then
+    rtt_min = rtt
+    moved = false
+  elseif 2 * in_use < estimate then
+    moved = false
+  else
+    local log = math.max(1.0, math.log10(estimate))
+    local queue = estimate * (1.0 - rtt_min / rtt)
+    if queue <= log then
+      estimate = estimate + 3.0 * log
+    elseif queue < 3.0 * log then
+      estimate = estimate + log
+    elseif queue > 6.0 * log then
+      estimate = estimate - log
+    end
+  end
+  if moved then
+    estimate = math.min(high, math.max(low, estimate))
+    limit = math.max(low, math.min(high, math.floor(estimate)))
+  end
+  out[#out + 1] = 'estimate'; out[#out + 1] = f17(estimate)
+  if rtt_min then out[#out + 1] = 'rtt_min'; out[#out + 1] = f17(rtt_min) end
+else  -- gradient2
+  local estimate = tonumber(s.estimate) or limit
+  local count, total = tonumber(s.count) or 0, tonumber(s.total) or 0.0
+  local busy, was_dropped = tonumber(s.busy) or 0, s.dropped == '1'
+  local long_n, long_rtt = tonumber(s.long_n) or 0, tonumber(s.long_rtt) or 0.0
+  if dropped then
+    was_dropped = true
+  elseif rtt > 0 then
+    total = total + rtt
+    count = count + 1
+  end
+  busy = math.max(busy, in_use)
+  if dropped or not (count < tonumber(ARGV[12]) or count < limit) then
+    if was_dropped then
+      estimate = math.max(low, estimate * ratio)
+    elseif count > 0 then
+      local short = total / count
+      if long_n == 0 then
+        long_rtt = short
+      else
+        local alpha = tonumber(ARGV[11])
+        if long_n < 10 then alpha = 1.0 / (long_n + 1) end
+        long_rtt = long_rtt + alpha * (short - long_rtt)
+      end
+      long_n = long_n + 1
+      if long_rtt / short > 2.0 then long_rtt = long_rtt * 0.95 end
+      if 2 * busy >= estimate then
+        local tolerance, smoothing = tonumber(ARGV[9]), tonumber(ARGV[10])
+        local gradient = math.min(1.0, math.max(0.5, tolerance * long_rtt / short))
+        local target = estimate * gradient + tonumber(ARGV[13])
+        local next_estimate = estimate * (1.0 - smoothing) + target * smoothing
+        estimate = math.min(high, math.max(low, next_estimate))
+      end
+    end
+    count, total, busy, was_dropped = 0, 0.0, 0, false
+    limit = math.max(low, math.min(high, math.floor(estimate)))
+  end
+  local d = '0'
+  if was_dropped then d = '1' end
+  for _, pair in ipairs({
+    {'estimate', f17(estimate)}, {'count', count}, {'total', f17(total)}, {'busy', busy},
+    {'dropped', d}, {'long_n', long_n}, {'long_rtt', f17(long_rtt)},
+  }) do
+    out[#out + 1] = pair[1]; out[#out + 1] = pair[2]
+  end
+end
+
+out[#out + 1] = 'limit'; out[#out + 1] = limit
+redis.call('DEL', state)
+redis.call('HSET', state, unpack(out))
+redis.call('PEXPIRE', state, ttl)
+return limit
+"""
+)
+
+# Returns {live limit, units in use now}.
+_LIVE: Final = _STATE + "purge()\nreturn {live_limit(), used()}\n"
+
+
+def _rtt_arg(rtt: float) -> str:
+    """The RTT as Lua reads it back exactly; ``0`` for what no algorithm takes as latency."""
+    return repr(rtt) if 0.0 < rtt < math.inf else "0"
+
+
+class RedisAdaptivePoolBackend(RedisPoolBackend):
+    """
+    A Redis pool whose live limit an ``AdaptiveLimit`` moves, shared by every process.
+
+    ``limit`` is the live limit as of this process's latest reply from Redis (each acquire
+    and sample answers it); ``live()`` asks Redis now.
+    """
+
+    __slots__ = ("_keys3", "_params", "_pending", "adaptive", "granted_in_use")
+
+    def __init__(self, store: RedisStore, key: str, adaptive: AdaptiveLimit, lease: float) -> None:
+        super().__init__(store, key, adaptive.initial, lease)
+        self.adaptive = adaptive
+        self._keys3 = (*self._keys, store.key("pool", key, "adaptive"))
+        shape = Gradient2(adaptive)  # its constants, so both twins use the same numbers
+        self._params = (
+            adaptive.algorithm,
+            adaptive.initial,
+            adaptive.min_limit,
+            adaptive.max_limit,
+            repr(adaptive.backoff_ratio),
+            repr(shape.tolerance),
+            repr(shape.smoothing),
+            repr(shape.long_a),
+            shape.short_window,
+            repr(shape.queue_size),
+        )
+        self.granted_in_use = adaptive.initial  # in use at this process's latest grant
+        self._pending: set[asyncio.Task[Any]] = set()  # give-backs of cancelled callers
+
+    def _state_argv(self, *extra: Any) -> list[Any]:
+        return [*self._argv(*self._params), *extra]
+
+    # -- acquiring: the same lease, checked against the live limit ----------------------------
+
+    def _granted(self, reply: Any, weight: int, lease_id: str) -> int:
+        in_use, limit = int(reply[0]), int(reply[1])
+        self.limit = limit
+        if not in_use:
+            return 0
+        self.granted_in_use = in_use
+        self._hold(weight, lease_id)
+        return in_use
+
+    def try_acquire_used(self, weight: int) -> int:
+        """Take *weight* units if free under the live limit; return the units in use after (0: no)."""
+        lease_id = self._new_id()
+        argv = self._state_argv(weight, lease_id)
+        reply = self.store.run(_ACQUIRE, self._keys3, argv, key=self.key)
+        return self._granted(reply, weight, lease_id)
+
+    async def atry_acquire_used(self, weight: int, timeout: float | None = None) -> int:
+        """The async twin of ``try_acquire_used``; *timeout* bounds the round trip further."""
+        lease_id = self._new_id()
+        argv = self._state_argv(weight, lease_id)
+        run = self.store.arun(_ACQUIRE, self._keys3, argv, key=self.key, timeout=timeout)
+        pending = asyncio.ensure_future(run)
+        try:
+            reply = await asyncio.shield(pending)
+        except asyncio.CancelledError:  # the grant may land anyway: then give it back
+            pending.add_done_callback(functools.partial(self._orphaned, lease_id))
+            raise
+        return self._granted(reply, weight, lease_id)
+
+    def _orphaned(self, lease_id: str, pending: asyncio.Future[Any]) -> None:
+        """A cancelled caller's acquire was granted after all: release that lease at once."""
+        if pending.cancelled() or pending.exception() is not None or not int(pending.result()[0]):
+            return
+        run = self.store.arun(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
+        task = pending.get_loop().create_task(run)
+        self._pending.add(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled():
+            task.exception()  # unreachable store: the lease expires by itself
+
+    def try_acquire(self, weight: int) -> bool:
+        """Take *weight* units if they are free under the live limit (the poller's grant)."""
+        return self.try_acquire_used(weight) > 0
+
+    async def atry_acquire(self, weight: int, timeout: float | None = None) -> bool:
+        """The async twin of ``try_acquire``."""
+        return await self.atry_acquire_used(weight, timeout) > 0
+
+    # -- the call's end: release and sample in one script -----------------------------------
+
+    def _sample_argv(self, lease_id: str | None, rtt: float, in_use: int, dropped: bool) -> Any:
+        extra = ("" if lease_id is None else lease_id, _rtt_arg(rtt), in_use, int(dropped))
+        return self._state_argv(*extra)
+
+    def sample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> int:
+        """Give back one lease of *weight* and feed one sample; return the new live limit."""
+        argv = self._sample_argv(self._unhold(weight), rtt, in_use, dropped)
+        self.limit = limit = int(self.store.run(_SAMPLE, self._keys3, argv, key=self.key))
+        return limit
+
+    async def asample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> int:
+        """The async twin of ``sample_release``."""
+        argv = self._sample_argv(self._unhold(weight), rtt, in_use, dropped)
+        # Shielded: a caller cancelled now still gives its lease back (the script runs on).
+        reply = await asyncio.shield(self.store.arun(_SAMPLE, self._keys3, argv, key=self.key))
+        self.limit = limit = int(reply)
+        return limit
+
+    async def arelease(self, weight: int) -> None:
+        """Give back one lease of *weight* (shielded: a cancelled caller's still goes back)."""
+        lease_id = self._unhold(weight)
+        if lease_id is not None:
+            run = self.store.arun(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
+            await asyncio.shield(run)
+
+    def sample(self, rtt: float, in_use: int, dropped: bool) -> int:
+        """Feed one sample without a lease to give back; return the new live limit."""
+        argv = self._sample_argv(None, rtt, in_use, dropped)
+        self.limit = limit = int(self.store.run(_SAMPLE, self._keys3, argv, key=self.key))
+        return limit
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def live(self) -> tuple[int, int]:
+        """Return ``(live limit, units in use)`` across every process, read at one instant."""
+        reply = self.store.run(_LIVE, self._keys3, self._state_argv(), key=self.key)
+        self.limit = limit = int(reply[0])
+        return limit, int(reply[1])
+
+    def available(self) -> int:
+        """Return the free units under the live limit now (never below 0)."""
+        limit, in_use = self.live()
+        return max(0, limit - in_use)
+
+    def meta(self) -> dict[str, Any]:
+        """The operator's numbers: the ceiling as ``limit``, and where the live one starts."""
+        return {
+            "limit": self.adaptive.max_limit,
+            "lease": self.lease,
+            "initial": self.adaptive.initial,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"<RedisAdaptivePoolBackend {self.key!r} {self.adaptive.algorithm} "
+            f"limit={self.limit} on {self.store.describe()}>"
+        )
