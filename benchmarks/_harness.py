@@ -76,6 +76,13 @@ class Scenario:
     #: Called before the scenario runs; returns the teardown called after it (e.g. attach a
     #: telemetry handler only while this scenario runs, so it cannot slow the others).
     setup: Callable[[], Callable[[], Any]] | None = None
+    #: At least this many repeats (a scenario whose one "call" is a long block of calls,
+    #: where one measurement is one call, needs more of them for a steady median).
+    repeats: int = 0
+    #: ``"wall"`` (``perf_counter``) or ``"process"`` (``process_time``: the CPU of every
+    #: thread of this process, blind to other processes on a shared machine; for a scenario
+    #: whose cost is a background thread's CPU, which the GIL takes from the application).
+    timer: Literal["wall", "process"] = "wall"
 
 
 @dataclass(frozen=True)
@@ -147,21 +154,21 @@ def close_event_loop() -> None:
     _loop = None
 
 
-async def _arun(func: Callable[[], Any], loops: int) -> float:
+async def _arun(func: Callable[[], Any], loops: int, clock: Callable[[], float]) -> float:
     repeat = itertools.repeat
-    clock = time.perf_counter
     start = clock()
     for _ in repeat(None, loops):
         await func()
     return clock() - start
 
 
-def measure(kind: str, func: Callable[[], Any], loops: int) -> float:
+def measure(
+    kind: str, func: Callable[[], Any], loops: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """Return the seconds *loops* calls of *func* take (awaited ones inside one coroutine)."""
     if kind == "async":
-        return _event_loop().run_until_complete(_arun(func, loops))
+        return _event_loop().run_until_complete(_arun(func, loops, clock))
     repeat = itertools.repeat
-    clock = time.perf_counter
     start = clock()
     for _ in repeat(None, loops):
         func()

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from benchmarks._harness import Scenario, Target, close_event_loop, measure, optional
-from resilience import bounded, rate_limited
+from resilience import AdaptiveLimit, bounded, rate_limited
 from resilience.stores import RedisStore
 
 
@@ -89,6 +89,17 @@ def _ours_permit(store: RedisStore) -> Callable[[], Any]:
 
 def _ours_apermit(store: RedisStore) -> Callable[[], Awaitable[Any]]:
     return bounded(limit=HUGE, key=_key(), store=store)(awork)
+
+
+def _ours_adaptive(store: RedisStore, algorithm: str) -> Callable[[], Any]:
+    """An adaptive pool with room: the grant checks the live limit, the end feeds a sample."""
+    limit = AdaptiveLimit(algorithm=algorithm, initial=1000, max_limit=HUGE)
+    return bounded(limit=limit, key=_key(), store=store)(work)
+
+
+def _ours_aadaptive(store: RedisStore, algorithm: str) -> Callable[[], Awaitable[Any]]:
+    limit = AdaptiveLimit(algorithm=algorithm, initial=1000, max_limit=HUGE)
+    return bounded(limit=limit, key=_key(), store=store)(awork)
 
 
 def _limits_rate() -> Callable[[], Any] | None:
@@ -265,11 +276,14 @@ def scenarios() -> list[Scenario]:
     permit = {
         "redis PING": ping,
         "resilience": _ours_permit(store),
+        "resilience, AdaptiveLimit (gradient2)": _ours_adaptive(store, "gradient2"),
+        "resilience, AdaptiveLimit (aimd)": _ours_adaptive(store, "aimd"),
         "redis-py Lock": _redis_lock(client),
     }
     apermit = {
         "redis PING": aping,
         "resilience": _ours_apermit(store),
+        "resilience, AdaptiveLimit (gradient2)": _ours_aadaptive(store, "gradient2"),
         "redis-py Lock": _redis_alock(),
     }
     one = "one admitted call with room (10**7/s) through Redis on loopback"
@@ -304,6 +318,13 @@ def targets() -> list[Target]:
     return [
         Target(RATE, "resilience", "limits (moving window, Redis)", 1.5, "<= 1.5x limits"),
         Target(RATE, "resilience", "pyrate-limiter (Redis bucket)", 1.5, "<= 1.5x pyrate"),
+        Target(
+            PERMIT,
+            "resilience, AdaptiveLimit (gradient2)",
+            "resilience",
+            1.5,
+            "adaptive <= 1.5x a fixed Redis pool",
+        ),
     ]
 
 

@@ -136,7 +136,8 @@ def _run_scenario(module: str, scenario: Scenario, repeats: int, target: float) 
             row.error = _error_text(exc)
             continue
         live.append((row, func))
-    for repeat in range(repeats):
+    clock = time.process_time if scenario.timer == "process" else time.perf_counter
+    for repeat in range(max(repeats, scenario.repeats)):
         # Rotate the order each repeat so no contender always runs first (or last).
         shift = repeat % len(live) if live else 0
         for row, func in live[shift:] + live[:shift]:
@@ -144,7 +145,7 @@ def _run_scenario(module: str, scenario: Scenario, repeats: int, target: float) 
                 continue
             try:
                 collect_garbage()
-                elapsed = measure(scenario.kind, func, row.loops)
+                elapsed = measure(scenario.kind, func, row.loops, clock)
             except Exception as exc:
                 row.error = _error_text(exc)
                 continue

@@ -44,6 +44,7 @@ from resilience._snapshot import (
     LimiterSnapshot,
     PoolSnapshot,
     Snapshot,
+    ThrottleSnapshot,
     snapshot,
 )
 from resilience._throttle.face import throttled
@@ -81,6 +82,7 @@ __all__ = [
     "StoreUnavailableError",
     "SystemClock",
     "ThrottlePolicy",
+    "ThrottleSnapshot",
     "ThrottledError",
     "TracedPolicy",
     "backoff_window",

@@ -33,6 +33,7 @@ __all__ = [
     "LimiterSnapshot",
     "PoolSnapshot",
     "Snapshot",
+    "ThrottleSnapshot",
     "epoch_of",
     "snapshot",
 ]
@@ -54,8 +55,9 @@ class BreakerSnapshot:
     Attributes:
         name: The breaker's name.
         state: ``"closed"``, ``"open"`` or ``"half_open"``.
-        since: Epoch seconds at which the current state began (None while closed: the
-            stores do not keep when a breaker last closed).
+        since: Epoch seconds at which the current state began: when it opened, became
+            half-open, or last closed again (None: closed and never opened, or its Redis
+            state expired since).
         reason: Why it opened (empty while closed).
         consecutive_failures: Failures in a row.
         failure_threshold: The consecutive failures that open it.
@@ -133,8 +135,9 @@ class PoolSnapshot:
         limit: The declared limit (None: a Redis pool whose limit this store was never told).
         live_limit: The adaptive limit now, where the pool has one (else None).
         in_use: Units held now (every process, for Redis).
-        waiting: Callers waiting for a permit (this process's; None when the snapshot is
-            read from outside the processes, as Redis does not keep queues).
+        waiting: Callers waiting for a permit: this process's (memory), or every
+            process's as their pollers report them (Redis; a process's count may be up
+            to a quarter of a second old).
         oldest_lease: Seconds since the oldest lease was granted or last renewed (Redis
             leases only; None in memory, which keeps no lease times).
         holders: Units held per ``host:pid`` (Redis only; None in memory).
@@ -154,11 +157,12 @@ class PoolSnapshot:
 @dataclass(frozen=True, slots=True)
 class BudgetSnapshot:
     """
-    One keyed retry budget as of the snapshot.
+    One keyed retry budget, or a quota's bucket, as of the snapshot.
 
     Attributes:
-        key: The budget key.
-        balance: Retries the budget allows now (None: numbers unknown to this store).
+        key: The budget key (a ``RetryQuota``'s or ``RetryThrottle``'s for a bucket).
+        balance: Retries the budget allows now, or the tokens left in a bucket (None:
+            numbers unknown to this store).
         ratio: Retries allowed per call (None as for *balance*).
         window: The counting window in seconds (None as for *balance*).
         calls: Calls counted in the window.
@@ -176,6 +180,30 @@ class BudgetSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ThrottleSnapshot:
+    """
+    One ``@throttled`` key (client-side adaptive throttling) as of the snapshot.
+
+    Attributes:
+        key: The throttle key.
+        k: Requests allowed per accept before calls are refused.
+        window: The counting window in seconds.
+        requests: Requests counted in the window.
+        accepts: Of those, requests the upstream accepted.
+        probability: The chance a call starting now is refused locally (0.0: none).
+
+    .. versionadded:: 0.2.0
+    """
+
+    key: str
+    k: float | None
+    window: float | None
+    requests: int
+    accepts: int
+    probability: float
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """
     Everything one store keeps, read at one moment, plus this process's metrics if asked.
@@ -186,7 +214,8 @@ class Snapshot:
         breakers: Open breakers first, then half-open, then closed; by name within each.
         limiters: Saturated first, then by key.
         pools: Busiest first (units in use over the limit), then by key.
-        budgets: By key.
+        budgets: Retry budgets, quotas and throttling buckets (tokens left), by key.
+        throttles: ``@throttled`` keys, the most likely to refuse first, then by key.
         metrics: Per decorated name, from ``RollingMetrics`` (None unless asked).
 
     .. versionadded:: 0.1.0
@@ -199,6 +228,7 @@ class Snapshot:
     pools: tuple[PoolSnapshot, ...] = ()
     budgets: tuple[BudgetSnapshot, ...] = ()
     metrics: tuple[NameMetrics, ...] | None = field(default=None)
+    throttles: tuple[ThrottleSnapshot, ...] = ()
 
     @classmethod
     def of(
@@ -209,6 +239,7 @@ class Snapshot:
         limiters: list[LimiterSnapshot],
         pools: list[PoolSnapshot],
         budgets: list[BudgetSnapshot],
+        throttles: list[ThrottleSnapshot] | None = None,
     ) -> Snapshot:
         """Build a snapshot with every part in the order an operator reads it."""
         return cls(
@@ -218,6 +249,7 @@ class Snapshot:
             tuple(sorted(limiters, key=lambda r: (not r.saturated, r.key))),
             tuple(sorted(pools, key=lambda p: (-_busy(p), p.key))),
             tuple(sorted(budgets, key=lambda b: b.key)),
+            throttles=tuple(sorted(throttles or (), key=lambda t: (-t.probability, t.key))),
         )
 
     def filtered(self, prefix: str) -> Snapshot:
@@ -228,6 +260,7 @@ class Snapshot:
             limiters=tuple(r for r in self.limiters if r.key.startswith(prefix)),
             pools=tuple(p for p in self.pools if p.key.startswith(prefix)),
             budgets=tuple(b for b in self.budgets if b.key.startswith(prefix)),
+            throttles=tuple(t for t in self.throttles if t.key.startswith(prefix)),
             metrics=None
             if self.metrics is None
             else tuple(m for m in self.metrics if m.name.startswith(prefix)),
@@ -247,6 +280,7 @@ class Snapshot:
             "limiters": [clean.record(r) for r in self.limiters],
             "pools": [clean.record(p) for p in self.pools],
             "budgets": [clean.record(b) for b in self.budgets],
+            "throttles": [clean.record(t) for t in self.throttles],
             "metrics": None
             if self.metrics is None
             else [clean.data(m.to_dict()) for m in self.metrics],

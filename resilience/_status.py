@@ -238,17 +238,38 @@ def render_table(data: dict[str, Any], *, colour: bool = False) -> str:
         headers = ["KEY", "STATE", "IN USE", "WAITING", "OLDEST LEASE", "HOLDERS"]
         out += _rows(headers, rows, states, paint)
     budgets = data["budgets"]
-    out += ["", f"RETRY BUDGETS ({len(budgets)})"]
+    out += ["", f"RETRY BUDGETS AND QUOTAS ({len(budgets)})"]
     if budgets:
         rows, states = [], []
         for u in budgets:
+            quota = u["ratio"] is None and u["window"] is None and u["balance"] is not None
             left = "?" if u["balance"] is None else f"{u['balance']:.1f}"
+            left += " tokens" if quota else " retries"
             spent = u["balance"] is not None and u["balance"] < 1
-            rows.append(
-                [u["key"], "SPENT" if spent else "OK", left, str(u["calls"]), str(u["retries"])]
-            )
+            calls, retries = ("-", "-") if quota else (str(u["calls"]), str(u["retries"]))
+            rows.append([u["key"], "SPENT" if spent else "OK", left, calls, retries])
             states.append("open" if spent else "closed")
-        out += _rows(["KEY", "STATE", "RETRIES LEFT", "CALLS", "RETRIES"], rows, states, paint)
+        out += _rows(["KEY", "STATE", "LEFT", "CALLS", "RETRIES"], rows, states, paint)
+    throttles = data.get("throttles") or []
+    out += ["", f"THROTTLES ({len(throttles)})"]
+    if throttles:
+        rows, states = [], []
+        for t in throttles:
+            refusing = t["probability"] > 0
+            k = "?" if t["k"] is None else f"{t['k']:g}"
+            window = _seconds(t["window"])
+            rows.append(
+                [
+                    t["key"],
+                    "REFUSING" if refusing else "OK",
+                    f"{t['probability']:.0%}",
+                    f"{t['accepts']}/{t['requests']}",
+                    f"k={k} over {window}",
+                ]
+            )
+            states.append("open" if refusing else "closed")
+        headers = ["KEY", "STATE", "REFUSED NOW", "ACCEPTED", "POLICY"]
+        out += _rows(headers, rows, states, paint)
     metrics = data.get("metrics")
     if metrics is not None:
         out += ["", f"CALLS ({len(metrics)} names, rolling window)"]
@@ -277,7 +298,8 @@ def _filtered(data: dict[str, Any], prefix: str | None) -> dict[str, Any]:
     out = dict(data)
     for part, field in (("breakers", "name"), ("limiters", "key"), ("pools", "key")):
         out[part] = [x for x in data[part] if x[field].startswith(prefix)]
-    out["budgets"] = [x for x in data["budgets"] if x["key"].startswith(prefix)]
+    for part in ("budgets", "throttles"):
+        out[part] = [x for x in data.get(part) or [] if x["key"].startswith(prefix)]
     if data.get("metrics") is not None:
         out["metrics"] = [m for m in data["metrics"] if m["name"].startswith(prefix)]
     return out

@@ -12,11 +12,13 @@ own code runs, never in the consumer's code between items.
 from __future__ import annotations
 
 import functools
+import time
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypedDict, TypeVar, Unpack, overload
 
+from resilience._clock import DEFAULT, SYSTEM_CLOCK
 from resilience._decorating import (
     Decorator,
     Kind,
@@ -32,7 +34,7 @@ from resilience._decorating import (
 )
 from resilience._dictable import FromDict
 from resilience._validate import check_bool, check_choice
-from resilience.telemetry._bus import BUS, emit
+from resilience.telemetry._bus import BUS, TAPS, drop_tap, emit, run_taps
 from resilience.telemetry._spans import (
     enter_span,
     exit_span,
@@ -123,7 +125,7 @@ class _Call(Passage):
         span = self.span = new_span(layer.name)
         self.token = enter_span(span)
         policy = layer.policy
-        self.listening = listening = bool(BUS.subs)
+        self.listening = listening = BUS.traced
         logs_start = self.logs_stop = False
         if policy.log:
             check = level_check()  # one look at structlog's configuration for both lines
@@ -152,6 +154,10 @@ class _Call(Passage):
     def stop(self, exc: BaseException | None) -> None:
         """Emit stop or exception with the duration; the span stays current meanwhile."""
         policy = self.layer.policy
+        if TAPS:
+            ended = now_ns(policy.clock)
+            own = -1 if policy.clock is not None else ended
+            run_taps(self.layer.name, ended - self.started, exc is not None, own)
         if exc is None:
             if not (self.listening or self.logs_stop):
                 return
@@ -199,6 +205,9 @@ class _Call(Passage):
         self.token = enter_span(self.span)
 
 
+perf_ns = time.perf_counter_ns  # ``now_ns`` on the system clock, without its frame
+
+
 class TracedLayer(Layer):
     """``@traced``'s layer: one span per call, for every kind of callable."""
 
@@ -211,11 +220,14 @@ class TracedLayer(Layer):
 
     def build_sync(self, call_next: Runner) -> Runner:
         layer = self
-        # Unobserved (no log lines, nobody on the bus): only the span, opened and closed
-        # inline. A handler attached mid-call sees nothing of it either way (``_Call``
-        # decides at the start too).
+        # Unobserved (no log lines, nobody wants trace events): only the span, opened and
+        # closed inline, and the call taps (``RollingMetrics``) given its duration. A
+        # handler attached mid-call sees nothing of it either way (``_Call`` decides at the
+        # start too).
         quiet = not self.policy.log
         bus = BUS
+        taps = TAPS
+        clock = self.policy.clock
         name = self.name
         direct = call_next is terminal
 
@@ -225,14 +237,32 @@ class TracedLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            if quiet and not bus.subs:
+            if quiet and not bus.traced:
                 token = open_span(name)
+                if not taps:
+                    try:
+                        if direct:
+                            return wrapped(*args, **kwargs)
+                        return call_next(wrapped, instance, args, kwargs)
+                    finally:
+                        reset_span(token)
+                timer = clock or DEFAULT.clock
+                started = perf_ns() if timer is SYSTEM_CLOCK else now_ns(timer)
+                failed = True
                 try:
-                    if direct:
-                        return wrapped(*args, **kwargs)
-                    return call_next(wrapped, instance, args, kwargs)
+                    result = call_next(wrapped, instance, args, kwargs)
+                    failed = False
+                    return result
                 finally:
                     reset_span(token)
+                    ended = perf_ns() if timer is SYSTEM_CLOCK else now_ns(timer)
+                    own = -1 if clock is not None else ended  # on the default's clock
+                    done = (name, ended - started, failed, own)
+                    for tap in taps:
+                        try:
+                            tap(done)
+                        except Exception as exc:  # a broken tap is dropped
+                            drop_tap(tap, exc)
             call = _Call(layer)
             try:
                 result = call_next(wrapped, instance, args, kwargs)
@@ -251,6 +281,8 @@ class TracedLayer(Layer):
         layer = self
         quiet = not self.policy.log  # see build_sync
         bus = BUS
+        taps = TAPS
+        clock = self.policy.clock
         name = self.name
         direct = call_next is terminal
 
@@ -260,14 +292,32 @@ class TracedLayer(Layer):
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
         ) -> Any:
-            if quiet and not bus.subs:
+            if quiet and not bus.traced:
                 token = open_span(name)
+                if not taps:
+                    try:
+                        if direct:
+                            return await wrapped(*args, **kwargs)
+                        return await call_next(wrapped, instance, args, kwargs)
+                    finally:
+                        reset_span(token)
+                timer = clock or DEFAULT.clock
+                started = perf_ns() if timer is SYSTEM_CLOCK else now_ns(timer)
+                failed = True
                 try:
-                    if direct:
-                        return await wrapped(*args, **kwargs)
-                    return await call_next(wrapped, instance, args, kwargs)
+                    result = await call_next(wrapped, instance, args, kwargs)
+                    failed = False
+                    return result
                 finally:
                     reset_span(token)
+                    ended = perf_ns() if timer is SYSTEM_CLOCK else now_ns(timer)
+                    own = -1 if clock is not None else ended  # on the default's clock
+                    done = (name, ended - started, failed, own)
+                    for tap in taps:
+                        try:
+                            tap(done)
+                        except Exception as exc:  # a broken tap is dropped
+                            drop_tap(tap, exc)
             call = _Call(layer)
             try:
                 result = await call_next(wrapped, instance, args, kwargs)

@@ -115,11 +115,10 @@ def redis_store_for(topology: str, request: pytest.FixtureRequest, **settings: o
     import uuid
 
     from resilience.stores._redis import RedisStore
+    from tests.redis_workers import timeout_for
 
     namespace = f"test-{uuid.uuid4().hex[:12]}"
-    # A TLS handshake costs up to 0.3 s of CPU on a loaded 2-core machine: a burst of new
-    # connections needs more than 1 s there (the timeout is not what these tests test).
-    timeout = 5.0 if topology == "tls" else 1.0
+    timeout = timeout_for(topology)  # generous: no test of the shared suite is about it
     options: dict[str, object] = {"namespace": namespace, "timeout": timeout, **settings}
     if topology in ("single", "valkey"):
         _redis_or_skip()
@@ -129,7 +128,7 @@ def redis_store_for(topology: str, request: pytest.FixtureRequest, **settings: o
     elif topology == "valkey":
         import valkey
 
-        client = valkey.Valkey(host="127.0.0.1", port=6379, socket_timeout=1.0)
+        client = valkey.Valkey(host="127.0.0.1", port=6379, socket_timeout=timeout)
         store = RedisStore(client, **options)  # a client of valkey-py, given
     else:
         from tests.redis_workers import open_store
@@ -148,6 +147,11 @@ def redis_store_for(topology: str, request: pytest.FixtureRequest, **settings: o
     return store
 
 
+# The twins are held together one call at a time: a failure-rate breaker's outcomes go to
+# Redis as they happen, not in batches (``tests/breaker/test_redis_batches.py`` tests those).
+_ONE_BY_ONE: dict[str, object] = {"sync_interval": 0.0}
+
+
 @pytest.fixture(name="redis_store", params=_CHOSEN)
 def _redis_store(request: pytest.FixtureRequest) -> Iterator[object]:
     """
@@ -156,7 +160,7 @@ def _redis_store(request: pytest.FixtureRequest) -> Iterator[object]:
     Its scripts read the process's default clock (virtual time under the ``clock``
     fixture); tests of real server time make their own store.
     """
-    store: Any = redis_store_for(request.param, request, clock=DefaultClock())
+    store: Any = redis_store_for(request.param, request, clock=DefaultClock(), **_ONE_BY_ONE)
     yield store
     store.clear()
     store.close()
@@ -170,7 +174,7 @@ def _store(request: pytest.FixtureRequest) -> Iterator[object]:
     if request.param == "memory":
         yield MemoryStore()
         return
-    store: Any = redis_store_for(request.param[6:], request, clock=DefaultClock())
+    store: Any = redis_store_for(request.param[6:], request, clock=DefaultClock(), **_ONE_BY_ONE)
     yield store
     store.clear()
     store.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -17,11 +18,13 @@ import pytest
 from resilience import (
     Backoff,
     RetryBudget,
+    RetryQuota,
     backoff_window,
     bounded,
     circuit_breaker,
     rate_limited,
     retry,
+    throttled,
     traced,
 )
 from resilience.dashboard import serve
@@ -222,6 +225,16 @@ def _scene(store: MemoryStore, release: threading.Event):
         budget.record_call()
     for _ in range(3):
         budget.try_retry()
+    RetryQuota(capacity=500, key="aws-quota", store=store).backend().step(15, 15, 0)
+
+    @throttled(k=1.5, window=60.0, on=Boom, key="search-throttle", store=store, rand=lambda: 1.0)
+    def refused(fail):
+        if fail:
+            raise Boom
+
+    for n in range(8):
+        with contextlib.suppress(Boom):
+            refused(n % 2 == 0)
     return pay
 
 
@@ -260,6 +273,16 @@ def test_a_breaker_opening_reaches_the_page_within_two_seconds(browser):
                 "return [...document.querySelectorAll('#metrics tbody tr')].map(r => r.dataset.name)"
             )
             assert {"payments-api", "search-api"} <= set(rows)
+            throttle = shown(
+                "const t = document.querySelector('[data-kind=throttle]');"
+                "return t ? [t.dataset.name, t.querySelector('.state').textContent] : null;"
+            )
+            assert ["search-throttle", "REFUSING"] == throttle
+            quota = shown(
+                "return document.querySelector('[data-kind=budget][data-name=\"aws-quota\"]')"
+                ".textContent"
+            )
+            assert "tokens left 485.0" in quota
             assert "live" == shown("return document.getElementById('status').textContent")
             time.sleep(2.2)  # two more frames, so every sparkline has a few points
             share = (page.cpu_seconds - spent) / (time.monotonic() - attached)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -16,12 +17,16 @@ from resilience import (
     LimiterSnapshot,
     PoolSnapshot,
     RetryBudget,
+    RetryQuota,
     backoff_window,
     bounded,
     circuit_breaker,
     rate_limited,
     snapshot,
+    throttled,
 )
+from resilience._snapshot import ThrottleSnapshot
+from resilience._throttle.state import ThrottleState
 from resilience.stores import MemoryStore
 
 from .conftest import DefaultClock, redis_store_for
@@ -80,6 +85,8 @@ class Scene:
         _fail(half, 2)
         probing = _breaker(store, "b-probing", failure_threshold=2, reset_timeout=1.0)
         _fail(probing, 2)
+        reclosed = _breaker(store, "b-reclosed", failure_threshold=2, reset_timeout=1.0)
+        _fail(reclosed, 2)
         closed = _breaker(store, "b-closed", failure_threshold=3, reset_timeout=5.0)
         _fail(closed, 1)
         assert "ok" == _breaker(store, "b-quiet")()  # never failed: Redis keeps no state
@@ -89,6 +96,8 @@ class Scene:
         _fail(rated, 1)
         clock.advance(1.5)  # t = 3.5: b-half and b-probing report half-open since t = 3
         self.half_wall = clock.time() - 0.5
+        assert "ok" == reclosed()  # its probe succeeds: closed again since t = 3.5
+        self.reclosed_wall = clock.time()
         assert 0 < store.peek("breaker", "b-probing").admit().ticket  # a probe in flight
         busy = rate_limited(rate=2, per=1.0, key="r-busy", store=store)(lambda: "ok")
         busy()
@@ -104,6 +113,22 @@ class Scene:
         for _ in range(4):
             budget.record_call()
         assert budget.try_retry()
+        self._quotas_and_throttles(store)
+
+    def _quotas_and_throttles(self, store):
+        quota = RetryQuota(capacity=50, key="q-aws", store=store)
+        assert quota.backend().step(5, 5, 0) == (True, 45)
+        RetryQuota(capacity=20, key="q-full", store=store).backend()  # declared, untouched
+
+        @throttled(k=1.0, window=10.0, on=Boom, key="t-hot", store=store, rand=lambda: 0.99)
+        def hot():
+            raise Boom
+
+        for _ in range(4):
+            with pytest.raises(Boom):
+                hot()
+        cool = throttled(k=2.0, window=10.0, key="t-cool", store=store)(lambda: "ok")
+        assert "ok" == cool() == cool()
 
     def _pools(self, store):
         held = threading.Event()
@@ -153,10 +178,16 @@ class TestFields:
         """Open, half-open (idle and probing), closed with a failure, and failure-rate mode."""
         taken = snapshot(snap_store)
         breakers = _by(taken.breakers, "name")
-        assert ["b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate"] == [
-            b.name for b in taken.breakers
-        ]
-        assert ["open", "half_open", "half_open", "closed", "closed", "closed"] == [
+        assert [
+            "b-open",
+            "b-half",
+            "b-probing",
+            "b-closed",
+            "b-quiet",
+            "b-rate",
+            "b-reclosed",
+        ] == [b.name for b in taken.breakers]
+        assert ["open", "half_open", "half_open", "closed", "closed", "closed", "closed"] == [
             b.state for b in taken.breakers
         ]
         assert (
@@ -195,6 +226,15 @@ class TestFields:
             closed.consecutive_failures,
             closed.failure_threshold,
         )
+        reclosed = breakers["b-reclosed"]
+        assert ("closed", "", 0, 1) == (
+            reclosed.state,
+            reclosed.reason,
+            reclosed.consecutive_failures,
+            reclosed.times_opened,
+        )
+        assert pytest.approx(scene.reclosed_wall, abs=1e-3) == reclosed.since
+        assert None is breakers["b-quiet"].since is breakers["b-rate"].since  # never opened
         quiet = breakers["b-quiet"]
         assert (0, 0, 5, 30.0) == (
             quiet.consecutive_failures,
@@ -261,6 +301,19 @@ class TestFields:
         budgets = _by(snapshot(snap_store).budgets, "key")
         assert BudgetSnapshot("bud", 2.0, 0.5, 10.0, 4, 1) == budgets["bud"]
 
+    def test_quotas_and_throttles(self, scene, snap_store):
+        """A quota's tokens left (a declared, untouched one is full); a throttle's counts."""
+        taken = snapshot(snap_store)
+        budgets = _by(taken.budgets, "key")
+        assert BudgetSnapshot("q-aws", 45.0, None, None, 0, 0) == budgets["q-aws"]
+        assert BudgetSnapshot("q-full", 20.0, None, None, 0, 0) == budgets["q-full"]
+        assert [
+            ThrottleSnapshot("t-hot", 1.0, 10.0, 4, 0, pytest.approx(0.8)),
+            ThrottleSnapshot("t-cool", 2.0, 10.0, 2, 2, 0.0),
+        ] == list(taken.throttles)  # the likeliest to refuse first
+        assert taken.throttles[0] == snap_store.peek("throttle", "t-hot").snapshot("t-hot")
+        assert budgets["q-aws"] == snap_store.peek("tokens", "q-aws").snapshot("q-aws")
+
     def test_backend_snapshots_agree_with_the_store(self, scene, snap_store):
         """Each backend's own snapshot() is the record the store-level snapshot shows."""
         taken = snapshot(snap_store)
@@ -273,10 +326,10 @@ class TestFields:
     def test_json_and_filter(self, scene, snap_store):
         """to_dict() is plain JSON; a prefix keeps only matching names and keys."""
         data = json.loads(json.dumps(snapshot(snap_store, prefix="b-").to_dict()))
-        assert {"b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate"} == {
+        assert {"b-open", "b-half", "b-probing", "b-closed", "b-quiet", "b-rate", "b-reclosed"} == {
             b["name"] for b in data["breakers"]
         }
-        assert [] == data["limiters"] == data["pools"] == data["budgets"]
+        assert [] == data["limiters"] == data["pools"] == data["budgets"] == data["throttles"]
         assert data["metrics"] is None
 
 
@@ -290,9 +343,17 @@ def _memory_state(value, depth=0):
         return [_memory_state(v, depth + 1) for v in value]
     if isinstance(value, dict):
         return sorted((repr(k), _memory_state(v, depth + 1)) for k, v in value.items())
+    if isinstance(value, itertools.count):  # the throttle's accept tally: its next value
+        return int(repr(value)[len("count(") : -1])
     slots = [s for k in type(value).__mro__ for s in getattr(k, "__slots__", ())]
     if not slots or "lock" in type(value).__name__.lower():
         return type(value).__name__
+    if isinstance(value, ThrottleState):
+        # reading the tally takes one of its values (``peeks`` counts them): what it has
+        # counted is the tally less its peeks, which a read must leave as it was
+        state = {s: _memory_state(getattr(value, s), depth + 1) for s in slots}
+        state["tally"] -= state.pop("peeks")
+        return state
     return {
         s: _memory_state(getattr(value, s, None), depth + 1)
         for s in slots
@@ -311,10 +372,19 @@ def _store_state(store):
     return [(name, client.dump(name)) for name in names]
 
 
+def _settle(store):
+    """Wait for what Redis learns off the call path: the meta hash, the waiter counts."""
+    store._meta.settle()
+    reported = store.key("pool", "p-busy", "waiting")
+    deadline = time.monotonic() + 5
+    while not store.client.hlen(reported) and time.monotonic() < deadline:
+        time.sleep(0.01)  # the poller says how many wait here (off the call path)
+
+
 def test_a_snapshot_changes_nothing(scene, snap_store, clock):
     """Key count and every value (DUMP) are the same before and after three snapshots."""
     if not isinstance(snap_store, MemoryStore):
-        snap_store._meta.settle()
+        _settle(snap_store)
     before = _store_state(snap_store)
     assert len(before) >= 8
     for _ in range(3):
@@ -329,19 +399,20 @@ def test_redis_fleet_view_from_another_process_store(scene, snap_store):
         pytest.skip("the fleet view is Redis's")
     from tests.redis_workers import open_store
 
-    snap_store._meta.settle()
+    _settle(snap_store)
     mine = snapshot(snap_store)
     other = open_store(snap_store.test_spec, namespace=snap_store.namespace, clock=DefaultClock())
     try:
         theirs = snapshot(other)
     finally:
         other.close()
-    assert 6 == len(theirs.breakers)  # b-quiet too: its config is in the meta hash
+    assert 7 == len(theirs.breakers)  # b-quiet too: its config is in the meta hash
     assert mine.breakers == theirs.breakers
     assert mine.limiters == theirs.limiters
     assert mine.budgets == theirs.budgets
-    assert [None] * len(theirs.pools) == [p.waiting for p in theirs.pools]  # not in Redis
-    assert [p.in_use for p in mine.pools] == [p.in_use for p in theirs.pools]
+    assert mine.throttles == theirs.throttles
+    assert mine.pools == theirs.pools  # waiters too: each process reports its own
+    assert {"p-busy": 1, "p-idle": 0} == {p.key: p.waiting for p in theirs.pools}
 
 
 def test_an_empty_store():

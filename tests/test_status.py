@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from resilience import circuit_breaker, rate_limited
+from resilience import RetryQuota, circuit_breaker, rate_limited, throttled
 
 from .conftest import _redis_or_skip
 
@@ -101,6 +101,15 @@ def _fleet():
     limited = rate_limited(rate=2, per=60.0, key="api.example.com", store=store)(lambda: "ok")
     limited()
     limited()
+    RetryQuota(capacity=100, key="aws-quota", store=store).backend().step(10, 10, 0)
+    refusing = throttled(k=1.0, window=60.0, on=Boom, key="pay-throttle", store=store)
+
+    @refusing
+    def refused():
+        raise Boom
+
+    with pytest.raises(Boom):
+        refused()
     store._meta.settle()
     yield store
     store.clear()
@@ -161,6 +170,11 @@ def test_piped_output_is_plain_and_json_parses(fleet):
     table = subprocess.run(base, capture_output=True, text=True, check=True, timeout=30)
     assert "\x1b[" not in table.stdout
     assert "payments-api  OPEN" in table.stdout
+    lines = table.stdout.splitlines()
+    quota = next(line for line in lines if line.startswith("aws-quota"))
+    assert ["aws-quota", "OK", "90.0", "tokens", "-", "-"] == quota.split()
+    throttle = next(line for line in lines if line.startswith("pay-throttle"))
+    assert ["pay-throttle", "REFUSING", "50%", "0/1", "k=1", "over", "60.0s"] == throttle.split()
     done = subprocess.run(
         [*base, "--format", "json", "--filter", "pay"],
         capture_output=True,

@@ -26,13 +26,16 @@ its lock after each call; the permit queue then lets waiters in against the new 
 
 from __future__ import annotations
 
+import itertools
 import math
+import threading
 
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
-from resilience._bounded.pool import CountedPoolBackend
+from resilience._bounded.pool import MemoryPoolBackend
 from resilience._dictable import FromDict
 from resilience._snapshot import PoolSnapshot
 from resilience._validate import (
@@ -45,12 +48,13 @@ from resilience._validate import (
 
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from resilience.typing import ExceptionFilter
 
 
 __all__ = [
+    "ADAPTIVE_TOKENS_MAX",
     "ALGORITHMS",
     "AdaptiveLimit",
     "AdaptivePoolBackend",
@@ -197,6 +201,7 @@ class Gradient2:
         "busy",
         "count",
         "dropped",
+        "due",
         "estimate",
         "high",
         "limit",
@@ -235,6 +240,7 @@ class Gradient2:
         self.long_rtt = 0.0
         self.queue_size = queue_size
         self.count = 0
+        self.due = max(short_window, self.limit)  # the samples that fill a window
         self.total = 0.0
         self.busy = 0
         self.dropped = False
@@ -243,16 +249,30 @@ class Gradient2:
         """Take one call's sample; at the end of a window, return the new limit."""
         if dropped:
             self.dropped = True
-        elif 0.0 < rtt < math.inf:
-            self.total += rtt
-            self.count += 1
-        self.busy = max(self.busy, in_use)
-        if not dropped and (self.count < self.short_window or self.count < self.limit):
-            return self.limit
-        self._close()
+            self.busy = max(self.busy, in_use)
+            self.close()
+        elif self.add(rtt, in_use):
+            self.close()
         return self.limit
 
-    def _close(self) -> None:
+    def add(self, rtt: float, in_use: int) -> bool:
+        """
+        Count one call that did not drop into the window; return whether the window is full.
+
+        Only the window's sums move (no limit, no call, no allocation): ``BoundedLayer``
+        runs these steps inline without the pool's lock, as Netflix's ``WindowedLimit`` adds
+        to its window without one, and takes the lock for ``close`` alone. Were a sample
+        lost to a race between threads, its window would close one sample later; the
+        bounds and the permits never depend on it.
+        """
+        if 0.0 < rtt < math.inf:
+            self.total += rtt
+            self.count += 1
+        if in_use > self.busy:  # noqa: PLR1730 - hot path: no call
+            self.busy = in_use
+        return self.count >= self.due
+
+    def close(self) -> None:
         """A window ends: move the limit from its average RTT (or its drop)."""
         count, total, busy, dropped = self.count, self.total, self.busy, self.dropped
         self.count, self.total, self.busy, self.dropped = 0, 0.0, 0, False
@@ -275,6 +295,7 @@ class Gradient2:
                 estimate = self.estimate * (1.0 - self.smoothing) + target * self.smoothing
                 self.estimate = min(float(self.high), max(float(self.low), estimate))
         self.limit = max(self.low, min(self.high, math.floor(self.estimate)))
+        self.due = max(self.short_window, self.limit)
 
 
 class Vegas:
@@ -316,53 +337,185 @@ class Vegas:
         return self.limit
 
 
-class AdaptivePoolBackend(CountedPoolBackend):
-    """A memory pool whose limit an ``AdaptiveLimit`` machine moves after each call."""
+#: The largest ``max_limit`` kept as tokens (8 bytes each: 512 KiB); above it the free units
+#: are a count under a lock (``_Units``).
+ADAPTIVE_TOKENS_MAX = 1 << 16
 
-    __slots__ = ("_give", "_take", "adaptive", "algorithm", "fed")
+
+class _Units:
+    """A pool too large for tokens: its free units as a count, with the deque calls it uses."""
+
+    __slots__ = ("_lock", "free", "most")
+
+    def __init__(self, free: int, most: int) -> None:
+        self.free = free
+        self.most = most
+        self._lock = threading.Lock()
+
+    def pop(self) -> None:
+        """Take one unit; ``IndexError`` when none is free (as an empty deque)."""
+        with self._lock:
+            if not self.free:
+                msg = "no free unit"
+                raise IndexError(msg)
+            self.free -= 1
+
+    def append(self, unit: None) -> None:
+        """Give one unit back (never more free than *most*, as a deque's ``maxlen``)."""
+        with self._lock:
+            if self.free < self.most:
+                self.free += 1
+
+    def extend(self, units: Iterable[None]) -> None:
+        """Give several units back."""
+        count = sum(1 for _ in units)
+        with self._lock:
+            self.free = min(self.most, self.free + count)
+
+    def __len__(self) -> int:
+        return self.free
+
+
+class AdaptivePoolBackend(MemoryPoolBackend):
+    """
+    A memory pool whose limit an ``AdaptiveLimit`` machine moves after each call.
+
+    Free units are tokens in a deque, as in ``MemoryPoolBackend``: one unit is taken and
+    given back without a lock (an atomic ``pop``/``append``). A new limit is applied under
+    the lock: a rise adds tokens; a fall takes free ones away and, for units still held,
+    leaves a *debt* that their releases pay instead of adding a token (a unit taken while
+    the pool is in debt pays it and is refused). So a call starts only while fewer than
+    the live limit are held. Gradient2's samples only add to its window until it is full
+    (``Gradient2.add``, run by the layer without the lock); the window's end, every drop,
+    and every sample of the other algorithms (whose each sample may move the limit) are
+    applied under the lock (``sample_release``, ``close_release``).
+    """
+
+    __slots__ = ("adaptive", "algorithm", "debt", "fed", "window")
 
     def __init__(self, adaptive: AdaptiveLimit) -> None:
-        super().__init__(adaptive.initial)
+        limit = adaptive.initial
+        self.limit = limit
+        most = adaptive.max_limit
+        if most <= ADAPTIVE_TOKENS_MAX:
+            self._free = deque([None] * limit, maxlen=most)
+        else:  # constant memory for a huge ceiling: the same calls on a counter
+            self._free = _Units(limit, most)  # type: ignore[assignment]
+        self._pop = self._free.pop
+        self._push = self._free.append
+        self._lock = threading.Lock()
+        self.debt = 0  # units held above the live limit, paid back by their releases
         self.adaptive = adaptive
         self.algorithm = adaptive.make()
+        #: The Gradient2 machine, whose samples the layer adds lock-free (None: another one).
+        self.window = self.algorithm if isinstance(self.algorithm, Gradient2) else None
         self.fed = False
-        self._take = self._lock.acquire  # bound once: cheaper than `with` on the hot path
-        self._give = self._lock.release
+
+    @property
+    def used(self) -> int:
+        """The units taken now."""
+        return self.limit + self.debt - len(self._free)
+
+    def available(self) -> int:
+        """Return the free units now (below 0 while units above the limit are held)."""
+        return len(self._free) - self.debt
+
+    def try_acquire(self, weight: int) -> bool:
+        """Take *weight* units if they are free now; return whether they were taken."""
+        return self.try_acquire_used(weight) > 0
+
+    def try_acquire_used(self, weight: int) -> int:
+        """Take *weight* units if free now; return the units held just after (0: not taken)."""
+        if weight == 1:
+            try:
+                self._pop()
+            except IndexError:
+                return 0
+            if self.debt:
+                return self.repay()
+            return self.limit - len(self._free)
+        with self._lock:
+            if self.debt or len(self._free) < weight:
+                return 0
+            taken = 0
+            try:
+                while taken < weight:
+                    self._pop()
+                    taken += 1
+            except IndexError:  # a one-unit caller took one meanwhile: all or none
+                self._free.extend(itertools.repeat(None, taken))
+                return 0
+            return self.limit - len(self._free)
+
+    def repay(self) -> int:
+        """A unit was taken while the pool is in debt: it pays the debt (0: refused)."""
+        with self._lock:
+            if self.debt:
+                self.debt -= 1
+                return 0
+            return self.limit - len(self._free)  # paid meanwhile: the unit is the caller's
+
+    def release(self, weight: int) -> None:
+        """Give back *weight* units; while in debt, they pay it instead."""
+        if self.debt:
+            with self._lock:
+                paid = min(self.debt, weight)
+                self.debt -= paid
+                weight -= paid
+        if weight == 1:
+            self._push(None)
+        elif weight:
+            self._free.extend(itertools.repeat(None, weight))
+
+    def _apply(self, limit: int) -> None:
+        """Move the live limit to *limit* (the lock is held): add tokens, or take them back."""
+        change = limit - self.limit
+        self.limit = limit
+        if change > 0:
+            paid = min(self.debt, change)
+            self.debt -= paid
+            self._free.extend(itertools.repeat(None, change - paid))
+        elif change < 0:
+            owed = -change
+            pop = self._pop
+            while owed:
+                try:
+                    pop()
+                except IndexError:
+                    break
+                owed -= 1
+            self.debt += owed
 
     def sample(self, rtt: float, in_use: int, dropped: bool) -> int:
         """Feed one finished call to the algorithm and set the live limit; return it."""
         with self._lock:
             self.fed = True
-            self.limit = limit = self.algorithm.update(rtt, in_use, dropped)
+            limit = self.algorithm.update(rtt, in_use, dropped)
+            if limit != self.limit:
+                self._apply(limit)
             return limit
 
     def sample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> None:
-        """``sample`` and ``release`` under one lock: the call's end, in one step."""
-        self._take()
-        try:
-            self.fed = True
-            self.limit = self.algorithm.update(rtt, in_use, dropped)
-            used = self._used - weight
-            self._used = used if used > 0 else 0
-        finally:
-            self._give()
+        """``release``, then ``sample``: the call's end, its limit applied under the lock."""
+        self.release(weight)
+        self.sample(rtt, in_use, dropped)
 
-    def try_acquire_used(self, weight: int) -> int:
-        """Take *weight* units if free now; return the units held just after (0: not taken)."""
-        self._take()
-        try:
-            used = self._used + weight
-            if used > self.limit:
-                return 0
-            self._used = used
-            return used
-        finally:
-            self._give()
+    def close_release(self, weight: int) -> None:
+        """``release``, then end Gradient2's full window (its samples already added)."""
+        self.release(weight)
+        window = self.window
+        assert window is not None
+        with self._lock:
+            self.fed = True
+            window.close()
+            if window.limit != self.limit:
+                self._apply(window.limit)
 
     def idle(self) -> bool:
         """Whether a fresh pool would be the same: nothing held and nothing learnt yet."""
-        return self._used == 0 and not self.fed
+        window = self.window
+        return self.used == 0 and not self.fed and (window is None or window.count == 0)
 
     def snapshot(self, key: str) -> PoolSnapshot:
         """The operator's view: the declared ceiling as ``limit``, the live one beside it."""
-        return PoolSnapshot(key, self.adaptive.max_limit, self.limit, self._used, None, None)
+        return PoolSnapshot(key, self.adaptive.max_limit, self.limit, self.used, None, None)

@@ -211,15 +211,69 @@ class BoundedLayer(KeyedLayer):
             {"key": self.key, "name": self.name, "dropped": dropped},
         )
 
+    def _ended(
+        self,
+        queue: PermitQueue,
+        backend: AdaptivePoolBackend,
+        rtt: float,
+        in_use: int,
+        dropped: bool,
+        full: bool,
+    ) -> None:
+        """A call's end that may move the limit: apply it under the pool's lock, say so."""
+        before = backend.limit
+        if full:  # Gradient2's window is full: its samples are in, close it
+            backend.close_release(self.policy.weight)
+        else:
+            backend.sample_release(self.policy.weight, rtt, in_use, dropped)
+        if queue.waiters:
+            queue.wake()
+        if BUS.subs and backend.limit != before:
+            self._moved(before, backend.limit, dropped)
+
+    def _raised(
+        self,
+        queue: PermitQueue,
+        backend: AdaptivePoolBackend,
+        exc: BaseException,
+        rtt: float,
+        in_use: int,
+    ) -> None:
+        """A call raised: a drop (``on_drop``) or a plain sample; control flow: no sample."""
+        if not isinstance(exc, Exception):  # cancellation, exit: neither drop nor latency
+            queue.release(self.policy.weight)
+            return
+        adaptive = self.policy.limit
+        assert isinstance(adaptive, AdaptiveLimit)
+        dropped = False
+        try:
+            dropped = adaptive.is_drop(exc)
+        finally:
+            self._ended(queue, backend, rtt, in_use, dropped, False)
+
+    def _succeeded(
+        self, queue: PermitQueue, backend: AdaptivePoolBackend, rtt: float, in_use: int
+    ) -> None:
+        """A call returned: its sample, and the permit back (inline in the runners)."""
+        window = backend.window
+        if window is None:
+            self._ended(queue, backend, rtt, in_use, False, False)
+        elif window.add(rtt, in_use):
+            self._ended(queue, backend, rtt, in_use, False, True)
+        else:
+            backend.release(self.policy.weight)
+            if queue.waiters:
+                queue.wake()
+
     def _build_adaptive_sync(self, call_next: Runner) -> Runner:
         layer = self
         switches = _config.state
         epoch = EPOCH
         weight = self.policy.weight
-        adaptive = self.policy.limit
-        assert isinstance(adaptive, AdaptiveLimit)
-        is_drop = adaptive.is_drop
+        single = weight == 1
         policy_clock = self.policy.clock
+        default = _clock.DEFAULT
+        direct = call_next is terminal
 
         def run(
             wrapped: Callable[..., Any],
@@ -231,32 +285,47 @@ class BoundedLayer(KeyedLayer):
                 return call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
-            sample = backend.sample_release
-            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+            in_use = 0
+            if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
+                try:
+                    backend._pop()
+                except IndexError:  # none free: wait
+                    pass
+                else:
+                    in_use = backend.repay() if backend.debt else backend.limit - len(backend._free)
+            elif not queue.waiters:
+                in_use = backend.try_acquire_used(weight)
             if not in_use:
                 layer._wait_sync(queue)
                 in_use = backend.used
-            clock = _clock.resolve(policy_clock)
-            started = clock.monotonic()
-            dropped: bool | None = False
+            monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
+            started = monotonic()
             try:
-                return call_next(wrapped, instance, args, kwargs)
-            except Exception as exc:
-                dropped = is_drop(exc)
-                raise
-            except BaseException:  # control flow: neither a drop nor a latency sample
-                dropped = None
-                raise
-            finally:
-                if dropped is None:
-                    queue.release(weight)
+                if direct:  # innermost: call the function itself, one frame less
+                    result = wrapped(*args, **kwargs)
                 else:
-                    before = backend.limit
-                    sample(weight, clock.monotonic() - started, in_use, dropped)
-                    if queue.waiters:
-                        queue.wake()
-                    if BUS.subs and backend.limit != before:
-                        layer._moved(before, backend.limit, dropped)
+                    result = call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                layer._raised(queue, backend, exc, monotonic() - started, in_use)
+                raise
+            rtt = monotonic() - started
+            window = backend.window
+            if window is None or not single or backend.debt:
+                layer._succeeded(queue, backend, rtt, in_use)
+                return result
+            # ``Gradient2.add`` and ``release(1)``, inline and lock-free: the hot path
+            if rtt > 0.0:  # a difference of monotonic reads: never inf or NaN
+                window.total += rtt
+                window.count += 1
+            if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                window.busy = in_use
+            if window.count >= window.due:  # the window is full: close it under the lock
+                layer._ended(queue, backend, rtt, in_use, False, True)
+                return result
+            backend._push(None)
+            if queue.waiters:
+                queue.wake()
+            return result
 
         return run
 
@@ -265,10 +334,10 @@ class BoundedLayer(KeyedLayer):
         switches = _config.state
         epoch = EPOCH
         weight = self.policy.weight
-        adaptive = self.policy.limit
-        assert isinstance(adaptive, AdaptiveLimit)
-        is_drop = adaptive.is_drop
+        single = weight == 1
         policy_clock = self.policy.clock
+        default = _clock.DEFAULT
+        direct = call_next is terminal
 
         async def run(
             wrapped: Callable[..., Any],
@@ -280,32 +349,47 @@ class BoundedLayer(KeyedLayer):
                 return await call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
-            sample = backend.sample_release
-            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+            in_use = 0
+            if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
+                try:
+                    backend._pop()
+                except IndexError:  # none free: wait
+                    pass
+                else:
+                    in_use = backend.repay() if backend.debt else backend.limit - len(backend._free)
+            elif not queue.waiters:
+                in_use = backend.try_acquire_used(weight)
             if not in_use:
                 await layer._wait_async(queue)
                 in_use = backend.used
-            clock = _clock.resolve(policy_clock)
-            started = clock.monotonic()
-            dropped: bool | None = False
+            monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
+            started = monotonic()
             try:
-                return await call_next(wrapped, instance, args, kwargs)
-            except Exception as exc:
-                dropped = is_drop(exc)
-                raise
-            except BaseException:  # control flow: neither a drop nor a latency sample
-                dropped = None
-                raise
-            finally:
-                if dropped is None:
-                    queue.release(weight)
+                if direct:  # innermost: await the function itself, one frame less
+                    result = await wrapped(*args, **kwargs)
                 else:
-                    before = backend.limit
-                    sample(weight, clock.monotonic() - started, in_use, dropped)
-                    if queue.waiters:
-                        queue.wake()
-                    if BUS.subs and backend.limit != before:
-                        layer._moved(before, backend.limit, dropped)
+                    result = await call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                layer._raised(queue, backend, exc, monotonic() - started, in_use)
+                raise
+            rtt = monotonic() - started
+            window = backend.window
+            if window is None or not single or backend.debt:
+                layer._succeeded(queue, backend, rtt, in_use)
+                return result
+            # ``Gradient2.add`` and ``release(1)``, inline and lock-free: the hot path
+            if rtt > 0.0:  # a difference of monotonic reads: never inf or NaN
+                window.total += rtt
+                window.count += 1
+            if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                window.busy = in_use
+            if window.count >= window.due:  # the window is full: close it under the lock
+                layer._ended(queue, backend, rtt, in_use, False, True)
+                return result
+            backend._push(None)
+            if queue.waiters:
+                queue.wake()
+            return result
 
         return run
 

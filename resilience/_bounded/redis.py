@@ -17,7 +17,11 @@ renewing: permits are never over-granted. A release or an acquire whose reply wa
 Waiting: callers wait in their process's FIFO ``PermitQueue``; a grant from another
 process cannot wake them, so while anyone waits a poller thread retries the head's
 acquire, every 2 ms at first, backing off to 50 ms while nothing frees up, and at once
-when this process releases. Across processes, the first poller to ask after a release wins.
+when this process releases. The poller also says how many wait here, for the operator's
+view: ``<ns>:pool:{<key>}:waiting``, a hash of ``<host>:<pid>`` -> ``<count>:<expiry us>``,
+written when the count changes (at most every ``_REPORT_EVERY`` seconds, and at once when
+nobody waits any more: the entry is deleted) or half its life (``RedisStore.lease``) has
+passed; a snapshot ignores expired entries, so a dead process's waiters vanish with it. Across processes, the first poller to ask after a release wins.
 When the store fails (no answer within its timeout, or an error answer), every waiter is
 woken with the ``StoreUnavailableError``: it fails closed, or proceeds with ``fail_open``.
 """
@@ -142,8 +146,33 @@ return n
 # ARGV 4 limit. Returns the free units now.
 _AVAILABLE: Final = COMMON_LUA + "purge()\nreturn tonumber(ARGV[4]) - used()\n"
 
+# KEYS[1] the waiting hash. ARGV: 1 now, 2 life us, 3 holder, 4 count (0 deletes the entry).
+# Writes only what changed, or an entry past half its life. Returns 1 if it wrote.
+_WAITING: Final = (
+    NOW_LUA
+    + """
+local now = now_us()
+local life, holder, count = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+if count == 0 then return redis.call('HDEL', KEYS[1], holder) end
+local old = redis.call('HGET', KEYS[1], holder)
+if old then
+  local n, expiry = string.match(old, '^(%d+):(%d+)$')
+  if tonumber(n) == count and tonumber(expiry) - now > life / 2 then return 0 end
+end
+redis.call('HSET', KEYS[1], holder, string.format('%d:%.17g', count, now + life))
+redis.call('PEXPIRE', KEYS[1], math.ceil(life / 1000))
+return 1
+"""
+)
+
 _POLL_MIN: Final = 0.002
 _POLL_MAX: Final = 0.05
+_REPORT_EVERY: Final = 0.25  # seconds between two waiter counts sent while the count moves
+
+
+def holder_name() -> str:
+    """Name the process as the snapshot does: ``<host>:<pid>`` (as its lease ids begin)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class RedisPoolBackend:
@@ -307,6 +336,7 @@ class RedisPermitQueue(PermitQueue):
     def _poll(self) -> None:
         """Grant the head while its weight fits; retry with short sleeps while anyone waits."""
         interval = _POLL_MIN
+        reported = (0, 0.0)  # the waiter count this poller last sent, and when
         while True:
             with self._lock:
                 before = len(self.waiters)
@@ -316,13 +346,35 @@ class RedisPermitQueue(PermitQueue):
                     # An outage: every waiter hears of it now (within the store's timeout)
                     # and fails closed or proceeds per its policy, instead of polling on.
                     self._fail_all(error)
-                if not self.waiters:
+                waiting = len(self.waiters)
+                if not waiting:
                     self._poller = None
-                    return
-                moved = len(self.waiters) < before
+            reported = self._report(waiting, reported)
+            if not waiting:
+                return
+            moved = waiting < before
             interval = _POLL_MIN if moved else min(interval * 2, _POLL_MAX)
             self._wake.wait(interval)
             self._wake.clear()
+
+    def _report(self, waiting: int, reported: tuple[int, float]) -> tuple[int, float]:
+        """Tell the store how many wait here (the poller's thread: never a caller's)."""
+        sent, at = reported
+        now = time.monotonic()
+        if waiting == sent == 0:
+            return reported  # nothing said yet: nothing to take back
+        if waiting == sent and now - at < _REPORT_EVERY:
+            return reported
+        if waiting != sent and waiting and now - at < _REPORT_EVERY:
+            return reported  # moving fast: the next report in a moment
+        backend: Any = self.backend
+        store = backend.store
+        argv = [store.now_arg(), round(store.lease * 1_000_000), holder_name(), waiting]
+        try:
+            store.run(_WAITING, (store.key("pool", backend.key, "waiting"),), argv, key=backend.key)
+        except Exception:  # advisory (a closed store too): next round, or the entry expires
+            return reported
+        return waiting, now
 
     async def acquire_async(self, weight: int, timeout: float | None, clock: Any) -> bool:
         """Like ``PermitQueue.acquire_async``, with the first try on the asyncio client."""
@@ -363,7 +415,20 @@ def _reads(store: RedisStore, key: str) -> list[Any]:
         ("zrange", (store.key("pool", key, "leases"), 0, -1), {"withscores": True}),
         ("hgetall", (store.key("pool", key, "weights"),)),
         ("hgetall", (store.key("pool", key, "adaptive"),)),
+        ("hgetall", (store.key("pool", key, "waiting"),)),
     ]
+
+
+def _waiting(store: RedisStore, key: str, reply: Any, now: int) -> int:
+    """Waiters of every process (expired entries left out); this process's own, live."""
+    own = store._backends.get(("pool.queue", key))
+    me = holder_name() if own is not None else None
+    total = len(own.waiters) if own is not None else 0
+    for holder, value in (reply or {}).items():
+        count, _, expiry = text(value).partition(":")
+        if text(holder) != me and count.isdigit() and expiry and float(expiry) > now:
+            total += int(count)
+    return total
 
 
 def _build(
@@ -380,7 +445,7 @@ def _build(
     live_limit = int(state["limit"]) if "limit" in state else None
     if live_limit is None and meta is not None and "initial" in meta:
         live_limit = int(meta["initial"])  # adaptive, nothing learnt yet (or idle and expired)
-    if not leases and not weights and meta is None and live_limit is None:
+    if not leases and not weights and not replies[3] and meta is None and live_limit is None:
         return None
     live = [(lease, expiry) for lease, expiry in leases if expiry > now]
     holders: dict[str, int] = {}
@@ -396,10 +461,10 @@ def _build(
         limit=None if meta is None else int(meta["limit"]),
         live_limit=live_limit,
         in_use=sum(holders.values()),
-        waiting=None,
+        waiting=_waiting(store, key, replies[3], now),
         oldest_lease=oldest,
         holders=holders,
     )
 
 
-VIEW: Final = View(("leases", "weights", "adaptive"), _reads, _build)
+VIEW: Final = View(("leases", "weights", "adaptive", "waiting"), _reads, _build)

@@ -25,6 +25,10 @@ windows and averages are the fleet's, not one process's. What is approximate: a 
 that waited for its permit reports the units in use at the latest grant this process saw
 (the poller took the permit, not the caller), and the state restarts at ``initial`` when
 the key has been idle for the store's ``idle_ttl``.
+
+Cancellation: an async acquire whose caller is cancelled while it is in flight runs on
+(shielded), and a lease it was granted is given straight back; the call's end (release
+and sample) is shielded too. So a cancelled task holds nothing once its scripts answer.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import sys
 
 from typing import TYPE_CHECKING, Any, Final
 
@@ -84,7 +89,8 @@ return {total, limit}
 )
 
 # ARGV 14 lease id ('' for none), 15 rtt (0: no latency sample), 16 in use, 17 dropped
-# (0/1). Gives the lease back, feeds the sample, returns the new live limit.
+# (0/1), 18 AIMD's timeout ('' for none). Gives the lease back, feeds the sample, returns
+# the new live limit.
 _SAMPLE: Final = (
     _STATE
     + """
@@ -102,12 +108,16 @@ local ratio = tonumber(ARGV[8])
 local raw = redis.call('HGETALL', state)
 local s = {}
 for i = 1, #raw, 2 do s[raw[i]] = raw[i + 1] end
-if s.algo ~= algo then s = {} end  -- none yet, or another algorithm's: start afresh
+if s.algo ~= algo then  -- none yet, or another algorithm's: start afresh
+  if s.algo then redis.call('DEL', state) end
+  s = {}
+end
 local limit = tonumber(s.limit) or tonumber(ARGV[5])
 local out = {'algo', algo}
 
 if algo == 'aimd' then
-  if dropped then
+  local timeout = tonumber(ARGV[18])
+  if dropped or (timeout and rtt > timeout) then  -- slower than the timeout: a drop too
     limit = math.max(low, math.floor(limit * ratio))
   elseif 2 * in_use >= limit then
     limit = math.min(high, limit + 1)
@@ -190,8 +200,7 @@ else  -- gradient2
 end
 
 out[#out + 1] = 'limit'; out[#out + 1] = limit
-redis.call('DEL', state)
-redis.call('HSET', state, unpack(out))
+redis.call('HSET', state, unpack(out))  -- one algorithm's fields: each one rewritten
 redis.call('PEXPIRE', state, ttl)
 return limit
 """
@@ -201,9 +210,15 @@ return limit
 _LIVE: Final = _STATE + "purge()\nreturn {live_limit(), used()}\n"
 
 
-def _rtt_arg(rtt: float) -> str:
-    """The RTT as Lua reads it back exactly; ``0`` for what no algorithm takes as latency."""
-    return repr(rtt) if 0.0 < rtt < math.inf else "0"
+def _rtt_arg(rtt: float, aimd: bool) -> str:
+    """
+    The RTT as Lua reads it back exactly; ``0`` for what the algorithms take as no latency.
+
+    AIMD's timeout still sees an endless call as slow: +inf goes as the largest double.
+    """
+    if 0.0 < rtt < math.inf:
+        return repr(rtt)
+    return repr(sys.float_info.max) if aimd and rtt == math.inf else "0"
 
 
 class RedisAdaptivePoolBackend(RedisPoolBackend):
@@ -214,7 +229,7 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
     and sample answers it); ``live()`` asks Redis now.
     """
 
-    __slots__ = ("_keys3", "_params", "_pending", "adaptive", "granted_in_use")
+    __slots__ = ("_aimd", "_keys3", "_params", "_pending", "_timeout", "adaptive", "granted_in_use")
 
     def __init__(self, store: RedisStore, key: str, adaptive: AdaptiveLimit, lease: float) -> None:
         super().__init__(store, key, adaptive.initial, lease)
@@ -233,6 +248,9 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
             shape.short_window,
             repr(shape.queue_size),
         )
+        self._aimd = adaptive.algorithm == "aimd"
+        timeout = adaptive.timeout  # seconds after validation
+        self._timeout = "" if timeout is None else repr(float(timeout))  # type: ignore[arg-type]
         self.granted_in_use = adaptive.initial  # in use at this process's latest grant
         self._pending: set[asyncio.Task[Any]] = set()  # give-backs of cancelled callers
 
@@ -295,8 +313,10 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
     # -- the call's end: release and sample in one script -----------------------------------
 
     def _sample_argv(self, lease_id: str | None, rtt: float, in_use: int, dropped: bool) -> Any:
-        extra = ("" if lease_id is None else lease_id, _rtt_arg(rtt), in_use, int(dropped))
-        return self._state_argv(*extra)
+        lease = "" if lease_id is None else lease_id
+        return self._state_argv(
+            lease, _rtt_arg(rtt, self._aimd), in_use, int(dropped), self._timeout
+        )
 
     def sample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> int:
         """Give back one lease of *weight* and feed one sample; return the new live limit."""
@@ -332,6 +352,11 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
         reply = self.store.run(_LIVE, self._keys3, self._state_argv(), key=self.key)
         self.limit = limit = int(reply[0])
         return limit, int(reply[1])
+
+    async def alive(self) -> tuple[int, int]:
+        """The async twin of ``live``."""
+        reply = await self.store.arun(_LIVE, self._keys3, self._state_argv(), key=self.key)
+        return int(reply[0]), int(reply[1])
 
     def available(self) -> int:
         """Return the free units under the live limit now (never below 0)."""

@@ -170,6 +170,7 @@ class MemoryBreaker:
     __slots__ = (
         "__weakref__",
         "_clock",
+        "_closed_at",
         "_consecutive",
         "_epoch",
         "_failures",
@@ -208,6 +209,7 @@ class MemoryBreaker:
         self._epoch = 1
         self._probes = 0
         self._opened_at = 0.0
+        self._closed_at: float | None = None  # when it last closed (None: never opened)
         self._reason = ""
         self._times_opened = 0
         self._failures = 0
@@ -256,7 +258,7 @@ class MemoryBreaker:
             before = self._state_at(now)
             if self._state == RETIRED:
                 return None
-            return self._close("reset by hand", before)
+            return self._close("reset by hand", before, now)
 
     def state(self) -> str:
         """Return ``"closed"``, ``"open"`` or ``"half_open"`` as of now."""
@@ -297,7 +299,8 @@ class MemoryBreaker:
             state = self._state_at(now)
             window = self._window
             calls, failures = window.peek(now) if window is not None else (0, 0)
-            since = None
+            closed_at = self._closed_at
+            since = None if closed_at is None else epoch_of(closed_at, now, wall)
             if state == "open":
                 since = epoch_of(self._opened_at, now, wall)
             elif state == "half_open":
@@ -365,7 +368,7 @@ class MemoryBreaker:
         state = self._state
         if ticket > 0 and ticket == self._epoch and state == HALF_OPEN:
             if outcome == SUCCESS:
-                return self._close("a probe call succeeded", "half_open")
+                return self._close("a probe call succeeded", "half_open", now)
             if outcome == FAILURE:
                 self._failures += 1
                 self._consecutive += 1
@@ -412,8 +415,11 @@ class MemoryBreaker:
         self.dirty = True
         return self._change(OPEN, reason, before)
 
-    def _close(self, reason: str, before: str) -> Transition | None:
-        transition = self._change(CLOSED, reason, before) if before != "closed" else None
+    def _close(self, reason: str, before: str, now: float) -> Transition | None:
+        transition = None
+        if before != "closed":
+            transition = self._change(CLOSED, reason, before)
+            self._closed_at = now
         self._consecutive = 0
         self._probes = 0
         self._reason = ""

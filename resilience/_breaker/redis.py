@@ -13,7 +13,7 @@ microseconds (see ``NOW_LUA``). Every script refreshes the keys' expiry: the sto
 
 Hash fields: ``s`` state (0 closed, 1 open, 2 half-open), ``c`` consecutive failures, ``e``
 spell number, ``p`` probes running, ``o`` opened at, ``r`` reason, ``n`` times opened, ``f``
-failures, ``j`` rejected, ``wc``/``wf`` window calls/failures, ``wp`` ring position, ``wh``
+failures, ``j`` rejected, ``k`` last closed at, ``wc``/``wf`` window calls/failures, ``wp`` ring position, ``wh``
 newest time bucket, ``c0``..``c9``/``f0``..``f9`` bucket counts.
 """
 
@@ -21,22 +21,30 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
+from collections import deque
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any, Final
 
 from resilience import _clock
 from resilience._breaker.contract import (
     ADMITTED,
+    FAILURE,
     REFUSED,
     STATE_NAMES,
+    SUCCESS,
     Admission,
     BreakerConfig,
     CircuitBreakerStats,
     Transition,
 )
+from resilience._breaker.registry import announce
+from resilience._errors import StoreUnavailableError
 from resilience._snapshot import BreakerSnapshot, epoch_of
 from resilience.stores._redis import NOW_LUA
 from resilience.stores._redis_snapshot import View, read_one
+from resilience.stores._registry import store_unavailable
 
 
 if TYPE_CHECKING:
@@ -161,6 +169,7 @@ local function save()
   if size > 0 then redis.call('PEXPIRE', RING, ms) end
   -- Tell the processes that keep this state locally: "<state>|<dirty>|<key>".
   local dirty = consecutive > 0
+  if size > 0 or span > 0 then dirty, dirty0 = true, true end  -- a window: always recorded
   if CHANNEL ~= '' and (state ~= state0 or dirty ~= dirty0) then
     redis.call('PUBLISH', CHANNEL, state .. '|' .. (dirty and 1 or 0) .. '|' .. K)
   end
@@ -182,9 +191,18 @@ local function open(why, before)
   return change(OPEN, why, before)
 end
 
+-- A failure just counted in the window: open if the window's failure rate reached the rule.
+local function rate_tripped()
+  if wcalls >= minimum and rate ~= nil and wfails / wcalls >= rate then
+    return open(string.format('%d of the last %d calls failed (%.0f%% >= failure_rate %.0f%%)',
+      wfails, wcalls, wfails / wcalls * 100, rate * 100), CLOSED)
+  end
+  return false
+end
+
 local function close(why, before)
   local t = false
-  if before ~= CLOSED then t = change(CLOSED, why, before) end
+  if before ~= CLOSED then t = change(CLOSED, why, before); h.k = now end
   consecutive, probes, reason = 0, 0, ''
   window_clear()
   return t
@@ -265,9 +283,33 @@ if size == 0 and span == 0 then
   end
 else
   window_add(1)
-  if wcalls >= minimum and rate ~= nil and wfails / wcalls >= rate then
-    t = open(string.format('%d of the last %d calls failed (%.0f%% >= failure_rate %.0f%%)',
-      wfails, wcalls, wfails / wcalls * 100, rate * 100), CLOSED)
+  t = rate_tripped()
+end
+save()
+return t
+"""
+)
+
+# ARGV 12: outcomes of calls admitted while closed, oldest first ('0' success, '1' failure),
+# recorded as ``_RECORD`` would one by one (a failure-rate breaker's batch). Outcomes after
+# the breaker left the closed state are dropped, as ``_RECORD`` drops them. Reply: a
+# transition or nil.
+_BATCH: Final = (
+    _COMMON
+    + """
+local outcomes = ARGV[12]
+local t = false
+if state ~= CLOSED then return false end
+for i = 1, #outcomes do
+  if string.byte(outcomes, i) == 49 then
+    h.f = num('f') + 1
+    consecutive = consecutive + 1
+    window_add(1)
+    t = rate_tripped()
+    if t then break end
+  else
+    consecutive = 0
+    window_add(0)
   end
 end
 save()
@@ -306,34 +348,38 @@ return redis.call('HGET', KEYS[1], 'cfg')
 """
 
 _US: Final = 1_000_000
+#: The most outcomes a failure-rate breaker keeps for Redis while it cannot take them.
+_MOST_PENDING: Final = 10_000
 
 
 class RedisBreaker:
     """
     ``BreakerBackend`` in Redis: one Lua script (one round trip) per step, on server time.
 
-    ``closed`` stays False (only Redis knows), so the decorator always asks ``admit``;
     ``dirty`` is refreshed from each admission's consecutive count, so a success in the
     closed state of a breaker without failures costs no second round trip.
 
-    With ``RedisStore(local_breakers=True)``, a breaker in consecutive-failure mode keeps
-    ``closed`` and ``dirty`` in this process: a healthy call costs no round trip; failures
-    are still recorded atomically in Redis, and every change (open, half-open, closed, a
-    failure streak begun or broken) is published by the script that made it and applied
-    here by the store's listener thread (see ``stores._redis``), typically within a
-    millisecond. While the listener is not subscribed, ``closed`` stays False: every call
-    asks Redis.
+    With ``RedisStore(local_breakers=True)`` (the default), a breaker in consecutive-failure
+    mode keeps "closed" and ``dirty`` in this process: a healthy call costs no round trip;
+    failures are still recorded atomically in Redis, and every change (open, half-open,
+    closed, a failure streak begun or broken) is published by the script that made it and
+    applied here by the store's listener thread (see ``stores._redis._Listener``). ``closed``
+    reads True only while that feed is live (its heartbeat answered within its bound);
+    otherwise every call asks Redis. Without local state ``closed`` stays False.
     """
 
     __slots__ = (
         "__weakref__",
         "_args",
         "_channel",
+        "_closed",
+        "_flusher",
+        "_flushing",
         "_keys",
         "_listener",
+        "_pending",
         "_policy_clock",
         "_windowed",
-        "closed",
         "config",
         "dirty",
         "name",
@@ -355,7 +401,7 @@ class RedisBreaker:
             config = BreakerConfig.of(policy)
         self.config = config
         self._policy_clock = policy.clock if policy is not None else None
-        self.closed = False
+        self._closed = False
         self.retired = False
         self.dirty = True
         self._windowed = config.window_size is not None or config.window_duration is not None
@@ -376,10 +422,19 @@ class RedisBreaker:
         )
         self._listener: Any = None
         self._channel = ""
-        if not self._windowed and getattr(store, "local_breakers", False):
+        # Outcomes of calls admitted while closed, not yet in Redis (failure-rate mode).
+        self._pending: deque[str] | None = None
+        self._flusher: Any = None
+        self._flushing = threading.Lock()  # one flush at a time takes from ``_pending``
+        batched = self._windowed and getattr(store, "sync_interval", 0.0) > 0
+        if getattr(store, "local_breakers", False) and (batched or not self._windowed):
             self._listener = store.breaker_listener()
             self._channel = self._listener.channel
             self._listener.watch(self._keys[0], self)
+            if batched:
+                self._pending = deque(maxlen=_MOST_PENDING)  # the oldest go first
+                self._flusher = store.breaker_flusher()
+                self._flusher.watch(self)
 
     @classmethod
     def load(cls, name: str, store: RedisStore) -> RedisBreaker | None:
@@ -394,14 +449,25 @@ class RedisBreaker:
     def _argv(self, *extra: Any) -> list[Any]:
         return [self.store.now_arg(), *self._args, *extra, self._channel]
 
+    @property
+    def closed(self) -> bool:
+        """Whether a call may skip ``admit``: locally closed, and the change feed is live."""
+        return self._closed and _monotonic() < self._listener.fresh_until
+
+    @closed.setter
+    def closed(self, value: bool) -> None:
+        self._closed = value and self._listener is not None
+
     def apply(self, state: int, dirty: bool) -> None:
         """A change published by a script (the listener's thread): follow it."""
-        self.dirty = dirty or state != 0
-        self.closed = state == 0 and self._listener is not None and self._listener.live
+        self.dirty = self._windowed or dirty or state != 0
+        self._closed = state == 0
+        if state != 0 and self._pending:
+            self._pending.clear()  # outcomes of a closed spell that is over count no more
 
     def forget(self) -> None:
-        """The listener lost its subscription: ask Redis on every call until it is back."""
-        self.closed = False
+        """The feed was lost (changes may be missed): ask Redis until it reads the state again."""
+        self._closed = False
         self.dirty = True
 
     def _run(self, script: str, *extra: Any) -> Any:
@@ -432,9 +498,9 @@ class RedisBreaker:
             # Closed now, and no change was heard while we asked: keep it locally. (A change
             # heard meanwhile may be newer than this reply; the next call asks again.)
             if listener is not None and listener.live and listener.heard == seen:
-                self.closed = True
+                self._closed = True
             return ADMITTED
-        self.closed = False
+        self._closed = False
         self.dirty = True
         transition = self._transition(reply[6:12]) if len(reply) > 6 else None
         text = _text(reason)
@@ -468,29 +534,76 @@ class RedisBreaker:
     def _recorded(self, ticket: int, outcome: int, reply: Any) -> Transition | None:
         transition = self._transition(reply)
         if transition is not None and transition.to_state != "closed":
-            self.closed = False
+            self._closed = False
         if self._listener is not None and ticket == 0 and outcome != 2:
             self.dirty = outcome == 1  # a failure begins a streak; a success ends it
         return transition
 
+    def _batched(self, ticket: int, outcome: int) -> bool:
+        """Keep a closed call's outcome for the next batch (failure-rate mode); whether kept."""
+        pending = self._pending
+        if pending is None or ticket != 0:
+            return False
+        if outcome == FAILURE:
+            pending.append("1")
+            self._flusher.wake()  # a failure may open the breaker: send it at once
+        elif outcome == SUCCESS:
+            pending.append("0")
+        return True
+
     def record(self, ticket: int, outcome: int) -> Transition | None:
         """Apply a call's outcome; return the state change it caused, if any."""
+        if self._batched(ticket, outcome):
+            return None
         return self._recorded(ticket, outcome, self._run(_RECORD, ticket, outcome))
 
     async def arecord(self, ticket: int, outcome: int) -> Transition | None:
         """The async twin of ``record``."""
+        if self._batched(ticket, outcome):
+            return None
         return self._recorded(ticket, outcome, await self._arun(_RECORD, ticket, outcome))
+
+    def flush(self) -> bool:
+        """
+        Record the batched outcomes in Redis (one script); False if Redis could not take them.
+
+        A batch that fails is reported (``resilience.store.unavailable``) and kept, in
+        order, for the next flush.
+        """
+        pending = self._pending
+        if not pending:
+            return True
+        with self._flushing:
+            batch = "".join([pending.popleft() for _ in range(len(pending))])
+            if not batch:
+                return True
+            try:
+                reply = self._run(_BATCH, batch)
+            except StoreUnavailableError as error:
+                room = _MOST_PENDING - len(pending)  # put back before newer ones, oldest lost
+                pending.extendleft(reversed(batch[max(len(batch) - room, 0) :]))
+                store_unavailable(error, decorator="circuit_breaker", fail_open=True)
+                return False
+        transition = self._transition(reply)
+        if transition is not None:
+            self._closed = False
+            announce(transition)
+        return True
 
     def reset(self) -> Transition | None:
         """Close the breaker and clear its counts (the totals since creation stay)."""
+        if self._pending:
+            self._pending.clear()
         return self._transition(self._run(_RESET))
 
     def state(self) -> str:
         """Return ``"closed"``, ``"open"`` or ``"half_open"`` as of now."""
+        self.flush()
         return STATE_NAMES[int(self._run(_STATS)[0])]
 
     def stats(self) -> CircuitBreakerStats:
         """Return a snapshot of the counts and the state as of now (one round trip)."""
+        self.flush()
         (
             state,
             consecutive,
@@ -584,7 +697,8 @@ def _build(
     state = STATE_NAMES[stored]
     if stored == 1 and now >= opened + reset_us:
         state = "half_open"
-    since = None
+    closed = h.get("k")
+    since = None if not closed else epoch_of(int(closed) / _US, now / _US, wall)
     if state == "open":
         since = epoch_of(opened / _US, now / _US, wall)
     elif state == "half_open":

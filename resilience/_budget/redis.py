@@ -171,6 +171,15 @@ class RedisTokenBackend:
         ok, tokens = await self.store.arun(_TOKENS, self._keys, args, key=self.key)
         return bool(ok), int(tokens)
 
+    def meta(self) -> dict[str, Any]:
+        """The bucket's capacity: a bucket with no key in Redis is full."""
+        return {"capacity": self._capacity}
+
+    def snapshot(self, key: str) -> BudgetSnapshot:
+        """Return the operator's view of this bucket (one GET: no script, no write)."""
+        found: BudgetSnapshot = read_one(self.store, "tokens", key, self.meta())
+        return found
+
     def __repr__(self) -> str:
         return f"<RedisTokenBackend {self._keys[0]!r}>"
 
@@ -222,3 +231,26 @@ def _build(
 
 
 VIEW: Final = View(("",), _reads, _build)
+
+
+def _token_reads(store: RedisStore, key: str) -> list[Any]:
+    return [("get", (store.key("tokens", key),))]
+
+
+def _token_build(
+    store: RedisStore,
+    key: str,
+    replies: list[Any],
+    now: int,
+    wall: float,
+    meta: dict[str, Any] | None,
+) -> BudgetSnapshot | None:
+    raw = replies[0]
+    if raw is None and meta is None:
+        return None
+    tokens = float(text(raw)) if raw is not None else float(meta["capacity"])  # type: ignore[index]
+    return BudgetSnapshot(key, tokens, None, None, 0, 0)
+
+
+#: The view of a ``RetryQuota``'s or ``RetryThrottle``'s bucket (``"tokens"``).
+TOKENS_VIEW: Final = View(("",), _token_reads, _token_build)

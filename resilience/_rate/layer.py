@@ -57,6 +57,9 @@ class _Epoch:
 EPOCH = _Epoch()
 _config.on_reset(EPOCH.bump)
 _deadline_now = _deadline._current.get
+#: The usual cost, compared by identity first (CPython shares small ints, so a cost callable
+#: answering 1 answers this object): no type check for it; any other answer is checked.
+_ONE = 1
 
 
 def _until_deadline(max_wait: float) -> float:
@@ -304,6 +307,125 @@ class RateLimitLayer(KeyedLayer):
                 reserved = again
         return reserved, started
 
+    def _build_costed_sync(self, call_next: Runner) -> Runner:
+        """A ``cost`` without ``settle``: no stamps to keep; a cost of 1 is an unweighted start."""
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        pace = self.policy.pace_from_headers
+        hooked = self.policy.delay_hook is not None or pace
+        policy_cost = self.policy.cost
+        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
+        fixed = 0 if callable(policy_cost) else policy_cost
+        max_wait = self.max_wait
+        rate = self.policy.rate
+        direct = call_next is terminal
+        one = _ONE
+
+        def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return call_next(wrapped, instance, args, kwargs)
+            backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            # (without keywords: the cost callable is called without copying the empty dict)
+            cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
+            if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
+                cost = layer._cost(cost)
+            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+            try:
+                if cost == 1:
+                    wait = backend.reserve(bound)
+                    if wait:
+                        layer._wait_sync(backend, wait)
+                else:
+                    wait, reserved, _ = backend.reserve_units(bound, cost)
+                    if wait:
+                        layer._wait_units_sync(backend, wait, cost, reserved)
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without units
+            try:
+                if direct:  # innermost: call the function itself, one frame less
+                    result = wrapped(*args, **kwargs)
+                else:
+                    result = call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if hooked:
+                    layer._failed(exc)
+                raise
+            if pace:
+                layer._pace(result)
+            return result
+
+        return run
+
+    def _build_costed_async(self, call_next: Runner) -> Runner:
+        """The async twin of ``_build_costed_sync``."""
+        layer = self
+        switches = _config.state
+        epoch = EPOCH
+        pace = self.policy.pace_from_headers
+        hooked = self.policy.delay_hook is not None or pace
+        policy_cost = self.policy.cost
+        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
+        fixed = 0 if callable(policy_cost) else policy_cost
+        max_wait = self.max_wait
+        rate = self.policy.rate
+        direct = call_next is terminal
+        one = _ONE
+
+        async def run(
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> Any:
+            if not switches.active:
+                return await call_next(wrapped, instance, args, kwargs)
+            backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
+            # (without keywords: the cost callable is called without copying the empty dict)
+            cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
+            if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
+                cost = layer._cost(cost)
+            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+            try:
+                if layer._remote:
+                    if cost == 1:
+                        wait = await backend.areserve(bound, layer.rtt)
+                        if wait:
+                            await layer._wait_async(backend, wait)
+                    else:
+                        wait, reserved, _ = await backend.areserve_units(bound, cost)
+                        if wait:
+                            await layer._wait_units_async(backend, wait, cost, reserved)
+                elif cost == 1:
+                    wait = backend.reserve(bound)
+                    if wait:
+                        await layer._wait_async(backend, wait)
+                else:
+                    wait, reserved, _ = backend.reserve_units(bound, cost)
+                    if wait:
+                        await layer._wait_units_async(backend, wait, cost, reserved)
+            except StoreUnavailableError as error:
+                layer._unavailable(error)  # fail-open: start without units
+            try:
+                if direct:  # innermost: await the function itself, one frame less
+                    result = await wrapped(*args, **kwargs)
+                else:
+                    result = await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                if hooked:
+                    layer._failed(exc)
+                raise
+            if pace:
+                layer._pace(result)
+            return result
+
+        return run
+
     def _build_weighted_sync(self, call_next: Runner) -> Runner:
         layer = self
         switches = _config.state
@@ -424,6 +546,8 @@ class RateLimitLayer(KeyedLayer):
 
     def build_sync(self, call_next: Runner) -> Runner:
         if self.weighted:
+            if self.policy.settle is None:
+                return self._build_costed_sync(call_next)
             return self._build_weighted_sync(call_next)
         layer = self
         switches = _config.state
@@ -466,6 +590,8 @@ class RateLimitLayer(KeyedLayer):
 
     def build_async(self, call_next: Runner) -> Runner:
         if self.weighted:
+            if self.policy.settle is None:
+                return self._build_costed_async(call_next)
             return self._build_weighted_async(call_next)
         layer = self
         switches = _config.state

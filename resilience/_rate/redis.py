@@ -3,23 +3,27 @@ The Redis backend of ``@rate_limited``: the sliding log of reserved starts, kept
 
 Same rule and same accounting as ``RateState`` (read its module docstring), as Redis data:
 
-- ``<ns>:rate:{<key>}:log``: a list of the last reserved start times (whole
-  microseconds of server time), in reservation order, so non-decreasing; at least the
-  last *rate*, trimmed to those once it holds 2 x *rate* (one LTRIM per *rate* pushes). A
-  reservation is decided and appended by one script, so callers in different processes
-  are served in the order they reach Redis.
+- ``<ns>:rate:{<key>}:log``: a list of the reserved start times (whole microseconds of
+  server time), in reservation order, so non-decreasing. A reservation is decided and
+  appended by one script, so callers in different processes are served in the order they
+  reach Redis.
 - ``<ns>:rate:{<key>}:starts``: the same for actual starts (``admit``).
 - ``<ns>:window:{<key>}``: the key's backoff window (see ``_rate.redis_window``), read by the same
   script as one more lower bound on the start.
 
 Every key shares the hash tag ``{<key>}``, so one script touches one cluster slot. Every
 method is one Lua script, one round trip (EVALSHA); a decision reads only the entries it
-needs (``LINDEX`` at -1, -rate, -burst: no scan, no pop loop) and every script PEXPIREs
-what it writes, so an idle budget disappears after the store's ``idle_ttl`` or once its
-last entry has left the window (its horizon), whichever is later. An immediate start costs
-9 commands (``TIME``, ``GET`` of the window, 2 ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the
-log; ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the starts), plus one per burst check and an
-amortized ``LTRIM``.
+needs (``LINDEX`` at -1, -rate, -burst: no scan, no pop loop). Each time a list's length
+crosses a multiple of 128 (or reaches 2 x *rate*) the script drops its prefix that can no
+longer constrain a start: entries that left the window (trimmed by time: a binary search
+with ``LINDEX``, one ``LTRIM``) and entries before the last *rate*, so memory follows the
+calls of the last *per* seconds. Every script PEXPIREs what it writes, so an idle budget
+disappears after the store's ``idle_ttl`` or once its last entry has left the window (its
+horizon), whichever is later. An immediate start costs 9 commands (``TIME``, ``GET`` of the
+window, 2 ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the log; ``LINDEX``, ``RPUSH``,
+``PEXPIRE`` on the starts), plus one per burst check and about 0.2 for the amortized trim.
+Why not fewer (one packed key, ``TIME`` + ``GET`` + ``SET PX``): see
+``benchmarks/results/redis.md``.
 """
 
 from __future__ import annotations
@@ -60,20 +64,35 @@ local function window_end()
 end
 
 -- Keep a list alive for at least its idle ttl and until *until_us* has left the window
--- (after that nothing in it constrains a start: its horizon).
+-- (after that nothing in it constrains a start: its horizon; the starts' window is wider
+-- by the slack).
 local function keep(name, until_us)
-  local ms = math.ceil((until_us + per - now) / 1000)
+  local ms = math.ceil((until_us + per + slack - now) / 1000)
   if ms < ttl then ms = ttl end
   redis.call('PEXPIRE', name, ms)
 end
 
--- Append *t*; trim to the last *rate* entries once the list holds twice that (amortized:
--- one LTRIM per *rate* pushes). Entries before the last *rate* never constrain anything:
--- the rule reads the entries at -1, -rate and -burst only.
-local function push(name, t)
-  if redis.call('RPUSH', name, fmt(t)) >= 2 * rate then
-    redis.call('LTRIM', name, -rate, -1)
+-- After a push that left *n* entries (*added* of them new): drop what can no longer
+-- constrain a start: entries that left the window (at or before now - per - slack) and
+-- entries before the last *rate*. Done when the length crosses a multiple of 128 or reaches
+-- 2 x rate, so amortized: one LINDEX of the head, and when it is stale a binary search
+-- (LINDEX) and one LTRIM, per 128 entries. A list is in time order: what goes is a prefix.
+local function trim(name, n, added)
+  if n < 2 * rate and math.floor(n / 128) == math.floor((n - added) / 128) then return end
+  local edge = now - per - slack
+  local low, high = 0, n - 1  -- the last entry is at least now: it stays
+  if tonumber(redis.call('LINDEX', name, 0)) > edge then high = 0 end
+  while low < high do
+    local mid = math.floor((low + high) / 2)
+    if tonumber(redis.call('LINDEX', name, mid)) > edge then high = mid else low = mid + 1 end
   end
+  if n - low > rate then low = n - rate end
+  if low > 0 then redis.call('LTRIM', name, low, -1) end
+end
+
+-- Append *t* (see trim). The rule reads the entries at -1, -rate and -burst only.
+local function push(name, t)
+  trim(name, redis.call('RPUSH', name, fmt(t)), 1)
 end
 
 local function at(name, index)
@@ -182,10 +201,11 @@ end
 local function push(list, value, n)
   local values = {}
   for i = 1, n do values[i] = value end
+  local size = 0
   for i = 1, n, 1000 do
-    redis.call('RPUSH', list, unpack(values, i, math.min(i + 999, n)))
+    size = redis.call('RPUSH', list, unpack(values, i, math.min(i + 999, n)))
   end
-  redis.call('LTRIM', list, -rate, -1)
+  trim(list, size, n)
 end
 
 local function admit_units()
@@ -197,11 +217,6 @@ local function admit_units()
 end
 
 local function reserve_units(max_wait)
-  while true do
-    local head = redis.call('LINDEX', log, 0)
-    if not head or tonumber(head) + per > now then break end
-    redis.call('LPOP', log)
-  end
   local start = now
   local floor = window_end()
   if floor and floor > start then start = floor end

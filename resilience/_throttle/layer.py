@@ -16,11 +16,16 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from resilience import _config
-from resilience._decorating import Kind, Layer, Runner
+from resilience import _clock, _config
+from resilience._decorating import Kind, Layer, Runner, terminal
 from resilience._errors import StoreUnavailableError, ThrottledError
 from resilience._rate.layer import EPOCH
-from resilience._throttle.state import MemoryThrottleBackend, ThrottleBackend, ThrottlePolicy
+from resilience._throttle.state import (
+    MemoryThrottleBackend,
+    ThrottleBackend,
+    ThrottlePolicy,
+    ThrottleState,
+)
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
 from resilience.telemetry._bus import BUS, emit
@@ -37,7 +42,7 @@ class ThrottleLayer(Layer):
     """``@throttled``'s layer: draw against the probability, count the outcome."""
 
     decorator = "throttled"
-    __slots__ = ("_backend", "_epoch", "_own", "_remote", "key")
+    __slots__ = ("_backend", "_epoch", "_own", "_remote", "_state", "key")
     policy: ThrottlePolicy
 
     def __init__(self, policy: ThrottlePolicy) -> None:
@@ -45,6 +50,7 @@ class ThrottleLayer(Layer):
         self.key = ""
         self._epoch = -1
         self._remote = False
+        self._state: ThrottleState | None = None
         self._own = None if policy.key is not None else MemoryThrottleBackend(policy)
 
     def bind(self, kind: Kind, qualname: str) -> None:
@@ -69,8 +75,15 @@ class ThrottleLayer(Layer):
             backend = store.backend("throttle", self.key, self.policy)
         self._backend = backend
         self._remote = not isinstance(backend, MemoryThrottleBackend)
+        # A memory throttle's counts, read inline by the runners; None: a remote store.
+        self._state = None if self._remote else backend._state  # type: ignore[attr-defined]
         self._epoch = EPOCH.n
         return backend
+
+    def _counts(self) -> ThrottleState | None:
+        """``_refresh``, answering the memory counts the runners read (None: remote)."""
+        self._refresh()
+        return self._state
 
     def _refuse(self, backend: ThrottleBackend, probability: float, req: int, acc: int) -> None:
         try:
@@ -128,6 +141,10 @@ class ThrottleLayer(Layer):
         switches = _config.state
         epoch = EPOCH
         is_failure = self.policy._is_failure
+        direct = call_next is terminal
+        policy_clock = self.policy.clock
+        default = _clock.DEFAULT
+        loud = self.policy.k < 1.0  # below 1 even a window of accepts has a probability
 
         def run(
             wrapped: Callable[..., Any],
@@ -137,27 +154,58 @@ class ThrottleLayer(Layer):
         ) -> Any:
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
-            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            if layer._remote or backend.chance():
-                layer._draw(backend)
+            state = layer._state if layer._epoch == epoch.n else layer._counts()
+            if state is None:
+                return layer._run_remote(call_next, wrapped, instance, args, kwargs)
+            if (state.total_misses or loud) and layer._backend.chance():
+                layer._draw(layer._backend)
             try:
-                result = call_next(wrapped, instance, args, kwargs)
+                if direct:  # innermost: call the function itself, one frame less
+                    # (without keywords: no copy of the empty dict)
+                    result = wrapped(*args, **kwargs) if kwargs else wrapped(*args)
+                else:
+                    result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._record(backend, not is_failure(exc))
+                layer._backend.record(not is_failure(exc))
                 raise
-            if layer._remote:
-                layer._record(backend, True)
+            # An accept: ``MemoryThrottleBackend.accept``, inline (one atomic ``next``).
+            now = (policy_clock or default.clock).monotonic()
+            if now < state.until:
+                next(state.tally)
             else:
-                backend.record(True)
+                layer._backend.accept(now)  # type: ignore[attr-defined] # a memory one
             return result
 
         return run
+
+    def _run_remote(
+        self,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """A remote store: one round trip to draw, one to count."""
+        backend = self._backend
+        self._draw(backend)
+        try:
+            result = call_next(wrapped, instance, args, kwargs)
+        except Exception as exc:
+            self._record(backend, not self.policy._is_failure(exc))
+            raise
+        self._record(backend, True)
+        return result
 
     def build_async(self, call_next: Runner) -> Runner:
         layer = self
         switches = _config.state
         epoch = EPOCH
         is_failure = self.policy._is_failure
+        direct = call_next is terminal
+        policy_clock = self.policy.clock
+        default = _clock.DEFAULT
+        loud = self.policy.k < 1.0  # below 1 even a window of accepts has a probability
 
         async def run(
             wrapped: Callable[..., Any],
@@ -167,24 +215,45 @@ class ThrottleLayer(Layer):
         ) -> Any:
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
-            backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            remote = layer._remote
-            if remote:
-                await layer._adraw(backend)
-            elif backend.chance():
-                layer._draw(backend)
+            state = layer._state if layer._epoch == epoch.n else layer._counts()
+            if state is None:
+                return await layer._arun_remote(call_next, wrapped, instance, args, kwargs)
+            if (state.total_misses or loud) and layer._backend.chance():
+                layer._draw(layer._backend)
             try:
-                result = await call_next(wrapped, instance, args, kwargs)
-            except Exception as exc:
-                if remote:
-                    await layer._arecord(backend, not is_failure(exc))
+                if direct:  # innermost: await the function itself, one frame less
+                    # (without keywords: no copy of the empty dict)
+                    result = await (wrapped(*args, **kwargs) if kwargs else wrapped(*args))
                 else:
-                    backend.record(not is_failure(exc))
+                    result = await call_next(wrapped, instance, args, kwargs)
+            except Exception as exc:
+                layer._backend.record(not is_failure(exc))
                 raise
-            if remote:
-                await layer._arecord(backend, True)
+            # An accept: ``MemoryThrottleBackend.accept``, inline (one atomic ``next``).
+            now = (policy_clock or default.clock).monotonic()
+            if now < state.until:
+                next(state.tally)
             else:
-                backend.record(True)
+                layer._backend.accept(now)  # type: ignore[attr-defined] # a memory one
             return result
 
         return run
+
+    async def _arun_remote(
+        self,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """The async twin of ``_run_remote``."""
+        backend: Any = self._backend
+        await self._adraw(backend)
+        try:
+            result = await call_next(wrapped, instance, args, kwargs)
+        except Exception as exc:
+            await self._arecord(backend, not self.policy._is_failure(exc))
+            raise
+        await self._arecord(backend, True)
+        return result

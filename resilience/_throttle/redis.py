@@ -9,12 +9,17 @@ one round trip on the server's clock. The state is one hash, ``<ns>:throttle:<ke
 
 from __future__ import annotations
 
+import math
+
 from typing import TYPE_CHECKING, Any, Final, cast
 
+from resilience._throttle.state import throttle_snapshot
 from resilience.stores._redis import BUCKETS_LUA, NOW_LUA
+from resilience.stores._redis_snapshot import View, read_one, text
 
 
 if TYPE_CHECKING:
+    from resilience._snapshot import ThrottleSnapshot
     from resilience._throttle.state import ThrottlePolicy
     from resilience.stores._redis import RedisStore
 
@@ -57,12 +62,13 @@ _US: Final = 1_000_000
 class RedisThrottleBackend:
     """``ThrottleBackend`` in Redis: ``ThrottleState``'s accounting, one script per step."""
 
-    __slots__ = ("_args", "_keys", "key", "store")
+    __slots__ = ("_args", "_keys", "_meta", "key", "store")
 
     def __init__(self, key: str, policy: ThrottlePolicy, store: RedisStore) -> None:
         self.key = key
         self.store = store
         window = float(policy.window)  # type: ignore[arg-type]  # seconds after validation
+        self._meta = {"k": float(policy.k), "window": window}
         self._keys = (store.key("throttle", key),)
         self._args = (
             max(store.ttl_ms, round(window * 2000)),
@@ -102,6 +108,15 @@ class RedisThrottleBackend:
         """The async twin of ``record``."""
         await self._astep("accept" if accepted else "reject")
 
+    def meta(self) -> dict[str, Any]:
+        """The numbers the operator's view needs and Redis does not hold (``k``, ``window``)."""
+        return dict(self._meta)
+
+    def snapshot(self, key: str) -> ThrottleSnapshot:
+        """Return the operator's view of this throttle (one HGETALL: no script, no write)."""
+        found: ThrottleSnapshot = read_one(self.store, "throttle", key, self.meta())
+        return found
+
     def __repr__(self) -> str:
         return f"<RedisThrottleBackend {self._keys[0]!r}>"
 
@@ -115,3 +130,40 @@ def _parse(reply: object) -> tuple[float, int, int]:
 def redis_throttle(key: str, policy: ThrottlePolicy, store: RedisStore) -> RedisThrottleBackend:
     """``RedisStore``'s ``"throttle"`` factory."""
     return RedisThrottleBackend(key, policy, store)
+
+
+# -- the operator's view: one HGETALL, never a script ------------------------------------------
+
+
+def _reads(store: RedisStore, key: str) -> list[Any]:
+    return [("hgetall", (store.key("throttle", key),))]
+
+
+def _build(
+    store: RedisStore,
+    key: str,
+    replies: list[Any],
+    now: int,
+    wall: float,
+    meta: dict[str, Any] | None,
+) -> ThrottleSnapshot | None:
+    h = {text(name): text(value) for name, value in (replies[0] or {}).items()}
+    if not h and meta is None:
+        return None
+    requests, accepts = int(h.get("tq") or 0), int(h.get("ta") or 0)
+    if meta is None:  # numbers unknown: the counts as last written
+        return throttle_snapshot(key, None, None, requests, accepts)
+    k, window = float(meta["k"]), float(meta["window"])
+    index = math.floor(now / (window * _US / 10))
+    current = h.get("cur")
+    if current is None or current == "":
+        requests = accepts = 0
+    elif index > int(current):  # what the script's roll() would empty, read, not written
+        for back in range(min(10, index - int(current))):
+            slot = (index - back) % 10
+            requests -= int(h.get(f"q{slot}") or 0)
+            accepts -= int(h.get(f"a{slot}") or 0)
+    return throttle_snapshot(key, k, window, requests, accepts)
+
+
+VIEW: Final = View(("",), _reads, _build)

@@ -15,6 +15,7 @@ with running totals, fed with ``now``. ``MemoryThrottleBackend`` applies it unde
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
 from resilience._dictable import FromDict
+from resilience._snapshot import ThrottleSnapshot
 from resilience._validate import (
     check_clock,
     check_number,
@@ -44,6 +46,7 @@ __all__ = [
     "MemoryThrottleBackend",
     "ThrottleBackend",
     "ThrottlePolicy",
+    "throttle_snapshot",
     "ThrottleState",
     "memory_throttle",
 ]
@@ -100,7 +103,15 @@ class ThrottlePolicy(FromDict):
 
 class ThrottleState:
     """
-    Requests and accepts over a sliding window, in fixed buckets: pure, no lock, no clock.
+    Requests and accepts over a sliding window, in fixed buckets: pure, no clock.
+
+    Each bucket keeps its accepts and its misses (requests that were not accepts: failures
+    and rejections), so ``requests = accepts + misses``. Accepts are counted by one
+    ``itertools.count``, ``tally``, whose ``next`` is atomic: the success path counts an
+    accept in the current bucket without a lock (``accept_now``), and the accepts since the
+    bucket began (``tally`` past ``mark``) join its slot when the window rolls. Everything
+    else (misses, rolls, reading the tally) runs under the backend's lock. While no miss is
+    in the window the probability is 0 for any ``k >= 1``, without reading the clock.
 
     Args:
         k: Requests allowed per accept before rejecting.
@@ -111,55 +122,106 @@ class ThrottleState:
         "accepts",
         "current",
         "k",
-        "requests",
-        "total_accepts",
-        "total_requests",
+        "mark",
+        "misses",
+        "peeks",
+        "slot",
+        "tally",
+        "total_misses",
         "until",
         "width",
+        "window_accepts",
     )
 
     def __init__(self, k: float, window: float) -> None:
         self.k = k
         self.width = window / BUCKETS
-        self.requests = [0] * BUCKETS
         self.accepts = [0] * BUCKETS
-        self.total_requests = 0
-        self.total_accepts = 0
+        self.misses = [0] * BUCKETS
+        self.window_accepts = 0  # the accepts of the window's closed buckets
+        self.total_misses = 0
+        self.tally = itertools.count()  # every accept ever: one ``next`` each
+        self.peeks = 0  # the tally's values taken by reading it
+        self.mark = 0  # the accepts counted when the current bucket began
         self.current = -math.inf
+        self.slot = 0
         self.until = -math.inf  # the end of the current bucket: before it, nothing to roll
+
+    def _accepted(self) -> int:
+        """All accepts ever counted (reading the tally takes one of its values)."""
+        seen = next(self.tally) - self.peeks
+        self.peeks += 1
+        return seen
+
+    @property
+    def total_accepts(self) -> int:
+        """The accepts in the window (as of the last roll)."""
+        return self.window_accepts + self._accepted() - self.mark
+
+    @property
+    def total_requests(self) -> int:
+        """The requests in the window (as of the last roll): accepts and misses."""
+        return self.total_accepts + self.total_misses
 
     def _roll(self, now: float) -> int:
         """Expire the buckets that slid out of the window; return the current bucket's slot."""
         index = math.floor(now / self.width)
+        if index > self.current:
+            seen = self._accepted()
+            fresh = seen - self.mark  # the ending bucket's accepts join its slot
+            self.accepts[self.slot] += fresh
+            self.window_accepts += fresh
+            self.mark = seen
+            stale = (
+                BUCKETS if self.current == -math.inf else min(BUCKETS, index - int(self.current))
+            )
+            for step in range(stale):
+                slot = (index - step) % BUCKETS
+                self.window_accepts -= self.accepts[slot]
+                self.total_misses -= self.misses[slot]
+                self.accepts[slot] = 0
+                self.misses[slot] = 0
+            self.current = index
+            self.slot = index % BUCKETS
+            self.until = (index + 1) * self.width
+        return self.slot
+
+    def quiet(self) -> bool:
+        """Whether the probability is surely 0 before any roll (misses none, or few enough)."""
+        # excess = misses - (k - 1) * accepts, and the closed buckets' accepts are a floor
+        return self.total_misses <= (self.k - 1.0) * self.window_accepts
+
+    def probability(self, now: float) -> float:
+        """Return the rejection probability for a call starting at *now*."""
+        self._roll(now)
+        accepts = self.total_accepts
+        requests = accepts + self.total_misses
+        excess = requests - self.k * accepts
+        return excess / (requests + 1) if excess > 0 else 0.0
+
+    def view(self, now: float) -> tuple[int, int]:
+        """Return (requests, accepts) in the window as of *now*, changing no count."""
+        index = math.floor(now / self.width)
+        current = self._accepted() - self.mark  # the current bucket's accepts (not in a slot)
+        accepts, misses = self.window_accepts + current, self.total_misses
         if index > self.current:
             stale = (
                 BUCKETS if self.current == -math.inf else min(BUCKETS, index - int(self.current))
             )
             for step in range(stale):
                 slot = (index - step) % BUCKETS
-                self.total_requests -= self.requests[slot]
-                self.total_accepts -= self.accepts[slot]
-                self.requests[slot] = 0
-                self.accepts[slot] = 0
-            self.current = index
-            self.until = (index + 1) * self.width
-        return int(self.current) % BUCKETS
-
-    def probability(self, now: float) -> float:
-        """Return the rejection probability for a call starting at *now*."""
-        self._roll(now)
-        requests = self.total_requests
-        excess = requests - self.k * self.total_accepts
-        return excess / (requests + 1) if excess > 0 else 0.0
+                accepts -= self.accepts[slot] + (current if slot == self.slot else 0)
+                misses -= self.misses[slot]
+        return accepts + misses, accepts
 
     def record(self, now: float, accepted: bool) -> None:
         """Count one request at *now*, and one accept if *accepted*."""
         slot = self._roll(now)
-        self.requests[slot] += 1
-        self.total_requests += 1
         if accepted:
-            self.accepts[slot] += 1
-            self.total_accepts += 1
+            next(self.tally)
+        else:
+            self.misses[slot] += 1
+            self.total_misses += 1
 
 
 class ThrottleBackend(Protocol):
@@ -183,58 +245,81 @@ class ThrottleBackend(Protocol):
 
 
 class MemoryThrottleBackend:
-    """A throttle's counts in this process: ``ThrottleState`` under a lock."""
+    """
+    A throttle's counts in this process: ``ThrottleState`` under a lock.
 
-    __slots__ = ("_acquire", "_clock", "_lock", "_release", "_state")
+    The success path's accept takes no lock while its bucket is current (``accept``): the
+    tally's ``next`` is atomic. With ``k >= 1`` and no miss in the window the layer skips
+    ``chance`` altogether (``quiet``).
+    """
+
+    __slots__ = ("_clock", "_lock", "_state", "_window", "quiet")
 
     def __init__(self, policy: ThrottlePolicy) -> None:
         window = policy.window
         assert isinstance(window, float)
         self._state = ThrottleState(policy.k, window)
+        self._window = window
         self._clock = policy.clock
         self._lock = threading.Lock()
-        self._acquire = self._lock.acquire  # bound once: cheaper than `with` on the hot path
-        self._release = self._lock.release
+        #: With ``k >= 1`` a window without misses has probability 0: no clock, no lock.
+        self.quiet = policy.k >= 1.0
 
     def probability(self) -> tuple[float, int, int]:
         """Return ``(probability, requests, accepts)`` now."""
         state = self._state
         now = _clock.resolve(self._clock).monotonic()
         with self._lock:
-            return state.probability(now), state.total_requests, state.total_accepts
+            probability = state.probability(now)
+            accepts = state.total_accepts
+            return probability, accepts + state.total_misses, accepts
 
     def chance(self) -> float:
         """
-        The rejection probability now; no lock while nothing is to be refused (the hot path).
+        The rejection probability now; no lock while nothing can be refused.
 
-        Reading two counts without the lock can only see a state a moment old, which the
+        Reading the counts without the lock can only see a state a moment old, which the
         locked ``probability`` then confirms before anything is refused.
         """
         state = self._state
-        if (
-            _clock.resolve(self._clock).monotonic() < state.until
-            and state.total_requests <= state.k * state.total_accepts
-        ):
+        if _clock.resolve(self._clock).monotonic() < state.until and state.quiet():
             return 0.0
         return self.probability()[0]
 
-    def record(self, accepted: bool) -> None:
-        """Count one request, and one accept if *accepted*."""
+    def accept(self, now: float) -> None:
+        """Count one accepted request ending at *now*: lock-free while its bucket is current."""
+        state = self._state
+        if now < state.until:
+            next(state.tally)
+        else:
+            with self._lock:
+                state.record(now, True)
+
+    def snapshot(self, key: str) -> ThrottleSnapshot:
+        """Return the operator's view of the throttle of *key*, changing nothing."""
         state = self._state
         now = _clock.resolve(self._clock).monotonic()
-        self._acquire()
-        try:
-            if now < state.until:  # the current bucket: no roll (the common case, inline)
-                slot = int(state.current) % BUCKETS
-                state.requests[slot] += 1
-                state.total_requests += 1
-                if accepted:
-                    state.accepts[slot] += 1
-                    state.total_accepts += 1
-            else:
-                state.record(now, accepted)
-        finally:
-            self._release()
+        with self._lock:
+            requests, accepts = state.view(now)
+        return throttle_snapshot(key, state.k, self._window, requests, accepts)
+
+    def record(self, accepted: bool) -> None:
+        """Count one request, and one accept if *accepted*."""
+        now = _clock.resolve(self._clock).monotonic()
+        if accepted:
+            self.accept(now)
+            return
+        with self._lock:
+            self._state.record(now, False)
+
+
+def throttle_snapshot(
+    key: str, k: float | None, window: float | None, requests: int, accepts: int
+) -> ThrottleSnapshot:
+    """The record of a throttle's counts, with its refusal probability (``probability``)."""
+    excess = requests - (k or 0.0) * accepts
+    chance = excess / (requests + 1) if k is not None and excess > 0 else 0.0
+    return ThrottleSnapshot(key, k, window, requests, accepts, chance)
 
 
 def memory_throttle(key: str, policy: ThrottlePolicy, store: MemoryStore) -> MemoryThrottleBackend:

@@ -61,7 +61,7 @@ class MemoryStore(BackendRegistry):
 
     def snapshot(self) -> Snapshot:
         """
-        Read every breaker, limiter, window, pool and budget this store holds, changing nothing.
+        Read every breaker, limiter, window, pool, budget, quota and throttle here, changing nothing.
 
         Each backend is read under its own lock, so every record is consistent with itself.
         """
@@ -70,7 +70,7 @@ class MemoryStore(BackendRegistry):
         items = list(self._backends.items())
         rated = {key for (concern, key), _ in items if concern == "rate"}
         queues = {key: queue for (concern, key), queue in items if concern == "pool.queue"}
-        breakers, limiters, pools, budgets = [], [], [], []
+        breakers, limiters, pools, budgets, throttles = [], [], [], [], []
         for (concern, key), backend in items:
             if getattr(backend, "snapshot", None) is None:
                 continue
@@ -85,8 +85,10 @@ class MemoryStore(BackendRegistry):
                 pools.append(replace(backend.snapshot(key), waiting=waiting))
             elif concern in ("budget", "tokens"):
                 budgets.append(backend.snapshot(key))
+            elif concern == "throttle":
+                throttles.append(backend.snapshot(key))
         clock = _clock.current_clock()
-        return Snapshot.of(clock.time(), "memory", breakers, limiters, pools, budgets)
+        return Snapshot.of(clock.time(), "memory", breakers, limiters, pools, budgets, throttles)
 
     def clear(self) -> None:
         """Forget every backend (for test isolation)."""

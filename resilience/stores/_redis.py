@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import threading
+import time
 import weakref
 
 from collections.abc import Callable, Sequence
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
 
 
 __all__ = ["BUCKETS_LUA", "NOW_LUA", "RedisStore"]
+
+#: The longest the breakers' change feed is trusted after its last answered heartbeat (s).
+_FRESH = 0.1
+#: The longest ``sync_interval`` accepted (s).
+_MOST_INTERVAL = 10.0
 
 NOW_LUA = """
 local function now_us()
@@ -143,13 +150,22 @@ class RedisStore(BackendRegistry):
             the jitter between the server's clock reading and where a call really begins
             (the reply's way back and the scheduler), so the rule holds where calls begin.
         local_breakers: Keep the state of each closed breaker in consecutive-failure mode
-            in this process, so a healthy call costs no round trip. Failures are still
-            recorded atomically in Redis; every change is published (pub/sub) and heard by
-            one listener thread per store, typically within a millisecond (a lost
-            subscription sends every call to Redis until it is back). The price: while
-            Redis is unreachable and the breaker is locally closed, healthy calls run
-            without asking it (as if ``fail_open``) until the listener notices (at most
-            about a second). Failure-rate breakers always ask Redis.
+            in this process (the default), so a healthy call costs no round trip. Failures
+            are still recorded atomically in Redis; every change is published (pub/sub) and
+            applied by one listener thread per store, typically within a millisecond. The
+            local state is trusted only while that feed is live: subscribed, and its
+            heartbeat (a PING every ~33 ms on the subscribed connection) answered within
+            the last 0.1 s (or ``timeout / 2``, if smaller). Otherwise every call asks
+            Redis, so an unreachable server still raises ``StoreUnavailableError`` (or
+            fails open) as without the option; after a reconnect each breaker reads its
+            state again before trusting it. ``False``: every call asks Redis.
+        sync_interval: Seconds between the batches in which breakers in failure-rate mode
+            (``failure_rate=``) send the outcomes of their closed calls to Redis (0 to 10;
+            0: one round trip per call, as with ``local_breakers=False``). A failure is sent
+            at once (by the same background thread), successes at most this far apart, so
+            the window's rate in Redis may lag this process's last calls by up to
+            *sync_interval*. Failed batches are reported and retried; ``flush()`` and
+            ``close()`` (and the interpreter's exit) send what is left.
 
     .. versionadded:: 0.1.0
     """
@@ -172,7 +188,8 @@ class RedisStore(BackendRegistry):
         clock: Clock | None = None,
         lease: float = 10.0,
         slack: float = 0.001,
-        local_breakers: bool = False,
+        local_breakers: bool = True,
+        sync_interval: float = 0.1,
     ) -> None:
         self.timeout: float = duration("RedisStore", "timeout", timeout, strict=True) or 0.0
         self.idle_ttl: float = duration("RedisStore", "idle_ttl", idle_ttl, strict=True) or 0.0
@@ -191,7 +208,16 @@ class RedisStore(BackendRegistry):
             msg = f"RedisStore.local_breakers must be True or False, got {local_breakers!r}"
             raise TypeError(msg)
         self.local_breakers = local_breakers
+        interval = duration("RedisStore", "sync_interval", sync_interval) or 0.0
+        if interval > _MOST_INTERVAL:
+            msg = (
+                f"RedisStore.sync_interval must be between 0 and {_MOST_INTERVAL:g} seconds "
+                f"(0: record every outcome at once), got {sync_interval!r}"
+            )
+            raise ValueError(msg)
+        self.sync_interval: float = interval
         self._listener: _Listener | None = None
+        self._flusher: _Flusher | None = None
         clients = _clients()
         self.url: str | None = None
         given_async: Any = None
@@ -422,9 +448,25 @@ class RedisStore(BackendRegistry):
     def breaker_listener(self) -> _Listener:
         """The one thread that hears this store's breaker changes (``local_breakers``)."""
         with self._lock:
-            if self._listener is None:
-                self._listener = _Listener(self, f"{self.namespace}:breaker-changes")
-            return self._listener
+            listener = self._listener
+            if listener is None or listener.pid != os.getpid():  # none yet, or a forked child
+                listener = self._listener = _Listener(self, f"{self.namespace}:breaker-changes")
+                weakref.finalize(self, listener.stop, wait=False)
+            return listener
+
+    def breaker_flusher(self) -> _Flusher:
+        """The one thread that sends failure-rate breakers' batched outcomes (``sync_interval``)."""
+        with self._lock:
+            flusher = self._flusher
+            if flusher is None or flusher.pid != os.getpid():
+                flusher = self._flusher = _Flusher(self.namespace, self.sync_interval)
+                weakref.finalize(self, flusher.stop)  # also at exit: the last batch is sent
+            return flusher
+
+    def flush(self) -> bool:
+        """Send every batched breaker outcome now; False if Redis could not take them all."""
+        flusher = self._flusher
+        return flusher is None or flusher.flush()
 
     def clear(self) -> None:
         """Delete every key of this store's namespace (for tests) and forget backends."""
@@ -447,6 +489,9 @@ class RedisStore(BackendRegistry):
     def close(self) -> None:
         """Close the connections this store opened (a client passed in stays open)."""
         self._meta.stop()
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
         if self._listener is not None:
             self._listener.stop()
             self._listener = None
@@ -466,20 +511,33 @@ class RedisStore(BackendRegistry):
 
 class _Listener:
     """
-    One daemon thread per store subscribed to its breakers' change channel.
+    One daemon thread per store: its breakers' change feed, and whether it is live.
 
-    ``live`` is True while subscribed (checked by a PING every ``_PING`` seconds); ``heard``
-    counts the changes applied, so a reply can tell whether a change overtook it. Losing
-    the subscription makes every watched breaker ask Redis until it is back.
+    The thread subscribes to the store's change channel and PINGs on that connection every
+    ``heartbeat`` seconds (in a cluster it also PINGs every primary first). A pong for a PING
+    sent at *t* proves that every change published before *t* has been applied here (one
+    connection delivers in order), so the feed is trusted until ``t + bound``
+    (``fresh_until``, on ``time.monotonic``). ``bound`` is at most 0.1 s and half the store's
+    timeout: a late heartbeat, a lost connection or a dead primary makes every watched
+    breaker ask Redis again within it, so an unreachable server still raises
+    ``StoreUnavailableError`` (or fails open) within the timeout. A lost connection (and any
+    resubscription, even one the client made by itself) makes the breakers forget their
+    local state: each reads it again from Redis before trusting it. ``heard`` counts the
+    changes applied and the losses, so a reply can tell whether one overtook it; ``late``
+    counts the heartbeats answered after the feed had stopped being trusted.
     """
 
-    _PING = 0.5
-
     def __init__(self, store: RedisStore, channel: str) -> None:
-        self.store = store
         self.channel = channel
-        self.live = False
+        self.bound = min(_FRESH, store.timeout / 2)
+        self.heartbeat = self.bound / 3
+        self.fresh_until = 0.0
         self.heard = 0
+        self.late = 0
+        self.pid = os.getpid()
+        self._client = store.client
+        self._timeout = store.timeout
+        self._cluster = store.cluster
         self._watched: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
         self._stopped = threading.Event()
         self._thread = threading.Thread(
@@ -487,15 +545,21 @@ class _Listener:
         )
         self._thread.start()
 
+    @property
+    def live(self) -> bool:
+        """Whether the feed is trusted now (subscribed, and a heartbeat answered in time)."""
+        return time.monotonic() < self.fresh_until
+
     def watch(self, key: str, backend: Any) -> None:
         self._watched[key] = backend
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
         self._stopped.set()
-        self._thread.join(2.0)
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(2.0)
 
     def _down(self) -> None:
-        self.live = False
+        self.fresh_until = 0.0
         self.heard += 1
         for backend in list(self._watched.values()):
             backend.forget()
@@ -508,40 +572,116 @@ class _Listener:
         if backend is not None:
             backend.apply(int(state), dirty == "1")
 
-    def _run(self) -> None:
-        import time  # noqa: PLC0415 - only this thread needs it
+    def _ping_primaries(self) -> None:
+        """In a cluster: every primary must answer too (a breaker's slot may live on any)."""
+        if self._cluster:
+            for node in self._client.get_primaries():
+                self._client.get_redis_connection(node).ping()
 
+    def _serve(self) -> None:
+        """Subscribe, then heartbeat and apply changes until the connection fails."""
+        pubsub = self._client.pubsub()
+        try:
+            started = time.monotonic()
+            pubsub.subscribe(self.channel)
+            subscribed = False
+            sent: float | None = None  # when the PING awaiting its pong was sent
+            waiting: float | None = started  # since when an answer is awaited (None: none is)
+            due = 0.0
+            while not self._stopped.is_set():
+                now = time.monotonic()
+                if subscribed and sent is None and now >= due:
+                    self._ping_primaries()
+                    sent = waiting = now
+                    pubsub.ping()
+                message = pubsub.get_message(timeout=self.heartbeat)
+                if message is not None:
+                    kind = message.get("type")
+                    if kind == "message":
+                        self._apply(message["data"])
+                    elif kind == "pong" and sent is not None:
+                        if 0.0 < self.fresh_until < time.monotonic():
+                            self.late += 1  # a spell in which calls asked Redis
+                        self.fresh_until = sent + self.bound
+                        due = sent + self.heartbeat
+                        sent = waiting = None
+                    elif kind == "subscribe":
+                        if subscribed:  # the client reconnected by itself: changes may be lost
+                            self._down()
+                        subscribed = True
+                        sent = waiting = None
+                        due = 0.0
+                if waiting is not None and time.monotonic() - waiting > self._timeout:
+                    msg = "no answer to PING" if subscribed else "no subscription"
+                    raise TimeoutError(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                pubsub.close()
+
+    def _run(self) -> None:
         while not self._stopped.is_set():
-            pubsub = None
             try:
-                pubsub = self.store.client.pubsub()
-                pubsub.subscribe(self.channel)
-                answered = time.monotonic()
-                pinged = 0.0
-                while not self._stopped.is_set():
-                    message = pubsub.get_message(timeout=0.1)
-                    now = time.monotonic()
-                    if message is not None:
-                        answered = now
-                        kind = message.get("type")
-                        if kind == "subscribe":
-                            self.live = True
-                        elif kind == "message":
-                            self._apply(message["data"])
-                    if now - pinged >= self._PING:
-                        pubsub.ping()
-                        pinged = now
-                    if now - answered > 2 * self._PING + self.store.timeout:
-                        msg = "no answer to PING"
-                        raise TimeoutError(msg)
-            except Exception:
+                self._serve()
+            except Exception:  # any failure: forget, reconnect
                 self._down()
-                self._stopped.wait(0.1)
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        pubsub.close()
-        self.live = False
+                self._stopped.wait(min(0.1, self._timeout))
+        self._down()
+
+
+class _Flusher:
+    """
+    One daemon thread per store sending its failure-rate breakers' batches to Redis.
+
+    Every *interval* seconds, or at once when a breaker keeps a failure, each watched
+    backend's ``flush()`` runs one script with its pending outcomes. A batch Redis cannot
+    take is reported by the backend and kept; ``failures`` counts them, and the thread
+    waits a whole interval before trying again. ``stop()`` sends what is left.
+    """
+
+    def __init__(self, namespace: str, interval: float) -> None:
+        self.interval = interval
+        self.failures = 0
+        self.pid = os.getpid()
+        self._backends: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._woken = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"resilience-batches-{namespace}", daemon=True
+        )
+        self._thread.start()
+
+    def watch(self, backend: Any) -> None:
+        self._backends.add(backend)
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def flush(self) -> bool:
+        """Flush every watched backend; whether all batches reached Redis."""
+        sent = True
+        for backend in list(self._backends):
+            if not backend.flush():
+                self.failures += 1
+                sent = False
+        return sent
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._woken.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(2.0)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._woken.wait(self.interval)
+            self._woken.clear()
+            try:
+                sent = self.flush()
+            except Exception:  # a bug must not end the thread: the next round retries
+                sent = False
+            if not sent:
+                self._stopped.wait(self.interval)
 
 
 def _unquote(text: str) -> str:
@@ -562,5 +702,7 @@ RedisStore.register_view("rate", "resilience._rate.redis")
 RedisStore.register_view("window", "resilience._rate.redis_window")
 RedisStore.register_view("pool", "resilience._bounded.redis")
 RedisStore.register_view("budget", "resilience._budget.redis")
+RedisStore.register_view("tokens", "resilience._budget.redis:TOKENS_VIEW")
+RedisStore.register_view("throttle", "resilience._throttle.redis")
 RedisStore.register("throttle", "resilience._throttle.redis:redis_throttle")
 RedisStore.register("tokens", "resilience._budget.redis:redis_tokens")

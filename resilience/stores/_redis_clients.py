@@ -166,10 +166,29 @@ def _pool_kwargs(client: Any) -> dict[str, Any]:
     return dict(client.connection_pool.connection_kwargs)
 
 
-def _needs_limits(kwargs: dict[str, Any], timeout: float) -> bool:
-    """Whether a paused server could hold a call longer than *timeout* (reads unbounded)."""
+def _needs_limits(kwargs: dict[str, Any], timeout: float, lib: ModuleType, retry: Any) -> bool:
+    """
+    Whether a paused server could hold a call longer than *timeout*.
+
+    So it could when reads are unbounded or longer, or when the client retries a timeout
+    (redis-py 6+ and valkey-py retry three times by default: a 0.3 s socket timeout then
+    rides out a 3 s pause, and the call waits for it).
+    """
     read = kwargs.get("socket_timeout")
-    return read is None or read > timeout
+    if read is None or read > timeout:
+        return True
+    return _retries_timeouts(retry, lib)
+
+
+def _retries_timeouts(retry: Any, lib: ModuleType) -> bool:
+    """Whether *retry* (a client's ``Retry``, or None) tries again after a timeout."""
+    if retry is None or not getattr(retry, "_retries", 0):
+        return False
+    timeouts = (TimeoutError, lib.exceptions.TimeoutError)
+    return any(
+        issubclass(error, timeouts) or issubclass(lib.exceptions.TimeoutError, error)
+        for error in getattr(retry, "_supported_errors", ())
+    )
 
 
 def bounded(client: Any, timeout: float) -> tuple[Any, bool]:
@@ -182,7 +201,8 @@ def bounded(client: Any, timeout: float) -> tuple[Any, bool]:
     lib = library(client)
     if is_cluster(client):
         kwargs = dict(client.nodes_manager.connection_kwargs)
-        if not _needs_limits(kwargs, timeout):
+        retried = _retries_timeouts(getattr(client, "retry", None), lib)
+        if not retried and not _needs_limits(kwargs, timeout, lib, kwargs.get("retry")):
             return client, False
         sync_cluster = _classes(lib)[1]
         nodes = [lib.cluster.ClusterNode(node.host, node.port) for node in client.get_primaries()]
@@ -197,7 +217,7 @@ def bounded(client: Any, timeout: float) -> tuple[Any, bool]:
         ), True
     pool = client.connection_pool
     kwargs = _pool_kwargs(client)
-    if not _needs_limits(kwargs, timeout):
+    if not _needs_limits(kwargs, timeout, lib, kwargs.get("retry")):
         return client, False
     settings = _copyable(kwargs)
     settings.update(_limits(lib, timeout, cluster=False))
@@ -280,7 +300,10 @@ def _mirror_cluster(client: Any, timeout: float, *, to_async: bool) -> Any:
         settings["ssl"] = True
     startup = [node_class(host, port) for host, port in nodes]
     if to_async:
-        return target_class(startup_nodes=startup, **settings)
+        # No retries, as for the sync cluster client: a script whose reply was lost may
+        # have run, and running it again would count twice (a permit granted twice).
+        retry = lib.asyncio.retry.Retry(lib.backoff.NoBackoff(), 0)
+        return target_class(startup_nodes=startup, **settings, retry=retry)
     return target_class(startup_nodes=startup, **settings, **_limits(lib, timeout, cluster=True))
 
 

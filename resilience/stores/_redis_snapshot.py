@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from resilience._errors import StoreUnavailableError
-from resilience._snapshot import LimiterSnapshot, PoolSnapshot, Snapshot
+from resilience._snapshot import LimiterSnapshot, Snapshot
 
 
 if TYPE_CHECKING:
@@ -108,8 +108,9 @@ def views(store: RedisStore) -> dict[str, View]:
 
 
 def view_of(store: RedisStore, concern: str) -> View:
-    """The ``View`` of *concern*: the ``VIEW`` of the module it registered."""
-    found: View = getattr(importlib.import_module(store._views[concern]), "VIEW")  # noqa: B009
+    """The ``View`` of *concern*: the ``VIEW`` (or ``module:NAME``) it registered."""
+    module, _, name = store._views[concern].partition(":")
+    found: View = getattr(importlib.import_module(module), name or "VIEW")
     return found
 
 
@@ -205,7 +206,7 @@ def _metas(store: RedisStore, raw: dict[Any, Any]) -> dict[tuple[str, str], dict
 
 def snapshot(store: RedisStore) -> Snapshot:
     """
-    Read every breaker, limiter, window, pool and budget of *store*'s namespace.
+    Read every breaker, limiter, window, pool, budget, quota and throttle of *store*'s namespace.
 
     Raises:
         StoreUnavailableError: Redis did not answer within the store's timeout.
@@ -243,7 +244,7 @@ def snapshot(store: RedisStore) -> Snapshot:
 
 
 def _assemble(store: RedisStore, records: dict[tuple[str, str], Any], wall: float) -> Snapshot:
-    breakers, limiters, pools, budgets = [], [], [], []
+    breakers, limiters, pools, budgets, throttles = [], [], [], [], []
     windows = {key: r for (concern, key), r in records.items() if concern == "window"}
     for (concern, key), record in records.items():
         if concern == "breaker":
@@ -262,19 +263,13 @@ def _assemble(store: RedisStore, records: dict[tuple[str, str], Any], wall: floa
             else:
                 limiters.append(record)
         elif concern == "pool":
-            pools.append(_with_waiters(store, key, record))
-        elif concern == "budget":
+            pools.append(record)
+        elif concern in ("budget", "tokens"):
             budgets.append(record)
+        elif concern == "throttle":
+            throttles.append(record)
     limiters.extend(windows.values())
-    return Snapshot.of(wall, store.describe(), breakers, limiters, pools, budgets)
-
-
-def _with_waiters(store: RedisStore, key: str, record: PoolSnapshot) -> PoolSnapshot:
-    """Add the waiters of this process's queue for the pool, if any (Redis keeps none)."""
-    queue = store._backends.get(("pool.queue", key))
-    if queue is None:
-        return record
-    return replace(record, waiting=len(queue.waiters))
+    return Snapshot.of(wall, store.describe(), breakers, limiters, pools, budgets, throttles)
 
 
 class MetaWriter:

@@ -23,7 +23,23 @@ import structlog
 from resilience.telemetry._redact import scrub_exception
 
 
-__all__ = ["BUS", "Event", "EventHandler", "Handle", "attach", "detach", "detach_all", "emit"]
+__all__ = [
+    "BUS",
+    "TAPS",
+    "TRACE_EVENTS",
+    "CallTap",
+    "Event",
+    "EventHandler",
+    "Handle",
+    "add_tap",
+    "attach",
+    "detach",
+    "detach_all",
+    "drop_tap",
+    "emit",
+    "remove_tap",
+    "run_taps",
+]
 
 _log = structlog.get_logger("resilience")
 
@@ -59,6 +75,60 @@ class Event:
 
 
 EventHandler = Callable[[Event], object]
+
+#: The events of ``@traced``: a handler wanting any of them makes it build events.
+TRACE_EVENTS = ("resilience.trace.start", "resilience.trace.stop", "resilience.trace.exception")
+
+CallTap = Callable[[tuple[str, int, bool, int]], object]
+"""
+A counter of traced calls: ``tap((name, duration_ns, failed, ended_ns))`` as each ends.
+
+One tuple, so a tap may be a builtin such as a deque's ``append`` (no Python frame on the
+call's path). *ended_ns* is when it ended on the process default's
+``telemetry._spans.now_ns`` clock, or -1 when the ``@traced`` policy has its own clock.
+"""
+
+#: The call taps (``RollingMetrics``): mutated in place, so ``@traced`` holds the list and
+#: tests it with no lookup. A tap costs two clock reads, a tuple and an append per traced
+#: call, not an event: an application watched by the live page keeps the quiet path.
+TAPS: list[CallTap] = []
+_TAPS_LOCK = threading.Lock()
+
+
+def add_tap(tap: CallTap) -> None:
+    """Call *tap((name, duration_ns, failed, ended_ns))* at the end of every traced call."""
+    with _TAPS_LOCK:
+        if tap not in TAPS:
+            TAPS.append(tap)
+
+
+def remove_tap(tap: CallTap) -> None:
+    """Stop calling *tap* (twice is harmless)."""
+    with _TAPS_LOCK:
+        if tap in TAPS:
+            TAPS.remove(tap)
+
+
+def run_taps(name: str, elapsed_ns: int, failed: bool, ended_ns: int = -1) -> None:
+    """Give one traced call to every tap; a tap that raises is removed (and logged)."""
+    call = (name, elapsed_ns, failed, ended_ns)
+    for tap in TAPS:
+        try:
+            tap(call)
+        except Exception as exc:  # isolation: a broken tap never breaks a call
+            drop_tap(tap, exc)
+
+
+def drop_tap(tap: CallTap, exc: Exception) -> None:
+    """Remove a tap that raised *exc*, and log it as a detached handler is."""
+    remove_tap(tap)
+    _log.error(
+        "resilience.telemetry.handler_detached",
+        handler=repr(tap),
+        event_name="resilience.trace.stop",
+        error=scrub_exception(exc),
+        traceback=scrub_exception(exc, tb=True),
+    )
 
 
 class Handle:
@@ -100,7 +170,7 @@ class _Bus:
     the old dict sees a consistent, if stale, view.
     """
 
-    __slots__ = ("_lock", "live", "routes", "subs")
+    __slots__ = ("_lock", "live", "routes", "subs", "traced")
 
     def __init__(self) -> None:
         self.subs: tuple[Handle, ...] = ()
@@ -108,12 +178,15 @@ class _Bus:
         #: hold it in a closure and test it with no attribute lookup: ``if live:``.
         self.live: list[Handle] = []
         self.routes: dict[str, tuple[Handle, ...]] = {}
+        #: Whether a handler wants ``@traced``'s events (else it keeps its quiet path).
+        self.traced = False
         self._lock = threading.Lock()
 
     def _set(self, subs: tuple[Handle, ...]) -> None:
         self.subs = subs
         self.live[:] = subs
         self.routes = {}
+        self.traced = any(h.matches(name) for h in subs for name in TRACE_EVENTS)
 
     def add(self, handle: Handle) -> None:
         with self._lock:

@@ -11,25 +11,30 @@ an hour, at most a few hundred bins), so percentiles are within 2.5% of the exac
 memory is fixed per name; names are capped by *max_names*, the least recently seen one
 evicted first. So memory never grows with traffic.
 
-Which events count: a call is a ``resilience.trace.stop`` (success) or
-``resilience.trace.exception`` (failure, including a call a guard inside refused) with
-its duration. A name that is not ``@traced`` shows its ``@retry`` attempts
+Which events count: a call is a ``@traced`` call, success or failure (including a call a
+guard inside refused), with its duration: given to ``count`` by ``@traced`` itself (a call
+tap, ``telemetry._bus.add_tap``), so no event is built for it and the application pays a
+few hundred nanoseconds per call, not an event (``handle`` counts the same from
+``resilience.trace.stop``/``.exception`` events given to it by hand). A name that is not ``@traced`` shows its ``@retry`` attempts
 (``resilience.retry.attempt.stop``) as calls instead. ``resilience.retry.retry`` is a retry, ``resilience.retry.give_up`` a give-up,
 and any ``*.rejected`` event or ``resilience.bounded.timeout`` a rejection.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass
+from itertools import compress, repeat
+from operator import floordiv
 from typing import TYPE_CHECKING, Any, Final
 
-from resilience import _clock
 from resilience._validate import check_int, duration
-from resilience.telemetry._bus import attach
+from resilience.telemetry._bus import add_tap, attach, remove_tap
+from resilience.telemetry._spans import now_ns
 
 
 if TYPE_CHECKING:
@@ -51,7 +56,7 @@ _FLOOR: Final = 1e-6  # durations at or below a microsecond share bin 0
 _CEILING: Final = 3600.0  # an hour and above: one bin
 _TOP: Final = math.ceil(math.log(_CEILING / _FLOOR) / _LOG_GROWTH)
 
-#: The event names (prefixes) the metrics subscribe to.
+#: The event names (prefixes) the metrics count (``handle``).
 EVENTS: Final = (
     "resilience.trace.stop",
     "resilience.trace.exception",
@@ -63,6 +68,18 @@ EVENTS: Final = (
     "resilience.throttle.rejected",
     "resilience.bounded.timeout",
 )
+#: What ``attach`` takes from the bus: traced calls come through ``count`` instead.
+_bisect: Final = bisect.bisect_left
+
+#: Seconds between two drains of the queued traced calls while attached (at most).
+DRAIN_EVERY: Final = 0.25
+
+_BUS_EVENTS: Final = tuple(e for e in EVENTS if not e.startswith("resilience.trace."))
+
+
+#: Bin i's upper bound in whole nanoseconds (floored: the same bins for integer durations),
+#: for bins 0 .. _TOP - 1: ``count`` finds a bin by bisection, in C, on ints.
+_BOUNDS_NS: Final = [math.floor(_FLOOR * 1e9 * _GROWTH**i) for i in range(_TOP)]
 
 
 def percentile_bin(seconds: float) -> int:
@@ -201,17 +218,33 @@ class RollingMetrics:
         self.buckets: int = check_int("RollingMetrics", "buckets", buckets, low=1, high=60) or 1
         self.max_names: int = check_int("RollingMetrics", "max_names", max_names, low=1) or 1
         self._width = seconds / self.buckets
+        self._width_ns = round(self._width * 1e9)
         self._clock = clock
         self._series: OrderedDict[str, _Series] = OrderedDict()
         self._lock = threading.Lock()
+        self._last: _Series | None = None  # the name counted last: already the most recent
         self._handle: Handle | None = None
+        # Traced calls wait here, appended by @traced (the tap is the deque's own append:
+        # no Python frame on the application's path), until a drain counts them: the
+        # drainer thread every DRAIN_EVERY seconds while attached, and every snapshot().
+        self._pending: deque[tuple[str, int, bool, int]] = deque()
+        self._stop: threading.Event | None = None
 
     # -- subscription -------------------------------------------------------------------
 
     def attach(self) -> RollingMetrics:
         """Start counting events from the bus (again after ``detach``); return self."""
         if self._handle is None or not self._handle.attached:
-            self._handle = attach(self.handle, EVENTS)
+            self._handle = attach(self.handle, _BUS_EVENTS)
+            add_tap(self._pending.append)
+            self._stop = stop = threading.Event()
+            every = min(DRAIN_EVERY, self._width / 4)
+            threading.Thread(
+                target=self._drain_loop,
+                args=(stop, every),
+                name="resilience-rolling-metrics",
+                daemon=True,
+            ).start()
         return self
 
     def detach(self) -> None:
@@ -219,6 +252,51 @@ class RollingMetrics:
         if self._handle is not None:
             self._handle.detach()
             self._handle = None
+        remove_tap(self._pending.append)
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+        self._drain()
+
+    def _drain_loop(self, stop: threading.Event, every: float) -> None:
+        while not stop.wait(every):
+            self._drain()
+
+    def _drain(self) -> None:
+        """
+        Count the traced calls waiting in ``_pending``, in bulk.
+
+        The per-call work runs in C (``zip``, ``map``, ``Counter``): each call's slice and
+        bin, then one update per distinct (name, slice, bin), in the order the calls ended.
+        """
+        pending = self._pending
+        if not pending:
+            return
+        with self._lock:  # one drain at a time: the drainer, snapshot(), detach()
+            take = pending.popleft
+            batch = [take() for _ in range(len(pending))]
+            if batch:
+                self._count_batch(batch)
+
+    def _count_batch(self, batch: list[tuple[str, int, bool, int]]) -> None:
+        names, elapsed, failed, ended = zip(*batch, strict=True)
+        if self._clock is not None or -1 in ended:
+            now = now_ns(self._clock)
+            ended = tuple(now if self._clock is not None or e < 0 else e for e in ended)
+        indexes = list(map(floordiv, ended, repeat(self._width_ns)))
+        bins = map(_bisect, repeat(_BOUNDS_NS), elapsed)
+        calls = Counter(zip(names, indexes, bins, strict=False))  # bins: as long, lazily
+        failures = Counter(compress(zip(names, indexes, strict=True), failed))
+        for (name, index, at), count in calls.items():
+            series = self._get(name)
+            series.traced = True
+            slot = series.slot(index)
+            series.counts[slot][CALLS] += count
+            hist = series.hists[slot]
+            hist[at] = hist.get(at, 0) + count
+        for (name, index), count in failures.items():
+            series = self._get(name)
+            series.counts[series.slot(index)][FAILURES] += count
 
     def __enter__(self) -> RollingMetrics:
         return self.attach()
@@ -234,8 +312,9 @@ class RollingMetrics:
     # -- counting -----------------------------------------------------------------------
 
     def _index(self) -> int:
-        clock = _clock.resolve(self._clock)
-        return math.floor(clock.monotonic() / self._width)
+        # The slices are counted on ``now_ns``'s clock: the one ``@traced`` times calls on,
+        # so ``count`` can place a call by the moment it ended without reading it again.
+        return now_ns(self._clock) // self._width_ns
 
     def _get(self, name: str) -> _Series:
         series = self._series.get(name)
@@ -245,7 +324,40 @@ class RollingMetrics:
                 self._series.popitem(last=False)
         else:
             self._series.move_to_end(name)
+        self._last = series
         return series
+
+    def count(self, name: str, elapsed_ns: int, failed: bool, ended_ns: int = -1) -> None:
+        """
+        Count one traced call of *elapsed_ns* nanoseconds now (tests; ``@traced`` queues).
+
+        *ended_ns*, when not -1, is when it ended on the process default's ``now_ns``
+        clock (``@traced`` gives it when its policy has no clock of its own), used when
+        these metrics have none either: the same clock.
+        """
+        with self._lock:
+            self._add(name, elapsed_ns, failed, ended_ns)
+
+    def _add(self, name: str, elapsed_ns: int, failed: bool, ended_ns: int) -> None:
+        # Under the lock, once per traced call: _index and _get inlined, the bin bisected.
+        if ended_ns < 0 or self._clock is not None:
+            ended_ns = now_ns(self._clock)
+        index = ended_ns // self._width_ns
+        at = _bisect(_BOUNDS_NS, elapsed_ns)
+        series = self._series.get(name)
+        if series is None:
+            series = self._get(name)
+        elif series is not self._last:
+            self._series.move_to_end(name)
+        self._last = series
+        series.traced = True
+        slot = index % self.buckets if series.head == index else series.slot(index)
+        counts = series.counts[slot]
+        counts[CALLS] += 1
+        if failed:
+            counts[FAILURES] += 1
+        hist = series.hists[slot]
+        hist[at] = hist.get(at, 0) + 1
 
     def handle(self, event: Event) -> None:
         """Count one event (the bus calls this; tests may too)."""
@@ -284,7 +396,8 @@ class RollingMetrics:
     # -- reading ------------------------------------------------------------------------
 
     def snapshot(self) -> list[NameMetrics]:
-        """Return every name's counts over the window as of now, by name (changes nothing)."""
+        """Return every name's counts over the window as of now, by name."""
+        self._drain()
         index = self._index()
         out = []
         with self._lock:
@@ -321,7 +434,9 @@ class RollingMetrics:
     def clear(self) -> None:
         """Forget every name."""
         with self._lock:
+            self._pending.clear()
             self._series.clear()
+            self._last = None
 
     def __repr__(self) -> str:
         state = "attached" if self._handle is not None and self._handle.attached else "detached"

@@ -20,7 +20,13 @@ from resilience import (
     bounded,
     get_bounded,
 )
-from resilience._bounded.adaptive import Aimd, Gradient2, Vegas
+from resilience._bounded.adaptive import (
+    ADAPTIVE_TOKENS_MAX,
+    AdaptivePoolBackend,
+    Aimd,
+    Gradient2,
+    Vegas,
+)
 from resilience.testing import FakeClock, capture_events
 
 
@@ -194,6 +200,77 @@ class TestGradientAndVegas:
         machine = Gradient2(AdaptiveLimit(initial=20))
         for _ in range(100):
             assert 20 == machine.update(0.1, 9, dropped=False)
+
+
+class TestAdaptivePool:
+    def test_a_fall_below_the_held_units_is_a_debt_their_releases_pay(self) -> None:
+        """Shrunk below what is held: nobody starts until the held units are under the limit."""
+        pool = AdaptivePoolBackend(AdaptiveLimit(algorithm="aimd", initial=4, max_limit=8))
+        assert [1, 2, 3, 4, 0] == [pool.try_acquire_used(1) for _ in range(5)]
+        pool.sample(0.1, 4, dropped=True)  # floor(4 * 0.9) = 3 with 4 held
+        assert (3, 4, 1) == (pool.limit, pool.used, pool.debt)
+        assert 0 == pool.try_acquire_used(1)
+        pool.release(1)  # pays the debt: no token comes back
+        assert (3, 0, 0) == (pool.used, pool.available(), pool.debt)
+        pool.release(1)
+        assert 3 == pool.try_acquire_used(1)
+
+    def test_a_huge_ceiling_counts_instead_of_keeping_tokens(self) -> None:
+        """max_limit above the token cap: the same rules on a counter, in constant memory."""
+        pool = AdaptivePoolBackend(
+            AdaptiveLimit(algorithm="aimd", initial=2, max_limit=ADAPTIVE_TOKENS_MAX + 1)
+        )
+        assert [1, 2, 0] == [pool.try_acquire_used(1) for _ in range(3)]
+        pool.sample(0.1, 2, dropped=True)  # floor(2 * 0.9) = 1: a debt of one
+        pool.release(1)
+        assert (1, 1, 0) == (pool.limit, pool.used, pool.debt)
+        pool.release(1)
+        pool.sample(0.1, 1, dropped=False)  # busy: 1 -> 2
+        assert [1, 2, 0] == [pool.try_acquire_used(1) for _ in range(3)]
+
+    def test_a_token_taken_while_in_debt_pays_it(self) -> None:
+        """A release racing a fall can leave a token free in debt: taking it pays instead."""
+        pool = AdaptivePoolBackend(AdaptiveLimit(algorithm="aimd", initial=2))
+        pool.try_acquire_used(1)
+        pool.try_acquire_used(1)
+        pool.sample(0.1, 2, dropped=True)  # floor(2 * 0.9) = 1: a debt of one
+        pool._push(None)  # as if a release had read no debt just before the fall
+        assert 0 == pool.try_acquire_used(1)
+        assert (0, 1) == (pool.debt, pool.limit)
+
+    @given(
+        st.lists(
+            st.tuples(st.sampled_from(["take", "take2", "give", "sample"]), st.booleans()),
+            max_size=120,
+        ),
+        st.sampled_from(["aimd", "vegas", "gradient2"]),
+    )
+    def test_no_start_above_the_live_limit_and_every_unit_counted(
+        self, steps: list[tuple[str, bool]], algorithm: str
+    ) -> None:
+        """Any order of takes, releases and samples: the units held are counted exactly."""
+        pool = AdaptivePoolBackend(
+            AdaptiveLimit(algorithm=algorithm, initial=3, min_limit=2, max_limit=6)
+        )
+        held = 0
+        for step, dropped in steps:
+            if step in ("take", "take2"):
+                weight = 1 if step == "take" else 2
+                before, limit = pool.used, pool.limit
+                got = pool.try_acquire_used(weight)
+                if got:
+                    held += weight
+                    assert got == held <= limit
+                else:
+                    assert before + weight > limit
+            elif step == "give" and held:
+                pool.release(1)
+                held -= 1
+            elif step == "sample":
+                pool.sample(0.05 if dropped else 0.01, held, dropped)
+            assert held == pool.used
+            assert 2 <= pool.limit <= 6
+            assert pool.debt == max(0, held - pool.limit)
 
 
 @pytest.mark.anyio

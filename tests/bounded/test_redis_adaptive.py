@@ -87,7 +87,12 @@ class TestExactTwin:
 
     @pytest.mark.parametrize("algorithm", ALGORITHMS)
     @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
-    @given(feed=samples, low=st.integers(1, 20), span=st.integers(0, 60))
+    @given(
+        feed=samples,
+        low=st.integers(1, 20),
+        span=st.integers(0, 60),
+        timeout=st.none() | st.floats(min_value=1e-6, max_value=1e6),
+    )
     def test_same_samples_same_limit(
         self,
         shared: RedisStore,
@@ -95,6 +100,7 @@ class TestExactTwin:
         feed: list[tuple[float, int, bool]],
         low: int,
         span: int,
+        timeout: float | None,
     ) -> None:
         """Whatever the samples (NaN, inf, zero RTTs, drops), Redis answers the memory limit."""
         adaptive = AdaptiveLimit(
@@ -103,6 +109,7 @@ class TestExactTwin:
             max_limit=low + span,
             initial=low + span // 2,
             backoff_ratio=0.75,
+            timeout=timeout if algorithm == "aimd" else None,  # AIMD's slow-call drop
         )
         machine = adaptive.make()
         backend = _pool(shared, adaptive)
@@ -129,6 +136,27 @@ class TestExactTwin:
             assert path[-1] == backend.sample(rtt, in_use, dropped=False)
         assert max(path[:450]) > 10
         assert path[-1] < max(path)
+
+    @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(feed=samples, timeout=st.floats(min_value=1e-6, max_value=1e6))
+    def test_aimd_timeout_is_the_memory_rule(
+        self, shared: RedisStore, feed: list[tuple[float, int, bool]], timeout: float
+    ) -> None:
+        """AIMD with a timeout: a slow call is a drop on Redis exactly as in memory."""
+        adaptive = AdaptiveLimit(algorithm="aimd", initial=30, max_limit=60, timeout=timeout)
+        machine = adaptive.make()
+        backend = _pool(shared, adaptive)
+        for rtt, in_use, dropped in feed:
+            assert machine.update(rtt, in_use, dropped) == backend.sample(rtt, in_use, dropped)
+
+    def test_aimd_timeout_makes_a_slow_success_a_drop(self, shared: RedisStore) -> None:
+        """With timeout=1: a 2 s success drops (10 -> 9), as does an endless one; 0.5 s adds."""
+        backend = _pool(shared, AdaptiveLimit(algorithm="aimd", initial=10, timeout=1.0))
+        assert [9, 8, 9] == [
+            backend.sample(2.0, 10, False),
+            backend.sample(math.inf, 10, False),
+            backend.sample(0.5, 10, False),
+        ]
 
     def test_aimd_worked_numbers_on_redis(self, shared: RedisStore) -> None:
         """10 -> 11 busy, holds when idle, 11 -> 9 on a drop (floor of 9.9)."""
@@ -231,6 +259,49 @@ class TestConcurrency:
         assert 12 * 15 == len(seen)
         assert [] == [(holders, limit) for holders, limit in seen if holders > limit]
         assert 6 >= max(holders for holders, _ in seen)
+        assert (6, 0, 0) == (pool.limit, pool.in_use, pool.waiting)
+
+    @pytest.mark.anyio
+    async def test_tasks_never_hold_more_than_the_live_limit(self, either: Any) -> None:
+        """12 tasks through AIMD without drops: holders at entry <= the live limit then."""
+        key = "task-holders"
+        inside = 0
+        seen: list[tuple[int, int]] = []
+        backend: Any = None
+
+        async def live_limit() -> int:
+            if isinstance(either, RedisStore):
+                limit, _ = await backend.alive()
+                return int(limit)
+            return int(backend.limit)
+
+        @bounded(
+            limit=AdaptiveLimit(algorithm="aimd", initial=2, max_limit=6), key=key, store=either
+        )
+        async def call() -> None:
+            nonlocal inside
+            inside += 1
+            holders = inside
+            # Without drops AIMD never shrinks: the limit read now is at least the limit
+            # when these holders were granted.
+            seen.append((holders, await live_limit()))
+            await asyncio.sleep(0.001)
+            inside -= 1
+
+        async def client() -> None:
+            for _ in range(8):
+                await call()
+
+        backend = either.backend("pool", key, None)
+        try:
+            await call()  # a first call alone: see WARM_UP
+            await asyncio.gather(*(client() for _ in range(12)))
+        finally:
+            if isinstance(either, RedisStore):
+                await either.aclose()
+        pool = get_bounded(key, store=either)
+        assert [] == [(holders, limit) for holders, limit in seen if holders > limit]
+        assert 6 == max(holders for holders, _ in seen)
         assert (6, 0, 0) == (pool.limit, pool.in_use, pool.waiting)
 
     @pytest.mark.anyio

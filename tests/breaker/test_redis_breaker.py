@@ -296,7 +296,7 @@ class TestRedisOnly:
                 raise Boom
             with lock:
                 running.append(threading.get_ident())
-            gate.wait(5)
+            gate.wait(60)
             return "ok"
 
         with pytest.raises(Boom):
@@ -316,7 +316,7 @@ class TestRedisOnly:
         for thread in threads:
             thread.start()
         try:
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30  # 32 new connections (TLS: 32 handshakes)
             while outcomes.count("half_open") < 29 and time.monotonic() < deadline:
                 time.sleep(0.005)
             assert 3 == len(running)
@@ -324,7 +324,7 @@ class TestRedisOnly:
         finally:
             gate.set()
             for thread in threads:
-                thread.join(5)
+                thread.join(30)
         assert 3 == outcomes.count("ok")
         assert "closed" == get_circuit_breaker("raced", store=redis_store).state
 

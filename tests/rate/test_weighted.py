@@ -75,6 +75,31 @@ class TestWeighted:
             call("d" * 101)
         assert 3 == len(ran)
 
+    @pytest.mark.parametrize("answer", [True, 1.0, 0, "1"])
+    def test_a_callable_answering_a_non_count_is_refused(
+        self, answer: object, clock: FakeClock
+    ) -> None:
+        """Only a whole number passes: True and 1.0 are not the cost 1."""
+
+        @rate_limited(rate=10, key=f"bad-answer-{answer!r}", cost=lambda: answer)
+        def call() -> None: ...
+
+        with pytest.raises(ValueError, match="must return a whole number >= 1"):
+            call()
+
+    def test_answers_of_one_and_more_share_one_budget(
+        self, store: object, clock: FakeClock
+    ) -> None:
+        """A callable answering 1 takes the plain start, its other answers units: one log."""
+        costs = [1, 3, 1, 1]
+
+        @rate_limited(rate=4, per=1.0, key="mixed", cost=lambda: costs.pop(0), store=store)
+        def call() -> None: ...
+
+        for _ in range(4):
+            call()
+        assert [1.0] == clock.sleeps  # 1 + 3 fill the second; the third waits for it to pass
+
     def test_settle_refunds_as_of_the_start(self, store: object, clock: FakeClock) -> None:
         """Estimate 8, used 2: the refund lets the next 8 start at once."""
 

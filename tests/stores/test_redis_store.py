@@ -25,7 +25,11 @@ def test_keys_are_namespaced(redis_store):
 def test_accepts_a_client():
     """A redis.Redis client may be passed instead of a URL; one within the timeout is used as is."""
     client = redis.Redis(
-        host="127.0.0.1", port=6379, socket_timeout=0.5, socket_connect_timeout=0.5
+        host="127.0.0.1",
+        port=6379,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+        retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0),
     )
     store = RedisStore(client)
     assert client is store.client
@@ -41,6 +45,24 @@ def test_a_client_without_timeouts_is_bounded():
     assert client is not store.client
     assert 0.25 == store.client.connection_pool.connection_kwargs["socket_timeout"]
     assert 5 == client.connection_pool.connection_kwargs.get("socket_timeout")  # its default
+    store.close()
+    client.close()
+
+
+@pytest.mark.parametrize("library", ["redis", "valkey"])
+def test_a_client_that_retries_timeouts_is_bounded(library):
+    """Short socket timeouts, but retries on timeouts (redis-py 6+'s default: 3): copied."""
+    lib = pytest.importorskip(library)
+    settings = {}
+    if library == "valkey":  # valkey-py retries nothing unless told to
+        settings = {"retry": lib.retry.Retry(lib.backoff.NoBackoff(), 3), "retry_on_timeout": True}
+    client = lib.Redis(
+        host="127.0.0.1", port=6379, socket_timeout=0.2, socket_connect_timeout=0.2, **settings
+    )
+    store = RedisStore(client, timeout=0.25)
+    assert client is not store.client
+    retry = store.client.connection_pool.connection_kwargs["retry"]
+    assert lib.exceptions.TimeoutError not in retry._supported_errors
     store.close()
     client.close()
 

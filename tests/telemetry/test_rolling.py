@@ -164,3 +164,62 @@ def test_percentiles_within_bin_width(durations):
 def test_every_duration_has_a_bounded_bin(seconds):
     """Any float, even NaN or infinite, lands in one of a few hundred bins."""
     assert 0 <= percentile_bin(seconds) <= 500
+
+
+class TestCallTap:
+    """Traced calls reach the metrics through @traced's call tap, not through built events."""
+
+    def test_counted_on_the_quiet_path_with_durations(self, clock):
+        """With no trace-event handler, @traced stays quiet and still gives each call."""
+        from resilience.telemetry._bus import BUS
+
+        @traced(name="quiet", log=False)
+        def call(fail=False):
+            clock.advance(0.05)
+            if fail:
+                raise Boom
+            return "ok"
+
+        with RollingMetrics(clock=clock) as metrics:
+            assert not BUS.traced  # the metrics want no trace events: no event is built
+            assert "ok" == call()
+            with pytest.raises(Boom):
+                call(fail=True)
+        found = _by_name(metrics)["quiet"]
+        assert (2, 1) == (found.calls, found.failures)
+        assert found.p50 == pytest.approx(0.05, rel=0.03)
+
+    def test_counted_once_beside_a_trace_event_handler(self, clock):
+        """A handler of trace events makes @traced build them; the tap still counts once."""
+        from resilience.telemetry import attach
+
+        seen = []
+        handle = attach(seen.append, "resilience.trace.stop")
+
+        @traced(name="heard", log=False)
+        def call():
+            clock.advance(0.01)
+            return "ok"
+
+        try:
+            with RollingMetrics(clock=clock) as metrics:
+                call()
+        finally:
+            handle.detach()
+        assert 1 == len(seen)
+        assert 1 == _by_name(metrics)["heard"].calls
+
+    def test_a_broken_tap_is_dropped_and_the_call_goes_on(self):
+        """A tap that raises is removed; the caller gets its result."""
+        from resilience.telemetry._bus import TAPS, add_tap
+
+        def broken(call):
+            raise RuntimeError("tap bug")
+
+        add_tap(broken)
+        try:
+            assert "ok" == traced(name="t", log=False)(lambda: "ok")()
+            assert broken not in TAPS
+        finally:
+            if broken in TAPS:
+                TAPS.remove(broken)

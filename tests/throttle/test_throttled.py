@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import threading
 
 from collections.abc import Callable
 
@@ -13,6 +16,7 @@ from hypothesis import strategies as st
 
 from resilience import ThrottledError, ThrottlePolicy, throttled
 from resilience._throttle.state import ThrottleState
+from resilience.stores._memory import DEFAULT_STORE
 from resilience.testing import FakeClock, capture_events
 
 
@@ -78,6 +82,31 @@ class TestState:
             state.record(0.0, accepted=False)
         assert 5 / 6 == state.probability(0.5)
         assert 0.0 == state.probability(10.5)
+
+    @settings(max_examples=80)
+    @given(
+        st.lists(
+            st.tuples(st.floats(min_value=0.0, max_value=4.0), st.booleans(), st.booleans()),
+            max_size=80,
+        ),
+        st.sampled_from([0.5, 1.0, 2.0, 3.0]),
+    )
+    def test_buckets_match_a_recount(self, steps: list[tuple[float, bool, bool]], k: float) -> None:
+        """Counts, rolls and reads in any order agree with recounting every bucket in the window."""
+        state = ThrottleState(k, 10.0)  # buckets of one second
+        now = 0.0
+        history: list[tuple[int, bool]] = []
+        for gap, accepted, look in steps:
+            now += gap
+            if look:
+                index = math.floor(now)
+                kept = [ok for at, ok in history if at > index - 10]
+                requests, accepts = len(kept), sum(kept)
+                excess = requests - k * accepts
+                assert state.probability(now) == (excess / (requests + 1) if excess > 0 else 0.0)
+                assert (requests, accepts) == (state.total_requests, state.total_accepts)
+            state.record(now, accepted)
+            history.append((math.floor(now), accepted))
 
 
 def make_call(outcome: list[str], store: object, **fields: object) -> Callable[[], str]:
@@ -183,6 +212,34 @@ class TestThrottled:
         assert ["fail", "rejected"] == drive(call, ["fail", "fail"], box)
         clock.advance(11.0)
         assert ["ok"] == drive(call, ["ok"], box)
+
+    def test_threads_lose_no_count(self, clock: FakeClock) -> None:
+        """Four threads at once, the accepts lock-free: every request and accept counted."""
+        fail_every = 10
+        calls = 1500
+
+        @throttled(key="throttle-threads", rand=lambda: 0.999)
+        def call(n: int) -> int:
+            if n % fail_every == 0:
+                raise ConnectionError
+            return n
+
+        def worker() -> None:
+            for n in range(1, calls + 1):
+                with contextlib.suppress(ConnectionError):
+                    call(n)
+                if n == calls // 2:
+                    clock.advance(7.0)  # a bucket or more rolls while the others count
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        backend = DEFAULT_STORE.peek("throttle", "throttle-threads")
+        assert backend is not None
+        _, requests, accepts = backend.probability()
+        assert (4 * calls, 4 * (calls - calls // fail_every)) == (requests, accepts)
 
     def test_bare_decorator_and_generators(self) -> None:
         """Bare @throttled works; generator functions are refused at decoration."""

@@ -129,12 +129,24 @@ function poolTile(p) {
 }
 
 function budgetTile(b) {
-  const lines = [line("retries left ", el("b", {}, b.balance === null ? "?" : b.balance.toFixed(1))),
-    line(`${b.calls} call(s), ${b.retries} retries in the window`)];
+  const quota = b.ratio === null && b.window === null && b.balance !== null;
+  const left = b.balance === null ? "?" : b.balance.toFixed(1);
+  const lines = quota ? [line("tokens left ", el("b", {}, left))]
+    : [line("retries left ", el("b", {}, left)),
+      line(`${b.calls} call(s), ${b.retries} retries in the window`)];
   if (b.ratio !== null) lines.push(line(`ratio ${b.ratio} over ${seconds(b.window)}`));
   const spent = b.balance !== null && b.balance < 1;
   return tile("budget", b.key, spent ? "open" : "", spent ? "SPENT" : "OK", lines,
     track("u:" + b.key, b.balance || 0));
+}
+
+function throttleTile(t) {
+  const refusing = t.probability > 0;
+  const lines = [line("refused now ", el("b", {}, `${(t.probability * 100).toFixed(0)}%`)),
+    line(`${t.accepts} of ${t.requests} request(s) accepted`)];
+  if (t.k !== null) lines.push(line(`k ${t.k} over ${seconds(t.window)}`));
+  return tile("throttle", t.key, refusing ? "open" : "", refusing ? "REFUSING" : "OK", lines,
+    track("t:" + t.key, t.probability));
 }
 
 function metricsTable(metrics) {
@@ -168,7 +180,8 @@ function render(data) {
   fill("breakers", data.breakers.map((b) => breakerTile(b, data.taken_at, byName)), "no breakers");
   fill("limiters", data.limiters.map(limiterTile), "no rate limiters");
   fill("pools", data.pools.map(poolTile), "no pools");
-  fill("budgets", data.budgets.map(budgetTile), "no keyed retry budgets");
+  fill("budgets", data.budgets.map(budgetTile), "no keyed retry budgets or quotas");
+  fill("throttles", (data.throttles || []).map(throttleTile), "no throttles");
   document.getElementById("metrics").replaceChildren(metricsTable(data.metrics));
   document.body.dataset.frames = String(Number(document.body.dataset.frames || 0) + 1);
 }
