@@ -4,15 +4,21 @@ Tail-latency study: what ``@hedged(delay=<p95>)`` does to a server with a heavy 
     python -m benchmarks.hedging                 # 10,000 requests each way, chart + report
     python -m benchmarks.hedging --requests 2000 --no-chart
 
-A loopback HTTP server (its own process, asyncio, keep-alive) answers each request after a
-latency drawn around a small median (1 ms by default); a share of the answers (2%) takes
-20x the median. The client sends the same number of requests through one
+A loopback HTTP server (its own process, forked, a bare asyncio protocol so it costs the
+client's core little) answers each request after a latency drawn around a small median (1 ms,
+or the client's own round-trip p95 when that is larger, so the tail stands out of the
+machine's noise); a share of the answers (2%) takes 20x the median. The client sends the same number of requests through one
 ``httpx.AsyncClient`` at a fixed concurrency, first plain, then through
 ``@hedged(delay=p95)``, the p95 being the one measured on the plain run. It reports
 p50/p95/p99/p99.9 of both, the extra load (attempts sent per logical request, minus one)
 and the target: p99 at most 0.5x the plain p99 for at most 10% extra requests. The chart
 (the latency percentiles of both runs) goes to ``benchmarks/results/hedging.png``, the
 numbers to ``benchmarks/results/hedging.md``.
+
+What sets the run time on a loaded machine is the client's CPU per request (httpx and the
+loopback syscalls), which also sets the round trip and so the median: 200 warm-up requests
+before each run (not 10% of them) and a server that parses nothing it need not (so it
+takes little of the client's core) cut what can be cut without changing the study.
 """
 
 from __future__ import annotations
@@ -39,31 +45,45 @@ RESULTS = HERE / "results"
 # -- the server ------------------------------------------------------------------------------
 
 
+class _Latency(asyncio.Protocol):
+    """One keep-alive connection: each request is answered after a drawn latency."""
+
+    def __init__(self, rng: random.Random, tail: float, slow: float) -> None:
+        self.rng, self.tail, self.slow = rng, tail, slow
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        loop = asyncio.get_running_loop()
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
+            path = head.split(b" ", 2)[1]
+            latency = 0.0
+            if path.startswith(b"/median/"):  # the latency asked for
+                base = float(path.split(b"/")[2])
+                latency = base * (0.8 + 0.4 * self.rng.random())
+                if self.rng.random() < self.tail:
+                    latency *= self.slow
+            loop.call_later(latency, self.answer)
+
+    def answer(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
 async def _serve(port_out: multiprocessing.Queue[int], tail: float, slow: float, seed: int) -> None:  # type: ignore[type-arg]
     rng = random.Random(seed)
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    return
-                while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-                if line.startswith(b"GET /median/"):  # the latency asked for (calibrated)
-                    base = float(line.split()[1].split(b"/")[2])
-                    latency = base * (0.8 + 0.4 * rng.random())
-                    if rng.random() < tail:
-                        latency *= slow
-                    await asyncio.sleep(latency)
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=1024)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: _Latency(rng, tail, slow), "127.0.0.1", 0, backlog=1024
+    )
     port_out.put(server.sockets[0].getsockname()[1])
     async with server:
         await server.serve_forever()
@@ -118,7 +138,7 @@ async def study(
             return response.status_code
 
         # The machine's own noise: a server that answers at once, at the same concurrency.
-        noise = percentile(await _drive(bare, max(200, warmup), concurrency), 0.95)
+        noise = percentile(await _drive(bare, warmup, concurrency), 0.95)
         if median is None:  # the tail must stand out of that noise for the study to mean anything
             median = max(0.001, round(noise, 3))
         url = f"{base}/median/{median}"
@@ -186,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the server's median in seconds (default: 1 ms, or the client's own round-trip "
         "p95 when that is larger, so the tail stands out of the machine's noise)",
     )
+    parser.add_argument("--warmup", type=int, default=200, help="requests before each run")
     parser.add_argument("--tail", type=float, default=0.02, help="share of slow answers")
     parser.add_argument("--slow", type=float, default=20.0, help="slow answers: x the median")
     parser.add_argument("--seed", type=int, default=15)
@@ -193,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=pathlib.Path, default=RESULTS / "hedging.md")
     args = parser.parse_args(argv)
 
-    context = multiprocessing.get_context("spawn")
+    # fork where there is one: the server starts at once instead of importing all of this again
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     ports: multiprocessing.Queue[int] = context.Queue()  # type: ignore[type-arg]
     server = context.Process(
         target=_server_main,
@@ -210,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.median,
                 args.requests,
                 args.concurrency,
-                args.requests // 10,
+                args.warmup,
             )
         )
         took = time.perf_counter() - started
@@ -226,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{args.requests:,} requests each way through one `httpx.AsyncClient`, {args.concurrency} at a time, "
         f"to a loopback server whose answers take {median * 1000:g} ms (x0.8 to x1.2), "
-        f"{args.tail:.0%} of them {args.slow:g}x that. Hedge delay: the plain run's p95. "
-        f"Both runs took {took:.1f} s in all. The machine's own round trip (a server answering "
+        f"{args.tail:.0%} of them {args.slow:g}x that (seed {args.seed}). Hedge delay: the plain "
+        f"run's p95. Both runs ({args.warmup:,} warm-up requests before each) took {took:.1f} s in all. The machine's own round trip (a server answering "
         f"at once, same concurrency) had a p95 of {noise * 1000:.2f} ms.",
         "",
         "| run | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms |",

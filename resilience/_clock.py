@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from resilience.typing import Clock
 
 
@@ -62,12 +64,13 @@ SYSTEM_CLOCK = SystemClock()
 
 
 class _Default:
-    """Holds the process-wide default clock; one attribute read on the call path."""
+    """Holds the process-wide default clock (and its ``monotonic``): one read on a hot path."""
 
-    __slots__ = ("clock",)
+    __slots__ = ("clock", "monotonic")
 
     def __init__(self) -> None:
         self.clock: Clock = SYSTEM_CLOCK
+        self.monotonic: Callable[[], float] = SYSTEM_CLOCK.monotonic
 
 
 _default = _Default()
@@ -96,4 +99,5 @@ def set_default_clock(clock: Clock) -> Clock:
     """Install *clock* as the process-wide default and return the previous one."""
     previous = _default.clock
     _default.clock = clock
+    _default.monotonic = clock.monotonic
     return previous

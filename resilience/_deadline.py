@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import sys
 
 from collections.abc import Callable
 from contextvars import ContextVar, Token
-from types import CodeType
+from types import CodeType, ModuleType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from resilience import _clock
 from resilience._decorating import Layer, Runner, apply
 from resilience._errors import DeadlineExceededError
-from resilience._validate import duration
+from resilience._validate import MAX_DURATION, duration
 
 
 if TYPE_CHECKING:
@@ -47,10 +48,97 @@ T = TypeVar("T")
 _current: ContextVar[Deadline | None] = ContextVar("resilience_deadline", default=None)
 _now = _clock.resolve  # resolve(None): the default clock in force right now
 _INF = math.inf
+_MAX = MAX_DURATION
 _getframe = sys._getframe
+# The hot path's bound methods and holders, read once here rather than at each entry.
+_get = _current.get
+_set = _current.set
+_reset = _current.reset
+_default = _clock.DEFAULT  # ``.monotonic``: the default clock's, swapped with it
 
 
-class deadline:  # noqa: N801 - the contract's name, a context manager like contextlib.suppress
+def _seconds(value: object) -> float:
+    """*value* checked as a deadline's length (the slow path: ints, timedeltas, inf, errors)."""
+    return duration("deadline", "seconds", value, allow_inf=True)  # type: ignore[return-value]
+
+
+class _PurePython:
+    """
+    The deadline's hot part (made, entered, left) in Python; ``_speedups.DeadlineCore`` in C.
+
+    Both keep the same slots and rules; ``RESILIENCE_NO_EXTENSIONS=1`` forces this one.
+    """
+
+    __slots__ = ("_code", "_lasti", "_token", "at", "owner", "seconds")
+
+    at: float  # the effective end on the clock, set on entering
+    owner: Deadline  # the deadline whose end `at` is (this one or an outer one), set on entering
+
+    def __init__(self, seconds: float | Any, /) -> None:
+        if type(seconds) is not float or not 0.0 <= seconds <= _MAX:  # NaN fails too
+            seconds = _seconds(seconds)
+        self.seconds: float = seconds
+        frame = _getframe(1)  # where it is set: the code and offset (the line only when asked)
+        self._code: CodeType | None = frame.f_code
+        self._lasti: int = frame.f_lasti
+
+    def _fresh(self) -> Deadline:
+        """A deadline of the same length and origin, for one call of a decorated callable."""
+        scope = deadline.__new__(deadline)
+        scope.seconds = self.seconds
+        scope._code = self._code
+        scope._lasti = self._lasti
+        return scope
+
+    def __enter__(self) -> Deadline:
+        at = _default.monotonic() + self.seconds
+        outer = _get()
+        if outer is not None and outer.at <= at:  # an inner deadline never extends an outer
+            self.at = outer.at
+            self.owner = outer.owner
+        else:
+            self.at = at
+            self.owner = self  # type: ignore[assignment]  # always a Deadline: a base's slot
+        self._token: Token[Deadline | None] = _set(self)  # type: ignore[arg-type]
+        return self  # type: ignore[return-value]
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        _reset(self._token)
+
+
+def _line(code: CodeType, lasti: int) -> int | None:
+    """The source line of the instruction at byte offset *lasti* in *code*."""
+    for start, end, line in code.co_lines():
+        if start <= lasti < end:
+            return line
+    return None
+
+
+def _accelerator() -> ModuleType | None:
+    """The C accelerator, unless it was not built or ``RESILIENCE_NO_EXTENSIONS`` is set."""
+    if os.environ.get("RESILIENCE_NO_EXTENSIONS"):
+        return None
+    try:
+        from resilience import _speedups  # noqa: PLC0415 - optional, built where a compiler was
+    except ImportError:  # pragma: no cover - built where a C compiler was found
+        return None
+    return _speedups
+
+
+_speedups = _accelerator()
+
+if TYPE_CHECKING:
+    _Core = _PurePython
+elif _speedups is not None:
+    _Core = _speedups.DeadlineCore
+else:
+    _Core = _PurePython
+
+#: Whether the C accelerator is in use (False without a compiler, or with the env switch).
+ACCELERATED = _Core is not _PurePython
+
+
+class deadline(_Core):  # noqa: N801 - the contract's name, a context manager like contextlib.suppress
     """
     A deadline for a block of code and everything it calls.
 
@@ -70,74 +158,27 @@ class deadline:  # noqa: N801 - the contract's name, a context manager like cont
     .. versionadded:: 0.2.0
     """
 
-    __slots__ = (
-        "_cancelling",
-        "_code",
-        "_fired",
-        "_handle",
-        "_line",
-        "_task",
-        "_token",
-        "at",
-        "owner",
-        "seconds",
-    )
-
-    at: float  # the effective end on the clock, set on entering
-
-    def __init__(self, seconds: float | Any, /) -> None:
-        if type(seconds) is not float or not seconds >= 0.0:  # the common case: one test
-            seconds = duration("deadline", "seconds", seconds, allow_inf=True)
-        self.seconds: float = seconds  # type: ignore[assignment]  # never None: no allow_none
-        frame = _getframe(1)  # where it is set, for messages (the code and line, not the frame)
-        self._code: CodeType | None = frame.f_code
-        self._line = frame.f_lineno
-        self.owner: Deadline = self  # `at` is set on entering
+    __slots__ = ("_cancelling", "_fired", "_handle", "_task")
 
     @property
     def where(self) -> str:
         """Where the deadline was made, as ``file:line`` (empty when unknown)."""
         code = self._code
-        return "" if code is None else f"{code.co_filename}:{self._line}"
-
-    def _fresh(self) -> Deadline:
-        """A deadline of the same length and origin, for one call of a decorated callable."""
-        scope = deadline.__new__(deadline)
-        scope.seconds = self.seconds
-        scope._code = self._code
-        scope._line = self._line
-        scope.at = _INF
-        scope.owner = scope
-        return scope
+        if code is None:
+            return ""
+        return f"{code.co_filename}:{_line(code, self._lasti)}"
 
     def error(self, name: str = "", **detail: str) -> DeadlineExceededError:
         """The error that says this deadline (or the outer one that set its end) passed."""
-        owner = self.owner
+        owner: Deadline = getattr(self, "owner", self)  # set on entering
         return DeadlineExceededError(owner.seconds, where=owner.where, name=name, **detail)
 
     def describe(self) -> str:
         """The governing deadline in words, for notes: ``the deadline of 2 s set at f.py:3``."""
-        owner = self.owner
+        owner: Deadline = getattr(self, "owner", self)  # set on entering
         where = owner.where
         at = f" set at {where}" if where else ""
         return f"the deadline of {owner.seconds:g} s{at}"
-
-    # -- sync ------------------------------------------------------------------------------
-
-    def __enter__(self) -> Deadline:
-        at = _now(None).monotonic() + self.seconds
-        outer = _current.get()
-        if outer is not None and outer.at <= at:  # an inner deadline never extends an outer
-            self.at = outer.at
-            self.owner = outer.owner
-        else:
-            self.at = at
-            self.owner = self
-        self._token: Token[Deadline | None] = _current.set(self)
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        _current.reset(self._token)
 
     # -- async -----------------------------------------------------------------------------
 
@@ -193,6 +234,9 @@ class deadline:  # noqa: N801 - the contract's name, a context manager like cont
         where = self.where
         return f"deadline({self.seconds!r})" + (f" set at {where}" if where else "")
 
+
+if ACCELERATED:
+    _speedups.configure(_current, _default, _seconds, _MAX, deadline)  # type: ignore[union-attr]
 
 Deadline = deadline
 """The class of ``deadline`` objects, under a class's usual spelling (for annotations)."""

@@ -1,0 +1,31 @@
+"""The optional C accelerator of ``resilience._deadline``: the deadline's hot part."""
+
+from contextvars import ContextVar
+from types import CodeType
+from typing import Any
+
+from resilience._deadline import Deadline
+
+class DeadlineCore:
+    """``deadline``'s base in C: made, entered and left as ``_deadline._PurePython`` is."""
+
+    at: float
+    owner: Deadline
+    seconds: float
+    _code: CodeType | None
+    _lasti: int
+    _token: Any
+    def __init__(self, seconds: float | Any, /) -> None: ...
+    def _fresh(self) -> Deadline: ...
+    def __enter__(self) -> Deadline: ...
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None: ...
+
+def configure(
+    current: ContextVar[Any],
+    default: Any,
+    seconds: Any,
+    maximum: float,
+    cls: type[DeadlineCore],
+    /,
+) -> None:
+    """Give the C type the deadline variable, the clock holder, the slow-path check, the class."""
