@@ -232,7 +232,10 @@ def bounded(client: Any, timeout: float) -> tuple[Any, bool]:
         )
     else:
         new_pool = type(pool)(connection_class=pool.connection_class, **settings)
-    return _classes(lib)[0].from_pool(new_pool), True
+    try:  # the user's own client class (a subclass that instruments or guards commands)
+        return type(client).from_pool(new_pool), True
+    except TypeError:  # a subclass whose constructor wants more than a pool
+        return _classes(lib)[0].from_pool(new_pool), True
 
 
 def _mirror_standalone(client: Any, target: ModuleType, timeout: float, *, to_async: bool) -> Any:

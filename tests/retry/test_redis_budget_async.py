@@ -50,10 +50,13 @@ class LoopGuardedRedis(redis.Redis):
 @pytest.fixture(name="guarded")
 def _guarded() -> Iterator[tuple[RedisStore, LoopGuardedRedis]]:
     _redis_or_skip()
-    client = LoopGuardedRedis(host="127.0.0.1", port=6379, db=0, socket_timeout=1.0)
+    # no retries of its own, so the store uses this very client (not a bounded copy)
+    no_retry = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+    client = LoopGuardedRedis(host="127.0.0.1", port=6379, db=0, socket_timeout=1.0, retry=no_retry)
     store = RedisStore(
         client, namespace=f"retry-core-test-{uuid.uuid4().hex[:12]}", clock=DefaultClock()
     )
+    assert store.client is client
     yield store, client
     store.clear()
     client.close()

@@ -67,6 +67,30 @@ def test_a_client_that_retries_timeouts_is_bounded(library):
     client.close()
 
 
+def test_a_bounded_copy_keeps_the_clients_class():
+    """A subclass (instrumenting or guarding commands) survives the store's bounded copy."""
+    import redis
+
+    class Counting(redis.Redis):
+        sent = 0
+
+        def execute_command(self, *args, **options):
+            type(self).sent += 1
+            return super().execute_command(*args, **options)
+
+    client = Counting(host="127.0.0.1", port=6379, socket_timeout=5.0)
+    store = RedisStore(client, timeout=0.25)
+    assert client is not store.client
+    assert isinstance(store.client, Counting)
+    try:
+        store.client.ping()
+    except redis.ConnectionError:
+        pytest.skip("no Redis at 127.0.0.1:6379")
+    assert Counting.sent >= 1
+    store.close()
+    client.close()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
