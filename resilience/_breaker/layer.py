@@ -301,8 +301,9 @@ class BreakerLayer(Layer):
 
     def build_async(self, call_next: Runner) -> Runner:
         layer = self
-        after_exception = self._after_exception
-        after_result = self._after_result
+        # awaited: a Redis backend records with a round trip, never blocking the loop
+        after_exception = self._aafter_exception
+        after_result = self._aafter_result
         slow = self._slow_async
         checks_results = self.on_result is not None
         fallback = self.fallback
@@ -320,11 +321,11 @@ class BreakerLayer(Layer):
                     try:
                         result = await wrapped(*args, **kwargs)
                     except BaseException as exc:
-                        if after_exception(backend, exc, 0):
+                        if await after_exception(backend, exc, 0):
                             return await fallback.asynchronous(exc)  # type: ignore[union-attr]
                         raise
                     if backend.dirty:
-                        after_result(backend, result, 0)
+                        await after_result(backend, result, 0)
                     return result
                 return await slow(call_next, wrapped, instance, args, kwargs)
 
@@ -341,11 +342,11 @@ class BreakerLayer(Layer):
                 try:
                     result = await call_next(wrapped, instance, args, kwargs)
                 except BaseException as exc:
-                    if after_exception(backend, exc, 0):
+                    if await after_exception(backend, exc, 0):
                         return await fallback.asynchronous(exc)  # type: ignore[union-attr]
                     raise
                 if checks_results or backend.dirty:
-                    after_result(backend, result, 0)
+                    await after_result(backend, result, 0)
                 return result
             return await slow(call_next, wrapped, instance, args, kwargs)
 
