@@ -257,6 +257,7 @@ class Servers:
             self.all.append(server)
             server.start()
             wait_replicated(primary, replica)
+            wait_sentinel_sees(server, replica)  # else a failover is refused: NOGOODSLAVE
             return primary, replica, server
 
         return self._once(name, make)  # type: ignore[no-any-return]
@@ -279,6 +280,29 @@ def wait_cluster_ok(nodes: list[Server], timeout: float = 20.0) -> None:
                     break
             if time.monotonic() > deadline:
                 msg = f"cluster not ok within {timeout} s"
+                raise TimeoutError(msg)
+            time.sleep(0.05)
+
+
+def wait_sentinel_sees(sentinel: Server, replica: Server, timeout: float = 30.0) -> None:
+    """Until *sentinel* lists *replica* as a healthy replica of ``svc`` (it can fail over)."""
+    deadline = time.monotonic() + timeout
+    with redis.Redis(port=sentinel.port, socket_timeout=2, decode_responses=True) as client:
+        while True:
+            for entry in client.execute_command("SENTINEL", "REPLICAS", "svc"):
+                fields = (
+                    dict(zip(entry[::2], entry[1::2], strict=True))
+                    if isinstance(entry, list)
+                    else entry
+                )
+                if (
+                    int(fields.get("port", 0)) == replica.port
+                    and fields.get("flags") == "slave"
+                    and fields.get("master-link-status") == "ok"
+                ):
+                    return
+            if time.monotonic() > deadline:
+                msg = f"Sentinel did not see the replica on port {replica.port} within {timeout} s"
                 raise TimeoutError(msg)
             time.sleep(0.05)
 
