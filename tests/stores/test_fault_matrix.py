@@ -51,6 +51,9 @@ from ..redis_servers import Server, Servers
 from .test_topology_faults import TIMEOUT, Topology
 
 
+pytestmark = pytest.mark.usefixtures("discarded_nodes_collected")
+
+
 MARGIN = 1.5
 """Seconds beyond the timeouts: a loaded 2-core machine runs ~20 probes at once; a hang is
 unbounded, and the slowest healthy probe here takes a few milliseconds."""
@@ -628,7 +631,7 @@ def test_never_more_admissions_than_the_limit(topology: Topology, fault: str) ->
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # until the limit is reached after the fault
             with lock:
-                if tally["limited"] and tally["started"] == LIMIT:
+                if tally["limited"] and tally["started"] + tally["unavailable"] >= LIMIT:
                     break
             time.sleep(0.05)
         time.sleep(0.3)  # more calls against the spent limit
@@ -641,7 +644,10 @@ def test_never_more_admissions_than_the_limit(topology: Topology, fault: str) ->
             topology.heal()
     assert [] == raw
     assert not any(worker.is_alive() for worker in workers)
-    assert LIMIT == tally["started"], tally  # all of the limit, and not one start more
+    assert tally["started"] <= LIMIT, tally  # not one start more than the limit
+    # and all of it, but for the calls that timed out while the server still took their start
+    # (a paused server runs a script after its client gave up: the start is spent, unused)
+    assert LIMIT - tally["started"] <= tally["unavailable"], tally
     assert 0 < tally["peak"] <= POOL, tally
     assert tally["limited"] > 0, tally
 

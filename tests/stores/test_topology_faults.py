@@ -37,6 +37,9 @@ from resilience.testing import capture_events
 from ..redis_servers import Server, Servers, wait_cluster_ok
 
 
+pytestmark = pytest.mark.usefixtures("discarded_nodes_collected")
+
+
 TIMEOUT = 0.3
 MARGIN = 0.5  # scheduling on a loaded machine; a hang would be seconds
 
