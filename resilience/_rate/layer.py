@@ -426,18 +426,27 @@ class RateLimitLayer(KeyedLayer):
 
         return run
 
+    def _weighted_settings(
+        self,
+    ) -> tuple[bool, bool, bool, Callable[..., int], int, float, int]:
+        """What both weighted drivers read once: hooks, pacing, settling, the cost, the bounds."""
+        policy = self.policy
+        cost = policy.cost
+        return (
+            policy.delay_hook is not None or policy.pace_from_headers,
+            policy.pace_from_headers,
+            policy.settle is not None,
+            cost if callable(cost) else int,  # a callable's estimate; ``fixed`` wins otherwise
+            0 if callable(cost) else cost,
+            self.max_wait,
+            policy.rate,
+        )
+
     def _build_weighted_sync(self, call_next: Runner) -> Runner:
         layer = self
         switches = _config.state
         epoch = EPOCH
-        hooked = self.policy.delay_hook is not None or self.policy.pace_from_headers
-        pace = self.policy.pace_from_headers
-        settles = self.policy.settle is not None
-        policy_cost = self.policy.cost
-        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
-        fixed = 0 if callable(policy_cost) else policy_cost
-        max_wait = self.max_wait
-        rate = self.policy.rate
+        hooked, pace, settles, estimate, fixed, max_wait, rate = self._weighted_settings()
 
         def run(
             wrapped: Callable[..., Any],
@@ -485,14 +494,7 @@ class RateLimitLayer(KeyedLayer):
         layer = self
         switches = _config.state
         epoch = EPOCH
-        hooked = self.policy.delay_hook is not None or self.policy.pace_from_headers
-        pace = self.policy.pace_from_headers
-        settles = self.policy.settle is not None
-        policy_cost = self.policy.cost
-        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
-        fixed = 0 if callable(policy_cost) else policy_cost
-        max_wait = self.max_wait
-        rate = self.policy.rate
+        hooked, pace, settles, estimate, fixed, max_wait, rate = self._weighted_settings()
 
         async def run(
             wrapped: Callable[..., Any],
