@@ -7,6 +7,8 @@
  * holder ``_clock.DEFAULT`` at each entry, so ``virtual_time()`` swaps it), with a direct
  * CLOCK_MONOTONIC read when that default is ``time.monotonic`` itself. An inner deadline
  * never extends an outer one. Everything else (async, decorating, messages) stays Python.
+ *
+ * RateStart (below) is the memory rate limiter's start with room, the other hot part.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -592,6 +594,299 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/*
+ * RateStart: ``MemoryRateBackend.reserve``'s start with room (``_rate/state.py``), in C.
+ *
+ * The same steps as the Python inline path, in the same order, under the backend's own
+ * lock: read the clock (the policy's, else the default in force), and when no window is
+ * open, the limit has no burst, both logs have room and nobody is reserved ahead, append
+ * now to both logs. Calling it answers None when that case does not apply (nothing done:
+ * the Python path decides), else whether the logs' old entries are due to be dropped (the
+ * log's length before the start was a multiple of 128; the caller trims). Anything it does
+ * not know exactly (a reading or an entry that is no float) is left to Python too.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *state;   /* the RateState: its log and starts are read at each call */
+    PyObject *window;  /* the MemoryWindowBackend: its end is read at each call */
+    PyObject *clock;   /* the policy's clock, or None: the default in force */
+    PyObject *holder;  /* _clock.DEFAULT, whose ``clock`` is the default */
+    PyObject *system;  /* SYSTEM_CLOCK: read as time.monotonic() is, without a call */
+    PyObject *acquire; /* the backend lock's bound acquire and release */
+    PyObject *release;
+    Py_ssize_t rate;
+    Py_ssize_t log_slot, starts_slot, end_slot, clock_slot; /* member offsets, or 0 */
+} RateStart;
+
+static PyObject *rate_names[5]; /* "log", "starts", "end", "clock", "append" */
+static PyObject *deque_type;    /* collections.deque */
+static PyObject *deque_append;  /* deque.append, called directly on exact deques */
+
+static Py_ssize_t
+member_offset(PyObject *obj, PyObject *name)
+{
+    PyObject *descr = _PyType_Lookup(Py_TYPE(obj), name); /* borrowed */
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX) {
+            return member->offset;
+        }
+    }
+    return 0;
+}
+
+/* A new reference to obj.<name>, through its slot when there is one. */
+static PyObject *
+read_member(PyObject *obj, Py_ssize_t slot, PyObject *name)
+{
+    if (slot) {
+        PyObject *value = *(PyObject **)((char *)obj + slot);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+static int
+append_to(PyObject *log, PyObject *item)
+{
+    PyObject *done;
+    if ((PyObject *)Py_TYPE(log) == deque_type) {
+        PyObject *args[2] = {log, item};
+        done = PyObject_Vectorcall(deque_append, args, 2, NULL);
+    }
+    else { /* a subclass: its own append */
+        done = PyObject_CallMethodOneArg(log, rate_names[4], item);
+    }
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    return 0;
+}
+
+/* The clock's reading as a new float reference; Py_None (new) when it is no float. */
+static PyObject *
+rate_now(RateStart *self)
+{
+    PyObject *clock = self->clock;
+    if (clock == Py_None) {
+        clock = read_member(self->holder, self->clock_slot, rate_names[3]);
+        if (clock == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        Py_INCREF(clock);
+    }
+    PyObject *reading;
+#ifdef HAVE_FAST_MONOTONIC
+    if (clock == self->system) {
+        struct timespec ts;
+        Py_DECREF(clock);
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+        /* as time.monotonic() computes it: integer nanoseconds, then one division */
+        long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        return PyFloat_FromDouble((double)ns / 1e9);
+    }
+#endif
+    reading = PyObject_CallMethodNoArgs(clock, state.monotonic_name);
+    Py_DECREF(clock);
+    if (reading != NULL && !PyFloat_CheckExact(reading)) {
+        Py_SETREF(reading, Py_NewRef(Py_None));
+    }
+    return reading;
+}
+
+/* The start itself, with the lock held: Py_None, Py_True or Py_False (new), or NULL. */
+static PyObject *
+rate_start_locked(RateStart *self)
+{
+    PyObject *now = rate_now(self);
+    if (now == NULL || now == Py_None) {
+        return now;
+    }
+    PyObject *answer = NULL, *end = NULL, *log = NULL, *starts = NULL;
+    double at = PyFloat_AS_DOUBLE(now);
+    end = read_member(self->window, self->end_slot, rate_names[2]);
+    if (end == NULL) {
+        goto done;
+    }
+    if (!PyFloat_CheckExact(end) || !(PyFloat_AS_DOUBLE(end) <= at)) {
+        answer = Py_NewRef(Py_None); /* a window open (or unknown): Python decides */
+        goto done;
+    }
+    if ((log = read_member(self->state, self->log_slot, rate_names[0])) == NULL ||
+        (starts = read_member(self->state, self->starts_slot, rate_names[1])) == NULL) {
+        goto done;
+    }
+    Py_ssize_t count = PyObject_Size(log), started = PyObject_Size(starts);
+    if (count < 0 || started < 0) {
+        goto done;
+    }
+    if (count >= self->rate || started >= self->rate) {
+        answer = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (count) {
+        PyObject *last = PySequence_GetItem(log, count - 1);
+        if (last == NULL) {
+            goto done;
+        }
+        int ahead = !PyFloat_CheckExact(last) || !(PyFloat_AS_DOUBLE(last) <= at);
+        Py_DECREF(last);
+        if (ahead) {
+            answer = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    if (append_to(log, now) < 0 || append_to(starts, now) < 0) {
+        goto done;
+    }
+    answer = Py_NewRef((count & 127) == 0 ? Py_True : Py_False);
+done:
+    Py_DECREF(now);
+    Py_XDECREF(end);
+    Py_XDECREF(log);
+    Py_XDECREF(starts);
+    return answer;
+}
+
+static PyObject *
+RateStart_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RateStart *self = (RateStart *)op;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "RateStart() takes no arguments");
+        return NULL;
+    }
+    PyObject *held = PyObject_CallNoArgs(self->acquire);
+    if (held == NULL) {
+        return NULL;
+    }
+    Py_DECREF(held);
+    PyObject *answer = rate_start_locked(self);
+    PyObject *type, *value, *traceback; /* a failure's exception waits while the lock goes */
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *released = PyObject_CallNoArgs(self->release);
+    if (released == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        Py_XDECREF(answer);
+        return NULL;
+    }
+    Py_DECREF(released);
+    PyErr_Restore(type, value, traceback);
+    return answer;
+}
+
+static PyObject *
+RateStart_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"state", "window", "clock", "holder", "system",
+                               "acquire", "release", NULL};
+    PyObject *st, *window, *clock, *holder, *system, *acquire, *release;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOO:RateStart", keywords, &st, &window,
+                                     &clock, &holder, &system, &acquire, &release)) {
+        return NULL;
+    }
+    PyObject *rate = PyObject_GetAttrString(st, "rate");
+    if (rate == NULL) {
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(rate);
+    Py_DECREF(rate);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *spaced = PyObject_GetAttrString(st, "spaced");
+    if (spaced == NULL) {
+        return NULL;
+    }
+    int is_spaced = PyObject_IsTrue(spaced);
+    Py_DECREF(spaced);
+    if (is_spaced < 0) {
+        return NULL;
+    }
+    if (is_spaced) {
+        PyErr_SetString(PyExc_ValueError, "RateStart(): a limit with a burst has no inline start");
+        return NULL;
+    }
+    RateStart *self = (RateStart *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->state = Py_NewRef(st);
+    self->window = Py_NewRef(window);
+    self->clock = Py_NewRef(clock);
+    self->holder = Py_NewRef(holder);
+    self->system = Py_NewRef(system);
+    self->acquire = Py_NewRef(acquire);
+    self->release = Py_NewRef(release);
+    self->rate = limit;
+    self->vectorcall = RateStart_vectorcall;
+    self->log_slot = member_offset(st, rate_names[0]);
+    self->starts_slot = member_offset(st, rate_names[1]);
+    self->end_slot = member_offset(window, rate_names[2]);
+    self->clock_slot = member_offset(holder, rate_names[3]);
+    return (PyObject *)self;
+}
+
+static int
+RateStart_traverse(RateStart *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->state);
+    Py_VISIT(self->window);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->holder);
+    Py_VISIT(self->system);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    return 0;
+}
+
+static int
+RateStart_clear(RateStart *self)
+{
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->window);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->holder);
+    Py_CLEAR(self->system);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    return 0;
+}
+
+static void
+RateStart_dealloc(RateStart *self)
+{
+    PyObject_GC_UnTrack(self);
+    RateStart_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject RateStartType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "resilience._speedups.RateStart",
+    .tp_doc = "MemoryRateBackend.reserve's start with room, in C: None when it does not apply.",
+    .tp_basicsize = sizeof(RateStart),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(RateStart, vectorcall),
+    .tp_new = RateStart_new,
+    .tp_dealloc = (destructor)RateStart_dealloc,
+    .tp_traverse = (traverseproc)RateStart_traverse,
+    .tp_clear = (inquiry)RateStart_clear,
+    .tp_call = PyVectorcall_Call,
+};
+
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "Give the C type the deadline variable, the clock holder and the slow-path check."},
@@ -601,7 +896,7 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "resilience._speedups",
-    .m_doc = "The optional C accelerator of resilience._deadline: the deadline's hot part.",
+    .m_doc = "The optional C accelerator: the deadline's and the memory rate limit's hot parts.",
     .m_size = -1,
     .m_methods = module_methods,
 };
@@ -610,7 +905,22 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (PyType_Ready(&BoundType) < 0 || PyType_Ready(&MethodType) < 0 ||
-        PyType_Ready(&CoreType) < 0) {
+        PyType_Ready(&CoreType) < 0 || PyType_Ready(&RateStartType) < 0) {
+        return NULL;
+    }
+    const char *names[5] = {"log", "starts", "end", "clock", "append"};
+    for (int i = 0; i < 5; i++) {
+        if ((rate_names[i] = PyUnicode_InternFromString(names[i])) == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL) {
+        return NULL;
+    }
+    deque_type = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (deque_type == NULL || (deque_append = PyObject_GetAttrString(deque_type, "append")) == NULL) {
         return NULL;
     }
     if (PyDict_SetItemString(CoreType.tp_dict, "__enter__", (PyObject *)&enter_method) < 0 ||
@@ -635,7 +945,8 @@ PyInit__speedups(void)
     if (module == NULL) {
         return NULL;
     }
-    if (PyModule_AddObjectRef(module, "DeadlineCore", (PyObject *)&CoreType) < 0) {
+    if (PyModule_AddObjectRef(module, "DeadlineCore", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObjectRef(module, "RateStart", (PyObject *)&RateStartType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

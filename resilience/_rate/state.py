@@ -43,7 +43,7 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from resilience import _clock
+from resilience import _clock, _deadline
 from resilience._rate.window import MemoryWindowBackend
 from resilience._snapshot import LimiterSnapshot
 
@@ -334,6 +334,10 @@ class RateBackend(Protocol):
         ...
 
 
+#: The optional C accelerator (None: not built, or ``RESILIENCE_NO_EXTENSIONS`` set).
+_speedups = _deadline._speedups
+
+
 class MemoryRateBackend:
     """A rate budget in this process: ``RateState`` under a lock, time from the policy's clock."""
 
@@ -342,6 +346,7 @@ class MemoryRateBackend:
         "_clock",
         "_lock",
         "_release",
+        "_start",
         "_state",
         "_window",
         "burst",
@@ -367,6 +372,21 @@ class MemoryRateBackend:
         # bound once: acquire/release calls cost about half of a `with` block on the hot path
         self._acquire = self._lock.acquire
         self._release = self._lock.release
+        # ``reserve``'s inline start with room, in C when built: the same steps under the
+        # same lock (``tests/test_speedups.py`` holds the two together).
+        self._start = (
+            None
+            if _speedups is None or self._state.spaced
+            else _speedups.RateStart(
+                self._state,
+                window,
+                clock,
+                _clock.DEFAULT,
+                _clock.SYSTEM_CLOCK,
+                self._acquire,
+                self._release,
+            )
+        )
 
     def idle(self) -> bool:
         """Whether every start is older than *per*: a fresh budget would decide the same."""
@@ -379,6 +399,13 @@ class MemoryRateBackend:
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
+        start = self._start
+        if start is not None:
+            started = start()  # the inline start below, in C: None when it does not apply
+            if started is not None:
+                if started:  # every 128 starts: drop the entries that left the window
+                    self._trim()
+                return 0.0
         clock = self._clock or _clock.DEFAULT.clock  # _clock.resolve, inline: every call
         state = self._state
         self._acquire()
@@ -404,6 +431,11 @@ class MemoryRateBackend:
             return state.reserve(now, max_wait, floor, getattr(clock, "slack", 0.0))
         finally:
             self._release()
+
+    def _trim(self) -> None:
+        clock = _clock.resolve(self._clock)
+        with self._lock:
+            self._state.trim(clock.monotonic(), getattr(clock, "slack", 0.0))
 
     def admit(self) -> float:
         """Record an actual start now if the rule allows it (see ``RateBackend``)."""
