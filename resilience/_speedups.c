@@ -600,10 +600,10 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * The same steps as the Python inline path, in the same order, under the backend's own
  * lock: read the clock (the policy's, else the default in force), and when no window is
  * open, the limit has no burst, both logs have room and nobody is reserved ahead, append
- * now to both logs. Calling it answers None when that case does not apply (nothing done:
- * the Python path decides), else whether the logs' old entries are due to be dropped (the
- * log's length before the start was a multiple of 128; the caller trims). Anything it does
- * not know exactly (a reading or an entry that is no float) is left to Python too.
+ * now to both logs, and when the log's length before was a multiple of 128 call the given
+ * trim with now (still under the lock). Calling it answers 0.0 (started) or None when that
+ * case does not apply (nothing done: the Python path decides); anything it does not know
+ * exactly (a reading or an entry that is no float) is left to Python too.
  */
 
 typedef struct {
@@ -616,6 +616,7 @@ typedef struct {
     PyObject *system;  /* SYSTEM_CLOCK: read as time.monotonic() is, without a call */
     PyObject *acquire; /* the backend lock's bound acquire and release */
     PyObject *release;
+    PyObject *trim;    /* called with now every 128 starts: drop what left the window */
     Py_ssize_t rate;
     Py_ssize_t log_slot, starts_slot, end_slot, clock_slot; /* member offsets, or 0 */
 } RateStart;
@@ -623,6 +624,7 @@ typedef struct {
 static PyObject *rate_names[5]; /* "log", "starts", "end", "clock", "append" */
 static PyObject *deque_type;    /* collections.deque */
 static PyObject *deque_append;  /* deque.append, called directly on exact deques */
+static PyObject *rate_zero;     /* 0.0: the answer for a start now */
 
 static Py_ssize_t
 member_offset(PyObject *obj, PyObject *name)
@@ -704,7 +706,7 @@ rate_now(RateStart *self)
     return reading;
 }
 
-/* The start itself, with the lock held: Py_None, Py_True or Py_False (new), or NULL. */
+/* The start itself, with the lock held: 0.0 or None (new references), or NULL. */
 static PyObject *
 rate_start_locked(RateStart *self)
 {
@@ -749,7 +751,14 @@ rate_start_locked(RateStart *self)
     if (append_to(log, now) < 0 || append_to(starts, now) < 0) {
         goto done;
     }
-    answer = Py_NewRef((count & 127) == 0 ? Py_True : Py_False);
+    if ((count & 127) == 0) {
+        PyObject *trimmed = PyObject_CallOneArg(self->trim, now);
+        if (trimmed == NULL) {
+            goto done;
+        }
+        Py_DECREF(trimmed);
+    }
+    answer = Py_NewRef(rate_zero);
 done:
     Py_DECREF(now);
     Py_XDECREF(end);
@@ -791,10 +800,11 @@ static PyObject *
 RateStart_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"state", "window", "clock", "holder", "system",
-                               "acquire", "release", NULL};
-    PyObject *st, *window, *clock, *holder, *system, *acquire, *release;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOO:RateStart", keywords, &st, &window,
-                                     &clock, &holder, &system, &acquire, &release)) {
+                               "acquire", "release", "trim", NULL};
+    PyObject *st, *window, *clock, *holder, *system, *acquire, *release, *trim;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:RateStart", keywords, &st,
+                                     &window, &clock, &holder, &system, &acquire, &release,
+                                     &trim)) {
         return NULL;
     }
     PyObject *rate = PyObject_GetAttrString(st, "rate");
@@ -830,6 +840,7 @@ RateStart_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->system = Py_NewRef(system);
     self->acquire = Py_NewRef(acquire);
     self->release = Py_NewRef(release);
+    self->trim = Py_NewRef(trim);
     self->rate = limit;
     self->vectorcall = RateStart_vectorcall;
     self->log_slot = member_offset(st, rate_names[0]);
@@ -849,6 +860,7 @@ RateStart_traverse(RateStart *self, visitproc visit, void *arg)
     Py_VISIT(self->system);
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
+    Py_VISIT(self->trim);
     return 0;
 }
 
@@ -862,6 +874,7 @@ RateStart_clear(RateStart *self)
     Py_CLEAR(self->system);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
+    Py_CLEAR(self->trim);
     return 0;
 }
 
@@ -876,7 +889,7 @@ RateStart_dealloc(RateStart *self)
 static PyTypeObject RateStartType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "resilience._speedups.RateStart",
-    .tp_doc = "MemoryRateBackend.reserve's start with room, in C: None when it does not apply.",
+    .tp_doc = "MemoryRateBackend.reserve's start with room, in C: 0.0, or None (not that case).",
     .tp_basicsize = sizeof(RateStart),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_vectorcall_offset = offsetof(RateStart, vectorcall),
@@ -916,6 +929,10 @@ PyInit__speedups(void)
     }
     PyObject *collections = PyImport_ImportModule("collections");
     if (collections == NULL) {
+        return NULL;
+    }
+    if ((rate_zero = PyFloat_FromDouble(0.0)) == NULL) {
+        Py_DECREF(collections);
         return NULL;
     }
     deque_type = PyObject_GetAttrString(collections, "deque");

@@ -32,7 +32,7 @@ def configure(
     """Give the C type the deadline variable, the clock holder, the slow-path check, the class."""
 
 class RateStart:
-    """``MemoryRateBackend.reserve``'s start with room: None, or whether a trim is due."""
+    """``MemoryRateBackend.reserve``'s start with room: 0.0 (started), or None (not that case)."""
 
     def __init__(
         self,
@@ -43,5 +43,6 @@ class RateStart:
         system: Any,
         acquire: Callable[[], object],
         release: Callable[[], object],
+        trim: Callable[[float], object],
     ) -> None: ...
-    def __call__(self) -> bool | None: ...
+    def __call__(self) -> float | None: ...

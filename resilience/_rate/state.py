@@ -49,6 +49,8 @@ from resilience._snapshot import LimiterSnapshot
 
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from resilience._policies import RateLimitPolicy
     from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
@@ -338,6 +340,15 @@ class RateBackend(Protocol):
 _speedups = _deadline._speedups
 
 
+def _trimmer(state: RateState, clock: Clock | None) -> Callable[[float], None]:
+    """``RateStart``'s trim every 128 starts (under the lock it holds), as ``reserve`` trims."""
+
+    def trim(now: float) -> None:  # no reference to the backend: no cycle to collect
+        state.trim(now, getattr(_clock.resolve(clock), "slack", 0.0))
+
+    return trim
+
+
 class MemoryRateBackend:
     """A rate budget in this process: ``RateState`` under a lock, time from the policy's clock."""
 
@@ -346,12 +357,12 @@ class MemoryRateBackend:
         "_clock",
         "_lock",
         "_release",
-        "_start",
         "_state",
         "_window",
         "burst",
         "per",
         "rate",
+        "start_now",
     )
 
     def __init__(
@@ -372,9 +383,11 @@ class MemoryRateBackend:
         # bound once: acquire/release calls cost about half of a `with` block on the hot path
         self._acquire = self._lock.acquire
         self._release = self._lock.release
-        # ``reserve``'s inline start with room, in C when built: the same steps under the
-        # same lock (``tests/test_speedups.py`` holds the two together).
-        self._start = (
+        #: ``reserve``'s inline start with room, in C when built (the same steps under the
+        #: same lock; ``tests/test_speedups.py`` holds the two together), else None. Called
+        #: with no arguments it answers 0.0 (started now) or None (that case does not
+        #: apply; nothing was done), so a layer may try it before ``reserve``.
+        self.start_now: Callable[[], float | None] | None = (
             None
             if _speedups is None or self._state.spaced
             else _speedups.RateStart(
@@ -385,6 +398,7 @@ class MemoryRateBackend:
                 _clock.SYSTEM_CLOCK,
                 self._acquire,
                 self._release,
+                _trimmer(self._state, clock),
             )
         )
 
@@ -399,13 +413,11 @@ class MemoryRateBackend:
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
-        start = self._start
+        start = self.start_now
         if start is not None:
             started = start()  # the inline start below, in C: None when it does not apply
             if started is not None:
-                if started:  # every 128 starts: drop the entries that left the window
-                    self._trim()
-                return 0.0
+                return started
         clock = self._clock or _clock.DEFAULT.clock  # _clock.resolve, inline: every call
         state = self._state
         self._acquire()
@@ -431,11 +443,6 @@ class MemoryRateBackend:
             return state.reserve(now, max_wait, floor, getattr(clock, "slack", 0.0))
         finally:
             self._release()
-
-    def _trim(self) -> None:
-        clock = _clock.resolve(self._clock)
-        with self._lock:
-            self._state.trim(clock.monotonic(), getattr(clock, "slack", 0.0))
 
     def admit(self) -> float:
         """Record an actual start now if the rule allows it (see ``RateBackend``)."""
