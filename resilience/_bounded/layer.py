@@ -13,6 +13,7 @@ wait, emit the wait or timeout event and raise ``BoundedTimeoutError``. A remote
 from __future__ import annotations
 
 import contextlib
+import math
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -236,10 +237,15 @@ class BoundedLayer(KeyedLayer):
         queue: PermitQueue,
         backend: AdaptivePoolBackend,
         exc: BaseException,
-        rtt: float,
+        rtt: float | None,
         in_use: int,
     ) -> None:
-        """A call raised: a drop (``on_drop``) or a plain sample; control flow: no sample."""
+        """
+        A call raised: a drop (``on_drop``) or a plain sample; control flow: no sample.
+
+        *rtt* None: an untimed call of a Gradient2 window (``Gradient2.stride``); its drop
+        counts all the same (drops are never sampled), a plain failure gives no sample.
+        """
         if not isinstance(exc, Exception):  # cancellation, exit: neither drop nor latency
             queue.release(self.policy.weight)
             return
@@ -249,7 +255,12 @@ class BoundedLayer(KeyedLayer):
         try:
             dropped = adaptive.is_drop(exc)
         finally:
-            self._ended(queue, backend, rtt, in_use, dropped, False)
+            if rtt is None and not dropped:
+                queue.release(self.policy.weight)
+            else:
+                self._ended(
+                    queue, backend, math.nan if rtt is None else rtt, in_use, dropped, False
+                )
 
     def _succeeded(
         self, queue: PermitQueue, backend: AdaptivePoolBackend, rtt: float, in_use: int
@@ -298,6 +309,29 @@ class BoundedLayer(KeyedLayer):
             if not in_use:
                 layer._wait_sync(queue)
                 in_use = backend.used
+            window = backend.window
+            if window is not None:
+                if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                    window.busy = in_use
+                skip = window.skip
+                if skip:  # not this call's turn to be timed: no clock read
+                    window.skip = skip - 1
+                    try:
+                        if direct:
+                            result = wrapped(*args, **kwargs)
+                        else:
+                            result = call_next(wrapped, instance, args, kwargs)
+                    except BaseException as exc:
+                        layer._raised(queue, backend, exc, None, in_use)
+                        raise
+                    if single and not backend.debt:
+                        backend._push(None)
+                    else:
+                        backend.release(weight)
+                    if queue.waiters:
+                        queue.wake()
+                    return result
+                window.skip = window.stride - 1
             monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
             started = monotonic()
             try:
@@ -309,7 +343,6 @@ class BoundedLayer(KeyedLayer):
                 layer._raised(queue, backend, exc, monotonic() - started, in_use)
                 raise
             rtt = monotonic() - started
-            window = backend.window
             if window is None or not single or backend.debt:
                 layer._succeeded(queue, backend, rtt, in_use)
                 return result
@@ -317,8 +350,6 @@ class BoundedLayer(KeyedLayer):
             if rtt > 0.0:  # a difference of monotonic reads: never inf or NaN
                 window.total += rtt
                 window.count += 1
-            if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
-                window.busy = in_use
             if window.count >= window.due:  # the window is full: close it under the lock
                 layer._ended(queue, backend, rtt, in_use, False, True)
                 return result
@@ -362,6 +393,29 @@ class BoundedLayer(KeyedLayer):
             if not in_use:
                 await layer._wait_async(queue)
                 in_use = backend.used
+            window = backend.window
+            if window is not None:
+                if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                    window.busy = in_use
+                skip = window.skip
+                if skip:  # not this call's turn to be timed: no clock read
+                    window.skip = skip - 1
+                    try:
+                        if direct:
+                            result = await wrapped(*args, **kwargs)
+                        else:
+                            result = await call_next(wrapped, instance, args, kwargs)
+                    except BaseException as exc:
+                        layer._raised(queue, backend, exc, None, in_use)
+                        raise
+                    if single and not backend.debt:
+                        backend._push(None)
+                    else:
+                        backend.release(weight)
+                    if queue.waiters:
+                        queue.wake()
+                    return result
+                window.skip = window.stride - 1
             monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
             started = monotonic()
             try:
@@ -373,7 +427,6 @@ class BoundedLayer(KeyedLayer):
                 layer._raised(queue, backend, exc, monotonic() - started, in_use)
                 raise
             rtt = monotonic() - started
-            window = backend.window
             if window is None or not single or backend.debt:
                 layer._succeeded(queue, backend, rtt, in_use)
                 return result
@@ -381,8 +434,6 @@ class BoundedLayer(KeyedLayer):
             if rtt > 0.0:  # a difference of monotonic reads: never inf or NaN
                 window.total += rtt
                 window.count += 1
-            if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
-                window.busy = in_use
             if window.count >= window.due:  # the window is full: close it under the lock
                 layer._ended(queue, backend, rtt, in_use, False, True)
                 return result
@@ -426,7 +477,8 @@ class BoundedLayer(KeyedLayer):
                 layer._unavailable(error)
                 return call_next(wrapped, instance, args, kwargs)
             clock = _clock.resolve(policy_clock)
-            started = clock.monotonic()
+            timed = backend.timed(in_use)  # Gradient2 times every stride-th call
+            started = clock.monotonic() if timed else 0.0
             dropped: bool | None = False
             try:
                 return call_next(wrapped, instance, args, kwargs)
@@ -439,10 +491,11 @@ class BoundedLayer(KeyedLayer):
             finally:
                 before = backend.limit
                 try:
-                    if dropped is None:
+                    if dropped is None or not (timed or dropped):  # the fixed pool's release
                         queue.release(weight)
                     else:
-                        backend.sample_release(weight, clock.monotonic() - started, in_use, dropped)
+                        rtt = clock.monotonic() - started if timed else math.nan
+                        backend.sample_release(weight, rtt, in_use, dropped)
                         queue.wake()
                 except StoreUnavailableError as error:
                     layer._release_failed(error)
@@ -484,7 +537,8 @@ class BoundedLayer(KeyedLayer):
                 layer._unavailable(error)
                 return await call_next(wrapped, instance, args, kwargs)
             clock = _clock.resolve(policy_clock)
-            started = clock.monotonic()
+            timed = backend.timed(in_use)  # Gradient2 times every stride-th call
+            started = clock.monotonic() if timed else 0.0
             dropped: bool | None = False
             try:
                 return await call_next(wrapped, instance, args, kwargs)
@@ -497,10 +551,10 @@ class BoundedLayer(KeyedLayer):
             finally:
                 before = backend.limit
                 try:
-                    if dropped is None:
+                    if dropped is None or not (timed or dropped):  # the fixed pool's release
                         await queue.arelease(weight)
                     else:
-                        rtt = clock.monotonic() - started
+                        rtt = clock.monotonic() - started if timed else math.nan
                         await backend.asample_release(weight, rtt, in_use, dropped)
                         queue.wake()
                 except StoreUnavailableError as error:
