@@ -435,6 +435,7 @@ class AdaptivePoolBackend(MemoryPoolBackend):
         #: The Gradient2 machine, whose samples the layer adds lock-free (None: another one).
         self.window = self.algorithm if isinstance(self.algorithm, Gradient2) else None
         self.fed = False
+        self.leases = None
 
     @property
     def used(self) -> int:
@@ -543,4 +544,7 @@ class AdaptivePoolBackend(MemoryPoolBackend):
 
     def snapshot(self, key: str) -> PoolSnapshot:
         """The operator's view: the declared ceiling as ``limit``, the live one beside it."""
-        return PoolSnapshot(key, self.adaptive.max_limit, self.limit, self.used, None, None)
+        self.watch()
+        return PoolSnapshot(
+            key, self.adaptive.max_limit, self.limit, self.used, None, self.oldest_lease()
+        )

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config, _deadline
 from resilience._bounded.adaptive import AdaptiveLimit, AdaptivePoolBackend
-from resilience._bounded.pool import MemoryPoolBackend, PermitQueue
+from resilience._bounded.pool import LEASE_IDS, WATCH_HOOKS, MemoryPoolBackend, PermitQueue
 from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import BoundedTimeoutError, StoreUnavailableError
 from resilience._policies import BoundedPolicy
@@ -36,12 +36,16 @@ if TYPE_CHECKING:
 
 __all__ = ["BoundedLayer"]
 
+# A memory pool's first snapshot: every layer fetches its pool again and, finding it
+# watched, takes the path that records lease starts (``_run_leased``).
+WATCH_HOOKS.append(EPOCH.bump)
+
 
 class BoundedLayer(KeyedLayer):
     """``@bounded``'s layer: take permits before the call, give them back after it."""
 
     decorator = "bounded"
-    __slots__ = ("_adaptive", "_epoch", "_queue", "_remote", "timeout")
+    __slots__ = ("_adaptive", "_detour", "_epoch", "_queue", "_remote", "_watched", "timeout")
     policy: BoundedPolicy
 
     def __init__(self, policy: BoundedPolicy) -> None:
@@ -50,6 +54,8 @@ class BoundedLayer(KeyedLayer):
         self._epoch = -1
         self._remote = False
         self._adaptive = False
+        self._watched = False
+        self._detour = False  # remote or watched: the fixed runners' one check off the fast path
 
     def _refresh(self) -> PermitQueue:
         """Fetch (and check) the key's pool; again after ``resilience.testing.reset()``."""
@@ -72,6 +78,8 @@ class BoundedLayer(KeyedLayer):
         # Memory pools never block: the runners call them inline; others go through
         # ``_run_remote``/``_arun_remote`` (async twins, store-unavailable handling).
         self._remote = not isinstance(queue.backend, MemoryPoolBackend)
+        self._watched = getattr(queue.backend, "leases", None) is not None
+        self._detour = self._remote or self._watched
         self._epoch = EPOCH.n
         return queue
 
@@ -203,6 +211,156 @@ class BoundedLayer(KeyedLayer):
             except StoreUnavailableError as error:
                 self._release_failed(error)
 
+    # -- a watched memory pool: each unit's lease start recorded (the snapshot's oldest_lease) --
+    #
+    # A lease is recorded before its units are taken and forgotten after they are back, so
+    # a held unit always has a record (but for a waiter's, recorded just after its grant);
+    # a wait is no lease: the record made before it is forgotten, and made again once
+    # granted. Cancellation and timeouts go through the same ``finally``.
+
+    def _run_leased(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        backend: MemoryPoolBackend = queue.backend  # type: ignore[assignment]
+        weight = self.policy.weight
+        lease = backend.record(weight)
+        try:
+            if queue.waiters or not backend.try_acquire(weight):
+                backend.forget(lease)
+                lease = ()
+                self._wait_sync(queue)
+                lease = backend.record(weight)
+            try:
+                return call_next(wrapped, instance, args, kwargs)
+            finally:
+                queue.release(weight)
+        finally:
+            backend.forget(lease)
+
+    async def _arun_leased(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        backend: MemoryPoolBackend = queue.backend  # type: ignore[assignment]
+        weight = self.policy.weight
+        lease = backend.record(weight)
+        try:
+            if queue.waiters or not backend.try_acquire(weight):
+                backend.forget(lease)
+                lease = ()
+                await self._wait_async(queue)
+                lease = backend.record(weight)
+            try:
+                return await call_next(wrapped, instance, args, kwargs)
+            finally:
+                queue.release(weight)
+        finally:
+            backend.forget(lease)
+
+    def _adaptive_turn(self, backend: AdaptivePoolBackend, in_use: int) -> bool:
+        """A call starts holding *in_use*: count it in ``busy``; whether it is timed (stride)."""
+        window = backend.window
+        if window is None:
+            return True
+        window.busy = max(window.busy, in_use)
+        if window.skip:
+            window.skip -= 1
+            return False
+        window.skip = window.stride - 1
+        return True
+
+    def _adaptive_end(
+        self, queue: PermitQueue, backend: AdaptivePoolBackend, rtt: float | None, in_use: int
+    ) -> None:
+        """A call of the leased path returned: its sample (if timed) and its units back."""
+        if rtt is not None:
+            self._succeeded(queue, backend, rtt, in_use)
+            return
+        backend.release(self.policy.weight)
+        if queue.waiters:
+            queue.wake()
+
+    def _run_adaptive_leased(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+        weight = self.policy.weight
+        lease = backend.record(weight)
+        try:
+            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+            if not in_use:
+                backend.forget(lease)
+                lease = ()
+                self._wait_sync(queue)
+                in_use = backend.used
+                lease = backend.record(weight)
+            monotonic = self._clock().monotonic
+            started = monotonic() if self._adaptive_turn(backend, in_use) else None
+            try:
+                result = call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                rtt = None if started is None else monotonic() - started
+                self._raised(queue, backend, exc, rtt, in_use)
+                raise
+            self._adaptive_end(
+                queue, backend, None if started is None else monotonic() - started, in_use
+            )
+            return result
+        finally:
+            backend.forget(lease)
+
+    async def _arun_adaptive_leased(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+        weight = self.policy.weight
+        lease = backend.record(weight)
+        try:
+            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+            if not in_use:
+                backend.forget(lease)
+                lease = ()
+                await self._wait_async(queue)
+                in_use = backend.used
+                lease = backend.record(weight)
+            monotonic = self._clock().monotonic
+            started = monotonic() if self._adaptive_turn(backend, in_use) else None
+            try:
+                result = await call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                rtt = None if started is None else monotonic() - started
+                self._raised(queue, backend, exc, rtt, in_use)
+                raise
+            self._adaptive_end(
+                queue, backend, None if started is None else monotonic() - started, in_use
+            )
+            return result
+        finally:
+            backend.forget(lease)
+
     # -- an adaptive limit: time each call and feed its sample to the pool's algorithm --------
 
     def _moved(self, before: int, after: int, dropped: bool) -> None:
@@ -295,6 +453,8 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            if layer._watched:  # lease starts recorded: the slow path
+                return layer._run_adaptive_leased(queue, call_next, wrapped, instance, args, kwargs)
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
             in_use = 0
             if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
@@ -379,6 +539,10 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            if layer._watched:  # lease starts recorded: the slow path
+                return await layer._arun_adaptive_leased(
+                    queue, call_next, wrapped, instance, args, kwargs
+                )
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
             in_use = 0
             if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
@@ -574,6 +738,8 @@ class BoundedLayer(KeyedLayer):
         epoch = EPOCH
         weight = self.policy.weight
         direct = call_next is terminal
+        default = _clock.DEFAULT
+        lease_ids = LEASE_IDS
 
         def run(
             wrapped: Callable[..., Any],
@@ -584,8 +750,25 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
-            if layer._remote:
-                return layer._run_remote(queue, call_next, wrapped, instance, args, kwargs)
+            if layer._detour:  # a remote pool, or a watched one (lease starts recorded)
+                if layer._remote or weight != 1:
+                    run_slow = layer._run_remote if layer._remote else layer._run_leased
+                    return run_slow(queue, call_next, wrapped, instance, args, kwargs)
+                leases: dict[int, float] = queue.backend.leases  # type: ignore[attr-defined]
+                # ``_run_leased`` for one unit, inline
+                lease = next(lease_ids)
+                leases[lease] = default.monotonic()
+                if queue.waiters or not queue.backend.try_acquire(1):
+                    del leases[lease]  # a wait is no lease
+                    layer._wait_sync(queue)
+                    leases[lease] = default.monotonic()
+                try:
+                    if direct:
+                        return wrapped(*args, **kwargs)
+                    return call_next(wrapped, instance, args, kwargs)
+                finally:
+                    queue.release(1)
+                    del leases[lease]
             if queue.waiters or not queue.backend.try_acquire(weight):
                 layer._wait_sync(queue)
             try:
@@ -607,6 +790,8 @@ class BoundedLayer(KeyedLayer):
         epoch = EPOCH
         weight = self.policy.weight
         direct = call_next is terminal
+        default = _clock.DEFAULT
+        lease_ids = LEASE_IDS
 
         async def run(
             wrapped: Callable[..., Any],
@@ -617,8 +802,25 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
-            if layer._remote:
-                return await layer._arun_remote(queue, call_next, wrapped, instance, args, kwargs)
+            if layer._detour:  # a remote pool, or a watched one (lease starts recorded)
+                if layer._remote or weight != 1:
+                    arun_slow = layer._arun_remote if layer._remote else layer._arun_leased
+                    return await arun_slow(queue, call_next, wrapped, instance, args, kwargs)
+                leases: dict[int, float] = queue.backend.leases  # type: ignore[attr-defined]
+                # ``_arun_leased`` for one unit, inline
+                lease = next(lease_ids)
+                leases[lease] = default.monotonic()
+                if queue.waiters or not queue.backend.try_acquire(1):
+                    del leases[lease]  # a wait is no lease
+                    await layer._wait_async(queue)
+                    leases[lease] = default.monotonic()
+                try:
+                    if direct:
+                        return await wrapped(*args, **kwargs)
+                    return await call_next(wrapped, instance, args, kwargs)
+                finally:
+                    queue.release(1)
+                    del leases[lease]
             if queue.waiters or not queue.backend.try_acquire(weight):
                 await layer._wait_async(queue)
             try:
