@@ -273,14 +273,20 @@ class BoundedLayer(KeyedLayer):
         window = backend.window
         if window is None:
             return True
-        window.busy = max(window.busy, in_use)
-        if window.skip:
-            window.skip -= 1
+        if in_use > window.busy:  # noqa: PLR1730 - once per call: no call
+            window.busy = in_use
+        skip = window.skip
+        if skip:
+            window.skip = skip - 1
             return False
         window.skip = window.stride - 1
         return True
 
-    def _adaptive_end(
+    def _adaptive_acquire(self, queue: PermitQueue, backend: AdaptivePoolBackend) -> int:
+        """Take the call's units now if free (the units in use after; 0: it must wait)."""
+        return 0 if queue.waiters else backend.try_acquire_used(self.policy.weight)
+
+    def _adaptive_returned(
         self, queue: PermitQueue, backend: AdaptivePoolBackend, rtt: float | None, in_use: int
     ) -> None:
         """A call of the leased path returned: its sample (if timed) and its units back."""
@@ -301,16 +307,15 @@ class BoundedLayer(KeyedLayer):
         kwargs: dict[str, Any],
     ) -> Any:
         backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
-        weight = self.policy.weight
-        lease = backend.record(weight)
+        lease = backend.record(self.policy.weight)
         try:
-            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+            in_use = self._adaptive_acquire(queue, backend)
             if not in_use:
                 backend.forget(lease)
                 lease = ()
                 self._wait_sync(queue)
                 in_use = backend.used
-                lease = backend.record(weight)
+                lease = backend.record(self.policy.weight)
             monotonic = self._clock().monotonic
             started = monotonic() if self._adaptive_turn(backend, in_use) else None
             try:
@@ -319,9 +324,8 @@ class BoundedLayer(KeyedLayer):
                 rtt = None if started is None else monotonic() - started
                 self._raised(queue, backend, exc, rtt, in_use)
                 raise
-            self._adaptive_end(
-                queue, backend, None if started is None else monotonic() - started, in_use
-            )
+            rtt = None if started is None else monotonic() - started
+            self._adaptive_returned(queue, backend, rtt, in_use)
             return result
         finally:
             backend.forget(lease)
@@ -336,16 +340,15 @@ class BoundedLayer(KeyedLayer):
         kwargs: dict[str, Any],
     ) -> Any:
         backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
-        weight = self.policy.weight
-        lease = backend.record(weight)
+        lease = backend.record(self.policy.weight)
         try:
-            in_use = 0 if queue.waiters else backend.try_acquire_used(weight)
+            in_use = self._adaptive_acquire(queue, backend)
             if not in_use:
                 backend.forget(lease)
                 lease = ()
                 await self._wait_async(queue)
                 in_use = backend.used
-                lease = backend.record(weight)
+                lease = backend.record(self.policy.weight)
             monotonic = self._clock().monotonic
             started = monotonic() if self._adaptive_turn(backend, in_use) else None
             try:
@@ -354,9 +357,8 @@ class BoundedLayer(KeyedLayer):
                 rtt = None if started is None else monotonic() - started
                 self._raised(queue, backend, exc, rtt, in_use)
                 raise
-            self._adaptive_end(
-                queue, backend, None if started is None else monotonic() - started, in_use
-            )
+            rtt = None if started is None else monotonic() - started
+            self._adaptive_returned(queue, backend, rtt, in_use)
             return result
         finally:
             backend.forget(lease)
