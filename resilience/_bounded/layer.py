@@ -493,7 +493,8 @@ class BoundedLayer(KeyedLayer):
                     if queue.waiters:
                         queue.wake()
                     return result
-                window.skip = window.stride - 1
+                if window.stride != 1:  # this call is timed: count down to the next one
+                    window.skip = window.stride - 1
             monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
             started = monotonic()
             try:
@@ -581,7 +582,8 @@ class BoundedLayer(KeyedLayer):
                     if queue.waiters:
                         queue.wake()
                     return result
-                window.skip = window.stride - 1
+                if window.stride != 1:  # this call is timed: count down to the next one
+                    window.skip = window.stride - 1
             monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
             started = monotonic()
             try:
