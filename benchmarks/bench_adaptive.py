@@ -2,7 +2,8 @@
 The price of issue 16's layers on the path where nothing is refused.
 
 - ``@bounded`` with an ``AdaptiveLimit`` against a fixed ``@bounded``: one permit with room,
-  plus timing the call and feeding the sample to the algorithm.
+  plus timing the call and feeding the sample to the algorithm (beside it: Gradient2 at a
+  limit where every call is timed, and a fixed pool whose lease starts are recorded).
 - ``@throttled`` while the upstream accepts everything (probability 0) against
   ``@circuit_breaker`` closed (the issue's comparison: the default breaker, which records
   nothing on a success), against a failure-rate breaker over a time window (which, like
@@ -22,8 +23,16 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks._harness import Scenario, Target
-from resilience import AdaptiveLimit, bounded, circuit_breaker, rate_limited, throttled
+from resilience import (
+    AdaptiveLimit,
+    bounded,
+    circuit_breaker,
+    rate_limited,
+    snapshot,
+    throttled,
+)
 from resilience._decorating import Layer, Runner, apply
+from resilience.stores import MemoryStore
 
 
 ADAPTIVE = "adaptive @bounded, a permit with room (sync)"
@@ -70,6 +79,13 @@ def scenarios() -> list[Scenario]:
     aimd = bounded(
         limit=AdaptiveLimit(algorithm="aimd", initial=1000), key=f"bench-adaptive-{next(_keys)}"
     )(work)
+    narrow = bounded(  # a window of 20 calls: every call timed (two clock reads)
+        limit=AdaptiveLimit(initial=20, min_limit=20, max_limit=20),
+        key=f"bench-adaptive-{next(_keys)}",
+    )(work)
+    watched_store = MemoryStore()  # pools a snapshot has read: lease starts recorded
+    watched = bounded(limit=1000, key=f"bench-adaptive-{next(_keys)}", store=watched_store)(work)
+    snapshot(watched_store)
     throttle = throttled(key=f"bench-adaptive-{next(_keys)}")(work)
     floor = apply(ThrottleFloor(None), work)
     breaker = circuit_breaker(name=f"bench-adaptive-{next(_keys)}")(work)
@@ -89,8 +105,15 @@ def scenarios() -> list[Scenario]:
                 "resilience": gradient,
                 "fixed @bounded": fixed,
                 "AdaptiveLimit(aimd)": aimd,
+                "gradient2 at a limit of 20 (every call timed)": narrow,
+                "fixed @bounded, watched (lease starts recorded)": watched,
             },
-            note="one of 1000 permits, call, release and feed the sample; nobody waits",
+            note=(
+                "one of 1000 permits, call, release and feed the sample; nobody waits; "
+                "gradient2's window of 1000 calls times every 31st (at least 32 timed calls "
+                "per window), at a limit of 20 it times every call; a pool that a snapshot "
+                "has read records each lease's start (its oldest_lease)"
+            ),
         ),
         Scenario(
             title=THROTTLE,
