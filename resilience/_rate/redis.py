@@ -33,7 +33,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from resilience._snapshot import LimiterSnapshot, epoch_of
-from resilience.stores._redis import NOW_LUA, RedisStore
+from resilience.stores._redis import RedisStore
 from resilience.stores._redis_snapshot import View, read_one
 
 
@@ -43,10 +43,15 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisRateBackend", "redis_rate_backend"]
 
-_COMMON = (
-    NOW_LUA
-    + """
-local now = now_us()
+# The arguments and the time as plain locals. No Lua function is defined before the
+# immediate path (``_FAST``) has answered: creating the closures below costs, on every call,
+# about what two commands do, and the common decision needs none of them.
+_ARGS = """
+local now
+if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
+  local t = redis.call('TIME')  -- NOW_LUA's clock, inline (see NOW_LUA)
+  now = t[1] * 1000000 + t[2]
+end
 local rate = tonumber(ARGV[2])
 local per = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
@@ -54,7 +59,68 @@ local gap = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[6])
 local slack = tonumber(ARGV[8]) or 0  -- widens the check of actual starts (see admit)
 local log, starts, window = KEYS[1], KEYS[2], KEYS[3]
+-- A list's expiry is set for the bucket of its newest entry (see keep): buckets of a 16th of
+-- the longer of idle ttl and per, at most a second, the same for every process of a limiter.
+local life = ttl * 1000
+local bucket = life
+if per > bucket then bucket = per end
+bucket = bucket / 16
+if bucket > 1000000 then bucket = 1000000 end
+if per + slack > life then life = per + slack end
+"""
 
+# RateState.reserve's common branch (a start now, with room), inline and before any function:
+# push first, then check the entries the push moved to -rate-1 and -burst-1, so a list
+# shorter than the burst is not read at all (RPUSH answers its length); a push the rule
+# refuses is popped again. A window or a reservation ahead goes straight to the general path.
+# The expiry is refreshed only when *now* is in a later bucket than the log's previous newest
+# entry (see keep); a trim to do (one push in 128) is left to the tail of _RESERVE.
+_FAST = """
+local fast, n, m
+local floor = redis.call('GET', window)
+if not floor or tonumber(floor) <= now then
+  local last = redis.call('LINDEX', log, -1)
+  if last then last = tonumber(last) end
+  if not last or last <= now then
+    local stamp = string.format('%d', now)  -- whole microseconds, as every script writes them
+    n = redis.call('RPUSH', log, stamp)
+    if (n > rate and tonumber(redis.call('LINDEX', log, -rate - 1)) + per > now)
+      or (n > burst and burst < rate
+          and tonumber(redis.call('LINDEX', log, -burst - 1)) + gap > now) then
+      redis.call('RPOP', log)  -- no room now: the general path reserves a later turn
+    else
+      m = redis.call('RPUSH', starts, stamp)
+      local need = now
+      if m > rate then
+        local t = tonumber(redis.call('LINDEX', starts, -rate - 1)) + per + slack
+        if t > need then need = t end
+      end
+      if m > burst and burst < rate then
+        local t = tonumber(redis.call('LINDEX', starts, -burst - 1)) + gap + slack
+        if t > need then need = t end
+      end
+      if need > now then
+        redis.call('RPOP', starts)  -- reserved now, started a little later (see admit)
+        m = 0
+      end
+      if not last or math.floor(last / bucket) ~= math.floor(now / bucket) then
+        local ms = math.ceil(((math.floor(now / bucket) + 1) * bucket + life - now) / 1000)
+        redis.call('PEXPIRE', log, ms)
+        redis.call('PEXPIRE', starts, ms)
+      elseif m == 1 then  -- a new starts list (the log's bucket is this one): its first expiry
+        redis.call('PEXPIRE', starts,
+          math.ceil(((math.floor(now / bucket) + 1) * bucket + life - now) / 1000))
+      end
+      fast = need - now
+      if n % 128 ~= 0 and n < 2 * rate and (m % 128 ~= 0 or m == 0) and m < 2 * rate then
+        return fast
+      end
+    end
+  end
+end
+"""
+
+_COMMON = """
 local function fmt(x) return string.format('%d', x) end
 
 local function window_end()
@@ -63,12 +129,21 @@ local function window_end()
   return nil
 end
 
--- Keep a list alive for at least its idle ttl and until *until_us* has left the window
--- (after that nothing in it constrains a start: its horizon; the starts' window is wider
--- by the slack).
-local function keep(name, until_us)
-  local ms = math.ceil((until_us + per + slack - now) / 1000)
-  if ms < ttl then ms = ttl end
+local function at(name, index)
+  local v = redis.call('LINDEX', name, index)
+  if v then return tonumber(v) end
+  return nil
+end
+
+-- The expiry of a list whose newest entry is at most *v*: until the end of *v*'s bucket plus
+-- the longer of idle ttl and per + slack. Invariant (every script keeps it): each list lives
+-- until its own newest entry's bucket end + life, and the starts list also until the log's
+-- newest entry's bucket end + life. So a push of *now* into both lists needs no expiry
+-- while *now* is in the bucket of the log's newest entry (_FAST): both already live past
+-- now + life, that is past idle ttl and past the moment *now* leaves the (slack-widened)
+-- window; an idle list lives at most a bucket (a 16th, at most 1 s) longer than that.
+local function keep(name, v)
+  local ms = math.ceil(((math.floor(v / bucket) + 1) * bucket + life - now) / 1000)
   redis.call('PEXPIRE', name, ms)
 end
 
@@ -77,6 +152,7 @@ end
 -- entries before the last *rate*. Done when the length crosses a multiple of 128 or reaches
 -- 2 x rate, so amortized: one LINDEX of the head, and when it is stale a binary search
 -- (LINDEX) and one LTRIM, per 128 entries. A list is in time order: what goes is a prefix.
+-- The newest entry always stays, so a trim never changes what keep relies on.
 local function trim(name, n, added)
   if n < 2 * rate and math.floor(n / 128) == math.floor((n - added) / 128) then return end
   local edge = now - per - slack
@@ -95,15 +171,10 @@ local function push(name, t)
   trim(name, redis.call('RPUSH', name, fmt(t)), 1)
 end
 
-local function at(name, index)
-  local v = redis.call('LINDEX', name, index)
-  if v then return tonumber(v) end
-  return nil
-end
-
 -- RateState.admit: record an actual start now, or return the microseconds to wait first.
 -- *slack* covers the jitter between this server reading and where the call really begins.
-local function admit()
+-- *top*: the log's newest entry when the caller knows it (read otherwise), for keep.
+local function admit(top)
   local need = now
   local first = at(starts, -rate)
   if first and first + per + slack > need then need = first + per + slack end
@@ -113,7 +184,9 @@ local function admit()
   end
   if need > now then return need - now end
   push(starts, now)
-  keep(starts, now)
+  if top == nil then top = at(log, -1) end
+  if top == nil or top < now then top = now end
+  keep(starts, top)
   return 0
 end
 
@@ -137,20 +210,33 @@ local function reserve(max_wait)
   if max_wait >= 0 and wait > max_wait then return -wait end
   push(log, start)
   keep(log, start)
+  keep(starts, start)
   if wait > 0 then return wait end
-  return admit()
+  return admit(start)
 end
+"""
+
+_RESERVE = (
+    _ARGS
+    + _FAST
+    + _COMMON
+    + """
+if fast then  -- the immediate path's push crossed a trim point
+  trim(log, n, 1)
+  if m > 0 then trim(starts, m, 1) end
+  return fast
+end
+return reserve(tonumber(ARGV[7]))
 """
 )
 
-_RESERVE = _COMMON + "return reserve(tonumber(ARGV[7]))\n"
-
-_ADMIT = _COMMON + "return admit()\n"
+_ADMIT = _ARGS + _COMMON + "return admit()\n"
 
 # After a sleep: start (admit) unless the backoff window was extended meanwhile, then
 # reserve a new turn behind it; one decision, so one script.
 _RESUME = (
-    _COMMON
+    _ARGS
+    + _COMMON
     + """
 local floor = window_end()
 if floor and floor > now then return reserve(tonumber(ARGV[7])) end
@@ -159,7 +245,8 @@ return admit()
 )
 
 _PENDING = (
-    _COMMON
+    _ARGS
+    + _COMMON
     + """
 local entries = redis.call('LRANGE', log, 0, -1)
 local n = 0
@@ -175,7 +262,8 @@ return n
 # -- weighted calls: RateState.reserve_units / admit_units / settle_units, as Lua ----------
 # A call of cost c is c copies of its start in the lists; ARGV[9] is the cost.
 _UNITS = (
-    _COMMON
+    _ARGS
+    + _COMMON
     + """
 local cost = tonumber(ARGV[9])
 
@@ -208,11 +296,13 @@ local function push(list, value, n)
   trim(list, size, n)
 end
 
-local function admit_units()
+local function admit_units(top)
   local need = bound(starts, now, per + slack, gap + slack)
   if need > now then return need - now end
   push(starts, fmt(now), cost)
-  keep(starts, now)
+  if top == nil then top = at(log, -1) end
+  if top == nil or top < now then top = now end
+  keep(starts, top)
   return 0
 end
 
@@ -227,8 +317,9 @@ local function reserve_units(max_wait)
   if max_wait >= 0 and wait > max_wait then return {-wait, start, -1} end
   push(log, fmt(start), cost)
   keep(log, start)
+  keep(starts, start)
   if wait > 0 then return {wait, start, -1} end
-  local need = admit_units()
+  local need = admit_units(start)
   if need == 0 then return {0, start, now} end
   return {need, start, -1}
 end
@@ -251,7 +342,8 @@ return {need, -1, -1}
 # ARGV[10] the reservation, ARGV[11] the actual start (microseconds; -1: none), ARGV[12]
 # the units to give back (< 0) or charge (> 0), as of those times.
 _SETTLE_UNITS = (
-    _COMMON
+    _ARGS
+    + _COMMON
     + """
 local delta = tonumber(ARGV[12])
 local function settle(list, stamp)
@@ -278,10 +370,24 @@ local function settle(list, stamp)
     redis.call('RPUSH', list, unpack(out, i, math.min(i + 999, #out)))
   end
   redis.call('LTRIM', list, -rate, -1)
-  keep(list, stamp)
+end
+
+-- A rebuilt list has lost its expiry: give both lists what keep's invariant asks for their
+-- newest entries (and at least the idle ttl: a settle is a touch), never shortening one.
+local function keep_both()
+  local top = at(log, -1) or 0
+  local newest = at(starts, -1) or 0
+  if newest > top then top = newest end
+  local ms = math.ceil(((math.floor(top / bucket) + 1) * bucket + life - now) / 1000)
+  if ms < ttl then ms = ttl end
+  for _, name in ipairs({log, starts}) do
+    local left = redis.call('PTTL', name)
+    if left == -1 or (left >= 0 and left < ms) then redis.call('PEXPIRE', name, ms) end
+  end
 end
 settle(log, tonumber(ARGV[10]))
 settle(starts, tonumber(ARGV[11]))
+keep_both()
 return 1
 """
 )
