@@ -43,10 +43,11 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisRateBackend", "redis_rate_backend"]
 
-# The arguments and the time as plain locals. No Lua function is defined before the
-# immediate path (``_FAST``) has answered: creating the closures below costs, on every call,
-# about what two commands do, and the common decision needs none of them.
-_ARGS = """
+# The arguments the immediate path needs, and the time, as plain locals. No Lua function is
+# defined before the immediate path (``_FAST``) has answered: creating the closures of
+# ``_COMMON`` costs, on every call, about what two commands do, and the common decision needs
+# none of them (nor most arguments: ``_REST`` reads those after it).
+_HEAD = """
 local now
 if ARGV[1] ~= '' then now = tonumber(ARGV[1]) else
   local t = redis.call('TIME')  -- NOW_LUA's clock, inline (see NOW_LUA)
@@ -55,17 +56,20 @@ end
 local rate = tonumber(ARGV[2])
 local per = tonumber(ARGV[3])
 local burst = tonumber(ARGV[4])
-local gap = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[6])
-local slack = tonumber(ARGV[8]) or 0  -- widens the check of actual starts (see admit)
 local log, starts, window = KEYS[1], KEYS[2], KEYS[3]
 -- A list's expiry is set for the bucket of its newest entry (see keep): buckets of a 16th of
 -- the longer of idle ttl and per, at most a second, the same for every process of a limiter.
-local life = ttl * 1000
-local bucket = life
+local bucket = ttl * 1000
 if per > bucket then bucket = per end
 bucket = bucket / 16
 if bucket > 1000000 then bucket = 1000000 end
+"""
+
+_REST = """
+local gap = tonumber(ARGV[5])
+local slack = tonumber(ARGV[8]) or 0  -- widens the check of actual starts (see admit)
+local life = ttl * 1000  -- how long a list outlives its newest entry's bucket (see keep)
 if per + slack > life then life = per + slack end
 """
 
@@ -86,30 +90,35 @@ if not floor or tonumber(floor) <= now then
     n = redis.call('RPUSH', log, stamp)
     if (n > rate and tonumber(redis.call('LINDEX', log, -rate - 1)) + per > now)
       or (n > burst and burst < rate
-          and tonumber(redis.call('LINDEX', log, -burst - 1)) + gap > now) then
+          and tonumber(redis.call('LINDEX', log, -burst - 1)) + tonumber(ARGV[5]) > now) then
       redis.call('RPOP', log)  -- no room now: the general path reserves a later turn
     else
       m = redis.call('RPUSH', starts, stamp)
       local need = now
-      if m > rate then
-        local t = tonumber(redis.call('LINDEX', starts, -rate - 1)) + per + slack
-        if t > need then need = t end
+      if m > burst then
+        local slack = tonumber(ARGV[8]) or 0
+        if m > rate then
+          local t = tonumber(redis.call('LINDEX', starts, -rate - 1)) + per + slack
+          if t > need then need = t end
+        end
+        if burst < rate then
+          local t = tonumber(redis.call('LINDEX', starts, -burst - 1)) + tonumber(ARGV[5]) + slack
+          if t > need then need = t end
+        end
+        if need > now then
+          redis.call('RPOP', starts)  -- reserved now, started a little later (see admit)
+          m = 0
+        end
       end
-      if m > burst and burst < rate then
-        local t = tonumber(redis.call('LINDEX', starts, -burst - 1)) + gap + slack
-        if t > need then need = t end
-      end
-      if need > now then
-        redis.call('RPOP', starts)  -- reserved now, started a little later (see admit)
-        m = 0
-      end
-      if not last or math.floor(last / bucket) ~= math.floor(now / bucket) then
-        local ms = math.ceil(((math.floor(now / bucket) + 1) * bucket + life - now) / 1000)
-        redis.call('PEXPIRE', log, ms)
+      local edge = now - now % bucket
+      local moved = not last or last - last % bucket ~= edge
+      if moved or m == 1 then  -- a later bucket, or a new starts list: its first expiry
+        local life = ttl * 1000
+        local slack = tonumber(ARGV[8]) or 0
+        if per + slack > life then life = per + slack end
+        local ms = math.ceil((edge + bucket + life - now) / 1000)
+        if moved then redis.call('PEXPIRE', log, ms) end
         redis.call('PEXPIRE', starts, ms)
-      elseif m == 1 then  -- a new starts list (the log's bucket is this one): its first expiry
-        redis.call('PEXPIRE', starts,
-          math.ceil(((math.floor(now / bucket) + 1) * bucket + life - now) / 1000))
       end
       fast = need - now
       if n % 128 ~= 0 and n < 2 * rate and (m % 128 ~= 0 or m == 0) and m < 2 * rate then
@@ -143,7 +152,7 @@ end
 -- now + life, that is past idle ttl and past the moment *now* leaves the (slack-widened)
 -- window; an idle list lives at most a bucket (a 16th, at most 1 s) longer than that.
 local function keep(name, v)
-  local ms = math.ceil(((math.floor(v / bucket) + 1) * bucket + life - now) / 1000)
+  local ms = math.ceil((v - v % bucket + bucket + life - now) / 1000)
   redis.call('PEXPIRE', name, ms)
 end
 
@@ -217,8 +226,9 @@ end
 """
 
 _RESERVE = (
-    _ARGS
+    _HEAD
     + _FAST
+    + _REST
     + _COMMON
     + """
 if fast then  -- the immediate path's push crossed a trim point
@@ -230,12 +240,13 @@ return reserve(tonumber(ARGV[7]))
 """
 )
 
-_ADMIT = _ARGS + _COMMON + "return admit()\n"
+_ADMIT = _HEAD + _REST + _COMMON + "return admit()\n"
 
 # After a sleep: start (admit) unless the backoff window was extended meanwhile, then
 # reserve a new turn behind it; one decision, so one script.
 _RESUME = (
-    _ARGS
+    _HEAD
+    + _REST
     + _COMMON
     + """
 local floor = window_end()
@@ -245,7 +256,8 @@ return admit()
 )
 
 _PENDING = (
-    _ARGS
+    _HEAD
+    + _REST
     + _COMMON
     + """
 local entries = redis.call('LRANGE', log, 0, -1)
@@ -262,7 +274,8 @@ return n
 # -- weighted calls: RateState.reserve_units / admit_units / settle_units, as Lua ----------
 # A call of cost c is c copies of its start in the lists; ARGV[9] is the cost.
 _UNITS = (
-    _ARGS
+    _HEAD
+    + _REST
     + _COMMON
     + """
 local cost = tonumber(ARGV[9])
@@ -342,7 +355,8 @@ return {need, -1, -1}
 # ARGV[10] the reservation, ARGV[11] the actual start (microseconds; -1: none), ARGV[12]
 # the units to give back (< 0) or charge (> 0), as of those times.
 _SETTLE_UNITS = (
-    _ARGS
+    _HEAD
+    + _REST
     + _COMMON
     + """
 local delta = tonumber(ARGV[12])
@@ -378,7 +392,7 @@ local function keep_both()
   local top = at(log, -1) or 0
   local newest = at(starts, -1) or 0
   if newest > top then top = newest end
-  local ms = math.ceil(((math.floor(top / bucket) + 1) * bucket + life - now) / 1000)
+  local ms = math.ceil((top - top % bucket + bucket + life - now) / 1000)
   if ms < ttl then ms = ttl end
   for _, name in ipairs({log, starts}) do
     local left = redis.call('PTTL', name)
