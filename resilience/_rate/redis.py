@@ -76,16 +76,25 @@ if per + slack > life then life = per + slack end
 # RateState.reserve's common branch (a start now, with room), inline and before any function:
 # push first, then check the entries the push moved to -rate-1 and -burst-1, so a list
 # shorter than the burst is not read at all (RPUSH answers its length); a push the rule
-# refuses is popped again. A window or a reservation ahead goes straight to the general path.
+# refuses is popped again. A window or a reservation ahead goes straight to the general path;
+# the one read tells both (the window flag: see _FLAG), and only a new log reads the window.
 # The expiry is refreshed only when *now* is in a later bucket than the log's previous newest
 # entry (see keep); a trim to do (one push in 128) is left to the tail of _RESERVE.
 _FAST = """
 local fast, n, m
-local floor = redis.call('GET', window)
-if not floor or tonumber(floor) <= now then
-  local last = redis.call('LINDEX', log, -1)
-  if last then last = tonumber(last) end
-  if not last or last <= now then
+local last = redis.call('LINDEX', log, -1)
+local open
+if not last then
+  local floor = redis.call('GET', window)
+  open = floor and tonumber(floor) > now
+elseif last == 'w' then
+  open = true
+else
+  last = tonumber(last)
+  open = last > now
+end
+if not open then
+  do
     local stamp = string.format('%d', now)  -- whole microseconds, as every script writes them
     n = redis.call('RPUSH', log, stamp)
     if (n > rate and tonumber(redis.call('LINDEX', log, -rate - 1)) + per > now)
@@ -144,6 +153,17 @@ local function at(name, index)
   return nil
 end
 
+-- How many entries the window flag takes at the log's end (0 or 1: see _FLAG).
+local function flagged()
+  if redis.call('LINDEX', log, -1) == 'w' then return 1 end
+  return 0
+end
+
+-- The log's newest reservation (the flag skipped), or nil.
+local function newest()
+  return at(log, -1 - flagged())
+end
+
 -- The expiry of a list whose newest entry is at most *v*: until the end of *v*'s bucket plus
 -- the longer of idle ttl and per + slack. Invariant (every script keeps it): each list lives
 -- until its own newest entry's bucket end + life, and the starts list also until the log's
@@ -193,7 +213,7 @@ local function admit(top)
   end
   if need > now then return need - now end
   push(starts, now)
-  if top == nil then top = at(log, -1) end
+  if top == nil then top = newest() end
   if top == nil or top < now then top = now end
   keep(starts, top)
   return 0
@@ -205,18 +225,20 @@ local function reserve(max_wait)
   local start = now
   local floor = window_end()
   if floor and floor > start then start = floor end
-  local last = at(log, -1)
+  local off = flagged()
+  local last = at(log, -1 - off)
   if last then
     if last > start then start = last end
-    local first = at(log, -rate)
+    local first = at(log, -rate - off)
     if first and first + per > start then start = first + per end
     if burst < rate then
-      local edge = at(log, -burst)
+      local edge = at(log, -burst - off)
       if edge and edge + gap > start then start = edge + gap end
     end
   end
   local wait = start - now
   if max_wait >= 0 and wait > max_wait then return -wait end
+  if off == 1 then redis.call('RPOP', log) end  -- the flag goes: *start* is past the window
   push(log, start)
   keep(log, start)
   keep(starts, start)
@@ -263,8 +285,11 @@ _PENDING = (
 local entries = redis.call('LRANGE', log, 0, -1)
 local n = 0
 for i = #entries, 1, -1 do
-  if tonumber(entries[i]) <= now then break end
-  n = n + 1
+  local t = tonumber(entries[i])  -- nil: the window flag
+  if t then
+    if t <= now then break end
+    n = n + 1
+  end
 end
 return n
 """
@@ -280,11 +305,11 @@ _UNITS = (
     + """
 local cost = tonumber(ARGV[9])
 
-local function bound(list, start, span, spacing)
-  local count = redis.call('LLEN', list)
+local function bound(list, start, span, spacing, off)
+  local count = redis.call('LLEN', list) - off
   local back = rate - cost + 1
   if count >= back then
-    local t = tonumber(redis.call('LINDEX', list, -back)) + span
+    local t = tonumber(redis.call('LINDEX', list, -back - off)) + span
     if t > start then start = t end
   end
   if burst < rate then
@@ -292,7 +317,7 @@ local function bound(list, start, span, spacing)
     if c > burst then c = burst end
     local bback = burst - c + 1
     if count >= bback then
-      local e = tonumber(redis.call('LINDEX', list, -bback)) + spacing
+      local e = tonumber(redis.call('LINDEX', list, -bback - off)) + spacing
       if e > start then start = e end
     end
   end
@@ -310,7 +335,7 @@ local function push(list, value, n)
 end
 
 local function admit_units(top)
-  local need = bound(starts, now, per + slack, gap + slack)
+  local need = bound(starts, now, per + slack, gap + slack, 0)
   if need > now then return need - now end
   push(starts, fmt(now), cost)
   if top == nil then top = at(log, -1) end
@@ -323,11 +348,13 @@ local function reserve_units(max_wait)
   local start = now
   local floor = window_end()
   if floor and floor > start then start = floor end
-  local last = redis.call('LINDEX', log, -1)
-  if last and tonumber(last) > start then start = tonumber(last) end
-  start = bound(log, start, per, gap)
+  local off = flagged()
+  local last = at(log, -1 - off)
+  if last and last > start then start = last end
+  start = bound(log, start, per, gap, off)
   local wait = start - now
   if max_wait >= 0 and wait > max_wait then return {-wait, start, -1} end
+  if off == 1 then redis.call('RPOP', log) end  -- the flag goes: *start* is past the window
   push(log, fmt(start), cost)
   keep(log, start)
   keep(starts, start)
@@ -364,9 +391,12 @@ local function settle(list, stamp)
   if stamp < 0 then return end
   local value = fmt(stamp)
   if delta < 0 then
-    redis.call('LREM', list, delta, value)
+    redis.call('LREM', list, delta, value)  -- never the flag
     return
   end
+  local off = 0
+  if list == log then off = flagged() end
+  if off == 1 then redis.call('RPOP', list) end  -- set aside while the list is rebuilt
   local items = redis.call('LRANGE', list, 0, -1)
   local out, placed = {}, false
   for i = 1, #items do
@@ -384,12 +414,13 @@ local function settle(list, stamp)
     redis.call('RPUSH', list, unpack(out, i, math.min(i + 999, #out)))
   end
   redis.call('LTRIM', list, -rate, -1)
+  if off == 1 then redis.call('RPUSH', list, 'w') end
 end
 
 -- A rebuilt list has lost its expiry: give both lists what keep's invariant asks for their
 -- newest entries (and at least the idle ttl: a settle is a touch), never shortening one.
 local function keep_both()
-  local top = at(log, -1) or 0
+  local top = newest() or 0
   local newest = at(starts, -1) or 0
   if newest > top then top = newest end
   local ms = math.ceil((top - top % bucket + bucket + life - now) / 1000)
@@ -402,6 +433,9 @@ end
 settle(log, tonumber(ARGV[10]))
 settle(starts, tonumber(ARGV[11]))
 keep_both()
+-- A refund may have dropped the log's newest entry below an open window: flag it (_FLAG).
+local ends, top = window_end(), newest()
+if ends and top and ends > top and flagged() == 0 then redis.call('RPUSH', log, 'w') end
 return 1
 """
 )
@@ -561,6 +595,10 @@ def redis_rate_backend(key: str, policy: RateLimitPolicy, store: RedisStore) -> 
 # -- the operator's view: plain reads of the logs and the window, never a script ---------------
 
 
+_FLAGS = (b"w", "w")
+"""The window flag, as bytes or text (whichever the client decodes to); see ``_FLAG``."""
+
+
 def _reads(store: RedisStore, key: str) -> list[Any]:
     return [
         ("lrange", (store.key("rate", key, "log"), 0, -1)),
@@ -577,7 +615,7 @@ def _build(
     wall: float,
     meta: dict[str, Any] | None,
 ) -> LimiterSnapshot | None:
-    log = [int(x) for x in replies[0] or ()]
+    log = [int(x) for x in replies[0] or () if x not in _FLAGS]
     starts = [int(x) for x in replies[1] or ()]
     end = None if replies[2] is None else int(replies[2])
     left = max(0, end - now) if end is not None else 0
