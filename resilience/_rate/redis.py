@@ -418,21 +418,24 @@ local function settle(list, stamp)
 end
 
 -- A rebuilt list has lost its expiry: give both lists what keep's invariant asks for their
--- newest entries (and at least the idle ttl: a settle is a touch), never shortening one.
-local function keep_both()
+-- newest entries, and a settled list at least the idle ttl (a settle changed it), never
+-- shortening one.
+local function keep_both(settled)
   local top = newest() or 0
-  local newest = at(starts, -1) or 0
-  if newest > top then top = newest end
+  local latest = at(starts, -1) or 0
+  if latest > top then top = latest end
   local ms = math.ceil((top - top % bucket + bucket + life - now) / 1000)
-  if ms < ttl then ms = ttl end
   for _, name in ipairs({log, starts}) do
+    local want = ms
+    if settled[name] and want < ttl then want = ttl end
     local left = redis.call('PTTL', name)
-    if left == -1 or (left >= 0 and left < ms) then redis.call('PEXPIRE', name, ms) end
+    if left == -1 or (left >= 0 and left < want) then redis.call('PEXPIRE', name, want) end
   end
 end
-settle(log, tonumber(ARGV[10]))
-settle(starts, tonumber(ARGV[11]))
-keep_both()
+local reserved, started = tonumber(ARGV[10]), tonumber(ARGV[11])
+settle(log, reserved)
+settle(starts, started)
+keep_both({[log] = reserved >= 0, [starts] = started >= 0})
 -- A refund may have dropped the log's newest entry below an open window: flag it (_FLAG).
 local ends, top = window_end(), newest()
 if ends and top and ends > top and flagged() == 0 then redis.call('RPUSH', log, 'w') end
