@@ -318,7 +318,7 @@ def cluster_router(client: Any, timeout: float) -> Any:
     """
     The asyncio way to the cluster *client* (sync or asyncio) talks to, for the running loop.
 
-    A ``ClusterRouter``: one plain asyncio client per primary with *client*'s connection
+    A ``ClusterRouter``: a few asyncio connections per primary with *client*'s connection
     settings (TLS, credentials, client name, protocol, decoding) and socket timeouts of
     *timeout*, seeded with its nodes and its ``address_remap``.
     """
@@ -347,7 +347,6 @@ def cluster_router(client: Any, timeout: float) -> Any:
         connection_class=connection_class,
         settings=settings,
         max_connections=_MAX_CONNECTIONS,
-        timeout=timeout,
         remap=getattr(manager, "address_remap", None),
     )
 

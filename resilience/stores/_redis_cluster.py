@@ -3,8 +3,9 @@ The asyncio path to a Redis Cluster: each script sent straight to the primary of
 
 Every script of ours touches the keys of one hash tag, so one slot, so one primary. Instead
 of the client library's asyncio cluster client, a ``ClusterRouter`` (one per event loop)
-keeps the slot map itself and one plain asyncio client per primary (a bounded pool, with the
-cluster client's own connection settings: TLS, credentials, client name, protocol). It reads
+keeps the slot map itself and a few connections per primary (the library's own asyncio
+connections, made with the cluster client's settings: TLS, credentials, client name,
+protocol), each used by one caller at a time and dropped after any failure. It reads
 the map with ``CLUSTER SLOTS`` from any node that answers, follows ``MOVED`` (the script did
 not run: it is sent again to the new owner, and the whole map is read again soon after) and
 ``ASK`` (``ASKING`` and the script on one connection to the importing node), and reads the map
@@ -16,8 +17,8 @@ client (re)initialises are routed before it knows the slot map, to its default n
 those other tasks are waiting on, whose scripts may already have run; each lost connection
 then makes it disconnect the node's "free" connections while other tasks take them from the
 pool. Under many concurrent tasks replies are lost ("Connection closed by server",
-``'NoneType' object has no attribute 'writelines'``) for scripts that ran. A plain client per
-primary has none of that, and does less per call.
+``'NoneType' object has no attribute 'writelines'``) for scripts that ran. Here a connection
+is only ever closed by the one caller holding it.
 
 Only ``stores._redis`` imports this module, when an asyncio call first meets a cluster.
 """
@@ -25,6 +26,7 @@ Only ``stores._redis`` imports this module, when an asyncio call first meets a c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 
 from collections.abc import Callable, Sequence
@@ -43,6 +45,61 @@ _REFRESH_EVERY = 0.05
 Address = tuple[str, int]
 
 
+class _Node:
+    """
+    Connections to one node, each held by one caller at a time (at most *size* at once).
+
+    A connection goes back to the pool only after a whole exchange (an error *reply*
+    included: the connection is still in step); after any other failure (a lost
+    connection, a timeout, a cancellation) it is closed by its holder and forgotten, so no
+    other caller can meet it half-used.
+    """
+
+    def __init__(self, make: Callable[[], Any], size: int, response_error: type[Exception]):
+        self._make = make
+        self._free: list[Any] = []
+        self._room = asyncio.Semaphore(size)
+        self._response_error = response_error
+        self._closed = False
+
+    async def call(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send *commands* on one connection; return their replies (or raise the first error)."""
+        async with self._room:
+            connection = self._free.pop() if self._free else self._make()
+            replies: list[Any] = []
+            try:
+                if len(commands) == 1:
+                    packed = connection.pack_command(*commands[0])
+                else:
+                    packed = connection.pack_commands(commands)
+                await connection.send_packed_command(packed)
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response())
+                    except self._response_error as error:  # an error reply: still in step
+                        replies.append(error)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await connection.disconnect(nowait=True)
+                raise
+            if self._closed:
+                await connection.disconnect()
+            else:
+                self._free.append(connection)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
+
+    async def aclose(self) -> None:
+        """Close the idle connections; those in use are closed when their holder is done."""
+        self._closed = True
+        free, self._free = self._free, []
+        for connection in free:
+            with contextlib.suppress(Exception):
+                await connection.disconnect()
+
+
 class ClusterRouter:
     """
     One event loop's way to a cluster: the slot map and a client per primary.
@@ -52,8 +109,8 @@ class ClusterRouter:
         seeds: Nodes to read the slot map from first (the cluster client's).
         connection_class: The asyncio connection class for every node (TLS or not).
         settings: Connection settings (no host nor port) for every node.
-        max_connections: The most connections open to one node; more callers queue.
-        timeout: Seconds a caller may queue for a connection (the store's timeout).
+        max_connections: The most connections open to one node; more callers queue (for
+            as long as the caller's own deadline allows).
         remap: The cluster client's ``address_remap`` (behind NAT or a proxy), if any.
     """
 
@@ -65,7 +122,6 @@ class ClusterRouter:
         connection_class: type[Any],
         settings: dict[str, Any],
         max_connections: int,
-        timeout: float,
         remap: Callable[[Address], Address] | None = None,
     ) -> None:
         self._lib = lib
@@ -78,9 +134,8 @@ class ClusterRouter:
         retry = lib.asyncio.retry.Retry(lib.backoff.NoBackoff(), 0)
         self._settings = {**settings, "retry": retry}
         self._max_connections = max_connections
-        self._timeout = timeout
         self._remap = remap
-        self._nodes: dict[Address, Any] = {}
+        self._nodes: dict[Address, _Node] = {}
         self._slots: list[Address | None] = [None] * _SLOTS
         self._stale = True
         self._refreshed = -_REFRESH_EVERY
@@ -90,20 +145,17 @@ class ClusterRouter:
 
     # -- nodes and the slot map ---------------------------------------------------------------
 
-    def node(self, address: Address) -> Any:
-        """The asyncio client of the node at *address* (made on first use)."""
-        client = self._nodes.get(address)
-        if client is None:
-            pool = self._lib.asyncio.BlockingConnectionPool(
-                connection_class=self._connection_class,
-                max_connections=self._max_connections,
-                timeout=self._timeout,
-                host=address[0],
-                port=address[1],
-                **self._settings,
+    def node(self, address: Address) -> _Node:
+        """The connections to the node at *address* (a pool made on first use)."""
+        node = self._nodes.get(address)
+        if node is None:
+            settings = {**self._settings, "host": address[0], "port": address[1]}
+            node = self._nodes[address] = _Node(
+                lambda: self._connection_class(**settings),
+                self._max_connections,
+                self._errors.ResponseError,
             )
-            client = self._nodes[address] = self._lib.asyncio.Redis.from_pool(pool)
-        return client
+        return node
 
     def _address(self, host: Any, port: Any, asked: Address) -> Address:
         text = host.decode() if isinstance(host, bytes) else str(host or "")
@@ -132,7 +184,7 @@ class ClusterRouter:
             error: BaseException | None = None
             for address in candidates:
                 try:
-                    reply = await self.node(address).execute_command("CLUSTER SLOTS")
+                    (reply,) = await self.node(address).call(("CLUSTER", "SLOTS"))
                 except (self._errors.ConnectionError, self._errors.TimeoutError, OSError) as e:
                     self._failed[address] = None
                     error = e
@@ -173,17 +225,16 @@ class ClusterRouter:
         asking = False
         last: BaseException | None = None
         for _ in range(_REDIRECTS):
-            client = self.node(target)
+            node = self.node(target)
             try:
                 if asking:
-                    pipe = client.pipeline(transaction=False)
-                    pipe.execute_command("ASKING")
-                    pipe.eval(source, len(keys), *keys, *args)
-                    return (await pipe.execute())[1]
-                try:
-                    reply = await client.evalsha(sha, len(keys), *keys, *args)
-                except self._errors.NoScriptError:
-                    reply = await client.eval(source, len(keys), *keys, *args)
+                    ask = ("ASKING",)
+                    reply = (await node.call(ask, ("EVAL", source, len(keys), *keys, *args)))[1]
+                else:
+                    try:
+                        (reply,) = await node.call(("EVALSHA", sha, len(keys), *keys, *args))
+                    except self._errors.NoScriptError:
+                        (reply,) = await node.call(("EVAL", source, len(keys), *keys, *args))
             except self._errors.MovedError as moved:  # not run: the slot has a new owner
                 target = self._address(moved.host, moved.port, target)
                 self._slots[slot] = target
@@ -208,5 +259,5 @@ class ClusterRouter:
     async def aclose(self) -> None:
         """Close every node's connections."""
         nodes, self._nodes = list(self._nodes.values()), {}
-        for client in nodes:
-            await client.aclose()
+        for node in nodes:
+            await node.aclose()
