@@ -131,8 +131,10 @@ def scenarios() -> list[Scenario]:
             timer="process",
             note=(
                 "cost=lambda: 1 against the default cost; a budget that never runs out; "
-                "the floor of the difference is one call of the cost callable (about a "
-                "bare call)"
+                "timed in process CPU (a difference of a few percent, which other "
+                "processes' time slices on a shared machine would swamp in wall time); the "
+                "floor of the difference is one call of the cost callable and the check of "
+                "its answer"
             ),
         ),
     ]
