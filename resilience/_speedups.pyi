@@ -46,3 +46,36 @@ class RateStart:
         trim: Callable[[float], object],
     ) -> None: ...
     def __call__(self) -> float | None: ...
+
+class ThrottleTally:
+    """The C twin of ``_throttle.state.Tally``: the current bucket's accepts, its end, calm."""
+
+    until: float
+    calm: int
+    def accept(self) -> None: ...
+    def peek(self) -> int: ...
+    def take(self) -> int: ...
+
+class ThrottleRunner:
+    """``@throttled``'s closed path in C: call and count the accept; else the Python runner."""
+
+    def __init__(
+        self,
+        layer: Any,
+        epoch: Any,
+        switches: Any,
+        source: Any,
+        call_next: Callable[..., Any] | None,
+        slow: Callable[..., Any],
+        failed: Callable[[BaseException], object],
+        late: Callable[[float], object],
+        /,
+    ) -> None: ...
+    def __call__(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        /,
+    ) -> Any: ...
