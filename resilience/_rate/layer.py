@@ -339,18 +339,20 @@ class RateLimitLayer(KeyedLayer):
             cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
             if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
                 cost = layer._cost(cost)
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                if cost == 1:
-                    wait = backend.reserve(bound)
-                    if wait:
-                        layer._wait_sync(backend, wait)
-                else:
-                    wait, reserved, _ = backend.reserve_units(bound, cost)
-                    if wait:
-                        layer._wait_units_sync(backend, wait, cost, reserved)
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without units
+            start_now = layer._start_now
+            if cost != 1 or start_now is None or start_now() is None:  # not started in C
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    if cost == 1:
+                        wait = backend.reserve(bound)
+                        if wait:
+                            layer._wait_sync(backend, wait)
+                    else:
+                        wait, reserved, _ = backend.reserve_units(bound, cost)
+                        if wait:
+                            layer._wait_units_sync(backend, wait, cost, reserved)
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without units
             try:
                 if direct:  # innermost: call the function itself, one frame less
                     result = wrapped(*args, **kwargs)
@@ -394,27 +396,29 @@ class RateLimitLayer(KeyedLayer):
             cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
             if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
                 cost = layer._cost(cost)
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                if layer._remote:
-                    if cost == 1:
-                        wait = await backend.areserve(bound, layer.rtt)
+            start_now = layer._start_now
+            if cost != 1 or start_now is None or start_now() is None:  # not started in C
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    if layer._remote:
+                        if cost == 1:
+                            wait = await backend.areserve(bound, layer.rtt)
+                            if wait:
+                                await layer._wait_async(backend, wait)
+                        else:
+                            wait, reserved, _ = await backend.areserve_units(bound, cost)
+                            if wait:
+                                await layer._wait_units_async(backend, wait, cost, reserved)
+                    elif cost == 1:
+                        wait = backend.reserve(bound)
                         if wait:
                             await layer._wait_async(backend, wait)
                     else:
-                        wait, reserved, _ = await backend.areserve_units(bound, cost)
+                        wait, reserved, _ = backend.reserve_units(bound, cost)
                         if wait:
                             await layer._wait_units_async(backend, wait, cost, reserved)
-                elif cost == 1:
-                    wait = backend.reserve(bound)
-                    if wait:
-                        await layer._wait_async(backend, wait)
-                else:
-                    wait, reserved, _ = backend.reserve_units(bound, cost)
-                    if wait:
-                        await layer._wait_units_async(backend, wait, cost, reserved)
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without units
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without units
             try:
                 if direct:  # innermost: await the function itself, one frame less
                     result = await wrapped(*args, **kwargs)
