@@ -1,5 +1,6 @@
 """The optional C accelerator of ``resilience._deadline``: the deadline's hot part."""
 
+from collections.abc import Iterator
 from contextvars import ContextVar
 from types import CodeType
 from typing import Any
@@ -29,3 +30,9 @@ def configure(
     /,
 ) -> None:
     """Give the C type the deadline variable, the clock holder, the slow-path check, the class."""
+
+def af_configure(lease_ids: Iterator[int], holder: Any, /) -> None:
+    """Give ``af_lease_begin`` the pool module's lease ids and the clock holder."""
+
+def af_lease_begin(leases: dict[int, float], /) -> int:
+    """Record one unit's lease starting now in *leases*; return its id."""

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config, _deadline
 from resilience._bounded.adaptive import AdaptiveLimit, AdaptivePoolBackend
-from resilience._bounded.pool import LEASE_IDS, WATCH_HOOKS, MemoryPoolBackend, PermitQueue
+from resilience._bounded.pool import WATCH_HOOKS, MemoryPoolBackend, PermitQueue, lease_begin
 from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import BoundedTimeoutError, StoreUnavailableError
 from resilience._policies import BoundedPolicy
@@ -743,7 +743,7 @@ class BoundedLayer(KeyedLayer):
         weight = self.policy.weight
         direct = call_next is terminal
         default = _clock.DEFAULT
-        lease_ids = LEASE_IDS
+        begin = lease_begin
 
         def run(
             wrapped: Callable[..., Any],
@@ -760,8 +760,7 @@ class BoundedLayer(KeyedLayer):
                     return run_slow(queue, call_next, wrapped, instance, args, kwargs)
                 leases: dict[int, float] = queue.backend.leases  # type: ignore[attr-defined]
                 # ``_run_leased`` for one unit, inline
-                lease = next(lease_ids)
-                leases[lease] = default.monotonic()
+                lease = begin(leases)
                 if queue.waiters or not queue.backend.try_acquire(1):
                     del leases[lease]  # a wait is no lease
                     layer._wait_sync(queue)
@@ -795,7 +794,7 @@ class BoundedLayer(KeyedLayer):
         weight = self.policy.weight
         direct = call_next is terminal
         default = _clock.DEFAULT
-        lease_ids = LEASE_IDS
+        begin = lease_begin
 
         async def run(
             wrapped: Callable[..., Any],
@@ -812,8 +811,7 @@ class BoundedLayer(KeyedLayer):
                     return await arun_slow(queue, call_next, wrapped, instance, args, kwargs)
                 leases: dict[int, float] = queue.backend.leases  # type: ignore[attr-defined]
                 # ``_arun_leased`` for one unit, inline
-                lease = next(lease_ids)
-                leases[lease] = default.monotonic()
+                lease = begin(leases)
                 if queue.waiters or not queue.backend.try_acquire(1):
                     del leases[lease]  # a wait is no lease
                     await layer._wait_async(queue)

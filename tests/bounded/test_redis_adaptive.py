@@ -291,7 +291,6 @@ class TestTimedCalls:
         pool = get_bounded(key, store=shared)
         assert (0, 576) == (pool.in_use, pool.limit)
 
-
     @pytest.mark.anyio
     async def test_async_untimed_calls_and_drops(self, shared: RedisStore) -> None:
         """The async runner: 41 calls are 3 samples; an untimed drop still cuts 640 -> 576."""
