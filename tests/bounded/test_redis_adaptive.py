@@ -292,11 +292,22 @@ class TestTimedCalls:
         assert (0, 576) == (pool.in_use, pool.limit)
 
     @pytest.mark.anyio
-    async def test_async_untimed_calls_and_drops(self, shared: RedisStore) -> None:
+    @pytest.mark.parametrize("kind", ["single", "cluster"])
+    async def test_async_untimed_calls_and_drops(
+        self, kind: str, request: pytest.FixtureRequest
+    ) -> None:
         """The async runner: 41 calls are 3 samples; an untimed drop still cuts 640 -> 576."""
         key = f"wide-{uuid.uuid4().hex[:8]}"
         limit = AdaptiveLimit(initial=640, on_drop=ConnectionError)
+        store: Any = redis_store_for(kind, request, clock=DefaultClock())
+        try:
+            await self._untimed_and_drop(store, key, limit)
+        finally:
+            store.clear()
+            await store.aclose()
+            store.close()
 
+    async def _untimed_and_drop(self, shared: Any, key: str, limit: AdaptiveLimit) -> None:
         @bounded(limit=limit, key=key, store=shared)
         async def call(fail: bool = False) -> None:
             if fail:
