@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
@@ -27,10 +26,13 @@ from resilience import (
 )
 from resilience._bounded.pool import MemoryPoolBackend
 from resilience._snapshot import ThrottleSnapshot
-from resilience._throttle.state import ThrottleState
+from resilience._throttle.state import Tally, new_tally
 from resilience.stores import MemoryStore
 
 from .conftest import DefaultClock, redis_store_for
+
+
+_TALLY = type(new_tally())  # the C tally when the accelerator is in use
 
 
 class Boom(Exception):
@@ -344,17 +346,13 @@ def _memory_state(value, depth=0):
         return [_memory_state(v, depth + 1) for v in value]
     if isinstance(value, dict):
         return sorted((repr(k), _memory_state(v, depth + 1)) for k, v in value.items())
-    if isinstance(value, itertools.count):  # the throttle's accept tally: its next value
-        return int(repr(value)[len("count(") : -1])
+    if isinstance(value, Tally | _TALLY):  # the throttle's accepts: what it counted, not how
+        # (reading a Python tally takes one of its counter's values, which a read must leave
+        # counting the same accepts)
+        return {"accepts": value.peek(), "until": value.until, "calm": value.calm}
     slots = [s for k in type(value).__mro__ for s in getattr(k, "__slots__", ())]
     if not slots or "lock" in type(value).__name__.lower():
         return type(value).__name__
-    if isinstance(value, ThrottleState):
-        # reading the tally takes one of its values (``peeks`` counts them): what it has
-        # counted is the tally less its peeks, which a read must leave as it was
-        state = {s: _memory_state(getattr(value, s), depth + 1) for s in slots}
-        state["tally"] -= state.pop("peeks")
-        return state
     state = {
         s: _memory_state(getattr(value, s, None), depth + 1)
         for s in slots
