@@ -1,6 +1,6 @@
 """The optional C accelerator: the deadline's and the memory rate limit's hot parts."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from types import CodeType
 from typing import Any
@@ -79,3 +79,9 @@ class ThrottleRunner:
         kwargs: dict[str, Any],
         /,
     ) -> Any: ...
+
+def af_configure(lease_ids: Iterator[int], holder: Any, /) -> None:
+    """Give ``af_lease_begin`` the pool module's lease ids and the clock holder."""
+
+def af_lease_begin(leases: dict[int, float], /) -> int:
+    """Record one unit's lease starting now in *leases*; return its id."""
