@@ -112,45 +112,43 @@ else
   open = last > now
 end
 if not open then
-  do
-    local stamp = string.format('%d', now)  -- whole microseconds, as every script writes them
-    n = redis.call('RPUSH', log, stamp)
-    if (n > rate and tonumber(redis.call('LINDEX', log, -rate - 1)) + per > now)
-      or (n > burst and burst < rate
-          and tonumber(redis.call('LINDEX', log, -burst - 1)) + tonumber(ARGV[5]) > now) then
-      redis.call('RPOP', log)  -- no room now: the general path reserves a later turn
-    else
-      m = redis.call('RPUSH', starts, stamp)
-      local need = now
-      if m > burst then
-        local slack = tonumber(ARGV[8]) or 0
-        if m > rate then
-          local t = tonumber(redis.call('LINDEX', starts, -rate - 1)) + per + slack
-          if t > need then need = t end
-        end
-        if burst < rate then
-          local t = tonumber(redis.call('LINDEX', starts, -burst - 1)) + tonumber(ARGV[5]) + slack
-          if t > need then need = t end
-        end
-        if need > now then
-          redis.call('RPOP', starts)  -- reserved now, started a little later (see admit)
-          m = 0
-        end
+  local stamp = string.format('%d', now)  -- whole microseconds, as every script writes them
+  n = redis.call('RPUSH', log, stamp)
+  if (n > rate and tonumber(redis.call('LINDEX', log, -rate - 1)) + per > now)
+    or (n > burst and burst < rate
+        and tonumber(redis.call('LINDEX', log, -burst - 1)) + tonumber(ARGV[5]) > now) then
+    redis.call('RPOP', log)  -- no room now: the general path reserves a later turn
+  else
+    m = redis.call('RPUSH', starts, stamp)
+    local need = now
+    if m > burst then
+      local slack = tonumber(ARGV[8]) or 0
+      if m > rate then
+        local t = tonumber(redis.call('LINDEX', starts, -rate - 1)) + per + slack
+        if t > need then need = t end
       end
-      local edge = now - now % bucket
-      local moved = not last or last - last % bucket ~= edge
-      if moved or m == 1 then  -- a later bucket, or a new starts list: its first expiry
-        local life = ttl * 1000
-        local slack = tonumber(ARGV[8]) or 0
-        if per + slack > life then life = per + slack end
-        local ms = math.ceil((edge + bucket + life - now) / 1000)
-        if moved then redis.call('PEXPIRE', log, ms) end
-        redis.call('PEXPIRE', starts, ms)
+      if burst < rate then
+        local t = tonumber(redis.call('LINDEX', starts, -burst - 1)) + tonumber(ARGV[5]) + slack
+        if t > need then need = t end
       end
-      fast = need - now
-      if n % 128 ~= 0 and n < 2 * rate and (m % 128 ~= 0 or m == 0) and m < 2 * rate then
-        return fast
+      if need > now then
+        redis.call('RPOP', starts)  -- reserved now, started a little later (see admit)
+        m = 0
       end
+    end
+    local edge = now - now % bucket
+    local moved = not last or last - last % bucket ~= edge
+    if moved or m == 1 then  -- a later bucket, or a new starts list: its first expiry
+      local life = ttl * 1000
+      local slack = tonumber(ARGV[8]) or 0
+      if per + slack > life then life = per + slack end
+      local ms = math.ceil((edge + bucket + life - now) / 1000)
+      if moved then redis.call('PEXPIRE', log, ms) end
+      redis.call('PEXPIRE', starts, ms)
+    end
+    fast = need - now
+    if n % 128 ~= 0 and n < 2 * rate and (m % 128 ~= 0 or m == 0) and m < 2 * rate then
+      return fast
     end
   end
 end
