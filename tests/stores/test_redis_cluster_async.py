@@ -191,3 +191,15 @@ def test_a_slot_migrated_then_moved_is_followed(cluster_store, nodes):
             setslot(node, "NODE", ids[source.port])
         with source.client() as client:
             client.delete(key)
+
+
+def test_a_script_without_keys_runs_on_a_primary(cluster_store):
+    """No key, no slot: any primary runs it (ours always name their keys)."""
+
+    async def main() -> Any:
+        try:
+            return await cluster_store.arun("return 7", [], [], key="none")
+        finally:
+            await cluster_store.aclose()
+
+    assert 7 == asyncio.run(main())
