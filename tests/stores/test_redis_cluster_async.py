@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
 
 from resilience import rate_limited
 from resilience.stores import RedisStore
@@ -122,11 +123,14 @@ def test_many_tasks_decide_through_a_limiter(cluster_store, nodes):
     assert TASKS * EACH == starts == ran
 
 
-def test_a_given_async_cluster_client_lends_its_settings(nodes):
-    """``RedisStore(redis.asyncio.RedisCluster(...))``: its client name reaches each node."""
+@pytest.mark.parametrize("how", ["alone", "pair"])
+def test_a_given_async_cluster_client_lends_its_settings(nodes, how):
+    """An asyncio cluster client given (alone or in a pair): its client name is the one used."""
     name = f"mine-{uuid.uuid4().hex[:6]}"
     given = redis.asyncio.RedisCluster(host="127.0.0.1", port=nodes[1].port, client_name=name)
-    store = RedisStore(given, namespace=f"router-{uuid.uuid4().hex[:10]}", timeout=10.0)
+    sync = redis.cluster.RedisCluster(host="127.0.0.1", port=nodes[2].port, socket_timeout=10)
+    namespace = f"router-{uuid.uuid4().hex[:10]}"
+    store = RedisStore(given if how == "alone" else (sync, given), namespace=namespace, timeout=10)
     key = store.key("probe", "named")
     owner = store.client.get_node_from_key(key)
 
@@ -146,6 +150,7 @@ def test_a_given_async_cluster_client_lends_its_settings(nodes):
     finally:
         store.clear()
         store.close()
+        sync.close()
 
 
 @pytest.mark.usefixtures("discarded_nodes_collected")  # the sync client's, after the move
