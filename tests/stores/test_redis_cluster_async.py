@@ -208,3 +208,30 @@ def test_a_script_without_keys_runs_on_a_primary(cluster_store):
             await cluster_store.aclose()
 
     assert 7 == asyncio.run(main())
+
+
+def test_a_given_sync_cluster_client_lends_its_settings_to_the_copy(nodes):
+    """A cluster client with no timeouts is copied with the store's: its settings kept too."""
+    name = f"copied-{uuid.uuid4().hex[:6]}"
+    given = redis.cluster.RedisCluster(host="127.0.0.1", port=nodes[0].port, client_name=name)
+    store = RedisStore(given, namespace=f"router-{uuid.uuid4().hex[:10]}", timeout=10.0)
+    key = store.key("probe", "copied")
+    owner = store.client.get_node_from_key(key)
+
+    async def main() -> str:
+        try:
+            assert 1 == await store.arun(COUNT, [key], [], key="copied")
+            router = store._async_client()
+            (seen,) = await router.node((owner.host, int(owner.port))).call(("CLIENT", "GETNAME"))
+            return str(seen.decode())
+        finally:
+            await store.aclose()
+
+    try:
+        assert store.client is not given  # bounded: the store's own copy
+        assert name == store.client.get_redis_connection(owner).client_getname()
+        assert name == asyncio.run(main())
+    finally:
+        store.clear()
+        store.close()
+        given.close()
