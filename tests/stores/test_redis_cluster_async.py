@@ -235,3 +235,49 @@ def test_a_given_sync_cluster_client_lends_its_settings_to_the_copy(nodes):
         store.clear()
         store.close()
         given.close()
+
+
+@pytest.mark.parametrize("given", ["sync client", "async client", "rediss URL"])
+def test_a_tls_cluster_sync_and_async(redis_servers, given):
+    """On a TLS-only cluster, whoever built the client: sync and async decisions, all TLS."""
+    nodes = redis_servers.cluster("tls-cluster", tls=True)
+    ca = nodes[0].tls["ssl_ca_certs"]
+    port = nodes[0].port
+    namespace = f"router-{uuid.uuid4().hex[:10]}"
+    if given == "sync client":
+        client: Any = redis.cluster.RedisCluster(
+            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca
+        )
+    elif given == "async client":
+        client = redis.asyncio.RedisCluster(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca)
+    else:
+        client = f"rediss://127.0.0.1:{port}?ssl_ca_certs={ca}"
+    store = RedisStore(client, cluster=isinstance(client, str), namespace=namespace, timeout=10)
+    starts = 0
+
+    @rate_limited(rate=10_000, per=60.0, key="tls", store=store, timeout=0)
+    def sync_call() -> None:
+        nonlocal starts
+        starts += 1
+
+    @rate_limited(rate=10_000, per=60.0, key="tls", store=store, timeout=0)
+    async def async_call() -> None:
+        nonlocal starts
+        starts += 1
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(*(async_call() for _ in range(50)))
+        finally:
+            await store.aclose()
+
+    try:
+        sync_call()
+        asyncio.run(main())
+        assert 51 == starts
+        assert store.key("rate", "tls", "log") in store._scan(f"{namespace}:*")
+    finally:
+        store.clear()
+        store.close()
+        if given == "sync client":
+            client.close()
