@@ -97,6 +97,25 @@ class TestServer:
         assert frames[0][0] - started < 1.0  # the first frame comes at once
         assert "memory" == frames[0][1]["store"]
 
+    def test_pausing_and_pages_coming_do_not_wake_the_stream(self):
+        """Only a new frame (or the 15 s keep-alive) makes a stream write: not a pause."""
+        with serve(0, store=MemoryStore(), metrics=False) as page:
+            reply = urllib.request.urlopen(page.url + "events", timeout=10)
+            while not reply.readline().startswith(b"data: "):
+                pass  # the first frame, sent at once
+            frames = page.frames
+            for _ in range(50):  # well within the interval: no new frame is due
+                page.pause(True)
+                page.pause(False)
+            other = urllib.request.urlopen(page.url + "events", timeout=10)
+            other.close()
+            page.pause(True)  # no frame may be read from here on
+            written = page.frames - frames
+        rest = reply.read()  # up to the end of the stream, which stop() closes
+        reply.close()
+        assert rest.count(b"data: ") == written
+        assert b"keep-alive" not in rest
+
     def test_read_only_and_rebinding_refused(self):
         """Writes are refused; a foreign Host header (DNS rebinding) is refused."""
         with serve(0, store=MemoryStore(), metrics=False) as page:

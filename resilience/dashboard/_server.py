@@ -99,7 +99,12 @@ class Dashboard:
         self._clients = 0
         self._paused = False
         self._stopped = threading.Event()
-        self._changed = threading.Condition()
+        # One lock, two conditions: stream writers wait for a new frame (``_changed``), the
+        # publisher for a page to listen or a pause to end (``_wake``), so a page coming,
+        # going or pausing never wakes a writer into sending a needless keep-alive.
+        lock = threading.Lock()
+        self._changed = threading.Condition(lock)
+        self._wake = threading.Condition(lock)
         self._server = _Server((host, port), _Handler)
         self._server.dashboard = self
         self.host: str = host
@@ -129,9 +134,9 @@ class Dashboard:
     def _publish(self) -> None:
         """Encode a frame every *interval* while a page is connected (and not paused)."""
         while not self._stopped.is_set():
-            with self._changed:
+            with self._wake:
                 while (not self._clients or self._paused) and not self._stopped.is_set():
-                    self._changed.wait(_KEEPALIVE)
+                    self._wake.wait(_KEEPALIVE)
             if self._stopped.is_set():
                 return
             spent = time.thread_time()
@@ -149,9 +154,13 @@ class Dashboard:
 
     def _next(self, seen: int) -> tuple[int, bytes | None]:
         """Wait for a frame newer than *seen*; None after the keep-alive time or a stop."""
+        deadline = time.monotonic() + _KEEPALIVE
         with self._changed:
-            if self._version == seen:
-                self._changed.wait(_KEEPALIVE)
+            while self._version == seen and not self._stopped.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
             if self._version == seen or self._stopped.is_set():
                 return seen, None
             return self._version, self._frame
@@ -166,9 +175,9 @@ class Dashboard:
         return self.cpu_seconds / max(time.monotonic() - self.started, 1e-9)
 
     def _join(self, delta: int) -> None:
-        with self._changed:
+        with self._wake:
             self._clients += delta
-            self._changed.notify_all()
+            self._wake.notify_all()
 
     @property
     def clients(self) -> int:
@@ -177,9 +186,9 @@ class Dashboard:
 
     def pause(self, paused: bool = True) -> None:
         """Stop (or resume) reading snapshots while pages stay connected (for benchmarks)."""
-        with self._changed:
+        with self._wake:
             self._paused = paused
-            self._changed.notify_all()
+            self._wake.notify_all()
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -190,6 +199,7 @@ class Dashboard:
         self._stopped.set()
         with self._changed:
             self._changed.notify_all()
+            self._wake.notify_all()
         self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
@@ -294,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             while not dashboard._stopped.is_set():
                 seen, frame = dashboard._next(seen)
+                if dashboard._stopped.is_set():
+                    break  # closing: nothing more to say
                 self.wfile.write(
                     b": keep-alive\n\n" if frame is None else b"data: " + frame + b"\n\n"
                 )

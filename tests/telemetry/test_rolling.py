@@ -223,3 +223,53 @@ class TestCallTap:
         finally:
             if broken in TAPS:
                 TAPS.remove(broken)
+
+
+def _state(metrics):
+    return {
+        name: (series.head, series.counts, series.hists) for name, series in metrics._series.items()
+    }
+
+
+_CALL = st.tuples(
+    st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+    st.one_of(
+        st.integers(min_value=0, max_value=4 * 10**12),  # up to 4000 s: past the top bin
+        st.sampled_from([0, 1000, 1001, 1050, 1051, 999_999, 10**6]),  # bin edges
+    ),
+    st.booleans(),
+    st.integers(min_value=0, max_value=5 * 10**8),  # ends within five slices of 0.1 s
+)
+
+
+class TestBatchCounting:
+    """The drainer's bulk count equals counting the same calls one by one."""
+
+    @_THREADS_DRAW
+    @given(st.lists(_CALL, min_size=1, max_size=200))
+    def test_bulk_equals_one_by_one(self, calls):
+        """Calls in the order they ended: the same slices, counts and histograms."""
+        start = 10**15  # far from 0: slice indexes as large as a real clock's
+        ordered = sorted(calls, key=lambda call: call[3])
+        batch = [(name, took, failed, start + at) for name, took, failed, at in ordered]
+        bulk, one_by_one = RollingMetrics(1.0), RollingMetrics(1.0)
+        bulk._count_batch(list(batch))
+        for name, took, failed, ended in batch:
+            one_by_one.count(name, took, failed, ended)
+        assert _state(one_by_one) == _state(bulk)
+
+    @_THREADS_DRAW
+    @given(st.lists(_CALL, min_size=1, max_size=200), st.randoms(use_true_random=False))
+    def test_order_within_a_slice_does_not_matter(self, calls, rng):
+        """Calls of one slice, in any order (threads end calls out of order): same counts."""
+        start = 10**15
+        batch = [(name, took, failed, start + at % 10**8) for name, took, failed, at in calls]
+        shuffled = list(batch)
+        rng.shuffle(shuffled)
+        bulk, one_by_one = RollingMetrics(1.0), RollingMetrics(1.0)
+        bulk._count_batch(shuffled)
+        for name, took, failed, ended in batch:
+            one_by_one.count(name, took, failed, ended)
+        assert {n: s[1:] for n, s in _state(one_by_one).items()} == {
+            n: s[1:] for n, s in _state(bulk).items()
+        }
