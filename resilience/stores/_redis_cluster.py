@@ -102,7 +102,7 @@ class _Node:
 
 class ClusterRouter:
     """
-    One event loop's way to a cluster: the slot map and a client per primary.
+    One event loop's way to a cluster: the slot map and a few connections per primary.
 
     Args:
         lib: ``redis`` or ``valkey``, the library of the user's cluster client.
@@ -124,7 +124,6 @@ class ClusterRouter:
         max_connections: int,
         remap: Callable[[Address], Address] | None = None,
     ) -> None:
-        self._lib = lib
         self._errors = lib.exceptions
         crc = importlib.import_module(f"{lib.__name__}.crc")
         self._key_slot: Callable[[bytes], int] = crc.key_slot
