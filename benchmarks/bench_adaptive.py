@@ -2,12 +2,15 @@
 The price of issue 16's layers on the path where nothing is refused.
 
 - ``@bounded`` with an ``AdaptiveLimit`` against a fixed ``@bounded``: one permit with room,
-  plus timing the call and feeding the sample to the algorithm.
+  plus timing the call and feeding the sample to the algorithm (beside it: Gradient2 at a
+  limit where every call is timed, and a fixed pool whose lease starts are recorded).
 - ``@throttled`` while the upstream accepts everything (probability 0) against
   ``@circuit_breaker`` closed (the issue's comparison: the default breaker, which records
   nothing on a success), against a failure-rate breaker over a time window (which, like
-  the throttle, counts every call), and against the floor of any throttle: a hand-written
-  layer that on each success only reads the clock, checks the bucket and counts the accept.
+  the throttle, counts every call), and against the floor of any throttle written in
+  Python: a hand-written layer that on each success only reads the clock, checks the bucket
+  and counts the accept. ``@throttled`` runs that path in C when the accelerator is built;
+  its pure-Python runner (what ``RESILIENCE_NO_EXTENSIONS=1`` gives) is measured beside it.
 - A weighted ``@rate_limited`` (a callable ``cost``) against an unweighted one, both with
   room.
 """
@@ -22,8 +25,18 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks._harness import Scenario, Target
-from resilience import AdaptiveLimit, bounded, circuit_breaker, rate_limited, throttled
+from resilience import (
+    AdaptiveLimit,
+    bounded,
+    circuit_breaker,
+    rate_limited,
+    snapshot,
+    throttled,
+)
 from resilience._decorating import Layer, Runner, apply
+from resilience._throttle.layer import ThrottleLayer
+from resilience._throttle.state import ThrottlePolicy
+from resilience.stores import MemoryStore
 
 
 ADAPTIVE = "adaptive @bounded, a permit with room (sync)"
@@ -63,6 +76,13 @@ class ThrottleFloor(Layer):
         return run
 
 
+class PurePythonThrottle(ThrottleLayer):
+    """``@throttled`` with its Python runner alone (as without the C accelerator)."""
+
+    __slots__ = ()
+    accelerated = False
+
+
 def scenarios() -> list[Scenario]:
     """The three comparisons of issue 16."""
     fixed = bounded(limit=1000, key=f"bench-adaptive-{next(_keys)}")(work)
@@ -70,8 +90,16 @@ def scenarios() -> list[Scenario]:
     aimd = bounded(
         limit=AdaptiveLimit(algorithm="aimd", initial=1000), key=f"bench-adaptive-{next(_keys)}"
     )(work)
+    narrow = bounded(  # a window of 20 calls: every call timed (two clock reads)
+        limit=AdaptiveLimit(initial=20, min_limit=20, max_limit=20),
+        key=f"bench-adaptive-{next(_keys)}",
+    )(work)
+    watched_store = MemoryStore()  # pools a snapshot has read: lease starts recorded
+    watched = bounded(limit=1000, key=f"bench-adaptive-{next(_keys)}", store=watched_store)(work)
+    snapshot(watched_store)
     throttle = throttled(key=f"bench-adaptive-{next(_keys)}")(work)
     floor = apply(ThrottleFloor(None), work)
+    pure = apply(PurePythonThrottle(ThrottlePolicy(key=f"bench-adaptive-{next(_keys)}")), work)
     breaker = circuit_breaker(name=f"bench-adaptive-{next(_keys)}")(work)
     windowed = circuit_breaker(
         name=f"bench-adaptive-{next(_keys)}", failure_rate=0.5, window_duration=120.0
@@ -89,8 +117,15 @@ def scenarios() -> list[Scenario]:
                 "resilience": gradient,
                 "fixed @bounded": fixed,
                 "AdaptiveLimit(aimd)": aimd,
+                "gradient2 at a limit of 20 (every call timed)": narrow,
+                "fixed @bounded, watched (lease starts recorded)": watched,
             },
-            note="one of 1000 permits, call, release and feed the sample; nobody waits",
+            note=(
+                "one of 1000 permits, call, release and feed the sample; nobody waits; "
+                "gradient2's window of 1000 calls times every 31st (at least 32 timed calls "
+                "per window), at a limit of 20 it times every call; a pool that a snapshot "
+                "has read records each lease's start (its oldest_lease)"
+            ),
         ),
         Scenario(
             title=THROTTLE,
@@ -101,23 +136,28 @@ def scenarios() -> list[Scenario]:
                 "@circuit_breaker": breaker,
                 "@circuit_breaker(failure_rate, window_duration)": windowed,
                 "floor: clock, bucket, count": floor,
+                "@throttled, pure Python": pure,
             },
             note=(
                 "every call succeeds: probability 0, nothing refused; the default breaker "
                 "(the issue's comparison) records nothing on success, the failure-rate one "
                 "counts every call in a time window as the throttle does; the floor is a "
-                "hand-written layer doing only what a throttle must on a success (read the "
-                "clock, check the bucket, count the accept)"
+                "hand-written Python layer doing only what a throttle must on a success (read "
+                "the clock, check the bucket, count the accept); resilience runs that path in "
+                "C when the accelerator is built, and its pure-Python runner is the last row"
             ),
         ),
         Scenario(
             title=WEIGHTED,
             kind="sync",
             contenders={"bare call": work, "resilience": weighted, "unweighted": plain},
+            timer="process",
             note=(
                 "cost=lambda: 1 against the default cost; a budget that never runs out; "
-                "the floor of the difference is one call of the cost callable (about a "
-                "bare call)"
+                "timed in process CPU (a difference of a few percent, which other "
+                "processes' time slices on a shared machine would swamp in wall time); the "
+                "floor of the difference is one call of the cost callable and the check of "
+                "its answer"
             ),
         ),
     ]

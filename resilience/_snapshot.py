@@ -138,8 +138,10 @@ class PoolSnapshot:
         waiting: Callers waiting for a permit: this process's (memory), or every
             process's as their pollers report them (Redis; a process's count may be up
             to a quarter of a second old).
-        oldest_lease: Seconds since the oldest lease was granted or last renewed (Redis
-            leases only; None in memory, which keeps no lease times).
+        oldest_lease: Seconds since the oldest lease held now was granted (memory) or
+            granted or last renewed (Redis). None: nothing held, or unknown: a memory
+            pool records lease starts from its first snapshot on (so until then its hot
+            path reads no clock), and a lease granted before that is never guessed.
         holders: Units held per ``host:pid`` (Redis only; None in memory).
 
     .. versionadded:: 0.1.0

@@ -7,6 +7,8 @@
  * holder ``_clock.DEFAULT`` at each entry, so ``virtual_time()`` swaps it), with a direct
  * CLOCK_MONOTONIC read when that default is ``time.monotonic`` itself. An inner deadline
  * never extends an outer one. Everything else (async, decorating, messages) stays Python.
+ *
+ * RateStart (below) is the memory rate limiter's start with room, the other hot part.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -592,16 +594,836 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/*
+ * RateStart: ``MemoryRateBackend.reserve``'s start with room (``_rate/state.py``), in C.
+ *
+ * The same steps as the Python inline path, in the same order, under the backend's own
+ * lock: read the clock (the policy's, else the default in force), and when no window is
+ * open, the limit has no burst, both logs have room and nobody is reserved ahead, append
+ * now to both logs, and when the log's length before was a multiple of 128 call the given
+ * trim with now (still under the lock). Calling it answers 0.0 (started) or None when that
+ * case does not apply (nothing done: the Python path decides); anything it does not know
+ * exactly (a reading or an entry that is no float) is left to Python too.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *state;   /* the RateState: its log and starts are read at each call */
+    PyObject *window;  /* the MemoryWindowBackend: its end is read at each call */
+    PyObject *clock;   /* the policy's clock, or None: the default in force */
+    PyObject *holder;  /* _clock.DEFAULT, whose ``clock`` is the default */
+    PyObject *system;  /* SYSTEM_CLOCK: read as time.monotonic() is, without a call */
+    PyObject *acquire; /* the backend lock's bound acquire and release */
+    PyObject *release;
+    PyObject *trim;    /* called with now every 128 starts: drop what left the window */
+    Py_ssize_t rate;
+    Py_ssize_t log_slot, starts_slot, end_slot, clock_slot; /* member offsets, or 0 */
+} RateStart;
+
+static PyObject *rate_names[5]; /* "log", "starts", "end", "clock", "append" */
+static PyObject *deque_type;    /* collections.deque */
+static PyObject *deque_append;  /* deque.append, called directly on exact deques */
+static PyObject *rate_zero;     /* 0.0: the answer for a start now */
+
+static Py_ssize_t
+member_offset(PyObject *obj, PyObject *name)
+{
+    PyObject *descr = _PyType_Lookup(Py_TYPE(obj), name); /* borrowed */
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX) {
+            return member->offset;
+        }
+    }
+    return 0;
+}
+
+/* A new reference to obj.<name>, through its slot when there is one. */
+static PyObject *
+read_member(PyObject *obj, Py_ssize_t slot, PyObject *name)
+{
+    if (slot) {
+        PyObject *value = *(PyObject **)((char *)obj + slot);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+static int
+append_to(PyObject *log, PyObject *item)
+{
+    PyObject *done;
+    if ((PyObject *)Py_TYPE(log) == deque_type) {
+        PyObject *args[2] = {log, item};
+        done = PyObject_Vectorcall(deque_append, args, 2, NULL);
+    }
+    else { /* a subclass: its own append */
+        done = PyObject_CallMethodOneArg(log, rate_names[4], item);
+    }
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    return 0;
+}
+
+/* The clock's reading as a new float reference; Py_None (new) when it is no float. */
+static PyObject *
+rate_now(RateStart *self)
+{
+    PyObject *clock = self->clock;
+    if (clock == Py_None) {
+        clock = read_member(self->holder, self->clock_slot, rate_names[3]);
+        if (clock == NULL) {
+            return NULL;
+        }
+    }
+    else {
+        Py_INCREF(clock);
+    }
+    PyObject *reading;
+#ifdef HAVE_FAST_MONOTONIC
+    if (clock == self->system) {
+        struct timespec ts;
+        Py_DECREF(clock);
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+        /* as time.monotonic() computes it: integer nanoseconds, then one division */
+        long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        return PyFloat_FromDouble((double)ns / 1e9);
+    }
+#endif
+    reading = PyObject_CallMethodNoArgs(clock, state.monotonic_name);
+    Py_DECREF(clock);
+    if (reading != NULL && !PyFloat_CheckExact(reading)) {
+        Py_SETREF(reading, Py_NewRef(Py_None));
+    }
+    return reading;
+}
+
+/* The start itself, with the lock held: 0.0 or None (new references), or NULL. */
+static PyObject *
+rate_start_locked(RateStart *self)
+{
+    PyObject *now = rate_now(self);
+    if (now == NULL || now == Py_None) {
+        return now;
+    }
+    PyObject *answer = NULL, *end = NULL, *log = NULL, *starts = NULL;
+    double at = PyFloat_AS_DOUBLE(now);
+    end = read_member(self->window, self->end_slot, rate_names[2]);
+    if (end == NULL) {
+        goto done;
+    }
+    if (!PyFloat_CheckExact(end) || !(PyFloat_AS_DOUBLE(end) <= at)) {
+        answer = Py_NewRef(Py_None); /* a window open (or unknown): Python decides */
+        goto done;
+    }
+    if ((log = read_member(self->state, self->log_slot, rate_names[0])) == NULL ||
+        (starts = read_member(self->state, self->starts_slot, rate_names[1])) == NULL) {
+        goto done;
+    }
+    Py_ssize_t count = PyObject_Size(log), started = PyObject_Size(starts);
+    if (count < 0 || started < 0) {
+        goto done;
+    }
+    if (count >= self->rate || started >= self->rate) {
+        answer = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (count) {
+        PyObject *last = PySequence_GetItem(log, count - 1);
+        if (last == NULL) {
+            goto done;
+        }
+        int ahead = !PyFloat_CheckExact(last) || !(PyFloat_AS_DOUBLE(last) <= at);
+        Py_DECREF(last);
+        if (ahead) {
+            answer = Py_NewRef(Py_None);
+            goto done;
+        }
+    }
+    if (append_to(log, now) < 0 || append_to(starts, now) < 0) {
+        goto done;
+    }
+    if ((count & 127) == 0) {
+        PyObject *trimmed = PyObject_CallOneArg(self->trim, now);
+        if (trimmed == NULL) {
+            goto done;
+        }
+        Py_DECREF(trimmed);
+    }
+    answer = Py_NewRef(rate_zero);
+done:
+    Py_DECREF(now);
+    Py_XDECREF(end);
+    Py_XDECREF(log);
+    Py_XDECREF(starts);
+    return answer;
+}
+
+static PyObject *
+RateStart_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RateStart *self = (RateStart *)op;
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "RateStart() takes no arguments");
+        return NULL;
+    }
+    PyObject *held = PyObject_CallNoArgs(self->acquire);
+    if (held == NULL) {
+        return NULL;
+    }
+    Py_DECREF(held);
+    PyObject *answer = rate_start_locked(self);
+    PyObject *type, *value, *traceback; /* a failure's exception waits while the lock goes */
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *released = PyObject_CallNoArgs(self->release);
+    if (released == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        Py_XDECREF(answer);
+        return NULL;
+    }
+    Py_DECREF(released);
+    PyErr_Restore(type, value, traceback);
+    return answer;
+}
+
+static PyObject *
+RateStart_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"state", "window", "clock", "holder", "system",
+                               "acquire", "release", "trim", NULL};
+    PyObject *st, *window, *clock, *holder, *system, *acquire, *release, *trim;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:RateStart", keywords, &st,
+                                     &window, &clock, &holder, &system, &acquire, &release,
+                                     &trim)) {
+        return NULL;
+    }
+    PyObject *rate = PyObject_GetAttrString(st, "rate");
+    if (rate == NULL) {
+        return NULL;
+    }
+    Py_ssize_t limit = PyLong_AsSsize_t(rate);
+    Py_DECREF(rate);
+    if (limit == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *spaced = PyObject_GetAttrString(st, "spaced");
+    if (spaced == NULL) {
+        return NULL;
+    }
+    int is_spaced = PyObject_IsTrue(spaced);
+    Py_DECREF(spaced);
+    if (is_spaced < 0) {
+        return NULL;
+    }
+    if (is_spaced) {
+        PyErr_SetString(PyExc_ValueError, "RateStart(): a limit with a burst has no inline start");
+        return NULL;
+    }
+    RateStart *self = (RateStart *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->state = Py_NewRef(st);
+    self->window = Py_NewRef(window);
+    self->clock = Py_NewRef(clock);
+    self->holder = Py_NewRef(holder);
+    self->system = Py_NewRef(system);
+    self->acquire = Py_NewRef(acquire);
+    self->release = Py_NewRef(release);
+    self->trim = Py_NewRef(trim);
+    self->rate = limit;
+    self->vectorcall = RateStart_vectorcall;
+    self->log_slot = member_offset(st, rate_names[0]);
+    self->starts_slot = member_offset(st, rate_names[1]);
+    self->end_slot = member_offset(window, rate_names[2]);
+    self->clock_slot = member_offset(holder, rate_names[3]);
+    return (PyObject *)self;
+}
+
+static int
+RateStart_traverse(RateStart *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->state);
+    Py_VISIT(self->window);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->holder);
+    Py_VISIT(self->system);
+    Py_VISIT(self->acquire);
+    Py_VISIT(self->release);
+    Py_VISIT(self->trim);
+    return 0;
+}
+
+static int
+RateStart_clear(RateStart *self)
+{
+    Py_CLEAR(self->state);
+    Py_CLEAR(self->window);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->holder);
+    Py_CLEAR(self->system);
+    Py_CLEAR(self->acquire);
+    Py_CLEAR(self->release);
+    Py_CLEAR(self->trim);
+    return 0;
+}
+
+static void
+RateStart_dealloc(RateStart *self)
+{
+    PyObject_GC_UnTrack(self);
+    RateStart_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject RateStartType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "resilience._speedups.RateStart",
+    .tp_doc = "MemoryRateBackend.reserve's start with room, in C: 0.0, or None (not that case).",
+    .tp_basicsize = sizeof(RateStart),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(RateStart, vectorcall),
+    .tp_new = RateStart_new,
+    .tp_dealloc = (destructor)RateStart_dealloc,
+    .tp_traverse = (traverseproc)RateStart_traverse,
+    .tp_clear = (inquiry)RateStart_clear,
+    .tp_call = PyVectorcall_Call,
+};
+
+/* ---- @throttled: the accept tally and the closed-path runner (everything prefixed throttle_) ----
+ *
+ * ThrottleTally is the C twin of ``_throttle.state.Tally``: the accepts of the current bucket,
+ * counted without a lock (the GIL makes ``accept`` atomic), the bucket's end (``until``) and
+ * ``calm`` (2: no draw is needed; 1: none while the bucket is current; 0: draw under the lock).
+ * ThrottleRunner is the C twin of the fast path of ``ThrottleLayer.build_sync``'s runner: with
+ * the switches on, the layer's counts current and calm, it calls the next runner (or the
+ * function) and counts the accept, with no Python frame; anything else goes to the Python
+ * runner it was given (``slow``), which does the whole job. */
+
+typedef struct {
+    PyObject_HEAD
+    double until;    /* the end of the current bucket: accepts before it count here */
+    long long count; /* the accepts of the current bucket not yet taken */
+    int calm;        /* 2: nothing to draw; 1: nothing while now < until; 0: draw */
+} ThrottleTally;
+
+static PyTypeObject ThrottleTallyType;
+
+static PyObject *throttle_monotonic; /* time.monotonic: read as CLOCK_MONOTONIC directly */
+static PyObject *throttle_name_tally, *throttle_name_epoch, *throttle_name_n,
+    *throttle_name_active, *throttle_name_monotonic;
+
+static PyObject *
+throttle_tally_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    if (PyTuple_GET_SIZE(args) != 0 || (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "ThrottleTally() takes no arguments");
+        return NULL;
+    }
+    ThrottleTally *self = (ThrottleTally *)type->tp_alloc(type, 0);
+    if (self != NULL) {
+        self->until = -Py_HUGE_VAL;
+        self->count = 0;
+        self->calm = 0;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+throttle_tally_accept(ThrottleTally *self, PyObject *Py_UNUSED(ignored))
+{
+    self->count++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+throttle_tally_peek(ThrottleTally *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLongLong(self->count);
+}
+
+static PyObject *
+throttle_tally_take(ThrottleTally *self, PyObject *Py_UNUSED(ignored))
+{
+    long long count = self->count;
+    self->count = 0;
+    return PyLong_FromLongLong(count);
+}
+
+static PyMethodDef throttle_tally_methods[] = {
+    {"accept", (PyCFunction)throttle_tally_accept, METH_NOARGS,
+     "Count one accept in the current bucket (atomic: no lock)."},
+    {"peek", (PyCFunction)throttle_tally_peek, METH_NOARGS,
+     "Return the accepts counted since the last take."},
+    {"take", (PyCFunction)throttle_tally_take, METH_NOARGS,
+     "Return the accepts counted since the last take, and start again from 0."},
+    {NULL},
+};
+
+static PyMemberDef throttle_tally_members[] = {
+    {"until", T_DOUBLE, offsetof(ThrottleTally, until), 0, "The end of the current bucket."},
+    {"calm", T_INT, offsetof(ThrottleTally, calm), 0,
+     "2: no draw is needed; 1: none while the bucket is current; 0: draw."},
+    {NULL},
+};
+
+static PyTypeObject ThrottleTallyType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "resilience._speedups.ThrottleTally",
+    .tp_basicsize = sizeof(ThrottleTally),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The accepts of a throttle's current bucket, its end, and whether to draw.",
+    .tp_new = throttle_tally_new,
+    .tp_methods = throttle_tally_methods,
+    .tp_members = throttle_tally_members,
+};
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *layer;     /* its ``_tally`` and ``_epoch`` */
+    PyObject *epoch;     /* ``_rate.layer.EPOCH``: its ``n`` */
+    PyObject *switches;  /* ``_config.state``: its ``active`` */
+    PyObject *source;    /* the policy's clock, or ``_clock.DEFAULT``: its ``monotonic`` */
+    PyObject *call_next; /* NULL: innermost, call the function itself */
+    PyObject *slow;      /* the Python runner: everything but the fast path */
+    PyObject *failed;    /* failed(exc): count an exception's outcome */
+    PyObject *late;      /* late(now): count an accept after its bucket ended */
+    Py_ssize_t tally_at, epoch_at, n_at, active_at, monotonic_at; /* slot offsets; 0: getattr */
+} ThrottleRunner;
+
+static PyTypeObject ThrottleRunnerType;
+
+/* The offset of *obj*'s slot *name* (a writable member of its type), or 0: use getattr. */
+static Py_ssize_t
+throttle_slot(PyObject *obj, PyObject *name)
+{
+    PyObject *descr = _PyType_Lookup(Py_TYPE(obj), name); /* borrowed */
+    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX && !(member->flags & READONLY)) {
+            return member->offset;
+        }
+    }
+    return 0;
+}
+
+/* *obj*'s attribute *name* (a new reference), read from its slot when it has one. */
+static PyObject *
+throttle_get(PyObject *obj, Py_ssize_t at, PyObject *name)
+{
+    if (at) {
+        PyObject *value = *(PyObject **)((char *)obj + at);
+        if (value == NULL) {
+            PyErr_SetObject(PyExc_AttributeError, name);
+            return NULL;
+        }
+        return Py_NewRef(value);
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
+/* Seconds on the runner's clock into *now*; -1 with an exception set on failure. */
+static int
+throttle_now(ThrottleRunner *self, double *now)
+{
+    PyObject *monotonic = throttle_get(self->source, self->monotonic_at, throttle_name_monotonic);
+    if (monotonic == NULL) {
+        return -1;
+    }
+#ifdef HAVE_FAST_MONOTONIC
+    if (monotonic == throttle_monotonic) {
+        struct timespec ts;
+        Py_DECREF(monotonic);
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
+            /* as time.monotonic() computes it: integer nanoseconds, then one division */
+            long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+            *now = (double)ns / 1e9;
+            return 0;
+        }
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+#endif
+    PyObject *reading = PyObject_CallNoArgs(monotonic);
+    Py_DECREF(monotonic);
+    if (reading == NULL) {
+        return -1;
+    }
+    double value = PyFloat_AsDouble(reading);
+    Py_DECREF(reading);
+    if (value == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    *now = value;
+    return 0;
+}
+
+/* 1: the fast path may run (*tally* set to a new reference); 0: the Python runner; -1: error. */
+static int
+throttle_gate(ThrottleRunner *self, ThrottleTally **tally)
+{
+    PyObject *active = throttle_get(self->switches, self->active_at, throttle_name_active);
+    if (active == NULL) {
+        return -1;
+    }
+    Py_DECREF(active); /* a bool: still alive */
+    if (active != Py_True) {
+        return 0;
+    }
+    PyObject *seen = throttle_get(self->layer, self->epoch_at, throttle_name_epoch);
+    if (seen == NULL) {
+        return -1;
+    }
+    PyObject *n = throttle_get(self->epoch, self->n_at, throttle_name_n);
+    Py_DECREF(seen);
+    if (n == NULL) {
+        return -1;
+    }
+    Py_DECREF(n);
+    if (seen != n) { /* the layer set its ``_epoch`` from ``EPOCH.n``: the same object */
+        return 0;
+    }
+    PyObject *found = throttle_get(self->layer, self->tally_at, throttle_name_tally);
+    if (found == NULL) {
+        return -1;
+    }
+    if (!Py_IS_TYPE(found, &ThrottleTallyType)) { /* a remote store, or the Python twin */
+        Py_DECREF(found);
+        return 0;
+    }
+    ThrottleTally *counts = (ThrottleTally *)found;
+    if (counts->calm != 2) {
+        double now;
+        if (counts->calm != 1) {
+            Py_DECREF(found);
+            return 0;
+        }
+        if (throttle_now(self, &now) < 0) {
+            Py_DECREF(found);
+            return -1;
+        }
+        if (!(now < counts->until)) {
+            Py_DECREF(found);
+            return 0;
+        }
+    }
+    *tally = counts;
+    return 1;
+}
+
+static PyObject *
+throttle_runner_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    ThrottleRunner *self = (ThrottleRunner *)op;
+    if (PyVectorcall_NARGS(nargsf) != 4 || kwnames != NULL || !PyTuple_CheckExact(args[2]) ||
+        !PyDict_CheckExact(args[3])) {
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    ThrottleTally *tally = NULL;
+    int gate = throttle_gate(self, &tally);
+    if (gate < 0) {
+        return NULL;
+    }
+    if (gate == 0) {
+        return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    }
+    PyObject *result;
+    if (self->call_next == NULL) { /* innermost: the function itself (no copy of empty kwargs) */
+        PyObject *kwargs = PyDict_GET_SIZE(args[3]) ? args[3] : NULL;
+        result = PyObject_Call(args[0], args[2], kwargs);
+    }
+    else {
+        result = PyObject_Vectorcall(self->call_next, args, 4, NULL);
+    }
+    if (result == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_Exception)) { /* control flow is never counted */
+            PyObject *type, *value, *traceback;
+            PyErr_Fetch(&type, &value, &traceback);
+            PyErr_NormalizeException(&type, &value, &traceback);
+            if (traceback != NULL) {
+                PyException_SetTraceback(value, traceback);
+            }
+            PyObject *counted = PyObject_CallOneArg(self->failed, value);
+            if (counted == NULL) { /* as in an ``except`` block: the new error, in its context */
+                PyObject *type2, *value2, *traceback2;
+                PyErr_Fetch(&type2, &value2, &traceback2);
+                PyErr_NormalizeException(&type2, &value2, &traceback2);
+                if (traceback2 != NULL) {
+                    PyException_SetTraceback(value2, traceback2);
+                }
+                PyException_SetContext(value2, value); /* steals value */
+                Py_DECREF(type);
+                Py_XDECREF(traceback);
+                PyErr_Restore(type2, value2, traceback2);
+            }
+            else {
+                Py_DECREF(counted);
+                PyErr_Restore(type, value, traceback);
+            }
+        }
+        Py_DECREF(tally);
+        return NULL;
+    }
+    double now;
+    if (throttle_now(self, &now) < 0) {
+        Py_DECREF(tally);
+        Py_DECREF(result);
+        return NULL;
+    }
+    if (now < tally->until) {
+        tally->count++;
+    }
+    else { /* the bucket ended: the backend rolls the window under its lock */
+        PyObject *at = PyFloat_FromDouble(now);
+        PyObject *counted = at == NULL ? NULL : PyObject_CallOneArg(self->late, at);
+        Py_XDECREF(at);
+        if (counted == NULL) {
+            Py_DECREF(tally);
+            Py_DECREF(result);
+            return NULL;
+        }
+        Py_DECREF(counted);
+    }
+    Py_DECREF(tally);
+    return result;
+}
+
+static PyObject *
+throttle_runner_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *layer, *epoch, *switches, *source, *call_next, *slow, *failed, *late;
+    if (kwargs != NULL && PyDict_GET_SIZE(kwargs) != 0) {
+        PyErr_SetString(PyExc_TypeError, "ThrottleRunner() takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "ThrottleRunner", 8, 8, &layer, &epoch, &switches, &source,
+                           &call_next, &slow, &failed, &late)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(slow) || !PyCallable_Check(failed) || !PyCallable_Check(late) ||
+        (call_next != Py_None && !PyCallable_Check(call_next))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "ThrottleRunner(): call_next (or None), slow, failed and late must be "
+                        "callable");
+        return NULL;
+    }
+    ThrottleRunner *self = (ThrottleRunner *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = throttle_runner_vectorcall;
+    self->layer = Py_NewRef(layer);
+    self->epoch = Py_NewRef(epoch);
+    self->switches = Py_NewRef(switches);
+    self->source = Py_NewRef(source);
+    self->call_next = call_next == Py_None ? NULL : Py_NewRef(call_next);
+    self->slow = Py_NewRef(slow);
+    self->failed = Py_NewRef(failed);
+    self->late = Py_NewRef(late);
+    self->tally_at = throttle_slot(layer, throttle_name_tally);
+    self->epoch_at = throttle_slot(layer, throttle_name_epoch);
+    self->n_at = throttle_slot(epoch, throttle_name_n);
+    self->active_at = throttle_slot(switches, throttle_name_active);
+    self->monotonic_at = throttle_slot(source, throttle_name_monotonic);
+    return (PyObject *)self;
+}
+
+static PyObject *
+throttle_runner_call(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    return PyVectorcall_Call(self, args, kwargs);
+}
+
+static int
+throttle_runner_traverse(ThrottleRunner *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->layer);
+    Py_VISIT(self->epoch);
+    Py_VISIT(self->switches);
+    Py_VISIT(self->source);
+    Py_VISIT(self->call_next);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->failed);
+    Py_VISIT(self->late);
+    return 0;
+}
+
+static int
+throttle_runner_clear(ThrottleRunner *self)
+{
+    Py_CLEAR(self->layer);
+    Py_CLEAR(self->epoch);
+    Py_CLEAR(self->switches);
+    Py_CLEAR(self->source);
+    Py_CLEAR(self->call_next);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->failed);
+    Py_CLEAR(self->late);
+    return 0;
+}
+
+static void
+throttle_runner_dealloc(ThrottleRunner *self)
+{
+    PyObject_GC_UnTrack(self);
+    throttle_runner_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject ThrottleRunnerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "resilience._speedups.ThrottleRunner",
+    .tp_basicsize = sizeof(ThrottleRunner),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "@throttled's closed path in C: call and count the accept; else the Python runner.",
+    .tp_new = throttle_runner_new,
+    .tp_call = throttle_runner_call,
+    .tp_vectorcall_offset = offsetof(ThrottleRunner, vectorcall),
+    .tp_traverse = (traverseproc)throttle_runner_traverse,
+    .tp_clear = (inquiry)throttle_runner_clear,
+    .tp_dealloc = (destructor)throttle_runner_dealloc,
+};
+
+/* Ready the throttle's types and add them to *module*; -1 with an exception on failure. */
+static int
+throttle_init(PyObject *module)
+{
+    if (PyType_Ready(&ThrottleTallyType) < 0 || PyType_Ready(&ThrottleRunnerType) < 0) {
+        return -1;
+    }
+    PyObject *time = PyImport_ImportModule("time");
+    if (time == NULL) {
+        return -1;
+    }
+    throttle_monotonic = PyObject_GetAttrString(time, "monotonic");
+    Py_DECREF(time);
+    if (throttle_monotonic == NULL ||
+        (throttle_name_tally = PyUnicode_InternFromString("_tally")) == NULL ||
+        (throttle_name_epoch = PyUnicode_InternFromString("_epoch")) == NULL ||
+        (throttle_name_n = PyUnicode_InternFromString("n")) == NULL ||
+        (throttle_name_active = PyUnicode_InternFromString("active")) == NULL ||
+        (throttle_name_monotonic = PyUnicode_InternFromString("monotonic")) == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "ThrottleTally", (PyObject *)&ThrottleTallyType) < 0 ||
+        PyModule_AddObjectRef(module, "ThrottleRunner", (PyObject *)&ThrottleRunnerType) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * af_: the lease start of a watched @bounded memory pool (resilience._bounded.pool's
+ * ``lease_begin``, whose pure-Python twin is ``_lease_begin``): the next id of the pool
+ * module's shared counter, the default clock's reading, and ``leases[id] = start``, in one
+ * call instead of three. The clock is read as ``clock_now`` reads it (the holder's
+ * ``monotonic``; CLOCK_MONOTONIC directly when that is ``time.monotonic`` itself).
+ */
+
+static PyObject *af_lease_ids = NULL; /* _bounded.pool.LEASE_IDS: an itertools.count */
+static PyObject *af_holder = NULL;    /* _clock.DEFAULT */
+
+static double
+af_now(void)
+{
+    PyObject *monotonic = PyObject_GetAttr(af_holder, state.monotonic_name);
+    if (monotonic == NULL) {
+        return -1.0;
+    }
+#ifdef HAVE_FAST_MONOTONIC
+    if (monotonic == state.monotonic) {
+        struct timespec ts;
+        Py_DECREF(monotonic);
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
+            long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+            return (double)ns / 1e9;
+        }
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1.0;
+    }
+#endif
+    PyObject *reading = PyObject_CallNoArgs(monotonic);
+    Py_DECREF(monotonic);
+    if (reading == NULL) {
+        return -1.0;
+    }
+    double now = PyFloat_AsDouble(reading);
+    Py_DECREF(reading);
+    return now;
+}
+
+static PyObject *
+af_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "af_configure(lease_ids, holder) takes 2 arguments");
+        return NULL;
+    }
+    if (!PyIter_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "af_configure(): lease_ids must be an iterator");
+        return NULL;
+    }
+    Py_XSETREF(af_lease_ids, Py_NewRef(args[0]));
+    Py_XSETREF(af_holder, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+af_lease_begin(PyObject *module, PyObject *leases)
+{
+    if (af_lease_ids == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "resilience._speedups.af_configure() was not called");
+        return NULL;
+    }
+    if (!PyDict_Check(leases)) {
+        PyErr_SetString(PyExc_TypeError, "af_lease_begin(): leases must be a dict");
+        return NULL;
+    }
+    double now = af_now();
+    if (now == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *lease = PyIter_Next(af_lease_ids);
+    if (lease == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "af_lease_begin(): the lease ids ran out");
+        }
+        return NULL;
+    }
+    PyObject *start = PyFloat_FromDouble(now);
+    if (start == NULL || PyDict_SetItem(leases, lease, start) < 0) {
+        Py_XDECREF(start);
+        Py_DECREF(lease);
+        return NULL;
+    }
+    Py_DECREF(start);
+    return lease;
+}
+
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "Give the C type the deadline variable, the clock holder and the slow-path check."},
+    {"af_configure", (PyCFunction)(void (*)(void))af_configure, METH_FASTCALL,
+     "Give af_lease_begin the pool module's lease ids and the clock holder."},
+    {"af_lease_begin", (PyCFunction)af_lease_begin, METH_O,
+     "Record one unit's lease starting now in a watched pool's leases; return its id."},
     {NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "resilience._speedups",
-    .m_doc = "The optional C accelerator of resilience._deadline: the deadline's hot part.",
+    .m_doc = "The optional C accelerator: the hot parts of deadlines, memory rate limits, @throttled "
+             "and a watched @bounded pool's lease starts.",
     .m_size = -1,
     .m_methods = module_methods,
 };
@@ -610,7 +1432,26 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (PyType_Ready(&BoundType) < 0 || PyType_Ready(&MethodType) < 0 ||
-        PyType_Ready(&CoreType) < 0) {
+        PyType_Ready(&CoreType) < 0 || PyType_Ready(&RateStartType) < 0) {
+        return NULL;
+    }
+    const char *names[5] = {"log", "starts", "end", "clock", "append"};
+    for (int i = 0; i < 5; i++) {
+        if ((rate_names[i] = PyUnicode_InternFromString(names[i])) == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL) {
+        return NULL;
+    }
+    if ((rate_zero = PyFloat_FromDouble(0.0)) == NULL) {
+        Py_DECREF(collections);
+        return NULL;
+    }
+    deque_type = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (deque_type == NULL || (deque_append = PyObject_GetAttrString(deque_type, "append")) == NULL) {
         return NULL;
     }
     if (PyDict_SetItemString(CoreType.tp_dict, "__enter__", (PyObject *)&enter_method) < 0 ||
@@ -635,7 +1476,12 @@ PyInit__speedups(void)
     if (module == NULL) {
         return NULL;
     }
-    if (PyModule_AddObjectRef(module, "DeadlineCore", (PyObject *)&CoreType) < 0) {
+    if (PyModule_AddObjectRef(module, "DeadlineCore", (PyObject *)&CoreType) < 0 ||
+        PyModule_AddObjectRef(module, "RateStart", (PyObject *)&RateStartType) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (throttle_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

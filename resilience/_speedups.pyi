@@ -1,5 +1,6 @@
-"""The optional C accelerator of ``resilience._deadline``: the deadline's hot part."""
+"""The optional C accelerator: the deadline's and the memory rate limit's hot parts."""
 
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from types import CodeType
 from typing import Any
@@ -29,3 +30,58 @@ def configure(
     /,
 ) -> None:
     """Give the C type the deadline variable, the clock holder, the slow-path check, the class."""
+
+class RateStart:
+    """``MemoryRateBackend.reserve``'s start with room: 0.0 (started), or None (not that case)."""
+
+    def __init__(
+        self,
+        state: Any,
+        window: Any,
+        clock: Any,
+        holder: Any,
+        system: Any,
+        acquire: Callable[[], object],
+        release: Callable[[], object],
+        trim: Callable[[float], object],
+    ) -> None: ...
+    def __call__(self) -> float | None: ...
+
+class ThrottleTally:
+    """The C twin of ``_throttle.state.Tally``: the current bucket's accepts, its end, calm."""
+
+    until: float
+    calm: int
+    def accept(self) -> None: ...
+    def peek(self) -> int: ...
+    def take(self) -> int: ...
+
+class ThrottleRunner:
+    """``@throttled``'s closed path in C: call and count the accept; else the Python runner."""
+
+    def __init__(
+        self,
+        layer: Any,
+        epoch: Any,
+        switches: Any,
+        source: Any,
+        call_next: Callable[..., Any] | None,
+        slow: Callable[..., Any],
+        failed: Callable[[BaseException], object],
+        late: Callable[[float], object],
+        /,
+    ) -> None: ...
+    def __call__(
+        self,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        /,
+    ) -> Any: ...
+
+def af_configure(lease_ids: Iterator[int], holder: Any, /) -> None:
+    """Give ``af_lease_begin`` the pool module's lease ids and the clock holder."""
+
+def af_lease_begin(leases: dict[int, float], /) -> int:
+    """Record one unit's lease starting now in *leases*; return its id."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import threading
 import time
@@ -25,11 +24,15 @@ from resilience import (
     snapshot,
     throttled,
 )
+from resilience._bounded.pool import MemoryPoolBackend
 from resilience._snapshot import ThrottleSnapshot
-from resilience._throttle.state import ThrottleState
+from resilience._throttle.state import Tally, new_tally
 from resilience.stores import MemoryStore
 
 from .conftest import DefaultClock, redis_store_for
+
+
+_TALLY = type(new_tally())  # the C tally when the accelerator is in use
 
 
 class Boom(Exception):
@@ -343,23 +346,24 @@ def _memory_state(value, depth=0):
         return [_memory_state(v, depth + 1) for v in value]
     if isinstance(value, dict):
         return sorted((repr(k), _memory_state(v, depth + 1)) for k, v in value.items())
-    if isinstance(value, itertools.count):  # the throttle's accept tally: its next value
-        return int(repr(value)[len("count(") : -1])
+    if isinstance(value, Tally | _TALLY):  # the throttle's accepts: what it counted, not how
+        # (reading a Python tally takes one of its counter's values, which a read must leave
+        # counting the same accepts)
+        return {"accepts": value.peek(), "until": value.until, "calm": value.calm}
     slots = [s for k in type(value).__mro__ for s in getattr(k, "__slots__", ())]
     if not slots or "lock" in type(value).__name__.lower():
         return type(value).__name__
-    if isinstance(value, ThrottleState):
-        # reading the tally takes one of its values (``peeks`` counts them): what it has
-        # counted is the tally less its peeks, which a read must leave as it was
-        state = {s: _memory_state(getattr(value, s), depth + 1) for s in slots}
-        state["tally"] -= state.pop("peeks")
-        return state
-    return {
+    state = {
         s: _memory_state(getattr(value, s, None), depth + 1)
         for s in slots
         if s not in ("__weakref__", "_lock", "_acquire", "_release", "_clock", "store", "lock")
         and not callable(getattr(value, s, None))
     }
+    if isinstance(value, MemoryPoolBackend):
+        # the first snapshot switches lease recording on (``leases``: None -> {}); what the
+        # pool holds and decides is the rest, which a read must leave as it was
+        assert state.pop("leases") in (None, [])  # no lease was taken after the switch
+    return state
 
 
 def _store_state(store):
@@ -490,3 +494,28 @@ def test_adaptive_pools_and_quotas_in_memory():
     assert ("svc", 40, 0) == (pool.key, pool.limit, pool.in_use)
     assert 2 <= pool.live_limit <= 40
     assert BudgetSnapshot("q", 45.0, None, None, 0, 0) == _by(taken.budgets, "key")["q"]
+
+
+def test_a_watched_memory_pool_gives_its_oldest_lease(clock):
+    """Once a snapshot has watched it, a memory pool's row carries every field, lease age too."""
+    store = MemoryStore()
+    gate, held = threading.Event(), threading.Semaphore(0)
+
+    @bounded(limit=3, key="p-watched", store=store)
+    def hold():
+        held.release()
+        gate.wait(10)
+
+    assert [PoolSnapshot("p-watched", 3, None, 0, 0, None, None)] == list(snapshot(store).pools)
+    threads = [threading.Thread(target=hold) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+        assert held.acquire(timeout=10)
+        clock.advance(1.5)
+    try:
+        assert [PoolSnapshot("p-watched", 3, None, 2, 0, 3.0, None)] == list(snapshot(store).pools)
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+    assert [PoolSnapshot("p-watched", 3, None, 0, 0, None, None)] == list(snapshot(store).pools)

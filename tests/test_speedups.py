@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilience import _deadline, deadline, remaining
+from resilience import _clock, _deadline, deadline, remaining
+from resilience._rate.state import MemoryRateBackend
+from resilience._rate.window import MemoryWindowBackend
 from resilience.testing import FakeClock, virtual_time
 
 
@@ -123,7 +125,7 @@ def test_virtual_time_moves_the_accelerated_deadline(clock: FakeClock) -> None:
 
 @pytest.mark.timeout(240)
 def test_the_deadline_suite_passes_in_pure_python() -> None:
-    """``RESILIENCE_NO_EXTENSIONS=1``: the deadline tests (and these), on the pure core."""
+    """``RESILIENCE_NO_EXTENSIONS=1``: the deadline and rate tests (and these), in pure Python."""
     if SWITCHED_OFF or not BUILT:
         pytest.skip("this run is pure Python already")
     env = {**os.environ, "RESILIENCE_NO_EXTENSIONS": "1"}
@@ -131,6 +133,7 @@ def test_the_deadline_suite_passes_in_pure_python() -> None:
         "tests/test_deadline.py",
         "tests/test_speedups.py",
         "tests/test_transport_deadline.py",
+        "tests/rate/test_rate.py",
     ]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-x", *modules],
@@ -159,3 +162,118 @@ def test_no_compiler_means_pure_python(tmp_path: Path, monkeypatch: pytest.Monke
     build_data: dict[str, object] = {"force_include": {}}
     hook.initialize("standard", build_data)
     assert build_data == {"force_include": {}}  # pure_python untouched, nothing shipped
+
+
+# -- the memory rate limiter's start with room (RateStart) ---------------------------------
+
+
+class _Clock:
+    """A clock read by hand (a float, or what *reading* gives), with a scheduling slack."""
+
+    def __init__(self, slack: float, reading: object = None) -> None:
+        self.now = 0.0
+        self.slack = slack
+        self.reading = reading
+
+    def monotonic(self) -> object:
+        return self.now if self.reading is None else self.reading
+
+
+def _pair(rate: int, burst: int | None, clock: object) -> tuple[MemoryRateBackend, ...]:
+    """A backend whose inline start runs in C (when built) and one in Python, on *clock*."""
+    made = []
+    for accelerated in (True, False):
+        window = MemoryWindowBackend(clock)  # type: ignore[arg-type]
+        backend = MemoryRateBackend(rate, 1.0, burst, window, clock)  # type: ignore[arg-type]
+        if not accelerated:
+            backend.start_now = None
+        made.append(backend)
+    return tuple(made)
+
+
+def test_the_rate_start_is_used_when_built() -> None:
+    """Built and not switched off: a memory rate limit without a burst starts in C."""
+    accelerated, _ = _pair(5, None, _Clock(0.0))
+    assert (accelerated.start_now is not None) is (BUILT and not SWITCHED_OFF)
+    spaced, _ = _pair(5, 2, _Clock(0.0))
+    assert spaced.start_now is None  # bursts: the general path decides every start
+
+
+@given(
+    rate=st.sampled_from([1, 2, 3, 130]),
+    burst=st.sampled_from([None, 1]),
+    slack=st.sampled_from([0.0, 0.0002]),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0, 0.001, 0.3, 1.0, 2.5]),  # time since the last one
+            st.sampled_from([math.inf, 0.0, 0.5]),  # max wait
+            st.sampled_from([None, None, None, 0.2, 0.0]),  # a window opened (0: closed early)
+        ),
+        max_size=300,
+    ),
+)
+def test_the_rate_start_matches_the_pure_python_path(
+    rate: int, burst: int | None, slack: float, ops: list[tuple[float, float, float | None]]
+) -> None:
+    """The same answers and the same logs, entry for entry, whichever path starts a call."""
+    burst = None if burst is None or burst >= rate else burst
+    clock = _Clock(slack)
+    accelerated, pure = _pair(rate, burst, clock)
+    for step, max_wait, opened in ops:
+        clock.now += step
+        for backend in (accelerated, pure):
+            if opened:
+                backend._window.extend(opened)
+            elif opened is not None:
+                backend._window.clear()
+        assert pure.reserve(max_wait) == accelerated.reserve(max_wait)
+        assert list(pure._state.log) == list(accelerated._state.log)
+        assert list(pure._state.starts) == list(accelerated._state.starts)
+
+
+def test_the_rate_start_reads_the_default_clock_in_force(clock: FakeClock) -> None:
+    """No clock of its own: the start is stamped with virtual time, not the system's."""
+    clock.advance(42.0)
+    backend = MemoryRateBackend(3, 1.0, None, MemoryWindowBackend())
+    assert 0.0 == backend.reserve(math.inf)
+    assert [42.0] == list(backend._state.log) == list(backend._state.starts)
+
+
+def test_the_rate_start_on_the_system_clock_reads_monotonic_time() -> None:
+    """On the real clock the start's stamp lies between two readings of time.monotonic()."""
+    with virtual_time(_clock.SYSTEM_CLOCK):
+        backend = MemoryRateBackend(3, 1.0, None, MemoryWindowBackend())
+        before = _clock.SYSTEM_CLOCK.monotonic()
+        assert 0.0 == backend.reserve(math.inf)
+        after = _clock.SYSTEM_CLOCK.monotonic()
+    (stamp,) = backend._state.log
+    assert before <= stamp <= after
+
+
+@pytest.mark.parametrize("reading", [7, "soon"])
+def test_a_reading_that_is_no_float_is_left_to_python(reading: object) -> None:
+    """An int reading starts as Python would (the stamp kept as it came); junk fails the same."""
+    clock = _Clock(0.0, reading)
+    accelerated, pure = _pair(3, None, clock)
+    if isinstance(reading, int):
+        assert pure.reserve(math.inf) == accelerated.reserve(math.inf)
+        assert [reading] == list(accelerated._state.log) == list(pure._state.log)
+        return
+    with pytest.raises(TypeError) as expected:
+        pure.reserve(math.inf)
+    with pytest.raises(TypeError) as raised:
+        accelerated.reserve(math.inf)
+    assert str(expected.value) == str(raised.value)
+
+
+def test_a_clock_that_raises_leaves_the_lock_free() -> None:
+    """A failing clock reading propagates, and the next call can take the lock again."""
+
+    class Broken:
+        def monotonic(self) -> float:
+            raise OSError("no clock")
+
+    accelerated, _ = _pair(3, None, Broken())
+    with pytest.raises(OSError, match="no clock"):
+        accelerated.reserve(math.inf)
+    assert not accelerated._lock.locked()

@@ -9,8 +9,11 @@ import threading
 import pytest
 import structlog
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from resilience import Backoff, TracedPolicy, retry, traced
-from resilience.telemetry import current_span, set_enabled
+from resilience.telemetry import current_span, measure, set_enabled
 from resilience.testing import FakeClock, capture_events
 
 
@@ -178,6 +181,18 @@ class TestEvents:
         assert "resilience.trace.stop" == events[-1].name
 
 
+_trees = st.recursive(
+    st.tuples(st.sampled_from(["traced", "measure"]), st.booleans(), st.booleans(), st.just(())),
+    lambda children: st.tuples(
+        st.sampled_from(["traced", "measure"]),
+        st.booleans(),
+        st.booleans(),
+        st.lists(children, max_size=3).map(tuple),
+    ),
+    max_leaves=12,
+)
+
+
 class TestContext:
     def test_nested_parent(self):
         """A traced call inside another names the outer span as its parent, same trace."""
@@ -247,6 +262,81 @@ class TestContext:
 
         span = main()
         assert span.span_id == found[0].parent_id
+
+    def test_current_span_is_one_object_per_call(self):
+        """Reading the span twice in one call gives the same object, built on the first read."""
+
+        @traced("one", log=False)
+        def one():
+            first = current_span()
+            return first, current_span()
+
+        first, second = one()
+        assert first is second
+        assert "one" == first.name
+        assert current_span() is None
+
+    def test_deep_nesting_reads_the_root_trace(self):
+        """Hundreds of unread quiet spans deep, the innermost still names its parent and trace."""
+        depth = 300
+        seen = []
+
+        @traced("deep", log=False)
+        def dive(n):
+            if n == 0:
+                seen.append(current_span())
+                return
+            dive(n - 1)
+            if n == depth:
+                seen.append(current_span())
+
+        dive(depth)
+        inner, outer = seen
+        assert outer.trace_id == inner.trace_id
+        assert outer.parent_id is None
+        assert inner.parent_id is not None
+        assert inner.span_id != outer.span_id
+
+    @given(tree=_trees)
+    def test_ids_agree_however_spans_are_read(self, tree):
+        """
+        Quiet traced calls, ``measure`` blocks and reads in any order: one trace, each span's
+        parent is the enclosing span, every id unique, and a span reads the same before and
+        after its children (quiet spans are built only when read, from what was current).
+        """
+        found: list[tuple[object, object, list[object]]] = []
+
+        def run(node, parent_index):
+            kind, read_before, read_after, children = node
+            index = len(found)
+            reads: list[object] = []
+            found.append((parent_index, None, reads))
+
+            def body():
+                if read_before:
+                    reads.append(current_span())
+                for child in children:
+                    run(child, index)
+                if read_after or not read_before:
+                    reads.append(current_span())
+                found[index] = (parent_index, reads[0], reads)
+
+            if kind == "traced":
+                traced(f"n{index}", log=False)(body)()
+            else:
+                with measure(f"n{index}"):
+                    body()
+
+        run(tree, None)
+        assert current_span() is None
+        spans = [span for _, span, _ in found]
+        for parent_index, span, reads in found:
+            assert all(read is span for read in reads)
+            expected = None if parent_index is None else spans[parent_index].span_id
+            assert expected == span.parent_id
+        assert 1 == len({span.trace_id for span in spans})
+        assert len(spans) == len({span.span_id for span in spans})
+        assert all(len(s.span_id) == 16 and len(s.trace_id) == 32 for s in spans)
 
     def test_stacks_with_retry(self):
         """Traced outside retry sees one span around all attempts."""

@@ -59,13 +59,30 @@ __all__ = [
     "AdaptiveLimit",
     "AdaptivePoolBackend",
     "Aimd",
+    "TIMED_PER_WINDOW",
     "Gradient2",
     "LimitAlgorithm",
     "Vegas",
+    "window_shape",
 ]
 
 ALGORITHMS = ("gradient2", "aimd", "vegas")
 _WARMUP = 10  # windows averaged plainly before the long RTT becomes an EMA
+#: The fewest timed calls in a window: a window of more calls times every ``stride``-th.
+TIMED_PER_WINDOW = 32
+
+
+def window_shape(short_window: int, limit: int) -> tuple[int, int]:
+    """
+    Return ``(stride, due)`` for a window of ``max(short_window, limit)`` calls.
+
+    Every ``stride``-th call is timed, and the window closes after ``due`` timed calls, so
+    it spans about as many calls as before and averages at least ``TIMED_PER_WINDOW`` RTTs
+    (a window of fewer than twice that times every call: ``stride`` 1).
+    """
+    calls = max(short_window, limit)
+    stride = max(1, calls // TIMED_PER_WINDOW)
+    return stride, -(-calls // stride)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +197,13 @@ class Gradient2:
     """
     Netflix's Gradient2: the long-window RTT against the short window's, with headroom.
 
-    Samples are gathered into windows (as Netflix's ``WindowedLimit`` does): a window closes
-    after ``max(short_window, limit)`` samples, about one round of the pool, and its average
-    RTT is the short RTT. The long RTT is an exponential average over *long_window* windows
+    Samples are gathered into windows (as Netflix's ``WindowedLimit`` does): a window spans
+    ``max(short_window, limit)`` calls, about one round of the pool, and its average RTT is
+    the short RTT. A window of many calls is timed on every ``stride``-th call only
+    (``window_shape``: at least ``TIMED_PER_WINDOW`` timed calls per window), so a wide
+    pool does not read the clock twice per call; one ``update`` is one timed call, and the
+    window closes after ``due`` of them. ``busy`` (the most units in use) is kept over
+    every call, timed or not: the layer updates it inline. The long RTT is an exponential average over *long_window* windows
     (not samples, so it drifts slowly under sustained load); when it exceeds twice the short
     one it decays fast (latency fell for good). A drop ends its window at once and
     multiplies the limit by the backoff ratio; a window where fewer than half the permits
@@ -213,6 +234,7 @@ class Gradient2:
         "ratio",
         "short_window",
         "smoothing",
+        "stride",
         "tolerance",
         "total",
     )
@@ -240,7 +262,8 @@ class Gradient2:
         self.long_rtt = 0.0
         self.queue_size = queue_size
         self.count = 0
-        self.due = max(short_window, self.limit)  # the samples that fill a window
+        #: calls per timed call, and the timed calls that fill a window
+        self.stride, self.due = window_shape(short_window, self.limit)
         self.total = 0.0
         self.busy = 0
         self.dropped = False
@@ -295,7 +318,7 @@ class Gradient2:
                 estimate = self.estimate * (1.0 - self.smoothing) + target * self.smoothing
                 self.estimate = min(float(self.high), max(float(self.low), estimate))
         self.limit = max(self.low, min(self.high, math.floor(self.estimate)))
-        self.due = max(self.short_window, self.limit)
+        self.stride, self.due = window_shape(self.short_window, self.limit)
 
 
 class Vegas:
@@ -391,7 +414,7 @@ class AdaptivePoolBackend(MemoryPoolBackend):
     applied under the lock (``sample_release``, ``close_release``).
     """
 
-    __slots__ = ("adaptive", "algorithm", "debt", "fed", "window")
+    __slots__ = ("adaptive", "algorithm", "debt", "every", "fed", "skip", "window")
 
     def __init__(self, adaptive: AdaptiveLimit) -> None:
         limit = adaptive.initial
@@ -410,6 +433,11 @@ class AdaptivePoolBackend(MemoryPoolBackend):
         #: The Gradient2 machine, whose samples the layer adds lock-free (None: another one).
         self.window = self.algorithm if isinstance(self.algorithm, Gradient2) else None
         self.fed = False
+        # Gradient2's stride, counted down by the layer: ``skip`` untimed calls before the
+        # next timed one, ``every`` = stride - 1 (0: every call timed, or another algorithm)
+        self.skip = 0
+        self.every = 0 if self.window is None else self.window.stride - 1
+        self.leases = None
 
     @property
     def used(self) -> int:
@@ -493,6 +521,8 @@ class AdaptivePoolBackend(MemoryPoolBackend):
             limit = self.algorithm.update(rtt, in_use, dropped)
             if limit != self.limit:
                 self._apply(limit)
+            if self.window is not None:  # a window may have closed: its new stride
+                self.every = self.window.stride - 1
             return limit
 
     def sample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> None:
@@ -510,6 +540,7 @@ class AdaptivePoolBackend(MemoryPoolBackend):
             window.close()
             if window.limit != self.limit:
                 self._apply(window.limit)
+            self.every = window.stride - 1
 
     def idle(self) -> bool:
         """Whether a fresh pool would be the same: nothing held and nothing learnt yet."""
@@ -518,4 +549,7 @@ class AdaptivePoolBackend(MemoryPoolBackend):
 
     def snapshot(self, key: str) -> PoolSnapshot:
         """The operator's view: the declared ceiling as ``limit``, the live one beside it."""
-        return PoolSnapshot(key, self.adaptive.max_limit, self.limit, self.used, None, None)
+        self.watch()
+        return PoolSnapshot(
+            key, self.adaptive.max_limit, self.limit, self.used, None, self.oldest_lease()
+        )

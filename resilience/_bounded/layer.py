@@ -13,13 +13,14 @@ wait, emit the wait or timeout event and raise ``BoundedTimeoutError``. A remote
 from __future__ import annotations
 
 import contextlib
+import math
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config, _deadline
 from resilience._bounded.adaptive import AdaptiveLimit, AdaptivePoolBackend
-from resilience._bounded.pool import MemoryPoolBackend, PermitQueue
+from resilience._bounded.pool import WATCH_HOOKS, MemoryPoolBackend, PermitQueue, lease_begin
 from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import BoundedTimeoutError, StoreUnavailableError
 from resilience._policies import BoundedPolicy
@@ -35,12 +36,16 @@ if TYPE_CHECKING:
 
 __all__ = ["BoundedLayer"]
 
+# A memory pool's first snapshot: every layer fetches its pool again and, finding it
+# watched, takes the path that records lease starts (``_run_leased``).
+WATCH_HOOKS.append(EPOCH.bump)
+
 
 class BoundedLayer(KeyedLayer):
     """``@bounded``'s layer: take permits before the call, give them back after it."""
 
     decorator = "bounded"
-    __slots__ = ("_adaptive", "_epoch", "_queue", "_remote", "timeout")
+    __slots__ = ("_adaptive", "_detour", "_epoch", "_queue", "_remote", "_watched", "timeout")
     policy: BoundedPolicy
 
     def __init__(self, policy: BoundedPolicy) -> None:
@@ -49,6 +54,8 @@ class BoundedLayer(KeyedLayer):
         self._epoch = -1
         self._remote = False
         self._adaptive = False
+        self._watched = False
+        self._detour = False  # remote or watched: the fixed runners' one check off the fast path
 
     def _refresh(self) -> PermitQueue:
         """Fetch (and check) the key's pool; again after ``resilience.testing.reset()``."""
@@ -71,6 +78,8 @@ class BoundedLayer(KeyedLayer):
         # Memory pools never block: the runners call them inline; others go through
         # ``_run_remote``/``_arun_remote`` (async twins, store-unavailable handling).
         self._remote = not isinstance(queue.backend, MemoryPoolBackend)
+        self._watched = getattr(queue.backend, "leases", None) is not None
+        self._detour = self._remote or self._watched
         self._epoch = EPOCH.n
         return queue
 
@@ -202,6 +211,158 @@ class BoundedLayer(KeyedLayer):
             except StoreUnavailableError as error:
                 self._release_failed(error)
 
+    # -- a watched memory pool: each unit's lease start recorded (the snapshot's oldest_lease) --
+    #
+    # A lease is recorded before its units are taken and forgotten after they are back, so
+    # a held unit always has a record (but for a waiter's, recorded just after its grant);
+    # a wait is no lease: the record made before it is forgotten, and made again once
+    # granted. Cancellation and timeouts go through the same ``finally``.
+
+    def _run_leased(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        backend: MemoryPoolBackend = queue.backend  # type: ignore[assignment]
+        weight = self.policy.weight
+        lease = backend.record(weight)
+        try:
+            if queue.waiters or not backend.try_acquire(weight):
+                backend.forget(lease)
+                lease = ()
+                self._wait_sync(queue)
+                lease = backend.record(weight)
+            try:
+                return call_next(wrapped, instance, args, kwargs)
+            finally:
+                queue.release(weight)
+        finally:
+            backend.forget(lease)
+
+    async def _arun_leased(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        backend: MemoryPoolBackend = queue.backend  # type: ignore[assignment]
+        weight = self.policy.weight
+        lease = backend.record(weight)
+        try:
+            if queue.waiters or not backend.try_acquire(weight):
+                backend.forget(lease)
+                lease = ()
+                await self._wait_async(queue)
+                lease = backend.record(weight)
+            try:
+                return await call_next(wrapped, instance, args, kwargs)
+            finally:
+                queue.release(weight)
+        finally:
+            backend.forget(lease)
+
+    def _adaptive_turn(self, backend: AdaptivePoolBackend, in_use: int) -> bool:
+        """A call starts holding *in_use*: count it in ``busy``; whether it is timed (stride)."""
+        window = backend.window
+        if window is None:
+            return True
+        if in_use > window.busy:  # noqa: PLR1730 - once per call: no call
+            window.busy = in_use
+        skip = backend.skip
+        if skip:
+            backend.skip = skip - 1
+            return False
+        backend.skip = backend.every
+        return True
+
+    def _adaptive_acquire(self, queue: PermitQueue, backend: AdaptivePoolBackend) -> int:
+        """Take the call's units now if free (the units in use after; 0: it must wait)."""
+        return 0 if queue.waiters else backend.try_acquire_used(self.policy.weight)
+
+    def _adaptive_returned(
+        self, queue: PermitQueue, backend: AdaptivePoolBackend, rtt: float | None, in_use: int
+    ) -> None:
+        """A call of the leased path returned: its sample (if timed) and its units back."""
+        if rtt is not None:
+            self._succeeded(queue, backend, rtt, in_use)
+            return
+        backend.release(self.policy.weight)
+        if queue.waiters:
+            queue.wake()
+
+    def _run_adaptive_leased(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+        lease = backend.record(self.policy.weight)
+        try:
+            in_use = self._adaptive_acquire(queue, backend)
+            if not in_use:
+                backend.forget(lease)
+                lease = ()
+                self._wait_sync(queue)
+                in_use = backend.used
+                lease = backend.record(self.policy.weight)
+            monotonic = self._clock().monotonic
+            started = monotonic() if self._adaptive_turn(backend, in_use) else None
+            try:
+                result = call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                rtt = None if started is None else monotonic() - started
+                self._raised(queue, backend, exc, rtt, in_use)
+                raise
+            rtt = None if started is None else monotonic() - started
+            self._adaptive_returned(queue, backend, rtt, in_use)
+            return result
+        finally:
+            backend.forget(lease)
+
+    async def _arun_adaptive_leased(
+        self,
+        queue: PermitQueue,
+        call_next: Runner,
+        wrapped: Callable[..., Any],
+        instance: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
+        lease = backend.record(self.policy.weight)
+        try:
+            in_use = self._adaptive_acquire(queue, backend)
+            if not in_use:
+                backend.forget(lease)
+                lease = ()
+                await self._wait_async(queue)
+                in_use = backend.used
+                lease = backend.record(self.policy.weight)
+            monotonic = self._clock().monotonic
+            started = monotonic() if self._adaptive_turn(backend, in_use) else None
+            try:
+                result = await call_next(wrapped, instance, args, kwargs)
+            except BaseException as exc:
+                rtt = None if started is None else monotonic() - started
+                self._raised(queue, backend, exc, rtt, in_use)
+                raise
+            rtt = None if started is None else monotonic() - started
+            self._adaptive_returned(queue, backend, rtt, in_use)
+            return result
+        finally:
+            backend.forget(lease)
+
     # -- an adaptive limit: time each call and feed its sample to the pool's algorithm --------
 
     def _moved(self, before: int, after: int, dropped: bool) -> None:
@@ -236,10 +397,15 @@ class BoundedLayer(KeyedLayer):
         queue: PermitQueue,
         backend: AdaptivePoolBackend,
         exc: BaseException,
-        rtt: float,
+        rtt: float | None,
         in_use: int,
     ) -> None:
-        """A call raised: a drop (``on_drop``) or a plain sample; control flow: no sample."""
+        """
+        A call raised: a drop (``on_drop``) or a plain sample; control flow: no sample.
+
+        *rtt* None: an untimed call of a Gradient2 window (``Gradient2.stride``); its drop
+        counts all the same (drops are never sampled), a plain failure gives no sample.
+        """
         if not isinstance(exc, Exception):  # cancellation, exit: neither drop nor latency
             queue.release(self.policy.weight)
             return
@@ -249,7 +415,12 @@ class BoundedLayer(KeyedLayer):
         try:
             dropped = adaptive.is_drop(exc)
         finally:
-            self._ended(queue, backend, rtt, in_use, dropped, False)
+            if rtt is None and not dropped:
+                queue.release(self.policy.weight)
+            else:
+                self._ended(
+                    queue, backend, math.nan if rtt is None else rtt, in_use, dropped, False
+                )
 
     def _succeeded(
         self, queue: PermitQueue, backend: AdaptivePoolBackend, rtt: float, in_use: int
@@ -284,6 +455,8 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            if layer._watched:  # lease starts recorded: the slow path
+                return layer._run_adaptive_leased(queue, call_next, wrapped, instance, args, kwargs)
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
             in_use = 0
             if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
@@ -298,6 +471,31 @@ class BoundedLayer(KeyedLayer):
             if not in_use:
                 layer._wait_sync(queue)
                 in_use = backend.used
+            skip = backend.skip
+            if skip:  # a wide Gradient2 window, not this call's turn to be timed: no clock read
+                backend.skip = skip - 1
+                window = backend.window
+                assert window is not None
+                if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                    window.busy = in_use
+                try:
+                    if direct:
+                        result = wrapped(*args, **kwargs)
+                    else:
+                        result = call_next(wrapped, instance, args, kwargs)
+                except BaseException as exc:
+                    layer._raised(queue, backend, exc, None, in_use)
+                    raise
+                if single and not backend.debt:
+                    backend._push(None)
+                else:
+                    backend.release(weight)
+                if queue.waiters:
+                    queue.wake()
+                return result
+            every = backend.every
+            if every:  # this call is timed: count down to the next one
+                backend.skip = every
             monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
             started = monotonic()
             try:
@@ -348,6 +546,10 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
+            if layer._watched:  # lease starts recorded: the slow path
+                return await layer._arun_adaptive_leased(
+                    queue, call_next, wrapped, instance, args, kwargs
+                )
             backend: AdaptivePoolBackend = queue.backend  # type: ignore[assignment]
             in_use = 0
             if single and not queue.waiters:  # one unit: ``try_acquire_used(1)``, inline
@@ -362,6 +564,31 @@ class BoundedLayer(KeyedLayer):
             if not in_use:
                 await layer._wait_async(queue)
                 in_use = backend.used
+            skip = backend.skip
+            if skip:  # a wide Gradient2 window, not this call's turn to be timed: no clock read
+                backend.skip = skip - 1
+                window = backend.window
+                assert window is not None
+                if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                    window.busy = in_use
+                try:
+                    if direct:
+                        result = await wrapped(*args, **kwargs)
+                    else:
+                        result = await call_next(wrapped, instance, args, kwargs)
+                except BaseException as exc:
+                    layer._raised(queue, backend, exc, None, in_use)
+                    raise
+                if single and not backend.debt:
+                    backend._push(None)
+                else:
+                    backend.release(weight)
+                if queue.waiters:
+                    queue.wake()
+                return result
+            every = backend.every
+            if every:  # this call is timed: count down to the next one
+                backend.skip = every
             monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
             started = monotonic()
             try:
@@ -426,7 +653,8 @@ class BoundedLayer(KeyedLayer):
                 layer._unavailable(error)
                 return call_next(wrapped, instance, args, kwargs)
             clock = _clock.resolve(policy_clock)
-            started = clock.monotonic()
+            timed = backend.timed(in_use)  # Gradient2 times every stride-th call
+            started = clock.monotonic() if timed else 0.0
             dropped: bool | None = False
             try:
                 return call_next(wrapped, instance, args, kwargs)
@@ -439,10 +667,11 @@ class BoundedLayer(KeyedLayer):
             finally:
                 before = backend.limit
                 try:
-                    if dropped is None:
+                    if dropped is None or not (timed or dropped):  # the fixed pool's release
                         queue.release(weight)
                     else:
-                        backend.sample_release(weight, clock.monotonic() - started, in_use, dropped)
+                        rtt = clock.monotonic() - started if timed else math.nan
+                        backend.sample_release(weight, rtt, in_use, dropped)
                         queue.wake()
                 except StoreUnavailableError as error:
                     layer._release_failed(error)
@@ -484,7 +713,8 @@ class BoundedLayer(KeyedLayer):
                 layer._unavailable(error)
                 return await call_next(wrapped, instance, args, kwargs)
             clock = _clock.resolve(policy_clock)
-            started = clock.monotonic()
+            timed = backend.timed(in_use)  # Gradient2 times every stride-th call
+            started = clock.monotonic() if timed else 0.0
             dropped: bool | None = False
             try:
                 return await call_next(wrapped, instance, args, kwargs)
@@ -497,10 +727,10 @@ class BoundedLayer(KeyedLayer):
             finally:
                 before = backend.limit
                 try:
-                    if dropped is None:
+                    if dropped is None or not (timed or dropped):  # the fixed pool's release
                         await queue.arelease(weight)
                     else:
-                        rtt = clock.monotonic() - started
+                        rtt = clock.monotonic() - started if timed else math.nan
                         await backend.asample_release(weight, rtt, in_use, dropped)
                         queue.wake()
                 except StoreUnavailableError as error:
@@ -520,6 +750,8 @@ class BoundedLayer(KeyedLayer):
         epoch = EPOCH
         weight = self.policy.weight
         direct = call_next is terminal
+        default = _clock.DEFAULT
+        begin = lease_begin
 
         def run(
             wrapped: Callable[..., Any],
@@ -530,8 +762,24 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
-            if layer._remote:
-                return layer._run_remote(queue, call_next, wrapped, instance, args, kwargs)
+            if layer._detour:  # a remote pool, or a watched one (lease starts recorded)
+                if layer._remote or weight != 1:
+                    run_slow = layer._run_remote if layer._remote else layer._run_leased
+                    return run_slow(queue, call_next, wrapped, instance, args, kwargs)
+                leases: dict[int, float] = queue.backend.leases  # type: ignore[attr-defined]
+                # ``_run_leased`` for one unit, inline
+                lease = begin(leases)
+                if queue.waiters or not queue.backend.try_acquire(1):
+                    del leases[lease]  # a wait is no lease
+                    layer._wait_sync(queue)
+                    leases[lease] = default.monotonic()
+                try:
+                    if direct:
+                        return wrapped(*args, **kwargs)
+                    return call_next(wrapped, instance, args, kwargs)
+                finally:
+                    queue.release(1)
+                    del leases[lease]
             if queue.waiters or not queue.backend.try_acquire(weight):
                 layer._wait_sync(queue)
             try:
@@ -553,6 +801,8 @@ class BoundedLayer(KeyedLayer):
         epoch = EPOCH
         weight = self.policy.weight
         direct = call_next is terminal
+        default = _clock.DEFAULT
+        begin = lease_begin
 
         async def run(
             wrapped: Callable[..., Any],
@@ -563,8 +813,24 @@ class BoundedLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             queue = layer._queue if layer._epoch == epoch.n else layer._refresh()
-            if layer._remote:
-                return await layer._arun_remote(queue, call_next, wrapped, instance, args, kwargs)
+            if layer._detour:  # a remote pool, or a watched one (lease starts recorded)
+                if layer._remote or weight != 1:
+                    arun_slow = layer._arun_remote if layer._remote else layer._arun_leased
+                    return await arun_slow(queue, call_next, wrapped, instance, args, kwargs)
+                leases: dict[int, float] = queue.backend.leases  # type: ignore[attr-defined]
+                # ``_arun_leased`` for one unit, inline
+                lease = begin(leases)
+                if queue.waiters or not queue.backend.try_acquire(1):
+                    del leases[lease]  # a wait is no lease
+                    await layer._wait_async(queue)
+                    leases[lease] = default.monotonic()
+                try:
+                    if direct:
+                        return await wrapped(*args, **kwargs)
+                    return await call_next(wrapped, instance, args, kwargs)
+                finally:
+                    queue.release(1)
+                    del leases[lease]
             if queue.waiters or not queue.backend.try_acquire(weight):
                 await layer._wait_async(queue)
             try:

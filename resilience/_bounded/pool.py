@@ -24,21 +24,63 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import threading
 
 from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
+from resilience import _clock
 from resilience._snapshot import PoolSnapshot
 
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from resilience._policies import BoundedPolicy
     from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
 
 
-__all__ = ["CountedPoolBackend", "MemoryPoolBackend", "PermitQueue", "PoolBackend"]
+__all__ = [
+    "LEASE_IDS",
+    "lease_begin",
+    "WATCH_HOOKS",
+    "CountedPoolBackend",
+    "MemoryPoolBackend",
+    "PermitQueue",
+    "PoolBackend",
+]
+
+#: Called once when a memory pool is first watched (``BoundedLayer`` adds the bump that
+#: makes every layer fetch its pool again and so take the lease-recording path).
+WATCH_HOOKS: list[Callable[[], None]] = []
+#: One id per unit leased, in every pool (``next`` on it is atomic).
+LEASE_IDS = itertools.count(1)
+
+
+def _lease_begin(leases: dict[int, float]) -> int:
+    """Record one unit's lease starting now (the default clock) in *leases*; return its id."""
+    lease = next(LEASE_IDS)
+    leases[lease] = _clock.DEFAULT.monotonic()
+    return lease
+
+
+def _accelerated() -> Callable[[dict[int, float]], int]:
+    """``_lease_begin`` in C when built (and not switched off by ``RESILIENCE_NO_EXTENSIONS``)."""
+    if os.environ.get("RESILIENCE_NO_EXTENSIONS"):
+        return _lease_begin
+    try:
+        from resilience import _speedups  # noqa: PLC0415 - optional, built where a compiler was
+    except ImportError:  # pragma: no cover - built where a C compiler was found
+        return _lease_begin
+    _speedups.af_configure(LEASE_IDS, _clock.DEFAULT)
+    return _speedups.af_lease_begin
+
+
+#: ``_lease_begin``, in one C call when the accelerator is built: a watched pool's hot path.
+lease_begin = _accelerated()
 
 
 class PoolBackend(Protocol):
@@ -86,9 +128,15 @@ class MemoryPoolBackend:
     keeps a release beyond what was taken from ever raising the free units above *limit*.
     A pool of more than ``TOKENS_MAX`` units (``memory_pool`` decides) is a
     ``CountedPoolBackend`` instead: a counter under a lock, in constant memory.
+
+    Lease starts (the snapshot's ``oldest_lease``) are recorded only once the pool is
+    watched: its first snapshot calls ``watch``, and from then on ``BoundedLayer`` runs
+    its calls through a path that records each unit's lease in ``leases`` (id -> start on
+    the default clock) before the unit is taken and forgets it after the unit is back. An
+    unwatched pool's hot path reads no clock and records nothing.
     """
 
-    __slots__ = ("_free", "_lock", "_pop", "_push", "limit")
+    __slots__ = ("_free", "_lock", "_pop", "_push", "leases", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -97,6 +145,7 @@ class MemoryPoolBackend:
         self._pop = self._free.pop
         self._push = self._free.append
         self._lock = threading.Lock()
+        self.leases: dict[int, float] | None = None  # None: not watched, nothing recorded
 
     @property
     def used(self) -> int:
@@ -149,9 +198,55 @@ class MemoryPoolBackend:
         """The async twin of ``release`` (no I/O: the same call)."""
         self.release(weight)
 
+    # -- lease starts, once watched -------------------------------------------------------
+
+    def watch(self) -> None:
+        """Record lease starts from now on (the first snapshot asks; the layers follow)."""
+        if self.leases is None:
+            self.leases = {}
+            for hook in WATCH_HOOKS:
+                hook()
+
+    def record(self, weight: int) -> tuple[int, ...]:
+        """Record *weight* units' lease starting now (before they are taken); return the ids."""
+        leases = self.leases
+        if leases is None:
+            return ()
+        if weight == 1:
+            return (lease_begin(leases),)
+        now = _clock.DEFAULT.monotonic()
+        ids = tuple(itertools.islice(LEASE_IDS, weight))
+        for lease in ids:
+            leases[lease] = now
+        return ids
+
+    def forget(self, ids: tuple[int, ...]) -> None:
+        """Forget the leases *ids* (after their units are back, or when none was granted)."""
+        leases = self.leases
+        if leases is not None:
+            for lease in ids:
+                leases.pop(lease, None)
+
+    def oldest_lease(self) -> float | None:
+        """
+        Seconds since the oldest unit held now was leased (None: nothing held, or unknown).
+
+        Unknown while a unit is held that has no record: one leased before the pool was
+        watched (or, for a few instructions, one just granted to a waiter). The starts are
+        read in one C-level copy, so threads recording meanwhile never break the read.
+        """
+        leases = self.leases
+        if not leases:
+            return None
+        starts = list(leases.values())
+        if self.used > len(starts) or not self.used:
+            return None
+        return max(0.0, _clock.DEFAULT.monotonic() - min(starts))
+
     def snapshot(self, key: str) -> PoolSnapshot:
         """Return the operator's view of the pool of *key* (waiters: see ``PermitQueue``)."""
-        return PoolSnapshot(key, self.limit, None, self.used, None, None)
+        self.watch()
+        return PoolSnapshot(key, self.limit, None, self.used, None, self.oldest_lease())
 
 
 class CountedPoolBackend(MemoryPoolBackend):
@@ -163,6 +258,7 @@ class CountedPoolBackend(MemoryPoolBackend):
         self.limit = limit
         self._used = 0
         self._lock = threading.Lock()
+        self.leases = None
 
     @property
     def used(self) -> int:

@@ -40,7 +40,7 @@ import sys
 
 from typing import TYPE_CHECKING, Any, Final
 
-from resilience._bounded.adaptive import Gradient2
+from resilience._bounded.adaptive import TIMED_PER_WINDOW, Gradient2, window_shape
 from resilience._bounded.redis import COMMON_LUA, RELEASE_LUA, RedisPoolBackend
 
 
@@ -164,7 +164,10 @@ else  -- gradient2
     count = count + 1
   end
   busy = math.max(busy, in_use)
-  if dropped or not (count < tonumber(ARGV[12]) or count < limit) then
+  -- window_shape: every stride-th call is timed; the window closes after due timed calls
+  local calls = math.max(tonumber(ARGV[12]), limit)
+  local stride = math.max(1, math.floor(calls / TIMED_PER_WINDOW))
+  if dropped or count >= math.ceil(calls / stride) then
     if was_dropped then
       estimate = math.max(low, estimate * ratio)
     elseif count > 0 then
@@ -204,7 +207,7 @@ redis.call('HSET', state, unpack(out))  -- one algorithm's fields: each one rewr
 redis.call('PEXPIRE', state, ttl)
 return limit
 """
-)
+).replace("TIMED_PER_WINDOW", str(TIMED_PER_WINDOW))
 
 # Returns {live limit, units in use now}.
 _LIVE: Final = _STATE + "purge()\nreturn {live_limit(), used()}\n"
@@ -229,7 +232,19 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
     and sample answers it); ``live()`` asks Redis now.
     """
 
-    __slots__ = ("_aimd", "_keys3", "_params", "_pending", "_timeout", "adaptive", "granted_in_use")
+    __slots__ = (
+        "_aimd",
+        "_busy",
+        "_gradient",
+        "_keys3",
+        "_params",
+        "_pending",
+        "_short",
+        "_skip",
+        "_timeout",
+        "adaptive",
+        "granted_in_use",
+    )
 
     def __init__(self, store: RedisStore, key: str, adaptive: AdaptiveLimit, lease: float) -> None:
         super().__init__(store, key, adaptive.initial, lease)
@@ -252,6 +267,13 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
         timeout = adaptive.timeout  # seconds after validation
         self._timeout = "" if timeout is None else repr(float(timeout))  # type: ignore[arg-type]
         self.granted_in_use = adaptive.initial  # in use at this process's latest grant
+        # Gradient2's stride (``window_shape``), counted per process: untimed calls give
+        # their lease back with the fixed pool's script; the most units they saw in use
+        # goes with the next sample, so the window's ``busy`` still covers every call.
+        self._gradient = adaptive.algorithm == "gradient2"
+        self._short = shape.short_window
+        self._skip = 0
+        self._busy = 0
         self._pending: set[asyncio.Task[Any]] = set()  # give-backs of cancelled callers
 
     def _state_argv(self, *extra: Any) -> list[Any]:
@@ -312,8 +334,30 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
 
     # -- the call's end: release and sample in one script -----------------------------------
 
+    def timed(self, in_use: int) -> bool:
+        """
+        Whether this call is timed and sampled: every call, but Gradient2's every stride-th.
+
+        An untimed call (a window of many calls, ``window_shape``) ends with ``release``
+        unless it drops (drops are never sampled); *in_use* still counts for ``busy``.
+        """
+        if not self._gradient:
+            return True
+        if in_use > self._busy:  # noqa: PLR1730 - once per call: no call
+            self._busy = in_use
+        skip = self._skip
+        if skip:
+            self._skip = skip - 1
+            return False
+        self._skip = window_shape(self._short, self.limit)[0] - 1
+        return True
+
     def _sample_argv(self, lease_id: str | None, rtt: float, in_use: int, dropped: bool) -> Any:
         lease = "" if lease_id is None else lease_id
+        busy = self._busy
+        if busy:  # the most in use since the last sample, untimed calls' included
+            self._busy = 0
+            in_use = max(in_use, busy)
         return self._state_argv(
             lease, _rtt_arg(rtt, self._aimd), in_use, int(dropped), self._timeout
         )

@@ -31,7 +31,7 @@ from resilience._decorating import Kind, Layer, Runner
 from resilience._errors import CONTROL_FLOW
 from resilience._hedge.policy import HedgingPolicy
 from resilience.telemetry._bus import BUS, emit
-from resilience.telemetry._spans import Span, _next_ids, enter_span, exit_span, now_ns
+from resilience.telemetry._spans import Span, _next_ids, current_span, enter_span, exit_span, now_ns
 from resilience.telemetry._spans import _current as _current_span
 
 
@@ -535,7 +535,7 @@ class _Race:
 
     def enter_primary(self) -> tuple[Span, Any, int]:
         """Open attempt 0's span in the caller's context (only when a traced call listens)."""
-        self.parent = _current_span.get()
+        self.parent = current_span()  # built from the quiet path's record if need be
         return self._enter(0)
 
     def leave_primary(self, span: tuple[Span, Any, int], exc: BaseException | None) -> None:

@@ -76,6 +76,7 @@ class RateLimitLayer(KeyedLayer):
         "_backend",
         "_epoch",
         "_remote",
+        "_start_now",
         "_window",
         "limit",
         "max_wait",
@@ -94,6 +95,7 @@ class RateLimitLayer(KeyedLayer):
         self.limit = f"{policy.rate} per {policy.per:g} s{burst}"
         self._epoch = -1
         self._remote = False
+        self._start_now: Callable[[], float | None] | None = None
         self.weighted = policy.cost != 1 or policy.settle is not None
         # A remote store's async round trip is bounded by the policy's timeout too.
         timeout = policy.timeout
@@ -116,6 +118,8 @@ class RateLimitLayer(KeyedLayer):
         self._backend = backend
         # Memory backends never block: the async runner calls their sync methods directly.
         self._remote = not isinstance(backend, MemoryRateBackend)
+        # A memory backend's start with room in C (None without it): tried before reserve.
+        self._start_now = backend.start_now if isinstance(backend, MemoryRateBackend) else None
         if self.weighted and not hasattr(backend, "reserve_units"):
             msg = (
                 f"@rate_limited key {self.key!r}: cost= and settle= need a store whose rate "
@@ -335,18 +339,20 @@ class RateLimitLayer(KeyedLayer):
             cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
             if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
                 cost = layer._cost(cost)
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                if cost == 1:
-                    wait = backend.reserve(bound)
-                    if wait:
-                        layer._wait_sync(backend, wait)
-                else:
-                    wait, reserved, _ = backend.reserve_units(bound, cost)
-                    if wait:
-                        layer._wait_units_sync(backend, wait, cost, reserved)
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without units
+            start_now = layer._start_now
+            if cost != 1 or start_now is None or start_now() is None:  # not started in C
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    if cost == 1:
+                        wait = backend.reserve(bound)
+                        if wait:
+                            layer._wait_sync(backend, wait)
+                    else:
+                        wait, reserved, _ = backend.reserve_units(bound, cost)
+                        if wait:
+                            layer._wait_units_sync(backend, wait, cost, reserved)
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without units
             try:
                 if direct:  # innermost: call the function itself, one frame less
                     result = wrapped(*args, **kwargs)
@@ -390,27 +396,29 @@ class RateLimitLayer(KeyedLayer):
             cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
             if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
                 cost = layer._cost(cost)
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                if layer._remote:
-                    if cost == 1:
-                        wait = await backend.areserve(bound, layer.rtt)
+            start_now = layer._start_now
+            if cost != 1 or start_now is None or start_now() is None:  # not started in C
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    if layer._remote:
+                        if cost == 1:
+                            wait = await backend.areserve(bound, layer.rtt)
+                            if wait:
+                                await layer._wait_async(backend, wait)
+                        else:
+                            wait, reserved, _ = await backend.areserve_units(bound, cost)
+                            if wait:
+                                await layer._wait_units_async(backend, wait, cost, reserved)
+                    elif cost == 1:
+                        wait = backend.reserve(bound)
                         if wait:
                             await layer._wait_async(backend, wait)
                     else:
-                        wait, reserved, _ = await backend.areserve_units(bound, cost)
+                        wait, reserved, _ = backend.reserve_units(bound, cost)
                         if wait:
                             await layer._wait_units_async(backend, wait, cost, reserved)
-                elif cost == 1:
-                    wait = backend.reserve(bound)
-                    if wait:
-                        await layer._wait_async(backend, wait)
-                else:
-                    wait, reserved, _ = backend.reserve_units(bound, cost)
-                    if wait:
-                        await layer._wait_units_async(backend, wait, cost, reserved)
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without units
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without units
             try:
                 if direct:  # innermost: await the function itself, one frame less
                     result = await wrapped(*args, **kwargs)
@@ -568,13 +576,15 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                wait = backend.reserve(bound)
-                if wait:
-                    layer._wait_sync(backend, wait)
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without a token
+            start_now = layer._start_now
+            if start_now is None or start_now() is None:  # not started at once, in C
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    wait = backend.reserve(bound)
+                    if wait:
+                        layer._wait_sync(backend, wait)
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without a token
             try:
                 if direct:  # innermost: call the function itself, one frame less
                     result = wrapped(*args, **kwargs)
@@ -612,16 +622,18 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                if layer._remote:
-                    wait = await backend.areserve(bound, layer.rtt)
-                else:
-                    wait = backend.reserve(bound)
-                if wait:
-                    await layer._wait_async(backend, wait)
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without a token
+            start_now = layer._start_now
+            if start_now is None or start_now() is None:  # not started at once, in C
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    if layer._remote:
+                        wait = await backend.areserve(bound, layer.rtt)
+                    else:
+                        wait = backend.reserve(bound)
+                    if wait:
+                        await layer._wait_async(backend, wait)
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without a token
             try:
                 if direct:  # innermost: await the function itself, one frame less
                     result = await wrapped(*args, **kwargs)

@@ -6,7 +6,9 @@ microseconds on the scripts' clock (server ``TIME``; see ``NOW_LUA``). ``extend`
 max-merge, so a short delay never shortens a long one; each method is one script, one round
 trip. The key expires once it has been idle for ``idle_ttl`` *and* its window has ended.
 Other scripts (such as a rate limiter's) may read that key directly to honour the window in
-the same round trip.
+the same round trip. ``extend`` also leaves a flag at the end of the key's rate log when the
+window now ends after the log's newest entry, and ``clear`` takes it away: the limiter's
+common decision reads only that entry (see ``_rate.redis``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisWindowBackend", "redis_window_backend"]
 
 # ARGV: 1 now, 2 idle ttl ms, 3 seconds to extend by (us). Reply: microseconds left.
+# KEYS[2] is the key's rate log: when its newest entry is before the new end, the flag 'w' is
+# pushed after it, since a limiter's immediate path reads only that entry (``_rate.redis``).
 _EXTEND: Final = (
     NOW_LUA
     + """
@@ -34,6 +38,8 @@ local current = tonumber(redis.call('GET', KEYS[1]))
 if current ~= nil and current > ends then ends = current end
 local ttl = math.max(tonumber(ARGV[2]), math.ceil((ends - now) / 1000) + 1000)
 redis.call('SET', KEYS[1], string.format('%d', ends), 'PX', ttl)
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last and last ~= 'w' and tonumber(last) < ends then redis.call('RPUSH', KEYS[2], 'w') end
 return ends - now
 """
 )
@@ -50,7 +56,11 @@ return left
 """
 )
 
-_CLEAR: Final = "redis.call('DEL', KEYS[1]) return 0"
+_CLEAR: Final = """
+redis.call('DEL', KEYS[1])
+if redis.call('LINDEX', KEYS[2], -1) == 'w' then redis.call('RPOP', KEYS[2]) end
+return 0
+"""
 
 _US: Final = 1_000_000
 
@@ -63,7 +73,7 @@ class RedisWindowBackend:
     def __init__(self, key: str, store: RedisStore) -> None:
         self.key = key
         self.store = store
-        self._keys = (store.key("window", key),)
+        self._keys = (store.key("window", key), store.key("rate", key, "log"))
 
     def _run(self, script: str, *extra: object) -> int:
         argv = [self.store.now_arg(), self.store.ttl_ms, *extra]

@@ -6,10 +6,12 @@ contract's rule is a sliding window ("no window of *per* seconds holds more than
 starts"), and it is exactly this: the start ``t[i + rate]`` may not come before
 ``t[i] + per``. Likewise *burst* means ``t[i + burst] >= t[i] + per * burst / rate``. Both
 need only the last *rate* starts, so the log is a ``deque(maxlen=rate)`` and entries older
-than *per* are dropped as time passes: memory is bounded by the rule itself (and by the
-calls of the last *per* seconds), never by call volume. A token bucket or GCRA is O(1) but
-lets up to ``rate + burst - 1`` starts into one window after an idle spell, which is
-what the servers our users call punish; GCRA plus a window cap needs the same log anyway.
+than *per* are dropped as time passes (in one go every 128 starts on the backend's inline
+path, as the Redis twin trims; by every other decision at once): memory is bounded by the
+rule itself (and by the calls of the last *per* seconds, plus at most 128), never by call
+volume. A token bucket or GCRA is O(1) but lets up to ``rate + burst - 1`` starts into one
+window after an idle spell, which is what the servers our users call punish; GCRA plus a
+window cap needs the same log anyway.
 
 Waiting is **reservation**: a caller's start time is decided when it arrives (the earliest
 time the rule allows after every start already reserved), so waiters are served in arrival
@@ -41,12 +43,14 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from resilience import _clock
+from resilience import _clock, _deadline
 from resilience._rate.window import MemoryWindowBackend
 from resilience._snapshot import LimiterSnapshot
 
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from resilience._policies import RateLimitPolicy
     from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
@@ -107,25 +111,27 @@ class RateState:
             The seconds to wait (>= 0) when a start was reserved; ``-retry_after`` (< 0)
             when the turn is further away than *max_wait* and nothing was reserved.
         """
-        log, starts, per = self.log, self.starts, self.per
-        if floor <= now and not self.spaced:
-            # The common case, inline: room now in both logs (no window, nobody ahead).
-            while log and log[0] + per <= now:
-                log.popleft()
-            while starts and starts[0] + per + slack <= now:
-                starts.popleft()
-            if len(log) < self.rate and len(starts) < self.rate and (not log or log[-1] <= now):
-                log.append(now)
-                starts.append(now)
-                return 0.0
         start = self.earliest(now, floor)
         wait = start - now
         if wait > max_wait:
             return -wait
-        log.append(start)
+        self.log.append(start)
         if wait:
             return wait
         return self.admit(now, slack)  # starting now: check (and record) it against actual starts
+
+    def trim(self, now: float, slack: float = 0.0) -> None:
+        """
+        Drop the entries that left the window (of the actual starts: widened by *slack*).
+
+        ``earliest`` and ``admit`` drop them as they decide; ``MemoryRateBackend.reserve``'s
+        inline start with room leaves them for a while and calls this every 128 entries.
+        """
+        log, starts, per = self.log, self.starts, self.per
+        while log and log[0] + per <= now:
+            log.popleft()
+        while starts and starts[0] + per + slack <= now:
+            starts.popleft()
 
     def admit(self, now: float, slack: float = 0.0) -> float:
         """
@@ -330,6 +336,19 @@ class RateBackend(Protocol):
         ...
 
 
+#: The optional C accelerator (None: not built, or ``RESILIENCE_NO_EXTENSIONS`` set).
+_speedups = _deadline._speedups
+
+
+def _trimmer(state: RateState, clock: Clock | None) -> Callable[[float], None]:
+    """``RateStart``'s trim every 128 starts (under the lock it holds), as ``reserve`` trims."""
+
+    def trim(now: float) -> None:  # no reference to the backend: no cycle to collect
+        state.trim(now, getattr(_clock.resolve(clock), "slack", 0.0))
+
+    return trim
+
+
 class MemoryRateBackend:
     """A rate budget in this process: ``RateState`` under a lock, time from the policy's clock."""
 
@@ -343,6 +362,7 @@ class MemoryRateBackend:
         "burst",
         "per",
         "rate",
+        "start_now",
     )
 
     def __init__(
@@ -363,6 +383,24 @@ class MemoryRateBackend:
         # bound once: acquire/release calls cost about half of a `with` block on the hot path
         self._acquire = self._lock.acquire
         self._release = self._lock.release
+        #: ``reserve``'s inline start with room, in C when built (the same steps under the
+        #: same lock; ``tests/test_speedups.py`` holds the two together), else None. Called
+        #: with no arguments it answers 0.0 (started now) or None (that case does not
+        #: apply; nothing was done), so a layer may try it before ``reserve``.
+        self.start_now: Callable[[], float | None] | None = (
+            None
+            if _speedups is None or self._state.spaced
+            else _speedups.RateStart(
+                self._state,
+                window,
+                clock,
+                _clock.DEFAULT,
+                _clock.SYSTEM_CLOCK,
+                self._acquire,
+                self._release,
+                _trimmer(self._state, clock),
+            )
+        )
 
     def idle(self) -> bool:
         """Whether every start is older than *per*: a fresh budget would decide the same."""
@@ -375,12 +413,34 @@ class MemoryRateBackend:
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
+        start = self.start_now
+        if start is not None:
+            started = start()  # the inline start below, in C: None when it does not apply
+            if started is not None:
+                return started
         clock = self._clock or _clock.DEFAULT.clock  # _clock.resolve, inline: every call
+        state = self._state
         self._acquire()
         try:
-            return self._state.reserve(
-                clock.monotonic(), max_wait, self._window.end, getattr(clock, "slack", 0.0)
-            )
+            now = clock.monotonic()
+            floor = self._window.end
+            if floor <= now and not state.spaced:
+                # The common case, inline (``state.reserve``'s answer, a frame cheaper): room
+                # now in both logs, no window, nobody ahead. The entries that left the window
+                # stay until the log's length is a multiple of 128 (dropping them costs more
+                # than the rest of the start): they are all at or before now, and a log below
+                # *rate* entries has room with or without them; a full one goes to
+                # ``state.reserve``, which drops them first. So this answers as if they were gone.
+                log = state.log
+                starts = state.starts
+                count = len(log)
+                if count < state.rate and len(starts) < state.rate and (not log or log[-1] <= now):
+                    log.append(now)
+                    starts.append(now)
+                    if not count & 127:
+                        state.trim(now, getattr(clock, "slack", 0.0))
+                    return 0.0
+            return state.reserve(now, max_wait, floor, getattr(clock, "slack", 0.0))
         finally:
             self._release()
 

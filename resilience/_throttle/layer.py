@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from resilience import _clock, _config
 from resilience._decorating import Kind, Layer, Runner, terminal
@@ -22,9 +22,10 @@ from resilience._errors import StoreUnavailableError, ThrottledError
 from resilience._rate.layer import EPOCH
 from resilience._throttle.state import (
     MemoryThrottleBackend,
+    Tally,
     ThrottleBackend,
     ThrottlePolicy,
-    ThrottleState,
+    _speedups,
 )
 from resilience.stores._memory import DEFAULT_STORE
 from resilience.stores._registry import store_unavailable
@@ -42,15 +43,18 @@ class ThrottleLayer(Layer):
     """``@throttled``'s layer: draw against the probability, count the outcome."""
 
     decorator = "throttled"
-    __slots__ = ("_backend", "_epoch", "_own", "_remote", "_state", "key")
+    __slots__ = ("_backend", "_epoch", "_own", "_remote", "_tally", "key")
     policy: ThrottlePolicy
+    #: Whether the sync runner's fast path runs in C when the accelerator is built (False:
+    #: the Python runner alone, for the tests and benchmarks that compare the two).
+    accelerated: ClassVar[bool] = True
 
     def __init__(self, policy: ThrottlePolicy) -> None:
         super().__init__(policy)
         self.key = ""
         self._epoch = -1
         self._remote = False
-        self._state: ThrottleState | None = None
+        self._tally: Tally | None = None
         self._own = None if policy.key is not None else MemoryThrottleBackend(policy)
 
     def bind(self, kind: Kind, qualname: str) -> None:
@@ -75,15 +79,24 @@ class ThrottleLayer(Layer):
             backend = store.backend("throttle", self.key, self.policy)
         self._backend = backend
         self._remote = not isinstance(backend, MemoryThrottleBackend)
-        # A memory throttle's counts, read inline by the runners; None: a remote store.
-        self._state = None if self._remote else backend._state  # type: ignore[attr-defined]
+        # A memory throttle's tally, read inline by the runners; None: a remote store. (The
+        # tally before the epoch: the C runner takes a current epoch to mean a current tally.)
+        self._tally = None if self._remote else backend._state.tally  # type: ignore[attr-defined]
         self._epoch = EPOCH.n
         return backend
 
-    def _counts(self) -> ThrottleState | None:
-        """``_refresh``, answering the memory counts the runners read (None: remote)."""
+    def _counts(self) -> Tally | None:
+        """``_refresh``, answering the memory tally the runners read (None: remote)."""
         self._refresh()
-        return self._state
+        return self._tally
+
+    def _failed(self, exc: BaseException) -> None:
+        """A memory throttle's call raised *exc*: count it (an accept unless it matches ``on``)."""
+        self._backend.record(not self.policy._is_failure(exc))
+
+    def _late(self, now: float) -> None:
+        """A memory throttle's accept at *now*, after its bucket ended: roll, under the lock."""
+        self._backend.accept(now)  # type: ignore[attr-defined] # a memory one
 
     def _refuse(self, backend: ThrottleBackend, probability: float, req: int, acc: int) -> None:
         try:
@@ -140,11 +153,8 @@ class ThrottleLayer(Layer):
         layer = self
         switches = _config.state
         epoch = EPOCH
-        is_failure = self.policy._is_failure
         direct = call_next is terminal
-        policy_clock = self.policy.clock
-        default = _clock.DEFAULT
-        loud = self.policy.k < 1.0  # below 1 even a window of accepts has a probability
+        source = self.policy.clock or _clock.DEFAULT  # its ``monotonic``: the clock in force
 
         def run(
             wrapped: Callable[..., Any],
@@ -154,10 +164,11 @@ class ThrottleLayer(Layer):
         ) -> Any:
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
-            state = layer._state if layer._epoch == epoch.n else layer._counts()
-            if state is None:
+            tally = layer._tally if layer._epoch == epoch.n else layer._counts()
+            if tally is None:
                 return layer._run_remote(call_next, wrapped, instance, args, kwargs)
-            if (state.total_misses or loud) and layer._backend.chance():
+            calm = tally.calm  # 2: nothing to draw; 1: nothing while the bucket is current
+            if calm != 2 and not (calm and source.monotonic() < tally.until):
                 layer._draw(layer._backend)
             try:
                 if direct:  # innermost: call the function itself, one frame less
@@ -166,17 +177,30 @@ class ThrottleLayer(Layer):
                 else:
                     result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._backend.record(not is_failure(exc))
+                layer._failed(exc)
                 raise
-            # An accept: ``MemoryThrottleBackend.accept``, inline (one atomic ``next``).
-            now = (policy_clock or default.clock).monotonic()
-            if now < state.until:
-                next(state.tally)
+            # An accept: ``MemoryThrottleBackend.accept``, inline (one atomic count).
+            now = source.monotonic()
+            if now < tally.until:
+                tally.accept()
             else:
-                layer._backend.accept(now)  # type: ignore[attr-defined] # a memory one
+                layer._late(now)
             return result
 
-        return run
+        if _speedups is None or not self.accelerated:
+            return run
+        # The same runner's fast path in C (no frame); anything else it hands to ``run``.
+        runner: Runner = _speedups.ThrottleRunner(
+            self,
+            epoch,
+            switches,
+            source,
+            None if direct else call_next,
+            run,
+            self._failed,
+            self._late,
+        )
+        return runner
 
     def _run_remote(
         self,
@@ -201,11 +225,8 @@ class ThrottleLayer(Layer):
         layer = self
         switches = _config.state
         epoch = EPOCH
-        is_failure = self.policy._is_failure
         direct = call_next is terminal
-        policy_clock = self.policy.clock
-        default = _clock.DEFAULT
-        loud = self.policy.k < 1.0  # below 1 even a window of accepts has a probability
+        source = self.policy.clock or _clock.DEFAULT  # its ``monotonic``: the clock in force
 
         async def run(
             wrapped: Callable[..., Any],
@@ -215,10 +236,11 @@ class ThrottleLayer(Layer):
         ) -> Any:
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
-            state = layer._state if layer._epoch == epoch.n else layer._counts()
-            if state is None:
+            tally = layer._tally if layer._epoch == epoch.n else layer._counts()
+            if tally is None:
                 return await layer._arun_remote(call_next, wrapped, instance, args, kwargs)
-            if (state.total_misses or loud) and layer._backend.chance():
+            calm = tally.calm  # 2: nothing to draw; 1: nothing while the bucket is current
+            if calm != 2 and not (calm and source.monotonic() < tally.until):
                 layer._draw(layer._backend)
             try:
                 if direct:  # innermost: await the function itself, one frame less
@@ -227,14 +249,14 @@ class ThrottleLayer(Layer):
                 else:
                     result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
-                layer._backend.record(not is_failure(exc))
+                layer._failed(exc)
                 raise
-            # An accept: ``MemoryThrottleBackend.accept``, inline (one atomic ``next``).
-            now = (policy_clock or default.clock).monotonic()
-            if now < state.until:
-                next(state.tally)
+            # An accept: ``MemoryThrottleBackend.accept``, inline (one atomic count).
+            now = source.monotonic()
+            if now < tally.until:
+                tally.accept()
             else:
-                layer._backend.accept(now)  # type: ignore[attr-defined] # a memory one
+                layer._late(now)
             return result
 
         return run

@@ -25,6 +25,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock
+from resilience._deadline import _accelerator
 from resilience._dictable import FromDict
 from resilience._snapshot import ThrottleSnapshot
 from resilience._validate import (
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 BUCKETS = 10
+_speedups = _accelerator()  # the C twins of ``Tally`` and of the layer's runner, if built
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,17 +103,65 @@ class ThrottlePolicy(FromDict):
         check_clock(owner, self.clock)
 
 
+class Tally:
+    """
+    The accepts of the current bucket, counted without a lock; the bucket's end; ``calm``.
+
+    ``accept`` is one ``next`` of an ``itertools.count`` (atomic), so the success path needs
+    no lock; ``peek`` and ``take`` (under the backend's lock) read it, each read taking one of
+    the counter's values. ``calm`` tells the layer whether it may skip the draw: 2, surely
+    (no miss in the window and ``k >= 1``); 1, while the bucket is current (``now < until``:
+    few enough misses for any accepts of the current bucket); 0, draw under the lock.
+    ``_speedups.ThrottleTally`` is its C twin (the same methods and fields).
+    """
+
+    __slots__ = ("_count", "_peeks", "_taken", "accept", "calm", "until")
+
+    def __init__(self) -> None:
+        self._count = itertools.count()  # every accept ever, and every read: one value each
+        self._peeks = 0  # the counter's values taken by reads
+        self._taken = 0  # the accepts already taken into a bucket's slot
+        #: Count one accept in the current bucket (atomic: no lock).
+        self.accept: Callable[[], object] = self._count.__next__
+        self.calm = 0
+        self.until = -math.inf
+
+    def _accepts(self) -> int:
+        """Every accept counted (reading takes one of the counter's values)."""
+        seen = next(self._count) - self._peeks
+        self._peeks += 1
+        return seen
+
+    def peek(self) -> int:
+        """Return the accepts counted since the last take."""
+        return self._accepts() - self._taken
+
+    def take(self) -> int:
+        """Return the accepts counted since the last take, and start again from 0."""
+        seen = self._accepts()
+        fresh = seen - self._taken
+        self._taken = seen
+        return fresh
+
+
+def new_tally() -> Tally:
+    """The C tally when the accelerator is in use, else the Python one."""
+    if _speedups is not None:
+        tally: Tally = _speedups.ThrottleTally()
+        return tally
+    return Tally()
+
+
 class ThrottleState:
     """
     Requests and accepts over a sliding window, in fixed buckets: pure, no clock.
 
     Each bucket keeps its accepts and its misses (requests that were not accepts: failures
-    and rejections), so ``requests = accepts + misses``. Accepts are counted by one
-    ``itertools.count``, ``tally``, whose ``next`` is atomic: the success path counts an
-    accept in the current bucket without a lock (``accept_now``), and the accepts since the
-    bucket began (``tally`` past ``mark``) join its slot when the window rolls. Everything
-    else (misses, rolls, reading the tally) runs under the backend's lock. While no miss is
-    in the window the probability is 0 for any ``k >= 1``, without reading the clock.
+    and rejections), so ``requests = accepts + misses``. The current bucket's accepts are
+    counted by its ``tally`` without a lock (``Tally.accept``), and join their slot when the
+    window rolls. Everything else (misses, rolls, reading the tally) runs under the
+    backend's lock. After each roll and each miss ``settle`` tells the tally whether the
+    layer may skip the draw (``Tally.calm``).
 
     Args:
         k: Requests allowed per accept before rejecting.
@@ -122,13 +172,10 @@ class ThrottleState:
         "accepts",
         "current",
         "k",
-        "mark",
         "misses",
-        "peeks",
         "slot",
         "tally",
         "total_misses",
-        "until",
         "width",
         "window_accepts",
     )
@@ -140,38 +187,43 @@ class ThrottleState:
         self.misses = [0] * BUCKETS
         self.window_accepts = 0  # the accepts of the window's closed buckets
         self.total_misses = 0
-        self.tally = itertools.count()  # every accept ever: one ``next`` each
-        self.peeks = 0  # the tally's values taken by reading it
-        self.mark = 0  # the accepts counted when the current bucket began
+        self.tally = new_tally()  # the current bucket's accepts, its end, and ``calm``
         self.current = -math.inf
         self.slot = 0
-        self.until = -math.inf  # the end of the current bucket: before it, nothing to roll
+        self.settle()
 
-    def _accepted(self) -> int:
-        """All accepts ever counted (reading the tally takes one of its values)."""
-        seen = next(self.tally) - self.peeks
-        self.peeks += 1
-        return seen
+    @property
+    def until(self) -> float:
+        """The end of the current bucket: before it, nothing to roll."""
+        return self.tally.until
 
     @property
     def total_accepts(self) -> int:
         """The accepts in the window (as of the last roll)."""
-        return self.window_accepts + self._accepted() - self.mark
+        return self.window_accepts + self.tally.peek()
 
     @property
     def total_requests(self) -> int:
         """The requests in the window (as of the last roll): accepts and misses."""
         return self.total_accepts + self.total_misses
 
+    def settle(self) -> None:
+        """Tell the tally whether a draw can be skipped (see ``Tally.calm``)."""
+        if self.k < 1.0:  # below 1 even a window of accepts has a probability
+            calm = 0
+        elif not self.total_misses:
+            calm = 2  # (requests - k * accepts) = (1 - k) * accepts <= 0, whatever rolls
+        else:  # excess = misses - (k - 1) * accepts; the closed buckets' accepts are a floor
+            calm = 1 if self.total_misses <= (self.k - 1.0) * self.window_accepts else 0
+        self.tally.calm = calm
+
     def _roll(self, now: float) -> int:
         """Expire the buckets that slid out of the window; return the current bucket's slot."""
         index = math.floor(now / self.width)
         if index > self.current:
-            seen = self._accepted()
-            fresh = seen - self.mark  # the ending bucket's accepts join its slot
+            fresh = self.tally.take()  # the ending bucket's accepts join its slot
             self.accepts[self.slot] += fresh
             self.window_accepts += fresh
-            self.mark = seen
             stale = (
                 BUCKETS if self.current == -math.inf else min(BUCKETS, index - int(self.current))
             )
@@ -183,13 +235,9 @@ class ThrottleState:
                 self.misses[slot] = 0
             self.current = index
             self.slot = index % BUCKETS
-            self.until = (index + 1) * self.width
+            self.tally.until = (index + 1) * self.width
+            self.settle()
         return self.slot
-
-    def quiet(self) -> bool:
-        """Whether the probability is surely 0 before any roll (misses none, or few enough)."""
-        # excess = misses - (k - 1) * accepts, and the closed buckets' accepts are a floor
-        return self.total_misses <= (self.k - 1.0) * self.window_accepts
 
     def probability(self, now: float) -> float:
         """Return the rejection probability for a call starting at *now*."""
@@ -202,7 +250,7 @@ class ThrottleState:
     def view(self, now: float) -> tuple[int, int]:
         """Return (requests, accepts) in the window as of *now*, changing no count."""
         index = math.floor(now / self.width)
-        current = self._accepted() - self.mark  # the current bucket's accepts (not in a slot)
+        current = self.tally.peek()  # the current bucket's accepts (not in a slot)
         accepts, misses = self.window_accepts + current, self.total_misses
         if index > self.current:
             stale = (
@@ -218,10 +266,11 @@ class ThrottleState:
         """Count one request at *now*, and one accept if *accepted*."""
         slot = self._roll(now)
         if accepted:
-            next(self.tally)
+            self.tally.accept()
         else:
             self.misses[slot] += 1
             self.total_misses += 1
+            self.settle()
 
 
 class ThrottleBackend(Protocol):
@@ -249,11 +298,10 @@ class MemoryThrottleBackend:
     A throttle's counts in this process: ``ThrottleState`` under a lock.
 
     The success path's accept takes no lock while its bucket is current (``accept``): the
-    tally's ``next`` is atomic. With ``k >= 1`` and no miss in the window the layer skips
-    ``chance`` altogether (``quiet``).
+    tally's ``accept`` is atomic. While the tally is calm the layer skips ``chance``.
     """
 
-    __slots__ = ("_clock", "_lock", "_state", "_window", "quiet")
+    __slots__ = ("_clock", "_lock", "_state", "_window")
 
     def __init__(self, policy: ThrottlePolicy) -> None:
         window = policy.window
@@ -262,8 +310,6 @@ class MemoryThrottleBackend:
         self._window = window
         self._clock = policy.clock
         self._lock = threading.Lock()
-        #: With ``k >= 1`` a window without misses has probability 0: no clock, no lock.
-        self.quiet = policy.k >= 1.0
 
     def probability(self) -> tuple[float, int, int]:
         """Return ``(probability, requests, accepts)`` now."""
@@ -276,24 +322,25 @@ class MemoryThrottleBackend:
 
     def chance(self) -> float:
         """
-        The rejection probability now; no lock while nothing can be refused.
+        The rejection probability now; no lock while nothing can be refused (``Tally.calm``).
 
         Reading the counts without the lock can only see a state a moment old, which the
         locked ``probability`` then confirms before anything is refused.
         """
-        state = self._state
-        if _clock.resolve(self._clock).monotonic() < state.until and state.quiet():
+        tally = self._state.tally
+        calm = tally.calm
+        if calm == 2 or (calm and _clock.resolve(self._clock).monotonic() < tally.until):
             return 0.0
         return self.probability()[0]
 
     def accept(self, now: float) -> None:
         """Count one accepted request ending at *now*: lock-free while its bucket is current."""
-        state = self._state
-        if now < state.until:
-            next(state.tally)
+        tally = self._state.tally
+        if now < tally.until:
+            tally.accept()
         else:
             with self._lock:
-                state.record(now, True)
+                self._state.record(now, True)
 
     def snapshot(self, key: str) -> ThrottleSnapshot:
         """Return the operator's view of the throttle of *key*, changing nothing."""

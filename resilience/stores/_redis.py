@@ -250,7 +250,11 @@ class RedisStore(BackendRegistry):
         self._error: type[Exception] = clients.base_error(self._library)
         self._no_script: type[Exception] = self._library.exceptions.NoScriptError
         self._description: str = clients.describe(self.client)
-        self._given_async = given_async
+        # On a cluster, asyncio calls go through a ClusterRouter of the running loop, built
+        # from the given asyncio client's settings (else the sync client's), never through
+        # the library's asyncio cluster client (see ``_redis_cluster``).
+        self._cluster_source: Any = given_async if given_async is not None else self.client
+        self._given_async = None if self.cluster else given_async
         super().__init__()
         from resilience.stores._redis_snapshot import MetaWriter  # noqa: PLC0415 - circular
 
@@ -407,6 +411,8 @@ class RedisStore(BackendRegistry):
             client = self._async_client()
             try:
                 async with asyncio.timeout_at(deadline):
+                    if self.cluster:  # a ClusterRouter: straight to the slot's primary
+                        return await client.run(source, self._sha(source), keys, args)
                     try:
                         return await client.evalsha(self._sha(source), len(keys), *keys, *args)
                     except self._no_script:
@@ -429,7 +435,10 @@ class RedisStore(BackendRegistry):
         loop = asyncio.get_running_loop()
         client = self._async_clients.get(loop)
         if client is None:
-            client = _clients().async_twin(self.client, self.timeout)
+            if self.cluster:  # the given asyncio cluster client's settings, else the sync one's
+                client = _clients().cluster_router(self._cluster_source, self.timeout)
+            else:
+                client = _clients().async_twin(self.client, self.timeout)
             self._async_clients[loop] = client
         return client
 

@@ -25,6 +25,7 @@ __all__ = [
     "async_twin",
     "base_error",
     "bounded",
+    "cluster_router",
     "describe",
     "from_url",
     "is_async",
@@ -162,6 +163,21 @@ def _fit(kwargs: dict[str, Any], target: Any) -> dict[str, Any]:
     return plain if accepted is None else {k: v for k, v in plain.items() if k in accepted}
 
 
+def _fit_cluster(kwargs: dict[str, Any], lib: ModuleType) -> dict[str, Any]:
+    """
+    The part of *kwargs* a sync cluster client of *lib* takes.
+
+    Its own parameters, and the connection settings it passes on to each node (TLS,
+    credentials, client name...), which its ``__init__`` takes as ``**kwargs`` and filters
+    by the library's list of allowed keys.
+    """
+    cluster = lib.cluster
+    names = getattr(cluster, "REDIS_ALLOWED_KEYS", None) or cluster.VALKEY_ALLOWED_KEYS
+    allowed = frozenset(str(name) for name in names)
+    own = _fit(kwargs, _classes(lib)[1])
+    return {**own, **{k: v for k, v in _copyable(kwargs).items() if k in allowed}}
+
+
 def _pool_kwargs(client: Any) -> dict[str, Any]:
     return dict(client.connection_pool.connection_kwargs)
 
@@ -207,14 +223,13 @@ def bounded(client: Any, timeout: float) -> tuple[Any, bool]:
         sync_cluster = _classes(lib)[1]
         nodes = [lib.cluster.ClusterNode(node.host, node.port) for node in client.get_primaries()]
         ssl = "SSL" in getattr(kwargs.get("connection_class"), "__name__", "")
-        settings = _fit(kwargs, sync_cluster)
+        settings = _fit_cluster(kwargs, lib)
         settings.pop("host", None)
         settings.pop("port", None)
         if ssl:
             settings["ssl"] = True
-        return sync_cluster(
-            startup_nodes=nodes, **settings, **_limits(lib, timeout, cluster=True)
-        ), True
+        settings.update(_limits(lib, timeout, cluster=True))
+        return sync_cluster(startup_nodes=nodes, **settings), True
     pool = client.connection_pool
     kwargs = _pool_kwargs(client)
     if not _needs_limits(kwargs, timeout, lib, kwargs.get("retry")):
@@ -292,10 +307,12 @@ def _mirror_cluster(client: Any, timeout: float, *, to_async: bool) -> Any:
         node_class = lib.asyncio.cluster.ClusterNode
     else:
         kwargs = dict(client.connection_kwargs)
-        nodes = [(node.host, node.port) for node in client.get_primaries()]
+        # Not yet initialised (no command sent): it knows only its startup nodes.
+        known = client.get_primaries() or list(client.nodes_manager.startup_nodes.values())
+        nodes = [(node.host, node.port) for node in known]
         node_class = lib.cluster.ClusterNode
     ssl = "SSL" in getattr(kwargs.get("connection_class"), "__name__", "")
-    settings = _fit(kwargs, target_class)
+    settings = _fit(kwargs, target_class) if to_async else _fit_cluster(kwargs, lib)
     settings.pop("host", None)
     settings.pop("port", None)
     settings.update(socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -307,7 +324,45 @@ def _mirror_cluster(client: Any, timeout: float, *, to_async: bool) -> Any:
         # have run, and running it again would count twice (a permit granted twice).
         retry = lib.asyncio.retry.Retry(lib.backoff.NoBackoff(), 0)
         return target_class(startup_nodes=startup, **settings, retry=retry)
-    return target_class(startup_nodes=startup, **settings, **_limits(lib, timeout, cluster=True))
+    settings.update(_limits(lib, timeout, cluster=True))  # the same timeouts, and no retry
+    return target_class(startup_nodes=startup, **settings)
+
+
+def cluster_router(client: Any, timeout: float) -> Any:
+    """
+    The asyncio way to the cluster *client* (sync or asyncio) talks to, for the running loop.
+
+    A ``ClusterRouter``: a few asyncio connections per primary with *client*'s connection
+    settings (TLS, credentials, client name, protocol, decoding) and socket timeouts of
+    *timeout*, seeded with its nodes and its ``address_remap``.
+    """
+    from resilience.stores._redis_cluster import ClusterRouter  # noqa: PLC0415 - on use
+
+    lib = library(client)
+    manager = client.nodes_manager
+    kwargs = dict(manager.connection_kwargs)
+    given = kwargs.get("connection_class")
+    name = getattr(given, "__name__", "Connection")
+    if name == "Connection" and kwargs.get("ssl"):  # a sync cluster client told ssl=True
+        name = "SSLConnection"
+    connection_class = getattr(lib.asyncio.connection, name, None)
+    if connection_class is None:
+        msg = f"RedisStore cannot use a {name} connection from asyncio on a cluster"
+        raise TypeError(msg)
+    settings = _fit(kwargs, connection_class)
+    for key in ("host", "port", "max_connections", "connection_class"):
+        settings.pop(key, None)
+    settings.update(socket_timeout=timeout, socket_connect_timeout=timeout)
+    nodes = client.get_nodes() or list(manager.startup_nodes.values())
+    seeds = [(node.host, int(node.port)) for node in nodes]
+    return ClusterRouter(
+        lib,
+        seeds,
+        connection_class=connection_class,
+        settings=settings,
+        max_connections=_MAX_CONNECTIONS,
+        remap=getattr(manager, "address_remap", None),
+    )
 
 
 def async_twin(client: Any, timeout: float) -> Any:

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from resilience.telemetry._bus import emit
-from resilience.telemetry._spans import Span, enter_span, exit_span, new_span, now_ns
+from resilience.telemetry._spans import Record, Span, enter_span, exit_span, new_span, now_ns
 
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class measure:  # noqa: N801 - used like a function: `with measure(...)`, `@meas
         self.name = _check_name(name)
         self.metadata = _check_metadata(metadata)
         self.clock = clock
-        self._frames: list[tuple[Span, Token[Span | None], int]] = []
+        self._frames: list[tuple[Span, Token[Span | Record | None], int]] = []
 
     def __enter__(self) -> Span:
         span = new_span(self.name)

@@ -15,7 +15,7 @@ import random
 import time
 
 from contextvars import ContextVar, Token
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from resilience import _clock
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 
 __all__ = [
+    "Record",
     "Span",
     "current_span",
     "enter_span",
@@ -119,8 +120,43 @@ class Span:
         )
 
 
-_current: ContextVar[Span | None] = ContextVar("resilience_span", default=None)
+#: A span opened on the quiet path, not yet built: ``(name, n, salts, parent)``, where *n* is
+#: the counter's number, *salts* the ``_ids`` entry it was drawn from (a fork's reseed does
+#: not change its ids) and *parent* the value that was current (None, a Span or a record).
+#: Building a ``Span`` (and freeing it) costs more than the rest of an unobserved traced
+#: call, and most are never read: ``current_span()`` and ``new_span`` build one on demand.
+Record: TypeAlias = tuple[str, int, tuple[int, int, "itertools.count[int]"], "Span | Record | None"]
+
+#: The current span: a ``Span``, a ``Record`` (built on first read), or None at the root.
+_current: ContextVar[Span | Record | None] = ContextVar("resilience_span", default=None)
 _new = object.__new__
+
+
+def _own_and_trace(value: Span | Record) -> tuple[int, int]:
+    """Return a span's (own id, trace id), a record's computed as ``Span`` would hold them."""
+    if isinstance(value, Span):
+        return value._own, value._trace
+    own = value[1] ^ value[2][0]
+    node = value
+    while True:  # up to the first built span or the root record (no recursion: any depth)
+        parent = node[3]
+        if parent is None:
+            return own, ((node[1] ^ node[2][1]) << 64) | (node[1] ^ node[2][0])
+        if isinstance(parent, Span):
+            return own, parent._trace
+        node = parent
+
+
+def _build(record: Record) -> Span:
+    """The ``Span`` a record stands for (its ids as ``new_span`` would have drawn them)."""
+    name, _, _, parent = record
+    own, trace = _own_and_trace(record)
+    span = _new(Span)
+    span.name = name
+    span._own = own
+    span._trace = trace
+    span._parent = None if parent is None else _own_and_trace(parent)[0]
+    return span
 
 
 def current_span() -> Span | None:
@@ -129,7 +165,15 @@ def current_span() -> Span | None:
 
     .. versionadded:: 0.1.0
     """
-    return _current.get()
+    value = _current.get()
+    if value is None or isinstance(value, Span):
+        return value
+    span = _build(value)
+    # Built once per context: later reads in this call get the same object. The traced
+    # call's own token still restores what was current before it (``reset`` goes back to
+    # the token's old value, whatever was set since).
+    _current.set(span)
+    return span
 
 
 def new_span(name: str) -> Span:
@@ -138,28 +182,22 @@ def new_span(name: str) -> Span:
     own, trace = _next_ids()
     if parent is None:
         return Span(name, (trace << 64) | own, own, None)
-    return Span(name, parent._trace, own, parent._own)
+    parent_own, parent_trace = _own_and_trace(parent)
+    return Span(name, parent_trace, own, parent_own)
 
 
-def open_span(name: str) -> Token[Span | None]:
-    """``enter_span(new_span(name))`` in one step, for callers that need only the token."""
-    parent = _current.get()
-    salt, trace_salt, counter = _ids[0]
-    n = next(counter)
-    # Span.__init__'s work without its frame: this runs on every unobserved traced call.
-    span = _new(Span)
-    span.name = name
-    span._own = own = n ^ salt
-    if parent is None:
-        span._trace = ((n ^ trace_salt) << 64) | own
-        span._parent = None
-    else:
-        span._trace = parent._trace
-        span._parent = parent._own
-    return _current.set(span)
+def open_span(name: str) -> Token[Span | Record | None]:
+    """
+    Make a child of the current span (or a new root) current; return the token.
+
+    The span is a ``Record`` until something reads it (``@traced``'s quiet path inlines
+    this: ``salts = _ids[0]``, then ``_current.set((name, next(salts[2]), salts, get()))``).
+    """
+    salts = _ids[0]
+    return _current.set((name, next(salts[2]), salts, _current.get()))
 
 
-def enter_span(span: Span) -> Token[Span | None]:
+def enter_span(span: Span) -> Token[Span | Record | None]:
     """Make *span* current; pass the token to ``exit_span``."""
     return _current.set(span)
 
@@ -168,7 +206,7 @@ reset_span = _current.reset
 """``exit_span`` without its frame: the context variable's own ``reset``."""
 
 
-def exit_span(token: Token[Span | None]) -> None:
+def exit_span(token: Token[Span | Record | None]) -> None:
     """Restore the span that was current before ``enter_span``."""
     _current.reset(token)
 

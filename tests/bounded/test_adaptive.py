@@ -22,11 +22,14 @@ from resilience import (
 )
 from resilience._bounded.adaptive import (
     ADAPTIVE_TOKENS_MAX,
+    TIMED_PER_WINDOW,
     AdaptivePoolBackend,
     Aimd,
     Gradient2,
     Vegas,
+    window_shape,
 )
+from resilience.stores import MemoryStore
 from resilience.testing import FakeClock, capture_events
 
 
@@ -200,6 +203,142 @@ class TestGradientAndVegas:
         machine = Gradient2(AdaptiveLimit(initial=20))
         for _ in range(100):
             assert 20 == machine.update(0.1, 9, dropped=False)
+
+
+class CountingClock(FakeClock):
+    """Virtual time that counts its ``monotonic`` reads (the calls that were timed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        return super().monotonic()
+
+
+def _window(store: MemoryStore, key: str) -> Gradient2:
+    window = store.peek("pool", key).window
+    assert window is not None
+    return window
+
+
+class TestTimedCalls:
+    """A wide Gradient2 window times every stride-th call; drops and ``busy`` count them all."""
+
+    @given(short=st.integers(1, 100), limit=st.integers(1, 10**6))
+    def test_window_shape_spans_the_window_with_enough_timed_calls(
+        self, short: int, limit: int
+    ) -> None:
+        """``due`` timed calls, every ``stride``-th, cover the window; 32 at least, 64 at most."""
+        calls = max(short, limit)
+        stride, due = window_shape(short, limit)
+        assert (stride == 1) == (calls < 2 * TIMED_PER_WINDOW)
+        assert (due - 1) * stride < calls <= due * stride
+        if stride > 1:
+            assert TIMED_PER_WINDOW <= due <= 2 * TIMED_PER_WINDOW
+
+    def test_a_narrow_pool_times_every_call(self) -> None:
+        """At the default initial of 20 every call reads the clock twice, as before."""
+        clock = CountingClock()
+        call = bounded(limit=AdaptiveLimit(), key="narrow", clock=clock)(lambda: None)
+        for _ in range(50):
+            call()
+        assert 100 == clock.reads
+
+    def test_a_wide_pool_times_every_stride_th_call_and_closes_after_due(self) -> None:
+        """640 permits: every 20th call is timed; the window closes on its 32nd timed call."""
+        clock = CountingClock()
+        store = MemoryStore()
+        call = bounded(
+            limit=AdaptiveLimit(initial=640, max_limit=1000), key="wide", store=store, clock=clock
+        )(lambda: clock.advance(0.01))
+        assert (20, 32) == window_shape(10, 640)
+        closes = []
+        for n in range(1, 1262):
+            call()
+            if _window(store, "wide").long_n > len(closes):
+                closes.append(n)
+        assert [621, 1261] == closes  # call 1 is timed, then every 20th: one per 640 calls
+        assert 2 * 64 == clock.reads
+        assert 640 == store.peek("pool", "wide").limit  # one unit in use: it holds
+
+    @pytest.mark.anyio
+    async def test_busy_counts_the_untimed_calls_too(self, clock: FakeClock) -> None:
+        """320 tasks at once: the most in use is 320 though the last timed start saw 301."""
+        store = MemoryStore()
+
+        @bounded(limit=AdaptiveLimit(initial=640, max_limit=1000), key="busy", store=store)
+        async def call() -> None:
+            await clock.asleep(1.0)
+
+        tasks = [asyncio.create_task(call()) for _ in range(320)]
+        await clock.asleep(0.5)
+        window = _window(store, "busy")
+        assert (320, 0) == (window.busy, window.count)  # 16 timed starts, none ended
+        await asyncio.gather(*tasks)
+        assert (16, 0) == (window.count, store.peek("pool", "busy").used)
+
+    def test_an_untimed_drop_still_cuts_the_limit(self) -> None:
+        """Drops are never sampled: the second call (untimed) drops 640 -> floor(576.0)."""
+        calls = iter([None, ConnectionError, ValueError])
+        limit = AdaptiveLimit(initial=640, max_limit=1000, on_drop=ConnectionError)
+
+        @bounded(limit=limit, key="untimed-drop")
+        def call() -> None:
+            error = next(calls)
+            if error is not None:
+                raise error
+
+        call()
+        with pytest.raises(ConnectionError):
+            call()
+        pool = get_bounded("untimed-drop")
+        assert (576, 0) == (pool.limit, pool.in_use)
+        with pytest.raises(ValueError):  # not a drop: no sample, the permit back
+            call()
+        assert (576, 0) == (pool.limit, pool.in_use)
+
+    @pytest.mark.anyio
+    async def test_cancelled_untimed_callers_leak_nothing(self, clock: FakeClock) -> None:
+        """Tasks of a wide pool (mostly untimed) cancelled mid-call leave it empty."""
+
+        @bounded(limit=AdaptiveLimit(initial=640, max_limit=1000), key="wide-cancel")
+        async def call() -> None:
+            await clock.asleep(1.0)
+
+        tasks = [asyncio.create_task(call()) for _ in range(100)]
+        await clock.asleep(0.5)
+        for task in tasks[::3]:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        pool = get_bounded("wide-cancel")
+        assert (0, 0, 640) == (pool.in_use, pool.waiting, pool.limit)
+
+    def test_real_threads_through_a_wide_pool_keep_every_unit(self) -> None:
+        """8 threads, timed and untimed calls racing: nothing held after, bounds kept."""
+        limit = AdaptiveLimit(initial=200, min_limit=100, max_limit=400)
+
+        @bounded(limit=limit, key="wide-threads")
+        def call(n: int) -> None:
+            if n % 50 == 0:
+                raise ConnectionError
+
+        def worker() -> None:
+            for n in range(2000):
+                try:
+                    call(n)
+                except ConnectionError:
+                    pass
+
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        pool = get_bounded("wide-threads")
+        assert (0, 0) == (pool.in_use, pool.waiting)
+        assert 100 <= pool.limit <= 400
 
 
 class TestAdaptivePool:

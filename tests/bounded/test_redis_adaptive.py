@@ -137,6 +137,20 @@ class TestExactTwin:
         assert max(path[:450]) > 10
         assert path[-1] < max(path)
 
+    def test_a_wide_window_closes_after_the_same_timed_calls(self, shared: RedisStore) -> None:
+        """Limits in the hundreds (a stride above 1): Redis closes each window where memory does."""
+        adaptive = AdaptiveLimit(initial=640, max_limit=2000)
+        machine = adaptive.make()
+        backend = _pool(shared, adaptive)
+        rng = random.Random(11)
+        for n in range(600):
+            rtt = (0.1 if n < 300 else 0.5) * (1 + rng.random() / 10)
+            in_use = machine.limit if n % 3 else machine.limit // 3
+            assert machine.update(rtt, in_use, dropped=n == 450) == backend.sample(
+                rtt, in_use, dropped=n == 450
+            )
+        assert machine.limit != 640
+
     @settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(feed=samples, timeout=st.floats(min_value=1e-6, max_value=1e6))
     def test_aimd_timeout_is_the_memory_rule(
@@ -226,6 +240,87 @@ class TestLivePool:
             bounded(limit=AdaptiveLimit(initial=5), key=key, store=shared)(lambda: None)
         with pytest.raises(ValueError, match="same limit"):
             bounded(limit=4, key=key, store=shared)(lambda: None)
+
+
+class TestTimedCalls:
+    """A wide Gradient2 pool on Redis samples every stride-th call, as in memory."""
+
+    @staticmethod
+    def _state(store: RedisStore, key: str) -> Any:
+        return store.client.hgetall(store.key("pool", key, "adaptive"))
+
+    def test_untimed_calls_release_without_a_sample(self, shared: RedisStore) -> None:
+        """640 permits: 41 calls are 3 samples (calls 1, 21, 41), the rest plain releases."""
+        key = f"wide-{uuid.uuid4().hex[:8]}"
+        call = bounded(limit=AdaptiveLimit(initial=640), key=key, store=shared)(lambda: None)
+        for _ in range(41):
+            call()
+        state = self._state(shared, key)
+        assert (b"3", b"1") == (state[b"count"], state[b"busy"])
+        pool = get_bounded(key, store=shared)
+        assert (0, 640) == (pool.in_use, pool.limit)
+
+    def test_busy_goes_with_the_next_sample_and_untimed_drops_count(
+        self, shared: RedisStore
+    ) -> None:
+        """Four held at once (three untimed starts) show as busy 4; an untimed drop: 640 -> 576."""
+        key = f"wide-{uuid.uuid4().hex[:8]}"
+        inside, release = threading.Barrier(5), threading.Event()
+        limit = AdaptiveLimit(initial=640, on_drop=ConnectionError)
+
+        @bounded(limit=limit, key=key, store=shared)
+        def hold() -> None:
+            inside.wait(5)
+            release.wait(5)
+
+        @bounded(limit=limit, key=key, store=shared)
+        def fail() -> None:
+            raise ConnectionError
+
+        threads = [threading.Thread(target=hold) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        inside.wait(5)  # all four hold a permit: one timed start, three untimed
+        release.set()
+        for thread in threads:
+            thread.join(5)
+        state = self._state(shared, key)
+        assert (b"1", b"4") == (state[b"count"], state[b"busy"])
+        with pytest.raises(ConnectionError):
+            fail()  # the fifth call: untimed, but a drop
+        pool = get_bounded(key, store=shared)
+        assert (0, 576) == (pool.in_use, pool.limit)
+
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("kind", ["single", "cluster"])
+    async def test_async_untimed_calls_and_drops(
+        self, kind: str, request: pytest.FixtureRequest
+    ) -> None:
+        """The async runner: 41 calls are 3 samples; an untimed drop still cuts 640 -> 576."""
+        key = f"wide-{uuid.uuid4().hex[:8]}"
+        limit = AdaptiveLimit(initial=640, on_drop=ConnectionError)
+        store: Any = redis_store_for(kind, request, clock=DefaultClock())
+        try:
+            await self._untimed_and_drop(store, key, limit)
+        finally:
+            store.clear()
+            await store.aclose()
+            store.close()
+
+    async def _untimed_and_drop(self, shared: Any, key: str, limit: AdaptiveLimit) -> None:
+        @bounded(limit=limit, key=key, store=shared)
+        async def call(fail: bool = False) -> None:
+            if fail:
+                raise ConnectionError
+
+        for _ in range(41):
+            await call()
+        state = self._state(shared, key)
+        assert (b"3", b"1") == (state[b"count"], state[b"busy"])
+        with pytest.raises(ConnectionError):
+            await call(fail=True)  # the 42nd call: untimed, but a drop
+        pool = get_bounded(key, store=shared)
+        assert (0, 576) == (pool.in_use, pool.limit)
 
 
 class TestConcurrency:

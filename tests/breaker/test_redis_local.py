@@ -454,7 +454,12 @@ def test_an_unreachable_server_fails_healthy_calls_within_the_timeout(server, ho
         assert errors, "no call noticed the outage"
         assert all(isinstance(r, StoreUnavailableError) for s, e, r in errors)
         assert errors[0][1] - broke < bound + TIMEOUT + MARGIN  # the first error: in time
-        assert all(e - s < TIMEOUT + MARGIN for s, e, r in results)  # no call hung
+        slow = [
+            (round(s - broke, 3), round(e - s, 3), r)
+            for s, e, r in results
+            if e - s >= TIMEOUT + MARGIN
+        ]
+        assert not slow, slow  # no call hung: (started after the break, took, outcome)
         assert any(r == "ok" for s, e, r in results if s > back + TIMEOUT)  # it recovered
         settled(store, "down")  # the feed is live again: calls are local again
     finally:

@@ -24,6 +24,7 @@ from resilience import (
     retry,
     traced,
 )
+from resilience.telemetry import current_span
 from resilience.testing import FakeClock, capture_events, virtual_time
 
 
@@ -386,6 +387,24 @@ class TestBudgetAndEvents:
             ("resilience.hedge.cancelled", 0),
         ] == [(e.name, e.metadata["attempt"]) for e in events]
         assert {"fetch"} == {e.metadata["name"] for e in events}
+
+    async def test_quiet_traced_spans_are_children(self, clock: FakeClock) -> None:
+        """Under an unobserved @traced (its span not yet built), attempts are still its children."""
+        target = Recorder(clock, [10.0, 1.0])
+        inner = hedged(delay=1.0)(target)
+        spans = []
+
+        @traced("call", log=False)
+        async def call() -> None:
+            await inner()
+            spans.append(current_span())
+
+        with capture_events("resilience.hedge.attempt.start") as events:
+            await call()
+        (span,) = spans
+        assert [0, 1] == [e.metadata["attempt"] for e in events]
+        assert {span.span_id} == {e.metadata["parent_id"] for e in events}
+        assert {span.trace_id} == {e.metadata["trace_id"] for e in events}
 
     async def test_traced_spans_are_children(self, clock: FakeClock) -> None:
         """Under @traced, one span for the call and each attempt a child of it."""

@@ -8,6 +8,8 @@ import math
 import threading
 import time
 
+from collections import deque
+
 import pytest
 
 from hypothesis import given
@@ -20,7 +22,9 @@ from resilience import (
     rate_limited,
     set_active,
 )
-from resilience._rate.state import RateState
+from resilience._decorating import layers_of
+from resilience._rate.state import MemoryRateBackend, RateState
+from resilience._rate.window import MemoryWindowBackend
 from resilience.testing import FakeClock, capture_events
 
 
@@ -451,29 +455,25 @@ class TestRateLimitedAsync:
 
 
 class TestRealConcurrency:
-    def test_32_threads_never_overrun_the_budget(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_32_threads_never_overrun_the_budget(self) -> None:
         """32 real threads on the real clock: every reservation respects the rule, FIFO per thread."""
         reserved: list[float] = []
-        original = RateState.reserve
 
-        def recording(
-            self: RateState,
-            now: float,
-            max_wait: float,
-            floor: float = -math.inf,
-            slack: float = 0.0,
-        ) -> float:
-            wait = original(self, now, max_wait, floor, slack)
-            if wait >= 0.0:
-                reserved.append(self.log[-1])  # under the backend's lock: in reservation order
-            return wait
+        class Recording(deque[float]):
+            """The reservation log, noting each reservation as it is made (under the lock)."""
 
-        monkeypatch.setattr(RateState, "reserve", recording)
+            def append(self, start: float) -> None:
+                reserved.append(start)
+                super().append(start)
+
         done: list[float] = []
 
         @rate_limited(rate=40, per=0.05)
         def call() -> None:
             done.append(time.monotonic())
+
+        (layer,) = layers_of(call)
+        layer._backend._state.log = Recording(maxlen=40)
 
         def worker() -> None:
             for _ in range(5):
@@ -529,6 +529,73 @@ def test_memory_follows_the_window_not_the_rate() -> None:
     for i in range(100_000):
         assert 0.0 == state.reserve(i * 0.001, 0.0)
     assert (1000, 1000) == (len(state.log), len(state.starts))
+
+
+class _Clock:
+    """A clock read by hand, with the scheduling slack a real clock declares."""
+
+    def __init__(self, slack: float) -> None:
+        self.now = 0.0
+        self.slack = slack
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@given(
+    rate=st.sampled_from([1, 2, 3, 7, 130]),
+    burst=st.sampled_from([None, 1, 2]),
+    slack=st.sampled_from([0.0, 0.0002, 0.01]),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0, 0.001, 0.01, 0.3, 1.0, 2.5]),  # time since the last one
+            st.sampled_from([math.inf, math.inf, 0.0, 0.5]),  # max wait
+            st.sampled_from([None, None, None, None, 0.2, 0.0]),  # a window opened (0: closed)
+        ),
+        max_size=400,
+    ),
+)
+def test_backend_inline_start_answers_as_the_rule(
+    rate: int, burst: int | None, slack: float, ops: list[tuple[float, float, float | None]]
+) -> None:
+    """
+    The memory backend's inline start with room (old entries dropped every 128) answers
+    every reservation as ``RateState.reserve`` does fed the same times, and keeps the same
+    entries inside the window.
+    """
+    burst = None if burst is None or burst >= rate else burst
+    clock = _Clock(slack)
+    window = MemoryWindowBackend(clock)
+    backend = MemoryRateBackend(rate, 1.0, burst, window, clock)
+    rule = RateState(rate, 1.0, burst)
+    for step, max_wait, opened in ops:
+        clock.now += step
+        if opened:
+            window.extend(opened)
+        elif opened is not None:
+            window.clear()  # closed early: reservations made behind it are still ahead
+        expected = rule.reserve(clock.now, max_wait, window.end, slack)
+        assert expected == backend.reserve(max_wait)
+        state, now = backend._state, clock.now
+        for mine, theirs, width in (
+            (state.log, rule.log, 1.0),
+            (state.starts, rule.starts, 1.0 + slack),
+        ):
+            live = [t for t in mine if t + width > now]
+            assert [t for t in theirs if t + width > now] == live
+            assert len(mine) - len(live) <= 128
+
+
+def test_backend_memory_follows_the_window() -> None:
+    """Through the backend too, a huge budget used slowly keeps about one window of starts."""
+    clock = FakeClock()
+    backend = MemoryRateBackend(10**7, 1.0, None, MemoryWindowBackend(clock), clock)
+    for _ in range(100_000):
+        assert 0.0 == backend.reserve(0.0)
+        clock.advance(0.001)
+    state = backend._state
+    assert 1000 <= len(state.log) <= 1000 + 128
+    assert 1000 <= len(state.starts) <= 1000 + 128
 
 
 class TestSlack:

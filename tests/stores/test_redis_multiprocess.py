@@ -1,13 +1,14 @@
-"""Several processes, one Redis: a breaker opened by one process is open in all (real time)."""
+"""Several processes, one Redis (any topology): a breaker opened by one is open in all (real time)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import queue
 import time
-import uuid
 
 import pytest
+
+from ..redis_workers import spec_of
 
 
 PROCESSES = 4
@@ -17,12 +18,12 @@ class Boom(Exception):
     """The failure our fake upstream raises."""
 
 
-def breaker_worker(namespace: str, index: int, barrier, results) -> None:
+def breaker_worker(namespace: str, index: int, barrier, results, spec) -> None:
     """One process: declare the shared breaker; process 0 opens it; everyone reports what it sees."""
     from resilience import CircuitOpenError, circuit_breaker, get_circuit_breaker
-    from resilience.stores import RedisStore
+    from tests.redis_workers import open_store
 
-    store = RedisStore("redis://127.0.0.1:6379/0", namespace=namespace, timeout=1.0)
+    store = open_store(spec, namespace=namespace)
 
     @circuit_breaker(store=store, name="shared", failure_threshold=3, reset_timeout=30, on=Boom)
     def call(fail: bool = False) -> str:
@@ -51,17 +52,17 @@ def breaker_worker(namespace: str, index: int, barrier, results) -> None:
         store.close()
 
 
-@pytest.mark.usefixtures("redis_store")  # skips (or fails in CI) without Redis
-def test_breaker_opened_by_one_process_is_open_in_all():
+def test_breaker_opened_by_one_process_is_open_in_all(redis_store):
     """Process 0 fails three times; all four processes then find the breaker open."""
-    from resilience.stores import RedisStore
-
-    namespace = f"test-mp-{uuid.uuid4().hex[:12]}"
+    namespace = redis_store.namespace  # the fixture empties it afterwards
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(PROCESSES)
     results = context.Queue()
     workers = [
-        context.Process(target=breaker_worker, args=(namespace, index, barrier, results))
+        context.Process(
+            target=breaker_worker,
+            args=(namespace, index, barrier, results, spec_of(redis_store)),
+        )
         for index in range(PROCESSES)
     ]
     try:
@@ -78,7 +79,4 @@ def test_breaker_opened_by_one_process_is_open_in_all():
             if worker.is_alive():
                 worker.kill()
                 worker.join(5)
-        cleaner = RedisStore("redis://127.0.0.1:6379/0", namespace=namespace)
-        cleaner.clear()
-        cleaner.close()
     assert [(i, "ok", "refused:True", "open") for i in range(PROCESSES)] == seen
