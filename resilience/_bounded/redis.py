@@ -13,6 +13,10 @@ While a process holds leases, one daemon thread per pool renews them all every
 a lost machine) come back within ``RedisStore.lease`` seconds, and never before it stops
 renewing: permits are never over-granted. A release or an acquire whose reply was lost
 (timeout) leaves a lease that nobody renews: it expires, nothing leaks for longer.
+An async acquire whose caller is cancelled mid-round-trip runs on, shielded (the caller's
+``CancelledError`` is raised at once); if it granted, its lease (the id is the client's
+own) is given straight back, so a cancelled task holds nothing once the script answers.
+An async release is shielded too.
 
 Waiting: callers wait in their process's FIFO ``PermitQueue``; a grant from another
 process cannot wake them, so while anyone waits a poller thread retries the head's
@@ -28,6 +32,8 @@ woken with the ``StoreUnavailableError``: it fails closed, or proceeds with ``fa
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import itertools
 import math
 import os
@@ -183,6 +189,7 @@ class RedisPoolBackend:
     """
 
     __slots__ = (
+        "_giving_back",
         "_held",
         "_ids",
         "_keys",
@@ -210,6 +217,7 @@ class RedisPoolBackend:
         self._pid = -1
         self._prefix = ""
         self._ids = itertools.count()
+        self._giving_back: set[asyncio.Task[Any]] = set()  # leases of cancelled acquires
 
     # -- leases held by this process ------------------------------------------------------
 
@@ -274,10 +282,50 @@ class RedisPoolBackend:
         """The async twin of ``try_acquire``; *timeout* bounds the round trip further."""
         lease_id = self._new_id()
         argv = self._argv(self.limit, weight, lease_id)
-        if not await self.store.arun(_ACQUIRE, self._keys, argv, key=self.key, timeout=timeout):
+        reply = await self._shielded_acquire(_ACQUIRE, self._keys, argv, lease_id, timeout, bool)
+        if not reply:
             return False
         self._hold(weight, lease_id)
         return True
+
+    async def _shielded_acquire(
+        self,
+        script: str,
+        keys: tuple[str, ...],
+        argv: list[Any],
+        lease_id: str,
+        timeout: float | None,
+        granted: Any,
+    ) -> Any:
+        """
+        Run an acquire *script* that a cancelled caller cannot orphan a lease of.
+
+        The round trip is shielded: the caller's ``CancelledError`` is raised at once, while
+        the script's answer is still awaited (within the store's timeout); if it granted
+        (``granted(reply)``), the lease *lease_id* (the client's own id) is given back.
+        """
+        pending = asyncio.ensure_future(
+            self.store.arun(script, keys, argv, key=self.key, timeout=timeout)
+        )
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(functools.partial(self._orphaned, lease_id, granted))
+            raise
+
+    def _orphaned(self, lease_id: str, granted: Any, pending: asyncio.Future[Any]) -> None:
+        """A cancelled caller's acquire was granted after all: release that lease at once."""
+        if pending.cancelled() or pending.exception() is not None or not granted(pending.result()):
+            return  # refused, or no answer: nothing granted, or a lease nobody renews
+        run = self.store.arun(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
+        task = pending.get_loop().create_task(run)
+        self._giving_back.add(task)
+        task.add_done_callback(self._given_back)
+
+    def _given_back(self, task: asyncio.Task[Any]) -> None:
+        self._giving_back.discard(task)
+        if not task.cancelled():
+            task.exception()  # unreachable store: the lease expires by itself
 
     def release(self, weight: int) -> None:
         """Give back one lease of *weight* units (no-op if this process holds none)."""
@@ -286,10 +334,11 @@ class RedisPoolBackend:
             self.store.run(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
 
     async def arelease(self, weight: int) -> None:
-        """The async twin of ``release``."""
+        """The async twin of ``release`` (shielded: a cancelled caller's still goes back)."""
         lease_id = self._unhold(weight)
         if lease_id is not None:
-            await self.store.arun(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
+            run = self.store.arun(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
+            await asyncio.shield(run)
 
     def available(self) -> int:
         """Return the free units now, across every process."""

@@ -34,7 +34,6 @@ and sample) is shielded too. So a cancelled task holds nothing once its scripts 
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import sys
 
@@ -224,6 +223,11 @@ def _rtt_arg(rtt: float, aimd: bool) -> str:
     return repr(sys.float_info.max) if aimd and rtt == math.inf else "0"
 
 
+def _granted_reply(reply: Any) -> bool:
+    """Whether an adaptive acquire's reply ``(in use after, limit)`` granted."""
+    return bool(int(reply[0]))
+
+
 class RedisAdaptivePoolBackend(RedisPoolBackend):
     """
     A Redis pool whose live limit an ``AdaptiveLimit`` moves, shared by every process.
@@ -238,7 +242,6 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
         "_gradient",
         "_keys3",
         "_params",
-        "_pending",
         "_short",
         "_skip",
         "_timeout",
@@ -274,7 +277,6 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
         self._short = shape.short_window
         self._skip = 0
         self._busy = 0
-        self._pending: set[asyncio.Task[Any]] = set()  # give-backs of cancelled callers
 
     def _state_argv(self, *extra: Any) -> list[Any]:
         return [*self._argv(*self._params), *extra]
@@ -301,28 +303,10 @@ class RedisAdaptivePoolBackend(RedisPoolBackend):
         """The async twin of ``try_acquire_used``; *timeout* bounds the round trip further."""
         lease_id = self._new_id()
         argv = self._state_argv(weight, lease_id)
-        run = self.store.arun(_ACQUIRE, self._keys3, argv, key=self.key, timeout=timeout)
-        pending = asyncio.ensure_future(run)
-        try:
-            reply = await asyncio.shield(pending)
-        except asyncio.CancelledError:  # the grant may land anyway: then give it back
-            pending.add_done_callback(functools.partial(self._orphaned, lease_id))
-            raise
+        reply = await self._shielded_acquire(
+            _ACQUIRE, self._keys3, argv, lease_id, timeout, _granted_reply
+        )
         return self._granted(reply, weight, lease_id)
-
-    def _orphaned(self, lease_id: str, pending: asyncio.Future[Any]) -> None:
-        """A cancelled caller's acquire was granted after all: release that lease at once."""
-        if pending.cancelled() or pending.exception() is not None or not int(pending.result()[0]):
-            return
-        run = self.store.arun(RELEASE_LUA, self._keys, self._argv(lease_id), key=self.key)
-        task = pending.get_loop().create_task(run)
-        self._pending.add(task)
-        task.add_done_callback(self._forget)
-
-    def _forget(self, task: asyncio.Task[Any]) -> None:
-        self._pending.discard(task)
-        if not task.cancelled():
-            task.exception()  # unreachable store: the lease expires by itself
 
     def try_acquire(self, weight: int) -> bool:
         """Take *weight* units if they are free under the live limit (the poller's grant)."""
