@@ -194,7 +194,7 @@ end
 
 -- After a push that left *n* entries (*added* of them new): drop what can no longer
 -- constrain a start: entries that left the window (at or before now - per - slack) and
--- entries before the last *rate*. Done when the length crosses a multiple of 128 or reaches
+-- entries before the last *rate* that are not still ahead. Done when the length crosses a multiple of 128 or reaches
 -- 2 x rate, so amortized: one LINDEX of the head, and when it is stale a binary search
 -- (LINDEX) and one LTRIM, per 128 entries. A list is in time order: what goes is a prefix.
 -- The newest entry always stays, so a trim never changes what keep relies on.
@@ -207,7 +207,19 @@ local function trim(name, n, added)
     local mid = math.floor((low + high) / 2)
     if tonumber(redis.call('LINDEX', name, mid)) > edge then high = mid else low = mid + 1 end
   end
-  if n - low > rate then low = n - rate end
+  if n - low > rate then
+    low = n - rate
+    -- A reservation still ahead stays, however many are queued: pending counts each one
+    -- (RateState.ahead). The list is in time order, so they are a suffix.
+    if low > 0 and tonumber(redis.call('LINDEX', name, low - 1)) > now then
+      local a, b = 0, low - 1
+      while a < b do
+        local mid = math.floor((a + b) / 2)
+        if tonumber(redis.call('LINDEX', name, mid)) > now then b = mid else a = mid + 1 end
+      end
+      low = a
+    end
+  end
   if low > 0 then redis.call('LTRIM', name, low, -1) end
 end
 

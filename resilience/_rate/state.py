@@ -19,7 +19,11 @@ order and none can starve. A caller whose turn is further away than its ``timeou
 refused at once without reserving anything. The accounting (``RateState``) is a pure state
 machine fed with ``now``; a backend applies it atomically and reads time itself, and the
 decorator layer (``_rate.layer``) only sleeps until the reserved time. A cancelled waiter's
-slot stays used (conservative: it can only lower the rate, never break the rule).
+slot stays used (conservative: it can only lower the rate, never break the rule); on Redis
+alike, a reservation whose async round trip was cancelled in flight. ``pending`` counts
+every reservation still ahead, beyond *rate* too (``RateState.ahead``, appended only by a
+caller that waits; the Redis log keeps those entries when it trims), the waiters of the
+operator's view.
 
 A woken waiter is usually late by the timer's granularity, and by different amounts, so
 the start it actually makes is also checked against a second log of *actual* starts
@@ -69,7 +73,7 @@ class RateState:
         burst: Starts allowed in any window of ``per * burst / rate`` seconds.
     """
 
-    __slots__ = ("burst", "gap", "log", "per", "rate", "spaced", "starts")
+    __slots__ = ("ahead", "burst", "gap", "log", "per", "rate", "spaced", "starts")
 
     def __init__(self, rate: int, per: float, burst: int | None = None) -> None:
         self.rate = rate
@@ -79,6 +83,11 @@ class RateState:
         self.spaced = self.burst < rate
         self.log: deque[float] = deque(maxlen=rate)
         self.starts: deque[float] = deque(maxlen=rate)
+        #: Every reservation made for a later start (``pending``), in time order; the log
+        #: keeps only *rate* of them. Appended only by a caller that waits (never by a start
+        #: now, so neither inline path nor ``RateStart`` touches it); the entries whose time
+        #: has come go at the next append.
+        self.ahead: deque[float] = deque()
 
     def earliest(self, now: float, floor: float = -math.inf) -> float:
         """Return the earliest start at or after *now* and *floor* that the rule allows."""
@@ -117,8 +126,19 @@ class RateState:
             return -wait
         self.log.append(start)
         if wait:
+            self._queue(now, start, 1)
             return wait
         return self.admit(now, slack)  # starting now: check (and record) it against actual starts
+
+    def _queue(self, now: float, start: float, cost: int) -> None:
+        """Count a reservation for *start* (> *now*) in ``ahead``; drop those already begun."""
+        ahead = self.ahead
+        while ahead and ahead[0] <= now:
+            ahead.popleft()
+        if cost == 1:
+            ahead.append(start)
+        else:
+            ahead.extend([start] * cost)
 
     def trim(self, now: float, slack: float = 0.0) -> None:
         """
@@ -213,6 +233,7 @@ class RateState:
             return -wait, start, math.nan
         log.extend([start] * cost)
         if wait:
+            self._queue(now, start, cost)
             return wait, start, math.nan
         need = self.admit_units(now, cost, slack)
         return need, start, (now if need == 0.0 else math.nan)
@@ -251,8 +272,13 @@ class RateState:
             log.extend(items)
 
     def pending(self, now: float) -> int:
-        """Return how many reserved starts lie in the future (the waiting queue's depth)."""
-        return len(self.log) - bisect.bisect_right(self.log, now)
+        """
+        Return how many reserved starts lie in the future (the waiting queue's depth).
+
+        Every one of them, however many beyond *rate* (``ahead``; reads only).
+        """
+        ahead = self.ahead
+        return len(ahead) - bisect.bisect_right(ahead, now)
 
     def view(self, now: float) -> tuple[int, int, bool]:
         """

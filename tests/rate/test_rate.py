@@ -152,8 +152,29 @@ class TestRateState:
         state = RateState(2, 1.0)
         for _ in range(6):
             state.reserve(0.0, math.inf)
-        assert 2 == state.pending(0.0)  # the two reserved at 2.0 (those at 1.0 left the log)
+        assert 4 == state.pending(0.0)  # two reserved at 1.0, two at 2.0
+        assert 2 == state.pending(1.0)
         assert 0 == state.pending(2.0)
+
+    @given(
+        rate=st.integers(1, 5),
+        arrivals=st.lists(st.floats(0.0, 0.5, allow_nan=False), min_size=1, max_size=40),
+        burst=st.integers(1, 5),
+    )
+    def test_pending_is_every_caller_holding_a_future_start(
+        self, rate: int, arrivals: list[float], burst: int
+    ) -> None:
+        """pending(now) is how many reservations made so far start after now, however many."""
+        state = RateState(rate, 1.0, min(burst, rate))
+        starts = []
+        now = 0.0
+        for step in arrivals:
+            now += step
+            wait = state.reserve(now, math.inf)
+            starts.append(now + wait)
+            assert sum(1 for t in starts if t > now) == state.pending(now)
+        for later in (now, now + 0.5, now + 1.0, max(starts)):
+            assert sum(1 for t in starts if t > later) == state.pending(later)
 
     def test_floor_delays_the_start(self) -> None:
         """A backoff window ending at floor pushes the start there."""

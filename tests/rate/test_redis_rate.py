@@ -145,6 +145,26 @@ class TestAccounting:
             assert 1.0 == pytest.approx(backend.reserve(10.0), abs=1e-5)
         assert 2 == backend.pending()
 
+    def test_pending_is_every_queued_caller(self, store, clock):
+        """Memory and Redis count every reservation ahead, beyond *rate* (and the snapshot)."""
+
+        @rate_limited(rate=2, per=1.0, key="queue", store=store, wait=False)
+        def call():
+            pass
+
+        backend = store.backend("rate", "queue", None)
+        waits = [backend.reserve(1000.0) for _ in range(2 + 4 + 2 * 130)]  # two a second
+        assert 264 == sum(1 for w in waits if w > 1e-9)  # all but the first two wait
+        assert 264 == backend.pending()
+        assert 264 == store.snapshot().limiters[0].waiting
+        clock.advance(1.0)  # the two reserved at 1.0 have started
+        assert 262 == backend.pending()
+        clock.advance(65.0)  # those at 0 .. 66 have: 134 of 266
+        assert 132 == backend.pending()
+        assert 132 == store.snapshot().limiters[0].waiting
+        clock.advance(100.0)
+        assert 0 == backend.pending()
+
     def test_processes_share_one_budget(self, redis_store, clock):
         """Two stores on one namespace (two processes) draw on one budget, in arrival order."""
         starts = []
