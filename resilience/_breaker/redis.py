@@ -19,6 +19,7 @@ newest time bucket, ``c0``..``c9``/``f0``..``f9`` bucket counts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import threading
@@ -31,6 +32,7 @@ from resilience import _clock
 from resilience._breaker.contract import (
     ADMITTED,
     FAILURE,
+    IGNORED,
     REFUSED,
     STATE_NAMES,
     SUCCESS,
@@ -352,6 +354,15 @@ _US: Final = 1_000_000
 _MOST_PENDING: Final = 10_000
 
 
+_GIVING_BACK: set[asyncio.Task[Any]] = set()  # probe slots of cancelled admissions
+
+
+def _given_back(task: asyncio.Task[Any]) -> None:
+    _GIVING_BACK.discard(task)
+    if not task.cancelled():
+        task.exception()  # unreachable store: the slot frees with the next spell
+
+
 class RedisBreaker:
     """
     ``BreakerBackend`` in Redis: one Lua script (one round trip) per step, on server time.
@@ -527,9 +538,31 @@ class RedisBreaker:
         return self._admission(self._run(_ADMIT), seen)
 
     async def aadmit(self) -> Admission:
-        """The async twin of ``admit``."""
+        """
+        The async twin of ``admit``.
+
+        Shielded: a caller cancelled while the script is in flight hears ``CancelledError``
+        at once; if the script made it a probe, that slot is given back (``IGNORED``) when
+        the reply arrives, so a lost reply never holds a half-open breaker's probe slot.
+        """
         seen = self._heard()
-        return self._admission(await self._arun(_ADMIT), seen)
+        pending = asyncio.ensure_future(self._arun(_ADMIT))
+        try:
+            reply = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(self._orphaned)
+            raise
+        return self._admission(reply, seen)
+
+    def _orphaned(self, pending: asyncio.Future[Any]) -> None:
+        """A cancelled caller's admission was a probe after all: give its slot back."""
+        if pending.cancelled() or pending.exception() is not None:
+            return  # no answer: nothing known was taken
+        ticket = int(pending.result()[0])
+        if ticket > 0:
+            task = pending.get_loop().create_task(self._arun(_RECORD, ticket, IGNORED))
+            _GIVING_BACK.add(task)
+            task.add_done_callback(_given_back)
 
     def _recorded(self, ticket: int, outcome: int, reply: Any) -> Transition | None:
         transition = self._transition(reply)
@@ -558,10 +591,11 @@ class RedisBreaker:
         return self._recorded(ticket, outcome, self._run(_RECORD, ticket, outcome))
 
     async def arecord(self, ticket: int, outcome: int) -> Transition | None:
-        """The async twin of ``record``."""
+        """The async twin of ``record`` (shielded: a cancelled caller's outcome still lands)."""
         if self._batched(ticket, outcome):
             return None
-        return self._recorded(ticket, outcome, await self._arun(_RECORD, ticket, outcome))
+        reply = await asyncio.shield(self._arun(_RECORD, ticket, outcome))
+        return self._recorded(ticket, outcome, reply)
 
     def flush(self) -> bool:
         """

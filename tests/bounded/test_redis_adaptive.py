@@ -458,7 +458,7 @@ class TestConcurrency:
             await asyncio.gather(*tasks, return_exceptions=True)
             backend = either.backend("pool", key, None)
             for _ in range(300):  # a give-back of a cancelled acquire may still be in flight
-                if not getattr(backend, "_pending", None):
+                if not getattr(backend, "_giving_back", None):
                     break
                 await asyncio.sleep(0.01)
         finally:

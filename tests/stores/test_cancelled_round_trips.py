@@ -1,10 +1,11 @@
 """
-A task cancelled while its acquire's round trip is in flight keeps no lease.
+A task cancelled while an async Redis round trip that takes something is in flight keeps
+nothing: a pool's lease, a half-open breaker's probe slot.
 
-The script may already have granted (or will grant, once the server answers) a lease the
-caller never hears of; the pool gives it back, and the cancellation still reaches the
+The script may already have granted (or will grant, once the server answers) what the
+caller never hears of; the backend gives it back, and the cancellation still reaches the
 caller at once. A private server is paused (``CLIENT PAUSE WRITE``) so the cancellation
-lands while the acquire waits on it.
+lands while the script waits on it, or after it ran with its reply still unread.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import asyncio
 import time
 import uuid
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from resilience import AdaptiveLimit, bounded, get_bounded
+from resilience import AdaptiveLimit, CircuitOpenError, bounded, circuit_breaker, get_bounded
 from resilience.stores import RedisStore
+from resilience.testing import FakeClock
 
 from ..redis_servers import Server, _base, free_port
 
@@ -67,7 +69,7 @@ LIMITS = [1, AdaptiveLimit(initial=1, min_limit=1, max_limit=4)]
 
 
 @pytest.fixture(name="store")
-def _store(server: Server) -> Iterator[RedisStore]:
+async def _store(server: Server) -> AsyncIterator[RedisStore]:
     store = RedisStore(
         f"redis://127.0.0.1:{server.port}/0",
         namespace=f"cancel-{uuid.uuid4().hex[:8]}",
@@ -76,6 +78,7 @@ def _store(server: Server) -> Iterator[RedisStore]:
     )
     yield store
     store.clear()
+    await store.aclose()
     store.close()
 
 
@@ -131,3 +134,54 @@ async def test_cancelled_while_the_server_is_paused(
     assert cancelled_in < 1.0  # promptly: not after the pause (10 s) or the timeout (5 s)
     assert 0 == await _in_use_settles(store, "one")
     assert 1 == await call()
+
+
+async def test_cancelled_probe_admission_frees_its_slot(server: Server) -> None:
+    """A half-open probe admitted, its reply unread, the task cancelled: the slot is free."""
+    clock = FakeClock()
+    store = RedisStore(
+        f"redis://127.0.0.1:{server.port}/0",
+        namespace=f"cancel-{uuid.uuid4().hex[:8]}",
+        timeout=5.0,
+        clock=clock,
+    )
+    outcomes = iter([ValueError("down"), None, None])
+
+    @circuit_breaker(name="probe", failure_threshold=1, reset_timeout=10.0, store=store)
+    async def call() -> None:
+        error = next(outcomes)
+        if error is not None:
+            raise error
+
+    try:
+        with pytest.raises(ValueError, match="down"):
+            await call()  # opened
+        clock.advance(11.0)  # half-open: one probe slot
+        hash_key = store.key("breaker", "probe")
+        with server.client() as pauser:
+            pauser.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+            try:
+                task = asyncio.create_task(call())
+                await asyncio.to_thread(_blocked, server)
+            finally:
+                pauser.execute_command("CLIENT", "UNPAUSE")
+            deadline = time.monotonic() + 10
+            while pauser.hget(hash_key, "p") != b"1":  # the loop's thread: the reply unread
+                assert time.monotonic() < deadline, "the probe was never admitted"
+                time.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                await call()  # the probe slot is free again: this probe closes the breaker
+                break
+            except CircuitOpenError:
+                assert time.monotonic() < deadline, "the cancelled probe kept its slot"
+                await asyncio.sleep(0.01)
+        await call()
+    finally:
+        store.clear()
+        await store.aclose()
+        store.close()
