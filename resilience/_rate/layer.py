@@ -76,6 +76,7 @@ class RateLimitLayer(KeyedLayer):
         "_backend",
         "_epoch",
         "_remote",
+        "_ustart",
         "_window",
         "_wstart",
         "limit",
@@ -96,6 +97,7 @@ class RateLimitLayer(KeyedLayer):
         self._epoch = -1
         self._remote = False
         self._wstart: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None = None
+        self._ustart: Callable[[], bool | None] | None = None
         self.weighted = policy.cost != 1 or policy.settle is not None
         # A remote store's async round trip is bounded by the policy's timeout too.
         timeout = policy.timeout
@@ -118,6 +120,8 @@ class RateLimitLayer(KeyedLayer):
         self._backend = backend
         # Memory backends never block: the async runner calls their sync methods directly.
         self._remote = not isinstance(backend, MemoryRateBackend)
+        # A memory backend's start with room in C (``reserve``'s first step), called directly.
+        self._ustart = None if self._remote else backend._start  # type: ignore[attr-defined]
         if self.weighted and not hasattr(backend, "reserve_units"):
             msg = (
                 f"@rate_limited key {self.key!r}: cost= and settle= need a store whose rate "
@@ -616,13 +620,18 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                wait = backend.reserve(bound)
-                if wait:
-                    layer._wait_sync(backend, wait)
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without a token
+            start = layer._ustart  # as ``reserve`` starts, a Python frame less: None if no room
+            started = None if start is None else start()
+            if started is None:
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    wait = backend.reserve(bound)
+                    if wait:
+                        layer._wait_sync(backend, wait)
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without a token
+            elif started:  # every 128 starts: drop the entries that left the window
+                backend._trim()  # type: ignore[attr-defined]
             try:
                 if direct:  # innermost: call the function itself, one frame less
                     result = wrapped(*args, **kwargs)
@@ -660,16 +669,21 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                if layer._remote:
-                    wait = await backend.areserve(bound, layer.rtt)
-                else:
-                    wait = backend.reserve(bound)
-                if wait:
-                    await layer._wait_async(backend, wait)
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without a token
+            start = layer._ustart  # as ``reserve`` starts, a Python frame less: None if no room
+            started = None if start is None else start()
+            if started is None:
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    if layer._remote:
+                        wait = await backend.areserve(bound, layer.rtt)
+                    else:
+                        wait = backend.reserve(bound)
+                    if wait:
+                        await layer._wait_async(backend, wait)
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without a token
+            elif started:  # every 128 starts: drop the entries that left the window
+                backend._trim()  # type: ignore[attr-defined]
             try:
                 if direct:  # innermost: await the function itself, one frame less
                     result = await wrapped(*args, **kwargs)
