@@ -155,9 +155,10 @@ def scenarios() -> list[Scenario]:
             note=(
                 "cost=lambda: 1 against the default cost; a budget that never runs out; "
                 "timed in process CPU (a difference of a few percent, which other "
-                "processes' time slices on a shared machine would swamp in wall time); the "
-                "floor of the difference is one call of the cost callable and the check of "
-                "its answer"
+                "processes' time slices on a shared machine would swamp in wall time); both "
+                "start in C when the accelerator is built (the weighted one calls the cost "
+                "callable and checks its answer there): the floor of the difference is that "
+                "call of the cost callable"
             ),
         ),
     ]
