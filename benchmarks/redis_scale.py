@@ -52,9 +52,11 @@ from resilience.stores import RedisStore
 
 
 HUGE = 10**7
-DECISIONS = 1000
-ROUNDS = 5  # of each measurement, ours and limits' alternating; the report gives medians
+ROUNDS = 7  # of decisions per second, ours and limits' alternating; the report gives medians
 ROUND_DECISIONS = 200  # per process per round of decisions per second
+COST_ROUNDS = 21  # of the cost rows: many short rounds, so a preempted one moves no median
+DECISIONS = 300  # per round of the cost rows
+FLOOR_ROUNDS = 7
 FLOOR_DECISIONS = 300  # per round of the floor probe
 OUT = pathlib.Path(__file__).resolve().parent / "results" / "redis.md"
 
@@ -129,9 +131,10 @@ def _worker(url: str, tag: str, orders: Any, barriers: dict[int, Any], out: Any)
         out.put((began, time.perf_counter()))
 
 
-def decisions_per_second(url: str) -> dict[int, dict[str, float]]:
+def decisions_per_second(url: str) -> dict[int, dict[str, tuple[float, float, float]]]:
     """
-    For 1, 2 and 4 processes: each side's median decisions per second over ``ROUNDS``.
+    For 1, 2 and 4 processes: each side's decisions per second over ``ROUNDS`` (median and
+    quartiles).
 
     The four processes start once; in every round each count and side takes its turn (the
     sides alternate first), its processes leaving one barrier together; a turn's rate is its
@@ -168,9 +171,15 @@ def decisions_per_second(url: str) -> dict[int, dict[str, float]]:
             if proc.is_alive():
                 proc.kill()
     return {
-        n: {name: statistics.median(values) for name, values in by_side.items()}
+        n: {name: _spread(values) for name, values in by_side.items()}
         for n, by_side in rates.items()
     }
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, first quartile, third quartile) of *values*."""
+    low, _, high = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), low, high
 
 
 def _stats(client: redis.Redis) -> tuple[int, float, int]:
@@ -207,18 +216,30 @@ def _one_round(client: redis.Redis, call: Any) -> tuple[float, float, float]:
     return commands, usec / DECISIONS, (after[1] - before[1]) * 1e6 / DECISIONS
 
 
-def cost_per_decision(client: redis.Redis, url: str) -> dict[str, tuple[float, float, float]]:
-    """Each side's medians over ``ROUNDS``: (commands, script us, server CPU us) per decision."""
+def cost_per_decision(
+    client: redis.Redis, url: str
+) -> tuple[dict[str, tuple[float, float, float]], list[tuple[float, float, float]]]:
+    """
+    Each side's medians over ``COST_ROUNDS``: (commands, script us, server CPU us) per
+    decision; and the quartiles (first, median, third) of each round's ratio ours/limits'
+    for the same three, a round's two sides run back to back (so under the same load).
+    """
     calls = {name: make(url, f"cost-{uuid.uuid4().hex[:6]}") for name, make in MAKERS.items()}
     for call in calls.values():
         for _ in range(50):
             call()
     rows: dict[str, list[tuple[float, float, float]]] = {name: [] for name in MAKERS}
-    for round_ in range(ROUNDS):
+    for round_ in range(COST_ROUNDS):
         order = list(MAKERS) if round_ % 2 == 0 else list(reversed(MAKERS))
         for name in order:
             rows[name].append(_one_round(client, calls[name]))
-    return {
+    ours, theirs = (rows[name] for name in MAKERS)
+    ratios = []
+    for index in range(3):
+        paired = [a[index] / b[index] for a, b in zip(ours, theirs, strict=True) if b[index]]
+        low, mid, high = statistics.quantiles(paired, n=4, method="inclusive")
+        ratios.append((low, mid, high))
+    medians = {
         name: (
             statistics.median(r[0] for r in runs),
             statistics.median(r[1] for r in runs),
@@ -226,6 +247,7 @@ def cost_per_decision(client: redis.Redis, url: str) -> dict[str, tuple[float, f
         )
         for name, runs in rows.items()
     }
+    return medians, ratios
 
 
 # -- the floor of a one-key design: the commands alone, and our leanest packed script ----------
@@ -323,7 +345,7 @@ def floor_probe(client: redis.Redis, per: float) -> dict[str, float]:
     usec: dict[str, list[float]] = {name: [] for name in sides}
     for call in sides.values():
         call()
-    for round_ in range(ROUNDS):
+    for round_ in range(FLOOR_ROUNDS):
         order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
         for name in order:
             client.config_resetstat()
@@ -333,6 +355,38 @@ def floor_probe(client: redis.Redis, per: float) -> dict[str, float]:
             usec[name].append(spent / calls)
     store.close()
     return {name: statistics.median(values) for name, values in usec.items()}
+
+
+def past_the_rate(client: redis.Redis, url: str) -> tuple[float, float, float]:
+    """
+    Ours when a list holds more entries than the rate (rate 64 per 2 ms, room most of the
+    time): (commands, script us, share refused) per decision, medians of ``FLOOR_ROUNDS``.
+    Then the immediate path also reads each list at -rate-1 (limits reads its one at -limit).
+    """
+    from resilience._rate.redis import RedisRateBackend
+
+    store = RedisStore(url, namespace="bench", idle_ttl=60.0)
+    backend = RedisRateBackend(store, f"past-{uuid.uuid4().hex[:6]}", 64, 0.002, None)
+    for _ in range(300):
+        backend.reserve(0.0)
+    rows = []
+    for _ in range(FLOOR_ROUNDS):
+        client.config_resetstat()
+        refused = sum(backend.reserve(0.0) != 0.0 for _ in range(FLOOR_DECISIONS))
+        stats = client.info("commandstats")
+        total = sum(
+            int(row["calls"])
+            for name, row in stats.items()
+            if name not in ("cmdstat_info", "cmdstat_config")
+        )
+        calls, usec = _script_usec(client)
+        rows.append((total / calls, usec / calls, refused / FLOOR_DECISIONS))
+    store.close()
+    return (
+        statistics.median(r[0] for r in rows),
+        statistics.median(r[1] for r in rows),
+        statistics.median(r[2] for r in rows),
+    )
 
 
 def bytes_per_idle_key(client: redis.Redis, name: str, url: str) -> tuple[int, int]:
@@ -412,16 +466,22 @@ def _ratio(ours: float, theirs: float) -> str:
     return f"{ours / theirs:.2f}x" if theirs else "n/a"
 
 
+def _cell(spread: tuple[float, float, float]) -> str:
+    mid, low, high = spread
+    return f"{mid:,.0f} ({low:,.0f}-{high:,.0f})"
+
+
 def rate_rows(client: redis.Redis, url: str) -> list[str]:
     """The rate rows of the report: throughput, commands, CPU and memory per decision."""
     ours, theirs = MAKERS
     lines = []
     for processes, rates in decisions_per_second(url).items():
         lines.append(
-            f"| decisions/s, {processes} process(es), one key | {rates[ours]:,.0f} | "
-            f"{rates[theirs]:,.0f} | {_ratio(rates[ours], rates[theirs])} |"
+            f"| decisions/s, {processes} process(es), one key (median, quartiles) | "
+            f"{_cell(rates[ours])} | {_cell(rates[theirs])} | "
+            f"{_ratio(rates[ours][0], rates[theirs][0])} |"
         )
-    cost = cost_per_decision(client, url)
+    cost, ratios = cost_per_decision(client, url)
     for index, (what, digits) in enumerate(
         (
             ("Redis commands / decision", 2),
@@ -430,7 +490,11 @@ def rate_rows(client: redis.Redis, url: str) -> list[str]:
         )
     ):
         mine, other = cost[ours][index], cost[theirs][index]
-        lines.append(f"| {what} | {mine:.{digits}f} | {other:.{digits}f} | {_ratio(mine, other)} |")
+        low, mid, high = ratios[index]
+        lines.append(
+            f"| {what} | {mine:.{digits}f} | {other:.{digits}f} | {_ratio(mine, other)} "
+            f"(rounds: {mid:.2f}x, {low:.2f}-{high:.2f}x) |"
+        )
     ours_mem = bytes_per_idle_key(client, ours, url)
     theirs_mem = bytes_per_idle_key(client, theirs, url)
     lines.append(
@@ -443,24 +507,28 @@ def rate_rows(client: redis.Redis, url: str) -> list[str]:
 
 NOTES = """
 How to read it: one run on a shared machine; decisions/s move with the machine's load far
-more than the costs do, so trust the cost rows and the ratios within one column of the floor
-table, and repeat before believing a throughput ratio.
+more than the costs do (the quartiles show how far), so trust the cost rows and their
+per-round ratios (a round runs the two sides back to back, so under the same load), and
+repeat before believing a throughput ratio.
 
-- Commands: ours are `EVALSHA` + `TIME` + `GET` (the backoff window) + 3 `LINDEX` (the last
-  reservation, the log at -rate, the starts at -rate) + 2 `RPUSH` + 2 `PEXPIRE`, plus 0.04-0.3
-  for the amortized trim by time (a binary search and an `LTRIM` every 128 entries);
-  limits' are `EVALSHA` + `LINDEX` + `LPUSH` + `LTRIM` + `EXPIRE`: no server clock, no window,
-  no queue, no second log.
-- The floor: a strict rule on the server's clock needs at least `TIME` + one read + one write
-  with its expiry, i.e. one key per limiter holding the window end, the log and the starts.
-  Those three commands alone, with no rule at all, cost 0.5-0.7x of limits' whole decision.
-  The rule in that layout packs the logs in one string, and a string cannot drop its head
-  and append in one command, so every decision copies the whole window: our leanest packed
-  script (immediate path only, trimmed every 128 entries) costs about 0.9-1.5x with a few
-  entries in the window and 1.5-2.4x with thousands, and grows with the window. Lists keep a
-  decision O(1) whatever the window holds, for 9 commands: 1.4-1.7x. So 1.0x is out of reach
-  without weakening the rule; the floor is the strict rule's extra reads and writes (the
-  server clock, the window, the last reservation, and the starts log's read, push and expiry).
+- Commands: ours are `EVALSHA` + `TIME` + `LINDEX` (the log's newest entry: a reservation
+  ahead, or the backoff window's flag) + 2 `RPUSH` (the log, the starts), plus about 0.02
+  for the amortized trim by time (a binary search and an `LTRIM` every 128 entries) and the
+  expiries (two `PEXPIRE` per bucket of time, at most 1 s); limits' are `EVALSHA` +
+  `LINDEX` + `LPUSH` + `LTRIM` + `EXPIRE`. Once a list holds more entries than the rate,
+  ours also reads each list at -rate-1 (the last line above; limits reads at -limit).
+- At the same count, ours does what limits' does not: the server's clock (`TIME`; limits
+  takes each client's), the backoff window and the queue of reservations (both told by the
+  one `LINDEX`), and a second log of actual starts, so the rule holds where calls begin.
+  Its common decision runs inline before any Lua function is defined (the general path's
+  closures cost about two commands per call) and reads no argument it does not need.
+- With a 5 ms window (the floor table's first column) ours costs about limits' (0.91-1.08x
+  over five runs, against 0.81-0.95x with 1 s): there a trim by time empties most of the
+  list about every 100 decisions, each a binary search of a few `LINDEX` and an `LTRIM`.
+- The floor of one key: `TIME` + `GET` + `SET PX` alone cost about half of limits'
+  decision, but the strict rule in that layout packs the logs in one string that every
+  decision copies whole (its leanest form, above: 1.4-1.9x with a few entries in the window
+  and 8-12x with thousands), so lists stay.
 """
 
 
@@ -476,8 +544,8 @@ def floor_rows(client: redis.Redis) -> list[str]:
     lines = [
         "",
         "The floor of one key per limiter: script us per decision (`EVALSHA` usec, median of "
-        f"{ROUNDS} rounds of {FLOOR_DECISIONS}), rate {HUGE:.0e} per *per*, so every decision "
-        "has room; the ratio is to limits' in the same column.",
+        f"{FLOOR_ROUNDS} rounds of {FLOOR_DECISIONS}), rate {HUGE:.0e} per *per*, so every "
+        "decision has room; the ratio is to limits' in the same column.",
         "",
         "| script | " + " | ".join(f"per = {per:g} s" for per in FLOOR_PERS) + " |",
         "|---|" + "---:|" * len(FLOOR_PERS),
@@ -488,6 +556,13 @@ def floor_rows(client: redis.Redis) -> list[str]:
             for per in FLOOR_PERS
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    url = f"redis://127.0.0.1:{client.connection_pool.connection_kwargs['port']}/0"
+    commands, usec, refused = past_the_rate(client, url)
+    lines += [
+        "",
+        f"Lists longer than the rate (ours, rate 64 per 2 ms, {refused:.0%} of decisions "
+        f"waiting): {commands:.2f} commands and {usec:.1f} us of script per decision.",
+    ]
     return lines
 
 
@@ -505,9 +580,9 @@ def main() -> None:
             process.wait(5)
         return
     lines = [
-        f"# Redis at scale: resilience vs limits (one private redis-server; medians of {ROUNDS} "
-        f"interleaved rounds: {ROUND_DECISIONS} decisions per process per round for "
-        f"decisions/s, {DECISIONS} per round for costs)",
+        f"# Redis at scale: resilience vs limits (one private redis-server; medians of "
+        f"interleaved rounds: {ROUNDS} of {ROUND_DECISIONS} decisions per process for "
+        f"decisions/s, {COST_ROUNDS} of {DECISIONS} decisions for costs)",
         "",
         "| measure | resilience | limits (moving window) | ratio |",
         "|---|---:|---:|---:|",

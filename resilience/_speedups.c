@@ -600,10 +600,10 @@ configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * The same steps as the Python inline path, in the same order, under the backend's own
  * lock: read the clock (the policy's, else the default in force), and when no window is
  * open, the limit has no burst, both logs have room and nobody is reserved ahead, append
- * now to both logs. Calling it answers None when that case does not apply (nothing done:
- * the Python path decides), else whether the logs' old entries are due to be dropped (the
- * log's length before the start was a multiple of 128; the caller trims). Anything it does
- * not know exactly (a reading or an entry that is no float) is left to Python too.
+ * now to both logs, and when the log's length before was a multiple of 128 call the given
+ * trim with now (still under the lock). Calling it answers 0.0 (started) or None when that
+ * case does not apply (nothing done: the Python path decides); anything it does not know
+ * exactly (a reading or an entry that is no float) is left to Python too.
  */
 
 typedef struct {
@@ -616,6 +616,7 @@ typedef struct {
     PyObject *system;  /* SYSTEM_CLOCK: read as time.monotonic() is, without a call */
     PyObject *acquire; /* the backend lock's bound acquire and release */
     PyObject *release;
+    PyObject *trim;    /* called with now every 128 starts: drop what left the window */
     Py_ssize_t rate;
     Py_ssize_t log_slot, starts_slot, end_slot, clock_slot; /* member offsets, or 0 */
 } RateStart;
@@ -623,6 +624,7 @@ typedef struct {
 static PyObject *rate_names[5]; /* "log", "starts", "end", "clock", "append" */
 static PyObject *deque_type;    /* collections.deque */
 static PyObject *deque_append;  /* deque.append, called directly on exact deques */
+static PyObject *rate_zero;     /* 0.0: the answer for a start now */
 
 static Py_ssize_t
 member_offset(PyObject *obj, PyObject *name)
@@ -704,7 +706,7 @@ rate_now(RateStart *self)
     return reading;
 }
 
-/* The start itself, with the lock held: Py_None, Py_True or Py_False (new), or NULL. */
+/* The start itself, with the lock held: 0.0 or None (new references), or NULL. */
 static PyObject *
 rate_start_locked(RateStart *self)
 {
@@ -749,7 +751,14 @@ rate_start_locked(RateStart *self)
     if (append_to(log, now) < 0 || append_to(starts, now) < 0) {
         goto done;
     }
-    answer = Py_NewRef((count & 127) == 0 ? Py_True : Py_False);
+    if ((count & 127) == 0) {
+        PyObject *trimmed = PyObject_CallOneArg(self->trim, now);
+        if (trimmed == NULL) {
+            goto done;
+        }
+        Py_DECREF(trimmed);
+    }
+    answer = Py_NewRef(rate_zero);
 done:
     Py_DECREF(now);
     Py_XDECREF(end);
@@ -791,10 +800,11 @@ static PyObject *
 RateStart_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"state", "window", "clock", "holder", "system",
-                               "acquire", "release", NULL};
-    PyObject *st, *window, *clock, *holder, *system, *acquire, *release;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOO:RateStart", keywords, &st, &window,
-                                     &clock, &holder, &system, &acquire, &release)) {
+                               "acquire", "release", "trim", NULL};
+    PyObject *st, *window, *clock, *holder, *system, *acquire, *release, *trim;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOO:RateStart", keywords, &st,
+                                     &window, &clock, &holder, &system, &acquire, &release,
+                                     &trim)) {
         return NULL;
     }
     PyObject *rate = PyObject_GetAttrString(st, "rate");
@@ -830,6 +840,7 @@ RateStart_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->system = Py_NewRef(system);
     self->acquire = Py_NewRef(acquire);
     self->release = Py_NewRef(release);
+    self->trim = Py_NewRef(trim);
     self->rate = limit;
     self->vectorcall = RateStart_vectorcall;
     self->log_slot = member_offset(st, rate_names[0]);
@@ -849,6 +860,7 @@ RateStart_traverse(RateStart *self, visitproc visit, void *arg)
     Py_VISIT(self->system);
     Py_VISIT(self->acquire);
     Py_VISIT(self->release);
+    Py_VISIT(self->trim);
     return 0;
 }
 
@@ -862,6 +874,7 @@ RateStart_clear(RateStart *self)
     Py_CLEAR(self->system);
     Py_CLEAR(self->acquire);
     Py_CLEAR(self->release);
+    Py_CLEAR(self->trim);
     return 0;
 }
 
@@ -876,7 +889,7 @@ RateStart_dealloc(RateStart *self)
 static PyTypeObject RateStartType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "resilience._speedups.RateStart",
-    .tp_doc = "MemoryRateBackend.reserve's start with room, in C: None when it does not apply.",
+    .tp_doc = "MemoryRateBackend.reserve's start with room, in C: 0.0, or None (not that case).",
     .tp_basicsize = sizeof(RateStart),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_vectorcall_offset = offsetof(RateStart, vectorcall),
@@ -1308,6 +1321,94 @@ throttle_init(PyObject *module)
     return 0;
 }
 
+/*
+ * af_: the lease start of a watched @bounded memory pool (resilience._bounded.pool's
+ * ``lease_begin``, whose pure-Python twin is ``_lease_begin``): the next id of the pool
+ * module's shared counter, the default clock's reading, and ``leases[id] = start``, in one
+ * call instead of three. The clock is read as ``clock_now`` reads it (the holder's
+ * ``monotonic``; CLOCK_MONOTONIC directly when that is ``time.monotonic`` itself).
+ */
+
+static PyObject *af_lease_ids = NULL; /* _bounded.pool.LEASE_IDS: an itertools.count */
+static PyObject *af_holder = NULL;    /* _clock.DEFAULT */
+
+static double
+af_now(void)
+{
+    PyObject *monotonic = PyObject_GetAttr(af_holder, state.monotonic_name);
+    if (monotonic == NULL) {
+        return -1.0;
+    }
+#ifdef HAVE_FAST_MONOTONIC
+    if (monotonic == state.monotonic) {
+        struct timespec ts;
+        Py_DECREF(monotonic);
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
+            long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+            return (double)ns / 1e9;
+        }
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1.0;
+    }
+#endif
+    PyObject *reading = PyObject_CallNoArgs(monotonic);
+    Py_DECREF(monotonic);
+    if (reading == NULL) {
+        return -1.0;
+    }
+    double now = PyFloat_AsDouble(reading);
+    Py_DECREF(reading);
+    return now;
+}
+
+static PyObject *
+af_configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "af_configure(lease_ids, holder) takes 2 arguments");
+        return NULL;
+    }
+    if (!PyIter_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "af_configure(): lease_ids must be an iterator");
+        return NULL;
+    }
+    Py_XSETREF(af_lease_ids, Py_NewRef(args[0]));
+    Py_XSETREF(af_holder, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+af_lease_begin(PyObject *module, PyObject *leases)
+{
+    if (af_lease_ids == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "resilience._speedups.af_configure() was not called");
+        return NULL;
+    }
+    if (!PyDict_Check(leases)) {
+        PyErr_SetString(PyExc_TypeError, "af_lease_begin(): leases must be a dict");
+        return NULL;
+    }
+    double now = af_now();
+    if (now == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *lease = PyIter_Next(af_lease_ids);
+    if (lease == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError, "af_lease_begin(): the lease ids ran out");
+        }
+        return NULL;
+    }
+    PyObject *start = PyFloat_FromDouble(now);
+    if (start == NULL || PyDict_SetItem(leases, lease, start) < 0) {
+        Py_XDECREF(start);
+        Py_DECREF(lease);
+        return NULL;
+    }
+    Py_DECREF(start);
+    return lease;
+}
+
 /* ---- weighted @rate_limited: the start with room of a call's units (prefix rate_weighted_) ----
  *
  * RateWeightedStart is the C twin of ``_rate.state.WeightedStart``: called with a call's
@@ -1319,7 +1420,7 @@ throttle_init(PyObject *module)
  * c copies of now to both logs, as ``RateState`` counts units. It answers None (or (now, cost),
  * when made with ``stamp``) when it started the call, else the checked cost: the Python path decides
  * (a reading or an entry that is no float, a window, no room). When the logs' length crossed a
- * multiple of 128 it calls the backend's trim after releasing the lock. */
+ * multiple of 128 it calls the RateStart's trim with now, still under the lock, as it does. */
 
 typedef struct {
     PyObject_HEAD
@@ -1327,7 +1428,6 @@ typedef struct {
     RateStart *start;   /* the backend's RateStart: its state, window, clock and lock */
     PyObject *estimate; /* the cost callable (unused with a fixed cost) */
     PyObject *check;    /* the layer's check of a bad answer: raises */
-    PyObject *trim;     /* the backend's trim */
     Py_ssize_t fixed;   /* the fixed cost, or 0: call estimate */
     int stamp;          /* answer now (a float) when started, not None */
 } RateWeightedStart;
@@ -1379,9 +1479,9 @@ rate_weighted_cost(RateWeightedStart *self, PyObject *args, PyObject *kwargs)
     }
 }
 
-/* The start of *units*, with the lock held: 1 started (*due: trim), 0 Python decides, -1 error. */
+/* The start of *units*, with the lock held: 1 started, 0 Python decides, -1 error. */
 static int
-rate_weighted_locked(RateWeightedStart *self, Py_ssize_t units, PyObject **now_out, int *due)
+rate_weighted_locked(RateWeightedStart *self, Py_ssize_t units, PyObject **now_out)
 {
     RateStart *rs = self->start;
     PyObject *now = rate_now(rs);
@@ -1437,7 +1537,13 @@ rate_weighted_locked(RateWeightedStart *self, Py_ssize_t units, PyObject **now_o
             goto done;
         }
     }
-    *due = ((count + units - 1) & ~(Py_ssize_t)127) >= count; /* a multiple of 128 crossed */
+    if (((count + units - 1) & ~(Py_ssize_t)127) >= count) { /* a multiple of 128 crossed */
+        PyObject *trimmed = PyObject_CallOneArg(rs->trim, now);
+        if (trimmed == NULL) {
+            goto done;
+        }
+        Py_DECREF(trimmed);
+    }
     *now_out = Py_NewRef(now);
     result = 1;
 done:
@@ -1467,8 +1573,7 @@ rate_weighted_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyO
     }
     Py_DECREF(held);
     PyObject *now = NULL;
-    int due = 0;
-    int started = rate_weighted_locked(self, units, &now, &due);
+    int started = rate_weighted_locked(self, units, &now);
     PyObject *type, *value, *traceback; /* a failure's exception waits while the lock goes */
     PyErr_Fetch(&type, &value, &traceback);
     PyObject *released = PyObject_CallNoArgs(self->start->release);
@@ -1488,16 +1593,14 @@ rate_weighted_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyO
     if (!started) {
         return PyLong_FromSsize_t(units);
     }
-    if (due) { /* drop the entries that left the window, as the Python start does */
-        PyObject *trimmed = PyObject_CallNoArgs(self->trim);
-        if (trimmed == NULL) {
-            Py_DECREF(now);
-            return NULL;
-        }
-        Py_DECREF(trimmed);
-    }
     if (self->stamp) {
-        return Py_BuildValue("(Nn)", now, units);
+        PyObject *cost = PyLong_FromSsize_t(units), *pair = NULL;
+        if (cost != NULL) {
+            pair = PyTuple_Pack(2, now, cost);
+            Py_DECREF(cost);
+        }
+        Py_DECREF(now);
+        return pair;
     }
     Py_DECREF(now);
     Py_RETURN_NONE;
@@ -1506,13 +1609,12 @@ rate_weighted_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyO
 static PyObject *
 rate_weighted_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"start", "estimate", "fixed", "check", "trim", "stamp", NULL};
-    PyObject *start, *estimate, *check, *trim;
+    static char *keywords[] = {"start", "estimate", "fixed", "check", "stamp", NULL};
+    PyObject *start, *estimate, *check;
     Py_ssize_t fixed;
     int stamp;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OnOOp:RateWeightedStart", keywords,
-                                     &RateStartType, &start, &estimate, &fixed, &check, &trim,
-                                     &stamp)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OnOp:RateWeightedStart", keywords,
+                                     &RateStartType, &start, &estimate, &fixed, &check, &stamp)) {
         return NULL;
     }
     if (fixed < 0) {
@@ -1526,7 +1628,6 @@ rate_weighted_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->start = (RateStart *)Py_NewRef(start);
     self->estimate = Py_NewRef(estimate);
     self->check = Py_NewRef(check);
-    self->trim = Py_NewRef(trim);
     self->fixed = fixed;
     self->stamp = stamp;
     self->vectorcall = rate_weighted_vectorcall;
@@ -1539,7 +1640,6 @@ rate_weighted_traverse(RateWeightedStart *self, visitproc visit, void *arg)
     Py_VISIT(self->start);
     Py_VISIT(self->estimate);
     Py_VISIT(self->check);
-    Py_VISIT(self->trim);
     return 0;
 }
 
@@ -1549,7 +1649,6 @@ rate_weighted_clear(RateWeightedStart *self)
     Py_CLEAR(self->start);
     Py_CLEAR(self->estimate);
     Py_CLEAR(self->check);
-    Py_CLEAR(self->trim);
     return 0;
 }
 
@@ -1587,13 +1686,18 @@ rate_weighted_init(PyObject *module)
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "Give the C type the deadline variable, the clock holder and the slow-path check."},
+    {"af_configure", (PyCFunction)(void (*)(void))af_configure, METH_FASTCALL,
+     "Give af_lease_begin the pool module's lease ids and the clock holder."},
+    {"af_lease_begin", (PyCFunction)af_lease_begin, METH_O,
+     "Record one unit's lease starting now in a watched pool's leases; return its id."},
     {NULL},
 };
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "resilience._speedups",
-    .m_doc = "The optional C accelerator: the hot parts of deadlines, memory rate limits and @throttled.",
+    .m_doc = "The optional C accelerator: the hot parts of deadlines, memory rate limits, @throttled "
+             "and a watched @bounded pool's lease starts.",
     .m_size = -1,
     .m_methods = module_methods,
 };
@@ -1613,6 +1717,10 @@ PyInit__speedups(void)
     }
     PyObject *collections = PyImport_ImportModule("collections");
     if (collections == NULL) {
+        return NULL;
+    }
+    if ((rate_zero = PyFloat_FromDouble(0.0)) == NULL) {
+        Py_DECREF(collections);
         return NULL;
     }
     deque_type = PyObject_GetAttrString(collections, "deque");

@@ -1,6 +1,6 @@
 """The optional C accelerator: the deadline's and the memory rate limit's hot parts."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from types import CodeType
 from typing import Any
@@ -32,7 +32,7 @@ def configure(
     """Give the C type the deadline variable, the clock holder, the slow-path check, the class."""
 
 class RateStart:
-    """``MemoryRateBackend.reserve``'s start with room: None, or whether a trim is due."""
+    """``MemoryRateBackend.reserve``'s start with room: 0.0 (started), or None (not that case)."""
 
     def __init__(
         self,
@@ -43,8 +43,9 @@ class RateStart:
         system: Any,
         acquire: Callable[[], object],
         release: Callable[[], object],
+        trim: Callable[[float], object],
     ) -> None: ...
-    def __call__(self) -> bool | None: ...
+    def __call__(self) -> float | None: ...
 
 class ThrottleTally:
     """The C twin of ``_throttle.state.Tally``: the current bucket's accepts, its end, calm."""
@@ -78,3 +79,9 @@ class ThrottleRunner:
         kwargs: dict[str, Any],
         /,
     ) -> Any: ...
+
+def af_configure(lease_ids: Iterator[int], holder: Any, /) -> None:
+    """Give ``af_lease_begin`` the pool module's lease ids and the clock holder."""
+
+def af_lease_begin(leases: dict[int, float], /) -> int:
+    """Record one unit's lease starting now in *leases*; return its id."""

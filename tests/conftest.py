@@ -100,6 +100,18 @@ _CHOSEN = (
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``topology`` the runs of the shared-state tests on a topology of our own."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        for name in ("redis_store", "store"):
+            value = params.get(name)
+            kind = value.removeprefix("redis-") if isinstance(value, str) else None
+            if kind in TOPOLOGIES and kind != "single":
+                item.add_marker("topology")
+                break
+
+
 @pytest.fixture(name="redis_servers", scope="session")
 def _redis_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """This session's (this xdist worker's) private servers, each started on first use."""

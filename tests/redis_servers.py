@@ -54,6 +54,7 @@ class Server:
         self.args = args
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls: dict[str, Any] = {}  # a TLS-only server's client settings (ssl, CA file)
 
     def start(self, probe: dict[str, Any] | None = None) -> Server:
         binary = need(REDIS_SERVER, "a private Redis server")
@@ -77,7 +78,7 @@ class Server:
 
     def client(self, **kwargs: Any) -> redis.Redis:
         kwargs.setdefault("socket_timeout", 2)
-        return redis.Redis(host="127.0.0.1", port=self.port, **kwargs)
+        return redis.Redis(host="127.0.0.1", port=self.port, **self.tls, **kwargs)
 
     def kill(self) -> None:
         if self.process is not None:
@@ -139,68 +140,85 @@ class Servers:
 
     # -- TLS ----------------------------------------------------------------------------------
 
+    def certificate(self) -> tuple[Path, Path]:
+        """(certificate, key) of a throwaway self-signed certificate for 127.0.0.1."""
+        return self._once("certificate", self._certificate)  # type: ignore[no-any-return]
+
+    def _certificate(self) -> tuple[Path, Path]:
+        openssl = need(OPENSSL, "the TLS servers")
+        cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+        subprocess.run(
+            [
+                openssl,
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return cert, key
+
+    def _tls_args(self, port: int) -> list[str]:
+        """A server's arguments to listen on *port* with TLS only (clients need no certificate)."""
+        cert, key = self.certificate()
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+        ]
+
     def tls(self) -> tuple[int, str]:
         """(port, CA file) of a TLS-only server with a throwaway certificate."""
 
         def make() -> tuple[int, str]:
-            openssl = need(OPENSSL, "the TLS server")
-            cert, key = self.dir / "cert.pem", self.dir / "key.pem"
-            subprocess.run(
-                [
-                    openssl,
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-keyout",
-                    str(key),
-                    "-out",
-                    str(cert),
-                    "-days",
-                    "1",
-                    "-subj",
-                    "/CN=127.0.0.1",
-                    "-addext",
-                    "subjectAltName=IP:127.0.0.1",
-                ],
-                check=True,
-                capture_output=True,
-            )
             port = free_port()
-            args = [
-                *_base(0),
-                "--tls-port",
-                str(port),
-                "--tls-cert-file",
-                str(cert),
-                "--tls-key-file",
-                str(key),
-                "--tls-ca-cert-file",
-                str(cert),
-                "--tls-auth-clients",
-                "no",
-            ]
-            probe = {"host": "127.0.0.1", "port": port, "ssl": True, "ssl_ca_certs": str(cert)}
-            self._server("tls", args, port, probe)
-            return port, str(cert)
+            cert = str(self.certificate()[0])
+            probe = {"host": "127.0.0.1", "port": port, "ssl": True, "ssl_ca_certs": cert}
+            self._server("tls", [*_base(0), *self._tls_args(port)], port, probe)
+            return port, cert
 
         return self._once("tls", make)  # type: ignore[no-any-return]
 
     # -- cluster ------------------------------------------------------------------------------
 
-    def cluster(self, name: str = "cluster", replicas: int = 0) -> list[Server]:
-        """The primaries (then replicas) of a 3-master cluster, every slot covered."""
+    def cluster(
+        self, name: str = "cluster", replicas: int = 0, *, tls: bool = False
+    ) -> list[Server]:
+        """The primaries (then replicas) of a 3-master cluster, every slot covered (*tls*: only)."""
 
         def make() -> list[Server]:
             cli = need(REDIS_CLI, "the cluster")
             nodes = []
+            tls_client = {"ssl": True, "ssl_ca_certs": str(self.certificate()[0])} if tls else {}
             for index in range(3 * (1 + replicas)):
                 port = free_port()
                 args = [
                     *_base(port),
+                    *([*self._tls_args(port), "--tls-cluster", "yes"] if tls else []),
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -212,10 +230,15 @@ class Servers:
                     "--cluster-replica-validity-factor",
                     "0",
                 ]
-                nodes.append(self._server(f"{name}-{index}", args, port))
+                probe = {"host": "127.0.0.1", "port": port, **tls_client}
+                node = self._server(f"{name}-{index}", args, port, probe)
+                node.tls = tls_client
+                nodes.append(node)
+            cert = str(self.certificate()[0]) if tls else ""
             subprocess.run(
                 [
                     cli,
+                    *(["--tls", "--cacert", cert] if tls else []),
                     "--cluster",
                     "create",
                     *(f"127.0.0.1:{node.port}" for node in nodes),

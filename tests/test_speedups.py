@@ -188,7 +188,7 @@ def _pair(rate: int, burst: int | None, clock: object) -> tuple[MemoryRateBacken
         window = MemoryWindowBackend(clock)  # type: ignore[arg-type]
         backend = MemoryRateBackend(rate, 1.0, burst, window, clock)  # type: ignore[arg-type]
         if not accelerated:
-            backend._start = None
+            backend.start_now = None
         made.append(backend)
     return tuple(made)
 
@@ -196,9 +196,9 @@ def _pair(rate: int, burst: int | None, clock: object) -> tuple[MemoryRateBacken
 def test_the_rate_start_is_used_when_built() -> None:
     """Built and not switched off: a memory rate limit without a burst starts in C."""
     accelerated, _ = _pair(5, None, _Clock(0.0))
-    assert (accelerated._start is not None) is (BUILT and not SWITCHED_OFF)
+    assert (accelerated.start_now is not None) is (BUILT and not SWITCHED_OFF)
     spaced, _ = _pair(5, 2, _Clock(0.0))
-    assert spaced._start is None  # bursts: the general path decides every start
+    assert spaced.start_now is None  # bursts: the general path decides every start
 
 
 @given(

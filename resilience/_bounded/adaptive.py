@@ -233,7 +233,6 @@ class Gradient2:
         "queue_size",
         "ratio",
         "short_window",
-        "skip",
         "smoothing",
         "stride",
         "tolerance",
@@ -265,7 +264,6 @@ class Gradient2:
         self.count = 0
         #: calls per timed call, and the timed calls that fill a window
         self.stride, self.due = window_shape(short_window, self.limit)
-        self.skip = 0  # untimed calls before the next timed one (the layer counts down)
         self.total = 0.0
         self.busy = 0
         self.dropped = False
@@ -416,7 +414,7 @@ class AdaptivePoolBackend(MemoryPoolBackend):
     applied under the lock (``sample_release``, ``close_release``).
     """
 
-    __slots__ = ("adaptive", "algorithm", "debt", "fed", "window")
+    __slots__ = ("adaptive", "algorithm", "debt", "every", "fed", "skip", "window")
 
     def __init__(self, adaptive: AdaptiveLimit) -> None:
         limit = adaptive.initial
@@ -435,6 +433,10 @@ class AdaptivePoolBackend(MemoryPoolBackend):
         #: The Gradient2 machine, whose samples the layer adds lock-free (None: another one).
         self.window = self.algorithm if isinstance(self.algorithm, Gradient2) else None
         self.fed = False
+        # Gradient2's stride, counted down by the layer: ``skip`` untimed calls before the
+        # next timed one, ``every`` = stride - 1 (0: every call timed, or another algorithm)
+        self.skip = 0
+        self.every = 0 if self.window is None else self.window.stride - 1
         self.leases = None
 
     @property
@@ -519,6 +521,8 @@ class AdaptivePoolBackend(MemoryPoolBackend):
             limit = self.algorithm.update(rtt, in_use, dropped)
             if limit != self.limit:
                 self._apply(limit)
+            if self.window is not None:  # a window may have closed: its new stride
+                self.every = self.window.stride - 1
             return limit
 
     def sample_release(self, weight: int, rtt: float, in_use: int, dropped: bool) -> None:
@@ -536,6 +540,7 @@ class AdaptivePoolBackend(MemoryPoolBackend):
             window.close()
             if window.limit != self.limit:
                 self._apply(window.limit)
+            self.every = window.stride - 1
 
     def idle(self) -> bool:
         """Whether a fresh pool would be the same: nothing held and nothing learnt yet."""

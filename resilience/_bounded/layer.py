@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from resilience import _clock, _config, _deadline
 from resilience._bounded.adaptive import AdaptiveLimit, AdaptivePoolBackend
-from resilience._bounded.pool import LEASE_IDS, WATCH_HOOKS, MemoryPoolBackend, PermitQueue
+from resilience._bounded.pool import WATCH_HOOKS, MemoryPoolBackend, PermitQueue, lease_begin
 from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import BoundedTimeoutError, StoreUnavailableError
 from resilience._policies import BoundedPolicy
@@ -275,11 +275,11 @@ class BoundedLayer(KeyedLayer):
             return True
         if in_use > window.busy:  # noqa: PLR1730 - once per call: no call
             window.busy = in_use
-        skip = window.skip
+        skip = backend.skip
         if skip:
-            window.skip = skip - 1
+            backend.skip = skip - 1
             return False
-        window.skip = window.stride - 1
+        backend.skip = backend.every
         return True
 
     def _adaptive_acquire(self, queue: PermitQueue, backend: AdaptivePoolBackend) -> int:
@@ -471,30 +471,31 @@ class BoundedLayer(KeyedLayer):
             if not in_use:
                 layer._wait_sync(queue)
                 in_use = backend.used
-            window = backend.window
-            if window is not None:
+            skip = backend.skip
+            if skip:  # a wide Gradient2 window, not this call's turn to be timed: no clock read
+                backend.skip = skip - 1
+                window = backend.window
+                assert window is not None
                 if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
                     window.busy = in_use
-                skip = window.skip
-                if skip:  # not this call's turn to be timed: no clock read
-                    window.skip = skip - 1
-                    try:
-                        if direct:
-                            result = wrapped(*args, **kwargs)
-                        else:
-                            result = call_next(wrapped, instance, args, kwargs)
-                    except BaseException as exc:
-                        layer._raised(queue, backend, exc, None, in_use)
-                        raise
-                    if single and not backend.debt:
-                        backend._push(None)
+                try:
+                    if direct:
+                        result = wrapped(*args, **kwargs)
                     else:
-                        backend.release(weight)
-                    if queue.waiters:
-                        queue.wake()
-                    return result
-                if window.stride != 1:  # this call is timed: count down to the next one
-                    window.skip = window.stride - 1
+                        result = call_next(wrapped, instance, args, kwargs)
+                except BaseException as exc:
+                    layer._raised(queue, backend, exc, None, in_use)
+                    raise
+                if single and not backend.debt:
+                    backend._push(None)
+                else:
+                    backend.release(weight)
+                if queue.waiters:
+                    queue.wake()
+                return result
+            every = backend.every
+            if every:  # this call is timed: count down to the next one
+                backend.skip = every
             monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
             started = monotonic()
             try:
@@ -506,6 +507,7 @@ class BoundedLayer(KeyedLayer):
                 layer._raised(queue, backend, exc, monotonic() - started, in_use)
                 raise
             rtt = monotonic() - started
+            window = backend.window
             if window is None or not single or backend.debt:
                 layer._succeeded(queue, backend, rtt, in_use)
                 return result
@@ -513,6 +515,8 @@ class BoundedLayer(KeyedLayer):
             if rtt > 0.0:  # a difference of monotonic reads: never inf or NaN
                 window.total += rtt
                 window.count += 1
+            if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                window.busy = in_use
             if window.count >= window.due:  # the window is full: close it under the lock
                 layer._ended(queue, backend, rtt, in_use, False, True)
                 return result
@@ -560,30 +564,31 @@ class BoundedLayer(KeyedLayer):
             if not in_use:
                 await layer._wait_async(queue)
                 in_use = backend.used
-            window = backend.window
-            if window is not None:
+            skip = backend.skip
+            if skip:  # a wide Gradient2 window, not this call's turn to be timed: no clock read
+                backend.skip = skip - 1
+                window = backend.window
+                assert window is not None
                 if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
                     window.busy = in_use
-                skip = window.skip
-                if skip:  # not this call's turn to be timed: no clock read
-                    window.skip = skip - 1
-                    try:
-                        if direct:
-                            result = await wrapped(*args, **kwargs)
-                        else:
-                            result = await call_next(wrapped, instance, args, kwargs)
-                    except BaseException as exc:
-                        layer._raised(queue, backend, exc, None, in_use)
-                        raise
-                    if single and not backend.debt:
-                        backend._push(None)
+                try:
+                    if direct:
+                        result = await wrapped(*args, **kwargs)
                     else:
-                        backend.release(weight)
-                    if queue.waiters:
-                        queue.wake()
-                    return result
-                if window.stride != 1:  # this call is timed: count down to the next one
-                    window.skip = window.stride - 1
+                        result = await call_next(wrapped, instance, args, kwargs)
+                except BaseException as exc:
+                    layer._raised(queue, backend, exc, None, in_use)
+                    raise
+                if single and not backend.debt:
+                    backend._push(None)
+                else:
+                    backend.release(weight)
+                if queue.waiters:
+                    queue.wake()
+                return result
+            every = backend.every
+            if every:  # this call is timed: count down to the next one
+                backend.skip = every
             monotonic = (policy_clock or default.clock).monotonic  # _clock.resolve, inline
             started = monotonic()
             try:
@@ -595,6 +600,7 @@ class BoundedLayer(KeyedLayer):
                 layer._raised(queue, backend, exc, monotonic() - started, in_use)
                 raise
             rtt = monotonic() - started
+            window = backend.window
             if window is None or not single or backend.debt:
                 layer._succeeded(queue, backend, rtt, in_use)
                 return result
@@ -602,6 +608,8 @@ class BoundedLayer(KeyedLayer):
             if rtt > 0.0:  # a difference of monotonic reads: never inf or NaN
                 window.total += rtt
                 window.count += 1
+            if in_use > window.busy:  # noqa: PLR1730 - hot path: no call
+                window.busy = in_use
             if window.count >= window.due:  # the window is full: close it under the lock
                 layer._ended(queue, backend, rtt, in_use, False, True)
                 return result
@@ -743,7 +751,7 @@ class BoundedLayer(KeyedLayer):
         weight = self.policy.weight
         direct = call_next is terminal
         default = _clock.DEFAULT
-        lease_ids = LEASE_IDS
+        begin = lease_begin
 
         def run(
             wrapped: Callable[..., Any],
@@ -760,8 +768,7 @@ class BoundedLayer(KeyedLayer):
                     return run_slow(queue, call_next, wrapped, instance, args, kwargs)
                 leases: dict[int, float] = queue.backend.leases  # type: ignore[attr-defined]
                 # ``_run_leased`` for one unit, inline
-                lease = next(lease_ids)
-                leases[lease] = default.monotonic()
+                lease = begin(leases)
                 if queue.waiters or not queue.backend.try_acquire(1):
                     del leases[lease]  # a wait is no lease
                     layer._wait_sync(queue)
@@ -795,7 +802,7 @@ class BoundedLayer(KeyedLayer):
         weight = self.policy.weight
         direct = call_next is terminal
         default = _clock.DEFAULT
-        lease_ids = LEASE_IDS
+        begin = lease_begin
 
         async def run(
             wrapped: Callable[..., Any],
@@ -812,8 +819,7 @@ class BoundedLayer(KeyedLayer):
                     return await arun_slow(queue, call_next, wrapped, instance, args, kwargs)
                 leases: dict[int, float] = queue.backend.leases  # type: ignore[attr-defined]
                 # ``_arun_leased`` for one unit, inline
-                lease = next(lease_ids)
-                leases[lease] = default.monotonic()
+                lease = begin(leases)
                 if queue.waiters or not queue.backend.try_acquire(1):
                     del leases[lease]  # a wait is no lease
                     await layer._wait_async(queue)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import threading
 
 from collections import deque
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LEASE_IDS",
+    "lease_begin",
     "WATCH_HOOKS",
     "CountedPoolBackend",
     "MemoryPoolBackend",
@@ -56,6 +58,29 @@ __all__ = [
 WATCH_HOOKS: list[Callable[[], None]] = []
 #: One id per unit leased, in every pool (``next`` on it is atomic).
 LEASE_IDS = itertools.count(1)
+
+
+def _lease_begin(leases: dict[int, float]) -> int:
+    """Record one unit's lease starting now (the default clock) in *leases*; return its id."""
+    lease = next(LEASE_IDS)
+    leases[lease] = _clock.DEFAULT.monotonic()
+    return lease
+
+
+def _accelerated() -> Callable[[dict[int, float]], int]:
+    """``_lease_begin`` in C when built (and not switched off by ``RESILIENCE_NO_EXTENSIONS``)."""
+    if os.environ.get("RESILIENCE_NO_EXTENSIONS"):
+        return _lease_begin
+    try:
+        from resilience import _speedups  # noqa: PLC0415 - optional, built where a compiler was
+    except ImportError:  # pragma: no cover - built where a C compiler was found
+        return _lease_begin
+    _speedups.af_configure(LEASE_IDS, _clock.DEFAULT)
+    return _speedups.af_lease_begin
+
+
+#: ``_lease_begin``, in one C call when the accelerator is built: a watched pool's hot path.
+lease_begin = _accelerated()
 
 
 class PoolBackend(Protocol):
@@ -187,11 +212,9 @@ class MemoryPoolBackend:
         leases = self.leases
         if leases is None:
             return ()
-        now = _clock.DEFAULT.monotonic()
         if weight == 1:
-            lease = next(LEASE_IDS)
-            leases[lease] = now
-            return (lease,)
+            return (lease_begin(leases),)
+        now = _clock.DEFAULT.monotonic()
         ids = tuple(itertools.islice(LEASE_IDS, weight))
         for lease in ids:
             leases[lease] = now

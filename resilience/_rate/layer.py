@@ -76,7 +76,7 @@ class RateLimitLayer(KeyedLayer):
         "_backend",
         "_epoch",
         "_remote",
-        "_ustart",
+        "_start_now",
         "_window",
         "_wstart",
         "limit",
@@ -96,8 +96,8 @@ class RateLimitLayer(KeyedLayer):
         self.limit = f"{policy.rate} per {policy.per:g} s{burst}"
         self._epoch = -1
         self._remote = False
+        self._start_now: Callable[[], float | None] | None = None
         self._wstart: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None = None
-        self._ustart: Callable[[], bool | None] | None = None
         self.weighted = policy.cost != 1 or policy.settle is not None
         # A remote store's async round trip is bounded by the policy's timeout too.
         timeout = policy.timeout
@@ -120,8 +120,8 @@ class RateLimitLayer(KeyedLayer):
         self._backend = backend
         # Memory backends never block: the async runner calls their sync methods directly.
         self._remote = not isinstance(backend, MemoryRateBackend)
-        # A memory backend's start with room in C (``reserve``'s first step), called directly.
-        self._ustart = None if self._remote else backend._start  # type: ignore[attr-defined]
+        # A memory backend's start with room in C (None without it): tried before reserve.
+        self._start_now = backend.start_now if isinstance(backend, MemoryRateBackend) else None
         if self.weighted and not hasattr(backend, "reserve_units"):
             msg = (
                 f"@rate_limited key {self.key!r}: cost= and settle= need a store whose rate "
@@ -620,9 +620,8 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            start = layer._ustart  # as ``reserve`` starts, a Python frame less: None if no room
-            started = None if start is None else start()
-            if started is None:
+            start_now = layer._start_now
+            if start_now is None or start_now() is None:  # not started at once, in C
                 bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
                 try:
                     wait = backend.reserve(bound)
@@ -630,8 +629,6 @@ class RateLimitLayer(KeyedLayer):
                         layer._wait_sync(backend, wait)
                 except StoreUnavailableError as error:
                     layer._unavailable(error)  # fail-open: start without a token
-            elif started:  # every 128 starts: drop the entries that left the window
-                backend._trim()  # type: ignore[attr-defined]
             try:
                 if direct:  # innermost: call the function itself, one frame less
                     result = wrapped(*args, **kwargs)
@@ -669,9 +666,8 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             backend = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            start = layer._ustart  # as ``reserve`` starts, a Python frame less: None if no room
-            started = None if start is None else start()
-            if started is None:
+            start_now = layer._start_now
+            if start_now is None or start_now() is None:  # not started at once, in C
                 bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
                 try:
                     if layer._remote:
@@ -682,8 +678,6 @@ class RateLimitLayer(KeyedLayer):
                         await layer._wait_async(backend, wait)
                 except StoreUnavailableError as error:
                     layer._unavailable(error)  # fail-open: start without a token
-            elif started:  # every 128 starts: drop the entries that left the window
-                backend._trim()  # type: ignore[attr-defined]
             try:
                 if direct:  # innermost: await the function itself, one frame less
                     result = await wrapped(*args, **kwargs)

@@ -6,10 +6,10 @@ Same rule and same accounting as ``RateState`` (read its module docstring), as R
 - ``<ns>:rate:{<key>}:log``: a list of the reserved start times (whole microseconds of
   server time), in reservation order, so non-decreasing. A reservation is decided and
   appended by one script, so callers in different processes are served in the order they
-  reach Redis.
+  reach Redis. Its last entry may be the window flag ``w`` (below).
 - ``<ns>:rate:{<key>}:starts``: the same for actual starts (``admit``).
-- ``<ns>:window:{<key>}``: the key's backoff window (see ``_rate.redis_window``), read by the same
-  script as one more lower bound on the start.
+- ``<ns>:window:{<key>}``: the key's backoff window (see ``_rate.redis_window``), one more
+  lower bound on the start.
 
 Every key shares the hash tag ``{<key>}``, so one script touches one cluster slot. Every
 method is one Lua script, one round trip (EVALSHA); a decision reads only the entries it
@@ -17,13 +17,30 @@ needs (``LINDEX`` at -1, -rate, -burst: no scan, no pop loop). Each time a list'
 crosses a multiple of 128 (or reaches 2 x *rate*) the script drops its prefix that can no
 longer constrain a start: entries that left the window (trimmed by time: a binary search
 with ``LINDEX``, one ``LTRIM``) and entries before the last *rate*, so memory follows the
-calls of the last *per* seconds. Every script PEXPIREs what it writes, so an idle budget
-disappears after the store's ``idle_ttl`` or once its last entry has left the window (its
-horizon), whichever is later. An immediate start costs 9 commands (``TIME``, ``GET`` of the
-window, 2 ``LINDEX``, ``RPUSH``, ``PEXPIRE`` on the log; ``LINDEX``, ``RPUSH``,
-``PEXPIRE`` on the starts), plus one per burst check and about 0.2 for the amortized trim.
-Why not fewer (one packed key, ``TIME`` + ``GET`` + ``SET PX``): see
-``benchmarks/results/redis.md``.
+calls of the last *per* seconds.
+
+A start with room (the common decision) runs inline (``_FAST``), before any Lua function
+is defined: ``TIME``, ``LINDEX log -1``, ``RPUSH`` on each list, and nothing else while
+the lists are shorter than the burst (``RPUSH`` answers the length, so the entries at
+-rate and -burst are read, after the push, only when they exist; a push the rule refuses
+is popped again and the general path decides). Two things make that safe:
+
+- The window flag. ``extend`` pushes ``w`` after the log's newest entry when the window now
+  ends after it; a reservation behind the window pops it (its own time is then past the
+  window), ``clear`` pops it, a settle that drops the newest entry below an open window
+  pushes it. So with no flag the window cannot hold a start back beyond the log's newest
+  entry, and only a new log (no entry to carry a flag) reads the window key.
+- Expiries per bucket of time (``keep``): a list lives until the end of its newest entry's
+  bucket (a 16th of the longer of ``idle_ttl`` and *per*, at most 1 s) plus the longer of
+  ``idle_ttl`` and *per* + slack, and the starts list at least as long as that for the
+  log's newest entry. A push of *now* in the bucket of the log's newest entry needs no
+  ``PEXPIRE`` then (one per list per bucket): an idle list still lives past its horizon and
+  its ``idle_ttl``, and at most a bucket longer. ``tests/rate/test_redis_fast_path.py``
+  holds both to ``RateState`` and to simulated expiry.
+
+So an immediate start costs 4 commands (5 with a burst, 6 when the lists are longer than the
+rate), plus about 0.1 for the amortized trim and expiry. Why not fewer (one packed key,
+``TIME`` + ``GET`` + ``SET PX``): see ``benchmarks/results/redis.md``.
 """
 
 from __future__ import annotations
@@ -77,7 +94,8 @@ if per + slack > life then life = per + slack end
 # push first, then check the entries the push moved to -rate-1 and -burst-1, so a list
 # shorter than the burst is not read at all (RPUSH answers its length); a push the rule
 # refuses is popped again. A window or a reservation ahead goes straight to the general path;
-# the one read tells both (the window flag: see _FLAG), and only a new log reads the window.
+# the one read tells both (the window flag: see the module docstring); only a new log reads
+# the window key.
 # The expiry is refreshed only when *now* is in a later bucket than the log's previous newest
 # entry (see keep); a trim to do (one push in 128) is left to the tail of _RESERVE.
 _FAST = """
@@ -94,45 +112,43 @@ else
   open = last > now
 end
 if not open then
-  do
-    local stamp = string.format('%d', now)  -- whole microseconds, as every script writes them
-    n = redis.call('RPUSH', log, stamp)
-    if (n > rate and tonumber(redis.call('LINDEX', log, -rate - 1)) + per > now)
-      or (n > burst and burst < rate
-          and tonumber(redis.call('LINDEX', log, -burst - 1)) + tonumber(ARGV[5]) > now) then
-      redis.call('RPOP', log)  -- no room now: the general path reserves a later turn
-    else
-      m = redis.call('RPUSH', starts, stamp)
-      local need = now
-      if m > burst then
-        local slack = tonumber(ARGV[8]) or 0
-        if m > rate then
-          local t = tonumber(redis.call('LINDEX', starts, -rate - 1)) + per + slack
-          if t > need then need = t end
-        end
-        if burst < rate then
-          local t = tonumber(redis.call('LINDEX', starts, -burst - 1)) + tonumber(ARGV[5]) + slack
-          if t > need then need = t end
-        end
-        if need > now then
-          redis.call('RPOP', starts)  -- reserved now, started a little later (see admit)
-          m = 0
-        end
+  local stamp = string.format('%d', now)  -- whole microseconds, as every script writes them
+  n = redis.call('RPUSH', log, stamp)
+  if (n > rate and tonumber(redis.call('LINDEX', log, -rate - 1)) + per > now)
+    or (n > burst and burst < rate
+        and tonumber(redis.call('LINDEX', log, -burst - 1)) + tonumber(ARGV[5]) > now) then
+    redis.call('RPOP', log)  -- no room now: the general path reserves a later turn
+  else
+    m = redis.call('RPUSH', starts, stamp)
+    local need = now
+    if m > burst then
+      local slack = tonumber(ARGV[8]) or 0
+      if m > rate then
+        local t = tonumber(redis.call('LINDEX', starts, -rate - 1)) + per + slack
+        if t > need then need = t end
       end
-      local edge = now - now % bucket
-      local moved = not last or last - last % bucket ~= edge
-      if moved or m == 1 then  -- a later bucket, or a new starts list: its first expiry
-        local life = ttl * 1000
-        local slack = tonumber(ARGV[8]) or 0
-        if per + slack > life then life = per + slack end
-        local ms = math.ceil((edge + bucket + life - now) / 1000)
-        if moved then redis.call('PEXPIRE', log, ms) end
-        redis.call('PEXPIRE', starts, ms)
+      if burst < rate then
+        local t = tonumber(redis.call('LINDEX', starts, -burst - 1)) + tonumber(ARGV[5]) + slack
+        if t > need then need = t end
       end
-      fast = need - now
-      if n % 128 ~= 0 and n < 2 * rate and (m % 128 ~= 0 or m == 0) and m < 2 * rate then
-        return fast
+      if need > now then
+        redis.call('RPOP', starts)  -- reserved now, started a little later (see admit)
+        m = 0
       end
+    end
+    local edge = now - now % bucket
+    local moved = not last or last - last % bucket ~= edge
+    if moved or m == 1 then  -- a later bucket, or a new starts list: its first expiry
+      local life = ttl * 1000
+      local slack = tonumber(ARGV[8]) or 0
+      if per + slack > life then life = per + slack end
+      local ms = math.ceil((edge + bucket + life - now) / 1000)
+      if moved then redis.call('PEXPIRE', log, ms) end
+      redis.call('PEXPIRE', starts, ms)
+    end
+    fast = need - now
+    if n % 128 ~= 0 and n < 2 * rate and (m % 128 ~= 0 or m == 0) and m < 2 * rate then
+      return fast
     end
   end
 end
@@ -153,7 +169,7 @@ local function at(name, index)
   return nil
 end
 
--- How many entries the window flag takes at the log's end (0 or 1: see _FLAG).
+-- How many entries the window flag takes at the log's end (0 or 1).
 local function flagged()
   if redis.call('LINDEX', log, -1) == 'w' then return 1 end
   return 0
@@ -436,7 +452,7 @@ local reserved, started = tonumber(ARGV[10]), tonumber(ARGV[11])
 settle(log, reserved)
 settle(starts, started)
 keep_both({[log] = reserved >= 0, [starts] = started >= 0})
--- A refund may have dropped the log's newest entry below an open window: flag it (_FLAG).
+-- A refund may have dropped the log's newest entry below an open window: flag it.
 local ends, top = window_end(), newest()
 if ends and top and ends > top and flagged() == 0 then redis.call('RPUSH', log, 'w') end
 return 1
@@ -599,7 +615,7 @@ def redis_rate_backend(key: str, policy: RateLimitPolicy, store: RedisStore) -> 
 
 
 _FLAGS = (b"w", "w")
-"""The window flag, as bytes or text (whichever the client decodes to); see ``_FLAG``."""
+"""The window flag, as bytes or text (whichever the client decodes to): not a reservation."""
 
 
 def _reads(store: RedisStore, key: str) -> list[Any]:

@@ -6,7 +6,9 @@ microseconds on the scripts' clock (server ``TIME``; see ``NOW_LUA``). ``extend`
 max-merge, so a short delay never shortens a long one; each method is one script, one round
 trip. The key expires once it has been idle for ``idle_ttl`` *and* its window has ended.
 Other scripts (such as a rate limiter's) may read that key directly to honour the window in
-the same round trip.
+the same round trip. ``extend`` also leaves a flag at the end of the key's rate log when the
+window now ends after the log's newest entry, and ``clear`` takes it away: the limiter's
+common decision reads only that entry (see ``_rate.redis``).
 """
 
 from __future__ import annotations

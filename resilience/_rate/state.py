@@ -50,6 +50,8 @@ from resilience._snapshot import LimiterSnapshot
 
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from resilience._policies import RateLimitPolicy
     from resilience.stores._memory import MemoryStore
     from resilience.typing import Clock
@@ -339,6 +341,15 @@ class RateBackend(Protocol):
 _speedups = _deadline._speedups
 
 
+def _trimmer(state: RateState, clock: Clock | None) -> Callable[[float], None]:
+    """``RateStart``'s trim every 128 starts (under the lock it holds), as ``reserve`` trims."""
+
+    def trim(now: float) -> None:  # no reference to the backend: no cycle to collect
+        state.trim(now, getattr(_clock.resolve(clock), "slack", 0.0))
+
+    return trim
+
+
 class MemoryRateBackend:
     """A rate budget in this process: ``RateState`` under a lock, time from the policy's clock."""
 
@@ -347,12 +358,12 @@ class MemoryRateBackend:
         "_clock",
         "_lock",
         "_release",
-        "_start",
         "_state",
         "_window",
         "burst",
         "per",
         "rate",
+        "start_now",
     )
 
     def __init__(
@@ -373,9 +384,11 @@ class MemoryRateBackend:
         # bound once: acquire/release calls cost about half of a `with` block on the hot path
         self._acquire = self._lock.acquire
         self._release = self._lock.release
-        # ``reserve``'s inline start with room, in C when built: the same steps under the
-        # same lock (``tests/test_speedups.py`` holds the two together).
-        self._start = (
+        #: ``reserve``'s inline start with room, in C when built (the same steps under the
+        #: same lock; ``tests/test_speedups.py`` holds the two together), else None. Called
+        #: with no arguments it answers 0.0 (started now) or None (that case does not
+        #: apply; nothing was done), so a layer may try it before ``reserve``.
+        self.start_now: Callable[[], float | None] | None = (
             None
             if _speedups is None or self._state.spaced
             else _speedups.RateStart(
@@ -386,6 +399,7 @@ class MemoryRateBackend:
                 _clock.SYSTEM_CLOCK,
                 self._acquire,
                 self._release,
+                _trimmer(self._state, clock),
             )
         )
 
@@ -400,13 +414,11 @@ class MemoryRateBackend:
 
     def reserve(self, max_wait: float) -> float:
         """Reserve the earliest allowed start within *max_wait* seconds (see ``RateBackend``)."""
-        start = self._start
+        start = self.start_now
         if start is not None:
             started = start()  # the inline start below, in C: None when it does not apply
             if started is not None:
-                if started:  # every 128 starts: drop the entries that left the window
-                    self._trim()
-                return 0.0
+                return started
         clock = self._clock or _clock.DEFAULT.clock  # _clock.resolve, inline: every call
         state = self._state
         self._acquire()
@@ -432,11 +444,6 @@ class MemoryRateBackend:
             return state.reserve(now, max_wait, floor, getattr(clock, "slack", 0.0))
         finally:
             self._release()
-
-    def _trim(self) -> None:
-        clock = _clock.resolve(self._clock)
-        with self._lock:
-            self._state.trim(clock.monotonic(), getattr(clock, "slack", 0.0))
 
     def admit(self) -> float:
         """Record an actual start now if the rule allows it (see ``RateBackend``)."""
@@ -524,7 +531,7 @@ class WeightedStart:
     no window open, room for them in both logs (at most ``rate - cost`` entries each, the
     entries that left the window included: they only make it say no), nobody reserved
     ahead. The call's units are *cost* copies of now in both logs, as ``RateState`` counts
-    them; when the logs' length crosses a multiple of 128 the backend trims them.
+    them; when the logs' length crosses a multiple of 128 they are trimmed (under the lock).
 
     Returns:
         None when the call started (``(now, cost)`` when *stamp*); otherwise the checked cost,
@@ -591,11 +598,10 @@ class WeightedStart:
             else:
                 log.extend([now] * cost)
                 starts.extend([now] * cost)
-            due = ((count + cost - 1) & ~127) >= count  # a multiple of 128 crossed
+            if ((count + cost - 1) & ~127) >= count:  # a multiple of 128 crossed: trim
+                state.trim(now, getattr(clock, "slack", 0.0))
         finally:
             backend._release()
-        if due:
-            backend._trim()
         return (now, cost) if self._stamp else None
 
 
@@ -615,10 +621,10 @@ def weighted_start(
     """
     if not isinstance(backend, MemoryRateBackend) or backend._state.spaced:
         return None
-    start = backend._start
+    start = backend.start_now
     if start is not None and _speedups is not None:
         made: Callable[[tuple[Any, ...], dict[str, Any] | None], tuple[float, int] | int | None] = (
-            _speedups.RateWeightedStart(start, estimate, fixed, check, backend._trim, stamp)
+            _speedups.RateWeightedStart(start, estimate, fixed, check, stamp)
         )
         return made
     return WeightedStart(backend, estimate, fixed, check, stamp=stamp)

@@ -163,6 +163,21 @@ def _fit(kwargs: dict[str, Any], target: Any) -> dict[str, Any]:
     return plain if accepted is None else {k: v for k, v in plain.items() if k in accepted}
 
 
+def _fit_cluster(kwargs: dict[str, Any], lib: ModuleType) -> dict[str, Any]:
+    """
+    The part of *kwargs* a sync cluster client of *lib* takes.
+
+    Its own parameters, and the connection settings it passes on to each node (TLS,
+    credentials, client name...), which its ``__init__`` takes as ``**kwargs`` and filters
+    by the library's list of allowed keys.
+    """
+    cluster = lib.cluster
+    names = getattr(cluster, "REDIS_ALLOWED_KEYS", None) or cluster.VALKEY_ALLOWED_KEYS
+    allowed = frozenset(str(name) for name in names)
+    own = _fit(kwargs, _classes(lib)[1])
+    return {**own, **{k: v for k, v in _copyable(kwargs).items() if k in allowed}}
+
+
 def _pool_kwargs(client: Any) -> dict[str, Any]:
     return dict(client.connection_pool.connection_kwargs)
 
@@ -208,14 +223,13 @@ def bounded(client: Any, timeout: float) -> tuple[Any, bool]:
         sync_cluster = _classes(lib)[1]
         nodes = [lib.cluster.ClusterNode(node.host, node.port) for node in client.get_primaries()]
         ssl = "SSL" in getattr(kwargs.get("connection_class"), "__name__", "")
-        settings = _fit(kwargs, sync_cluster)
+        settings = _fit_cluster(kwargs, lib)
         settings.pop("host", None)
         settings.pop("port", None)
         if ssl:
             settings["ssl"] = True
-        return sync_cluster(
-            startup_nodes=nodes, **settings, **_limits(lib, timeout, cluster=True)
-        ), True
+        settings.update(_limits(lib, timeout, cluster=True))
+        return sync_cluster(startup_nodes=nodes, **settings), True
     pool = client.connection_pool
     kwargs = _pool_kwargs(client)
     if not _needs_limits(kwargs, timeout, lib, kwargs.get("retry")):
@@ -298,7 +312,7 @@ def _mirror_cluster(client: Any, timeout: float, *, to_async: bool) -> Any:
         nodes = [(node.host, node.port) for node in known]
         node_class = lib.cluster.ClusterNode
     ssl = "SSL" in getattr(kwargs.get("connection_class"), "__name__", "")
-    settings = _fit(kwargs, target_class)
+    settings = _fit(kwargs, target_class) if to_async else _fit_cluster(kwargs, lib)
     settings.pop("host", None)
     settings.pop("port", None)
     settings.update(socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -102,7 +102,7 @@ class _Node:
 
 class ClusterRouter:
     """
-    One event loop's way to a cluster: the slot map and a client per primary.
+    One event loop's way to a cluster: the slot map and a few connections per primary.
 
     Args:
         lib: ``redis`` or ``valkey``, the library of the user's cluster client.
@@ -124,7 +124,6 @@ class ClusterRouter:
         max_connections: int,
         remap: Callable[[Address], Address] | None = None,
     ) -> None:
-        self._lib = lib
         self._errors = lib.exceptions
         crc = importlib.import_module(f"{lib.__name__}.crc")
         self._key_slot: Callable[[bytes], int] = crc.key_slot
@@ -189,6 +188,9 @@ class ClusterRouter:
                     self._failed[address] = None
                     error = e
                     continue
+                except asyncio.CancelledError:  # out of time on this one: asked last next time
+                    self._failed[address] = None
+                    raise
                 slots: list[Address | None] = [None] * _SLOTS
                 for entry in reply:
                     start, end, primary = int(entry[0]), int(entry[1]), entry[2]
@@ -220,7 +222,8 @@ class ClusterRouter:
 
     async def run(self, source: str, sha: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run the Lua *source* (EVALSHA, else EVAL) on the primary of *keys*' one slot."""
-        slot = self._key_slot(keys[0].encode())
+        # Ours touch one slot; a script with no key runs on any primary (slot 0's).
+        slot = self._key_slot(keys[0].encode()) if keys else 0
         target = await self._owner(slot)
         asking = False
         last: BaseException | None = None
@@ -250,6 +253,9 @@ class ClusterRouter:
             except (self._errors.ConnectionError, self._errors.TimeoutError, OSError):
                 self._failed[target] = None
                 self._stale = True  # a dead or failed-over primary: read the map next time
+                raise
+            except asyncio.CancelledError:  # the caller's deadline, maybe a paused primary:
+                self._failed[target] = None  # asked last for the map, nothing more
                 raise
             self._failed.pop(target, None)
             return reply

@@ -273,3 +273,54 @@ def test_any_order_of_starts_and_ends_gives_the_oldest_live_start(
 
     with virtual_time() as clock:
         asyncio.run(scenario(clock))
+
+
+class TestLeaseBeginTwins:
+    """``lease_begin`` in C (when built) and its pure-Python twin record the same leases."""
+
+    @staticmethod
+    def _twins() -> list[Any]:
+        from resilience._bounded import pool
+
+        twins = [pool._lease_begin]
+        if pool.lease_begin is not pool._lease_begin:
+            twins.append(pool.lease_begin)
+        return twins
+
+    def test_the_accelerator_is_used_when_built(self) -> None:
+        """Built and not switched off: a watched pool's lease start is one C call."""
+        import importlib.util
+        import os
+
+        from resilience._bounded import pool
+
+        built = importlib.util.find_spec("resilience._speedups") is not None
+        off = bool(os.environ.get("RESILIENCE_NO_EXTENSIONS"))
+        assert (pool.lease_begin is not pool._lease_begin) == (built and not off)
+
+    @given(steps=st.lists(st.floats(min_value=0.0, max_value=1e6), max_size=30))
+    def test_same_ids_in_order_and_same_starts(self, steps: list[float]) -> None:
+        """On virtual time, turn by turn: fresh increasing ids, the clock's reading as start."""
+        with virtual_time() as clock:
+            for begin in self._twins():
+                leases: dict[int, float] = {}
+                ids = []
+                for seconds in steps:
+                    clock.advance(seconds)
+                    ids.append(begin(leases))
+                    assert clock.monotonic() == leases[ids[-1]]
+                assert ids == sorted(set(ids))
+                assert len(steps) == len(leases)
+
+    def test_the_real_clock_and_errors(self) -> None:
+        """On the real clock the start lies between two reads; a non-dict is refused."""
+        import time
+
+        for begin in self._twins():
+            leases: dict[int, float] = {}
+            before = time.monotonic()
+            lease = begin(leases)
+            assert before <= leases[lease] <= time.monotonic()
+        if len(self._twins()) == 2:
+            with pytest.raises(TypeError, match="leases must be a dict"):
+                self._twins()[1]([])

@@ -291,6 +291,37 @@ class TestTimedCalls:
         pool = get_bounded(key, store=shared)
         assert (0, 576) == (pool.in_use, pool.limit)
 
+    @pytest.mark.anyio
+    @pytest.mark.parametrize("kind", ["single", "cluster"])
+    async def test_async_untimed_calls_and_drops(
+        self, kind: str, request: pytest.FixtureRequest
+    ) -> None:
+        """The async runner: 41 calls are 3 samples; an untimed drop still cuts 640 -> 576."""
+        key = f"wide-{uuid.uuid4().hex[:8]}"
+        limit = AdaptiveLimit(initial=640, on_drop=ConnectionError)
+        store: Any = redis_store_for(kind, request, clock=DefaultClock())
+        try:
+            await self._untimed_and_drop(store, key, limit)
+        finally:
+            store.clear()
+            await store.aclose()
+            store.close()
+
+    async def _untimed_and_drop(self, shared: Any, key: str, limit: AdaptiveLimit) -> None:
+        @bounded(limit=limit, key=key, store=shared)
+        async def call(fail: bool = False) -> None:
+            if fail:
+                raise ConnectionError
+
+        for _ in range(41):
+            await call()
+        state = self._state(shared, key)
+        assert (b"3", b"1") == (state[b"count"], state[b"busy"])
+        with pytest.raises(ConnectionError):
+            await call(fail=True)  # the 42nd call: untimed, but a drop
+        pool = get_bounded(key, store=shared)
+        assert (0, 576) == (pool.in_use, pool.limit)
+
 
 class TestConcurrency:
     def test_threads_never_hold_more_than_the_live_limit(self, either: Any) -> None:

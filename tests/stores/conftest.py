@@ -25,10 +25,10 @@ def _discarded_nodes_collected() -> Iterator[None]:
     """
     After a fault test, collect what redis-py dropped when the topology changed.
 
-    When a primary dies or fails over, redis-py's asyncio cluster client replaces its
-    ``ClusterNode`` objects without closing them (their connections were to the dead node);
-    their ``__del__`` warns whenever the garbage collector finds them, which may be in a later,
-    unrelated test. Collecting here, with those warnings off, keeps them in the test that
+    When a primary dies, fails over or a slot moves, redis-py's cluster clients (the sync one
+    a store uses; an asyncio one a test makes) replace their nodes without closing them (their
+    connections were to the old owner); what is left warns whenever the garbage collector finds
+    it, which may be in a later, unrelated test. Collecting here, with those warnings off, keeps them in the test that
     caused them. Our own clients are closed by each test (``close``/``aclose``).
     """
     yield

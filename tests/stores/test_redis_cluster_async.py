@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+import redis.cluster
 
 from resilience import rate_limited
 from resilience.stores import RedisStore
@@ -122,11 +123,14 @@ def test_many_tasks_decide_through_a_limiter(cluster_store, nodes):
     assert TASKS * EACH == starts == ran
 
 
-def test_a_given_async_cluster_client_lends_its_settings(nodes):
-    """``RedisStore(redis.asyncio.RedisCluster(...))``: its client name reaches each node."""
+@pytest.mark.parametrize("how", ["alone", "pair"])
+def test_a_given_async_cluster_client_lends_its_settings(nodes, how):
+    """An asyncio cluster client given (alone or in a pair): its client name is the one used."""
     name = f"mine-{uuid.uuid4().hex[:6]}"
     given = redis.asyncio.RedisCluster(host="127.0.0.1", port=nodes[1].port, client_name=name)
-    store = RedisStore(given, namespace=f"router-{uuid.uuid4().hex[:10]}", timeout=10.0)
+    sync = redis.cluster.RedisCluster(host="127.0.0.1", port=nodes[2].port, socket_timeout=10)
+    namespace = f"router-{uuid.uuid4().hex[:10]}"
+    store = RedisStore(given if how == "alone" else (sync, given), namespace=namespace, timeout=10)
     key = store.key("probe", "named")
     owner = store.client.get_node_from_key(key)
 
@@ -146,6 +150,7 @@ def test_a_given_async_cluster_client_lends_its_settings(nodes):
     finally:
         store.clear()
         store.close()
+        sync.close()
 
 
 @pytest.mark.usefixtures("discarded_nodes_collected")  # the sync client's, after the move
@@ -191,3 +196,88 @@ def test_a_slot_migrated_then_moved_is_followed(cluster_store, nodes):
             setslot(node, "NODE", ids[source.port])
         with source.client() as client:
             client.delete(key)
+
+
+def test_a_script_without_keys_runs_on_a_primary(cluster_store):
+    """No key, no slot: any primary runs it (ours always name their keys)."""
+
+    async def main() -> Any:
+        try:
+            return await cluster_store.arun("return 7", [], [], key="none")
+        finally:
+            await cluster_store.aclose()
+
+    assert 7 == asyncio.run(main())
+
+
+def test_a_given_sync_cluster_client_lends_its_settings_to_the_copy(nodes):
+    """A cluster client with no timeouts is copied with the store's: its settings kept too."""
+    name = f"copied-{uuid.uuid4().hex[:6]}"
+    given = redis.cluster.RedisCluster(host="127.0.0.1", port=nodes[0].port, client_name=name)
+    store = RedisStore(given, namespace=f"router-{uuid.uuid4().hex[:10]}", timeout=10.0)
+    key = store.key("probe", "copied")
+    owner = store.client.get_node_from_key(key)
+
+    async def main() -> str:
+        try:
+            assert 1 == await store.arun(COUNT, [key], [], key="copied")
+            router = store._async_client()
+            (seen,) = await router.node((owner.host, int(owner.port))).call(("CLIENT", "GETNAME"))
+            return str(seen.decode())
+        finally:
+            await store.aclose()
+
+    try:
+        assert store.client is not given  # bounded: the store's own copy
+        assert name == store.client.get_redis_connection(owner).client_getname()
+        assert name == asyncio.run(main())
+    finally:
+        store.clear()
+        store.close()
+        given.close()
+
+
+@pytest.mark.parametrize("given", ["sync client", "async client", "rediss URL"])
+def test_a_tls_cluster_sync_and_async(redis_servers, given):
+    """On a TLS-only cluster, whoever built the client: sync and async decisions, all TLS."""
+    nodes = redis_servers.cluster("tls-cluster", tls=True)
+    ca = nodes[0].tls["ssl_ca_certs"]
+    port = nodes[0].port
+    namespace = f"router-{uuid.uuid4().hex[:10]}"
+    if given == "sync client":
+        client: Any = redis.cluster.RedisCluster(
+            host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca
+        )
+    elif given == "async client":
+        client = redis.asyncio.RedisCluster(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=ca)
+    else:
+        client = f"rediss://127.0.0.1:{port}?ssl_ca_certs={ca}"
+    store = RedisStore(client, cluster=isinstance(client, str), namespace=namespace, timeout=10)
+    starts = 0
+
+    @rate_limited(rate=10_000, per=60.0, key="tls", store=store, timeout=0)
+    def sync_call() -> None:
+        nonlocal starts
+        starts += 1
+
+    @rate_limited(rate=10_000, per=60.0, key="tls", store=store, timeout=0)
+    async def async_call() -> None:
+        nonlocal starts
+        starts += 1
+
+    async def main() -> None:
+        try:
+            await asyncio.gather(*(async_call() for _ in range(50)))
+        finally:
+            await store.aclose()
+
+    try:
+        sync_call()
+        asyncio.run(main())
+        assert 51 == starts
+        assert store.key("rate", "tls", "log") in store._scan(f"{namespace}:*")
+    finally:
+        store.clear()
+        store.close()
+        if given == "sync client":
+            client.close()
