@@ -323,6 +323,17 @@ class RateLimitLayer(KeyedLayer):
                 reserved = again
         return reserved, started
 
+    def _estimate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """The checked cost of a call, without a weighted start (a remote store, a burst)."""
+        cost = self.policy.cost
+        if not callable(cost):
+            return cost
+        # (without keywords: the cost callable is called without copying the empty dict)
+        units = cost(*args, **kwargs) if kwargs else cost(*args)
+        if units is not _ONE and (type(units) is not int or not 0 < units <= self.policy.rate):
+            units = self._cost(units)
+        return units
+
     def _start_costed(self, cost: int) -> None:
         """A call of *cost* units that did not start with room at once: the general path."""
         backend: Any = self._backend
@@ -373,12 +384,7 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         pace = self.policy.pace_from_headers
         hooked = self.policy.delay_hook is not None or pace
-        policy_cost = self.policy.cost
-        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
-        fixed = 0 if callable(policy_cost) else policy_cost
-        rate = self.policy.rate
         direct = call_next is terminal
-        one = _ONE
 
         def run(
             wrapped: Callable[..., Any],
@@ -390,13 +396,8 @@ class RateLimitLayer(KeyedLayer):
                 return call_next(wrapped, instance, args, kwargs)
             if layer._epoch != epoch.n:
                 layer._refresh()
-            start = layer._wstart
-            if start is not None:  # the cost and a start with room, in one call: None if started
-                cost = start(args, kwargs)
-            else:  # (without keywords: the cost callable is called without copying the dict)
-                cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
-                if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
-                    cost = layer._cost(cost)
+            start = layer._wstart  # the cost and a start with room in one call: None if started
+            cost = layer._estimate(args, kwargs) if start is None else start(args, kwargs)
             if cost is not None:
                 layer._start_costed(cost)
             try:
@@ -421,12 +422,7 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         pace = self.policy.pace_from_headers
         hooked = self.policy.delay_hook is not None or pace
-        policy_cost = self.policy.cost
-        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
-        fixed = 0 if callable(policy_cost) else policy_cost
-        rate = self.policy.rate
         direct = call_next is terminal
-        one = _ONE
 
         async def run(
             wrapped: Callable[..., Any],
@@ -438,13 +434,8 @@ class RateLimitLayer(KeyedLayer):
                 return await call_next(wrapped, instance, args, kwargs)
             if layer._epoch != epoch.n:
                 layer._refresh()
-            start = layer._wstart
-            if start is not None:  # the cost and a start with room, in one call: None if started
-                cost = start(args, kwargs)
-            else:  # (without keywords: the cost callable is called without copying the dict)
-                cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
-                if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
-                    cost = layer._cost(cost)
+            start = layer._wstart  # the cost and a start with room in one call: None if started
+            cost = layer._estimate(args, kwargs) if start is None else start(args, kwargs)
             if cost is not None:
                 await layer._astart_costed(cost)
             try:
