@@ -83,6 +83,12 @@ class Scenario:
     #: thread of this process, blind to other processes on a shared machine; for a scenario
     #: whose cost is a background thread's CPU, which the GIL takes from the application).
     timer: Literal["wall", "process"] = "wall"
+    #: A scenario that times itself: ``rounds(n)`` returns one ``Measurement`` per contender
+    #: whose ``per_call`` holds *n* figures, figure *i* of every contender measured side by
+    #: side in round *i* (for a cost too small or too bursty for whole calls timed one after
+    #: another). Its ratios are paired: the median of the per-round ratios, so a slow
+    #: second of a shared machine cancels within its round instead of blurring the medians.
+    rounds: Callable[[int], list[Measurement]] | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import importlib
 import pathlib
+import statistics
 import sys
 import time
 import traceback
@@ -56,6 +57,17 @@ class Outcome:
             if row.label == label:
                 return row.median
         return None
+
+    def ratio(self, label: str, versus: str) -> float | None:
+        """*label*'s cost over *versus*'s: of the medians, or paired (see ``Scenario.rounds``)."""
+        if self.scenario.rounds is None:
+            mine, theirs = self.median(label), self.median(versus)
+            return mine / theirs if mine is not None and theirs else None
+        rows = {row.label: row.per_call for row in self.rows}
+        pairs = list(zip(rows.get(label, ()), rows.get(versus, ()), strict=False))
+        if not pairs or not all(theirs for _, theirs in pairs):
+            return None
+        return statistics.median(mine / theirs for mine, theirs in pairs)
 
 
 @dataclass
@@ -109,6 +121,10 @@ def run_scenario(module: str, scenario: Scenario, repeats: int, target: float) -
     before = list(BUS.subs)
     teardown = scenario.setup() if scenario.setup is not None else None
     try:
+        if scenario.rounds is not None:
+            outcome = Outcome(scenario, module)
+            outcome.rows = scenario.rounds(max(repeats, scenario.repeats))
+            return outcome
         return _run_scenario(module, scenario, repeats, target)
     finally:
         if teardown is not None:
@@ -172,11 +188,16 @@ def _ratio(value: float | None, reference: float | None) -> str:
     return f"{ratio:,.0f}x"
 
 
+def _paired(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.4f}x"
+
+
 def table(outcome: Outcome) -> str:
     """The markdown table of one scenario."""
     scenario = outcome.scenario
     base = outcome.median(scenario.baseline)
     ours = outcome.median(OURS)
+    paired = " (paired)" if scenario.rounds is not None else ""
     lines = [
         f"### {scenario.title}",
         "",
@@ -184,7 +205,8 @@ def table(outcome: Outcome) -> str:
         if scenario.note
         else f"({scenario.kind}; `benchmarks/{outcome.module}.py`)",
         "",
-        f"| contender | ns/call (median) | vs {scenario.baseline} | vs {OURS} | spread | loops |",
+        f"| contender | ns/call (median) | vs {scenario.baseline}{paired} | vs {OURS}{paired} "
+        "| spread | loops |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in outcome.rows:
@@ -200,8 +222,12 @@ def table(outcome: Outcome) -> str:
             spread_text = f"{spread:.0%}" if spread is not None else "-"
             if row.error is not None:
                 spread_text += f" (then error: `{row.error}`)"
+            versus_base, versus_ours = _ratio(med, base), _ratio(med, ours)
+            if scenario.rounds is not None:  # paired: the median of the per-round ratios
+                versus_base = _paired(outcome.ratio(row.label, scenario.baseline))
+                versus_ours = _paired(outcome.ratio(row.label, OURS))
             lines.append(
-                f"| {label} | {_ns(med)} | {_ratio(med, base)} | {_ratio(med, ours)} "
+                f"| {label} | {_ns(med)} | {versus_base} | {versus_ours} "
                 f"| {spread_text} | {row.loops:,} |"
             )
     return "\n".join(lines)
@@ -223,11 +249,10 @@ def evaluate(targets: Sequence[Target], outcomes: Sequence[Outcome]) -> list[Ver
         if outcome is None:
             verdicts.append(Verdict(target, None, "not run"))
             continue
-        mine, theirs = outcome.median(target.contender), outcome.median(target.versus)
-        if mine is None or not theirs:
+        ratio = outcome.ratio(target.contender, target.versus)
+        if ratio is None:
             verdicts.append(Verdict(target, None, "FAIL"))
             continue
-        ratio = mine / theirs
         verdicts.append(Verdict(target, ratio, "pass" if ratio <= target.at_most else "FAIL"))
     return verdicts
 

@@ -139,18 +139,23 @@ class Dashboard:
                     self._wake.wait(_KEEPALIVE)
             if self._stopped.is_set():
                 return
-            spent = time.thread_time()
-            frame = json.dumps(self.read(), separators=(",", ":")).encode()
-            spent = time.thread_time() - spent
-            with self._changed:
-                self._frame = frame
-                self._version += 1
-                self.frames += 1
-                self.cpu_seconds += spent
-                self._changed.notify_all()
+            spent = self._frame_once()
             # A store so large that a frame costs more than 1% of the interval is shown less
             # often, so the page never takes more than 1% of a core from the application.
             self._stopped.wait(max(self.interval, spent * _BUDGET))
+
+    def _frame_once(self) -> float:
+        """Read, encode and hand every stream one frame; return the CPU seconds it took."""
+        spent = time.thread_time()
+        frame = json.dumps(self.read(), separators=(",", ":")).encode()
+        spent = time.thread_time() - spent
+        with self._changed:
+            self._frame = frame
+            self._version += 1
+            self.frames += 1
+            self.cpu_seconds += spent
+            self._changed.notify_all()
+        return spent
 
     def _next(self, seen: int) -> tuple[int, bytes | None]:
         """Wait for a frame newer than *seen*; None after the keep-alive time or a stop."""
