@@ -156,14 +156,28 @@ class TestAccounting:
         waits = [backend.reserve(1000.0) for _ in range(2 + 4 + 2 * 130)]  # two a second
         assert 264 == sum(1 for w in waits if w > 1e-9)  # all but the first two wait
         assert 264 == backend.pending()
-        assert 264 == store.snapshot().limiters[0].waiting
+        assert 264 == backend.snapshot("queue").waiting  # what the status CLI shows
         clock.advance(1.0)  # the two reserved at 1.0 have started
         assert 262 == backend.pending()
         clock.advance(65.0)  # those at 0 .. 66 have: 134 of 266
         assert 132 == backend.pending()
-        assert 132 == store.snapshot().limiters[0].waiting
+        assert 132 == backend.snapshot("queue").waiting
         clock.advance(100.0)
         assert 0 == backend.pending()
+
+    def test_weighted_pending_counts_every_queued_unit(self, store, clock):
+        """Weighted reservations ahead count their units, every one, in memory and Redis."""
+
+        @rate_limited(rate=4, per=1.0, key="units", store=store, wait=False)
+        def call():
+            pass
+
+        backend = store.backend("rate", "units", None)
+        waits = [backend.reserve_units(1000.0, 2)[0] for _ in range(2 + 2 * 70)]  # two a second
+        assert 140 == sum(1 for w in waits if w > 1e-9)
+        assert 280 == backend.pending()  # 140 calls of 2 units
+        clock.advance(1.0)
+        assert 276 == backend.pending()
 
     def test_processes_share_one_budget(self, redis_store, clock):
         """Two stores on one namespace (two processes) draw on one budget, in arrival order."""
