@@ -1409,6 +1409,280 @@ af_lease_begin(PyObject *module, PyObject *leases)
     return lease;
 }
 
+/* ---- weighted @rate_limited: the start with room of a call's units (prefix rate_weighted_) ----
+ *
+ * RateWeightedStart is the C twin of ``_rate.state.WeightedStart``: called with a call's
+ * positional arguments (a tuple) and keywords (a dict), it works out the call's cost (the
+ * fixed cost, else the cost callable called with those arguments; an answer that is no whole
+ * number in [1, rate] goes to the layer's check, which raises), then, under the backend's lock,
+ * starts its units inline as ``RateStart`` starts one: no window open, both logs with room for
+ * them (at most ``rate - cost`` entries each), nobody reserved ahead. A call of cost c appends
+ * c copies of now to both logs, as ``RateState`` counts units. It answers None (or (now, cost),
+ * when made with ``stamp``) when it started the call, else the checked cost: the Python path decides
+ * (a reading or an entry that is no float, a window, no room). When the logs' length crossed a
+ * multiple of 128 it calls the RateStart's trim with now, still under the lock, as it does. */
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    RateStart *start;   /* the backend's RateStart: its state, window, clock and lock */
+    PyObject *estimate; /* the cost callable (unused with a fixed cost) */
+    PyObject *check;    /* the layer's check of a bad answer: raises */
+    Py_ssize_t fixed;   /* the fixed cost, or 0: call estimate */
+    int stamp;          /* answer now (a float) when started, not None */
+} RateWeightedStart;
+
+/* The cost of a call as a checked C integer (1..rate), or -1 with an exception set. */
+static Py_ssize_t
+rate_weighted_cost(RateWeightedStart *self, PyObject *args, PyObject *kwargs)
+{
+    PyObject *answer;
+    if (self->fixed) {
+        if (self->fixed >= 1 && self->fixed <= self->start->rate) {
+            return self->fixed;
+        }
+        answer = PyLong_FromSsize_t(self->fixed);
+    }
+    else if (kwargs != NULL && PyDict_GET_SIZE(kwargs)) {
+        answer = PyObject_VectorcallDict(self->estimate, &PyTuple_GET_ITEM(args, 0),
+                                         PyTuple_GET_SIZE(args), kwargs);
+    }
+    else {
+        answer = PyObject_Vectorcall(self->estimate, &PyTuple_GET_ITEM(args, 0),
+                                     PyTuple_GET_SIZE(args), NULL);
+    }
+    if (answer == NULL) {
+        return -1;
+    }
+    for (int pass = 0;; pass++) {
+        if (PyLong_CheckExact(answer)) {
+            int overflow;
+            long long units = PyLong_AsLongLongAndOverflow(answer, &overflow);
+            if (!overflow && units >= 1 && units <= (long long)self->start->rate) {
+                Py_DECREF(answer);
+                return (Py_ssize_t)units;
+            }
+        }
+        if (pass) { /* the check returned a bad answer itself */
+            PyErr_Format(PyExc_ValueError, "a cost check answered %R, not a whole number in "
+                         "[1, %zd]", answer, self->start->rate);
+            Py_DECREF(answer);
+            return -1;
+        }
+        /* the layer's check raises for a bad answer; were it to return, check that too */
+        PyObject *checked = PyObject_CallOneArg(self->check, answer);
+        Py_DECREF(answer);
+        if (checked == NULL) {
+            return -1;
+        }
+        answer = checked;
+    }
+}
+
+/* The start of *units*, with the lock held: 1 started, 0 Python decides, -1 error. */
+static int
+rate_weighted_locked(RateWeightedStart *self, Py_ssize_t units, PyObject **now_out)
+{
+    RateStart *rs = self->start;
+    PyObject *now = rate_now(rs);
+    if (now == NULL) {
+        return -1;
+    }
+    if (now == Py_None) {
+        Py_DECREF(now);
+        return 0;
+    }
+    int result = -1;
+    PyObject *end = NULL, *log = NULL, *starts = NULL;
+    double at = PyFloat_AS_DOUBLE(now);
+    if ((end = read_member(rs->window, rs->end_slot, rate_names[2])) == NULL) {
+        goto done;
+    }
+    if (!PyFloat_CheckExact(end) || !(PyFloat_AS_DOUBLE(end) <= at)) {
+        result = 0;
+        goto done;
+    }
+    if ((log = read_member(rs->state, rs->log_slot, rate_names[0])) == NULL ||
+        (starts = read_member(rs->state, rs->starts_slot, rate_names[1])) == NULL) {
+        goto done;
+    }
+    Py_ssize_t count = PyObject_Size(log), started = PyObject_Size(starts);
+    if (count < 0 || started < 0) {
+        goto done;
+    }
+    Py_ssize_t room = rs->rate - units;
+    if (count > room || started > room) {
+        result = 0;
+        goto done;
+    }
+    if (count) {
+        PyObject *last = PySequence_GetItem(log, count - 1);
+        if (last == NULL) {
+            goto done;
+        }
+        int ahead = !PyFloat_CheckExact(last) || !(PyFloat_AS_DOUBLE(last) <= at);
+        Py_DECREF(last);
+        if (ahead) {
+            result = 0;
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < units; i++) {
+        if (append_to(log, now) < 0) {
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < units; i++) {
+        if (append_to(starts, now) < 0) {
+            goto done;
+        }
+    }
+    if (((count + units - 1) & ~(Py_ssize_t)127) >= count) { /* a multiple of 128 crossed */
+        PyObject *trimmed = PyObject_CallOneArg(rs->trim, now);
+        if (trimmed == NULL) {
+            goto done;
+        }
+        Py_DECREF(trimmed);
+    }
+    *now_out = Py_NewRef(now);
+    result = 1;
+done:
+    Py_DECREF(now);
+    Py_XDECREF(end);
+    Py_XDECREF(log);
+    Py_XDECREF(starts);
+    return result;
+}
+
+static PyObject *
+rate_weighted_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    RateWeightedStart *self = (RateWeightedStart *)op;
+    if (PyVectorcall_NARGS(nargsf) != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) ||
+        !PyTuple_Check(args[0]) || !(args[1] == Py_None || PyDict_Check(args[1]))) {
+        PyErr_SetString(PyExc_TypeError, "RateWeightedStart() takes (args: tuple, kwargs: dict)");
+        return NULL;
+    }
+    Py_ssize_t units = rate_weighted_cost(self, args[0], args[1] == Py_None ? NULL : args[1]);
+    if (units < 0) {
+        return NULL;
+    }
+    PyObject *held = PyObject_CallNoArgs(self->start->acquire);
+    if (held == NULL) {
+        return NULL;
+    }
+    Py_DECREF(held);
+    PyObject *now = NULL;
+    int started = rate_weighted_locked(self, units, &now);
+    PyObject *type, *value, *traceback; /* a failure's exception waits while the lock goes */
+    PyErr_Fetch(&type, &value, &traceback);
+    PyObject *released = PyObject_CallNoArgs(self->start->release);
+    if (released == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        Py_XDECREF(now);
+        return NULL;
+    }
+    Py_DECREF(released);
+    PyErr_Restore(type, value, traceback);
+    if (started < 0) {
+        Py_XDECREF(now);
+        return NULL;
+    }
+    if (!started) {
+        return PyLong_FromSsize_t(units);
+    }
+    if (self->stamp) {
+        PyObject *cost = PyLong_FromSsize_t(units), *pair = NULL;
+        if (cost != NULL) {
+            pair = PyTuple_Pack(2, now, cost);
+            Py_DECREF(cost);
+        }
+        Py_DECREF(now);
+        return pair;
+    }
+    Py_DECREF(now);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+rate_weighted_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"start", "estimate", "fixed", "check", "stamp", NULL};
+    PyObject *start, *estimate, *check;
+    Py_ssize_t fixed;
+    int stamp;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OnOp:RateWeightedStart", keywords,
+                                     &RateStartType, &start, &estimate, &fixed, &check, &stamp)) {
+        return NULL;
+    }
+    if (fixed < 0) {
+        PyErr_SetString(PyExc_ValueError, "RateWeightedStart(): fixed must be >= 0");
+        return NULL;
+    }
+    RateWeightedStart *self = (RateWeightedStart *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->start = (RateStart *)Py_NewRef(start);
+    self->estimate = Py_NewRef(estimate);
+    self->check = Py_NewRef(check);
+    self->fixed = fixed;
+    self->stamp = stamp;
+    self->vectorcall = rate_weighted_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+rate_weighted_traverse(RateWeightedStart *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->start);
+    Py_VISIT(self->estimate);
+    Py_VISIT(self->check);
+    return 0;
+}
+
+static int
+rate_weighted_clear(RateWeightedStart *self)
+{
+    Py_CLEAR(self->start);
+    Py_CLEAR(self->estimate);
+    Py_CLEAR(self->check);
+    return 0;
+}
+
+static void
+rate_weighted_dealloc(RateWeightedStart *self)
+{
+    PyObject_GC_UnTrack(self);
+    rate_weighted_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject RateWeightedStartType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "resilience._speedups.RateWeightedStart",
+    .tp_doc = "A weighted call's cost and its start with room, in C: the cost when Python decides.",
+    .tp_basicsize = sizeof(RateWeightedStart),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(RateWeightedStart, vectorcall),
+    .tp_new = rate_weighted_new,
+    .tp_dealloc = (destructor)rate_weighted_dealloc,
+    .tp_traverse = (traverseproc)rate_weighted_traverse,
+    .tp_clear = (inquiry)rate_weighted_clear,
+    .tp_call = PyVectorcall_Call,
+};
+
+static int
+rate_weighted_init(PyObject *module)
+{
+    if (PyType_Ready(&RateWeightedStartType) < 0) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(module, "RateWeightedStart", (PyObject *)&RateWeightedStartType);
+}
+
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "Give the C type the deadline variable, the clock holder and the slow-path check."},
@@ -1482,6 +1756,10 @@ PyInit__speedups(void)
         return NULL;
     }
     if (throttle_init(module) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    if (rate_weighted_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

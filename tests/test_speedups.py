@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resilience import _clock, _deadline, deadline, remaining
-from resilience._rate.state import MemoryRateBackend
+from resilience._rate.state import MemoryRateBackend, WeightedStart, weighted_start
 from resilience._rate.window import MemoryWindowBackend
 from resilience.testing import FakeClock, virtual_time
 
@@ -125,7 +126,7 @@ def test_virtual_time_moves_the_accelerated_deadline(clock: FakeClock) -> None:
 
 @pytest.mark.timeout(240)
 def test_the_deadline_suite_passes_in_pure_python() -> None:
-    """``RESILIENCE_NO_EXTENSIONS=1``: the deadline and rate tests (and these), in pure Python."""
+    """``RESILIENCE_NO_EXTENSIONS=1``: the deadline, rate and weighted tests (and these), in Python."""
     if SWITCHED_OFF or not BUILT:
         pytest.skip("this run is pure Python already")
     env = {**os.environ, "RESILIENCE_NO_EXTENSIONS": "1"}
@@ -134,6 +135,7 @@ def test_the_deadline_suite_passes_in_pure_python() -> None:
         "tests/test_speedups.py",
         "tests/test_transport_deadline.py",
         "tests/rate/test_rate.py",
+        "tests/rate/test_weighted.py",
     ]
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-x", *modules],
@@ -277,3 +279,145 @@ def test_a_clock_that_raises_leaves_the_lock_free() -> None:
     with pytest.raises(OSError, match="no clock"):
         accelerated.reserve(math.inf)
     assert not accelerated._lock.locked()
+
+
+# -- a weighted call's cost and start with room (RateWeightedStart) ------------------------
+
+
+def _weighted_pair(
+    rate: int, clock: object, estimate: Callable[..., object], fixed: int, *, stamp: bool
+) -> tuple[tuple[MemoryRateBackend, Callable[..., object]], ...]:
+    """Two backends on *clock*, each with a weighted start: in C (when built), in Python."""
+    made = []
+    for accelerated in (True, False):
+        backend = _pair(rate, None, clock)[0 if accelerated else 1]
+        start = weighted_start(backend, estimate, fixed, _check(rate), stamp=stamp)
+        assert start is not None
+        made.append((backend, start))
+    return tuple(made)
+
+
+def _same(answer: object) -> object:
+    """An answer with NaN (no actual start yet) spelled so that it equals itself."""
+    if isinstance(answer, tuple):
+        return tuple("nan" if isinstance(a, float) and math.isnan(a) else a for a in answer)
+    return answer
+
+
+def _check(rate: int) -> Callable[[object], int]:
+    def check(units: object) -> int:
+        raise ValueError(f"cost {units!r} is not a whole number in [1, {rate}]")
+
+    return check
+
+
+def test_the_weighted_start_is_in_c_when_built() -> None:
+    """Built and not switched off: the weighted start is the C type; else the Python twin."""
+    (_, accelerated), (_, pure) = _weighted_pair(5, _Clock(0.0), int, 2, stamp=False)
+    assert type(pure) is WeightedStart
+    assert (type(accelerated).__module__ == "resilience._speedups") is (BUILT and not SWITCHED_OFF)
+    backend = MemoryRateBackend(5, 1.0, 2, MemoryWindowBackend())
+    assert weighted_start(backend, int, 2, _check(5), stamp=False) is None  # a burst: none
+
+
+@given(
+    rate=st.sampled_from([1, 2, 3, 7, 130, 300]),
+    slack=st.sampled_from([0.0, 0.0002]),
+    fixed=st.sampled_from([0, 0, 1, 2]),
+    stamp=st.booleans(),
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.0, 0.001, 0.3, 1.0, 2.5]),  # time since the last one
+            st.one_of(st.integers(min_value=1, max_value=8), st.just(130)),  # the call's cost
+            st.sampled_from([None, None, None, 0.2, 0.0]),  # a window opened (0: closed early)
+            st.sampled_from(["weighted", "weighted", "reserve", "units"]),  # who starts
+        ),
+        max_size=300,
+    ),
+)
+def test_the_weighted_start_matches_the_pure_python_twin(
+    rate: int,
+    slack: float,
+    fixed: int,
+    stamp: bool,
+    ops: list[tuple[float, int, float | None, str]],
+) -> None:
+    """The same answers, errors and logs, entry for entry, for any costs, steps and windows."""
+    clock = _Clock(slack)
+    costs: list[int] = []
+    pair = _weighted_pair(rate, clock, lambda: costs[-1], fixed, stamp=stamp)
+    for step, cost, opened, who in ops:
+        clock.now += step
+        costs.append(cost)
+        answers: list[object] = []
+        for backend, start in pair:
+            if opened:
+                backend._window.extend(opened)
+            elif opened is not None:
+                backend._window.clear()
+            if who == "reserve":  # the general paths, in between, change the logs too
+                answers.append(backend.reserve(0.5))
+            elif who == "units":
+                answers.append(backend.reserve_units(0.5, min(cost, rate)))
+            else:
+                try:
+                    answers.append(start((), {}))
+                except ValueError as error:
+                    answers.append(("raised", str(error)))
+        assert _same(answers[0]) == _same(answers[1])
+        expected = fixed or cost
+        if who == "weighted" and expected > rate:
+            assert answers[0] == (
+                "raised",
+                f"cost {expected!r} is not a whole number in [1, {rate}]",
+            )
+        (accelerated, _), (pure, _) = pair
+        assert list(pure._state.log) == list(accelerated._state.log)
+        assert list(pure._state.starts) == list(accelerated._state.starts)
+
+
+def test_a_weighted_start_appends_its_units_and_says_when_it_did() -> None:
+    """Room for 3 of 5: three copies of now in both logs; then no room for 3 more: the cost."""
+    clock = _Clock(0.0)
+    for backend, start in _weighted_pair(5, clock, lambda n: n, 0, stamp=True):
+        assert start((3,), None) == (0.0, 3)
+        assert list(backend._state.log) == [0.0] * 3 == list(backend._state.starts)
+        assert start((3,), None) == 3  # 3 + 3 > 5: the general path decides
+        assert start((), {"n": 2}) == (0.0, 2)  # keywords go to the cost callable
+        assert len(backend._state.log) == 5
+
+
+@pytest.mark.parametrize("answer", [0, -1, 6, 2.0, True, None, "2", 10**30])
+def test_a_bad_cost_raises_the_layers_error_from_both(answer: object) -> None:
+    """Any answer that is no whole number in [1, rate] goes to the check, nothing is reserved."""
+    clock = _Clock(0.0)
+    for backend, start in _weighted_pair(5, clock, lambda: answer, 0, stamp=False):
+        with pytest.raises(ValueError, match=r"is not a whole number in \[1, 5\]"):
+            start((), None)
+        assert not backend._state.log
+        assert not backend._lock.locked()
+
+
+def test_a_weighted_start_trims_when_the_log_crosses_128() -> None:
+    """As the unweighted start: the entries that left the window go when 128 is crossed."""
+    clock = _Clock(0.0)
+    pair = _weighted_pair(1000, clock, lambda: 100, 0, stamp=False)
+    for backend, start in pair:
+        assert start((), None) is None  # 0 -> 100: crossed 0, trimmed (nothing to drop)
+        clock.now = 5.0
+        assert start((), None) is None  # 100 -> 200 crosses 128: the old 100 are dropped
+        assert list(backend._state.log) == [5.0] * 100
+        clock.now = 0.0
+
+
+def test_a_weighted_start_whose_clock_raises_leaves_the_lock_free() -> None:
+    """A failing clock reading propagates, and the next call can take the lock again."""
+
+    class Broken:
+        def monotonic(self) -> float:
+            raise OSError("no clock")
+
+    for backend, start in _weighted_pair(3, Broken(), lambda: 1, 0, stamp=False):
+        with pytest.raises(OSError, match="no clock"):
+            start((), None)
+        assert not backend._lock.locked()

@@ -27,7 +27,7 @@ from resilience._decorating import KeyedLayer, Runner, terminal
 from resilience._errors import RateLimitedError, StoreUnavailableError
 from resilience._policies import RateLimitPolicy
 from resilience._quota import pause_for
-from resilience._rate.state import MemoryRateBackend, RateBackend
+from resilience._rate.state import MemoryRateBackend, RateBackend, weighted_start
 from resilience._rate.window import WindowBackend
 from resilience._retry_after import safe_delay
 from resilience.stores._memory import DEFAULT_STORE
@@ -78,6 +78,7 @@ class RateLimitLayer(KeyedLayer):
         "_remote",
         "_start_now",
         "_window",
+        "_wstart",
         "limit",
         "max_wait",
         "rtt",
@@ -96,6 +97,7 @@ class RateLimitLayer(KeyedLayer):
         self._epoch = -1
         self._remote = False
         self._start_now: Callable[[], float | None] | None = None
+        self._wstart: Callable[[tuple[Any, ...], dict[str, Any]], Any] | None = None
         self.weighted = policy.cost != 1 or policy.settle is not None
         # A remote store's async round trip is bounded by the policy's timeout too.
         timeout = policy.timeout
@@ -127,6 +129,16 @@ class RateLimitLayer(KeyedLayer):
                 f"MemoryStore"
             )
             raise ValueError(msg)
+        if self.weighted:
+            # A weighted call's cost and its start with room in one call (C when built).
+            cost = policy.cost
+            self._wstart = weighted_start(
+                backend,
+                cost if callable(cost) else int,
+                0 if callable(cost) else cost,
+                self._cost,
+                stamp=policy.settle is not None,
+            )
         self._epoch = EPOCH.n
         return backend
 
@@ -311,6 +323,60 @@ class RateLimitLayer(KeyedLayer):
                 reserved = again
         return reserved, started
 
+    def _estimate(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+        """The checked cost of a call, without a weighted start (a remote store, a burst)."""
+        cost = self.policy.cost
+        if not callable(cost):
+            return cost
+        # (without keywords: the cost callable is called without copying the empty dict)
+        units = cost(*args, **kwargs) if kwargs else cost(*args)
+        if units is not _ONE and (type(units) is not int or not 0 < units <= self.policy.rate):
+            units = self._cost(units)
+        return units
+
+    def _start_costed(self, cost: int) -> None:
+        """A call of *cost* units that did not start with room at once: the general path."""
+        backend: Any = self._backend
+        max_wait = self.max_wait
+        bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+        try:
+            if cost == 1:
+                wait = backend.reserve(bound)
+                if wait:
+                    self._wait_sync(backend, wait)
+            else:
+                wait, reserved, _ = backend.reserve_units(bound, cost)
+                if wait:
+                    self._wait_units_sync(backend, wait, cost, reserved)
+        except StoreUnavailableError as error:
+            self._unavailable(error)  # fail-open: start without units
+
+    async def _astart_costed(self, cost: int) -> None:
+        """The async twin of ``_start_costed``."""
+        backend: Any = self._backend
+        max_wait = self.max_wait
+        bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+        try:
+            if self._remote:
+                if cost == 1:
+                    wait = await backend.areserve(bound, self.rtt)
+                    if wait:
+                        await self._wait_async(backend, wait)
+                else:
+                    wait, reserved, _ = await backend.areserve_units(bound, cost)
+                    if wait:
+                        await self._wait_units_async(backend, wait, cost, reserved)
+            elif cost == 1:
+                wait = backend.reserve(bound)
+                if wait:
+                    await self._wait_async(backend, wait)
+            else:
+                wait, reserved, _ = backend.reserve_units(bound, cost)
+                if wait:
+                    await self._wait_units_async(backend, wait, cost, reserved)
+        except StoreUnavailableError as error:
+            self._unavailable(error)  # fail-open: start without units
+
     def _build_costed_sync(self, call_next: Runner) -> Runner:
         """A ``cost`` without ``settle``: no stamps to keep; a cost of 1 is an unweighted start."""
         layer = self
@@ -318,13 +384,7 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         pace = self.policy.pace_from_headers
         hooked = self.policy.delay_hook is not None or pace
-        policy_cost = self.policy.cost
-        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
-        fixed = 0 if callable(policy_cost) else policy_cost
-        max_wait = self.max_wait
-        rate = self.policy.rate
         direct = call_next is terminal
-        one = _ONE
 
         def run(
             wrapped: Callable[..., Any],
@@ -334,25 +394,12 @@ class RateLimitLayer(KeyedLayer):
         ) -> Any:
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
-            backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            # (without keywords: the cost callable is called without copying the empty dict)
-            cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
-            if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
-                cost = layer._cost(cost)
-            start_now = layer._start_now
-            if cost != 1 or start_now is None or start_now() is None:  # not started in C
-                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-                try:
-                    if cost == 1:
-                        wait = backend.reserve(bound)
-                        if wait:
-                            layer._wait_sync(backend, wait)
-                    else:
-                        wait, reserved, _ = backend.reserve_units(bound, cost)
-                        if wait:
-                            layer._wait_units_sync(backend, wait, cost, reserved)
-                except StoreUnavailableError as error:
-                    layer._unavailable(error)  # fail-open: start without units
+            if layer._epoch != epoch.n:
+                layer._refresh()
+            start = layer._wstart  # the cost and a start with room in one call: None if started
+            cost = layer._estimate(args, kwargs) if start is None else start(args, kwargs)
+            if cost is not None:
+                layer._start_costed(cost)
             try:
                 if direct:  # innermost: call the function itself, one frame less
                     result = wrapped(*args, **kwargs)
@@ -375,13 +422,7 @@ class RateLimitLayer(KeyedLayer):
         epoch = EPOCH
         pace = self.policy.pace_from_headers
         hooked = self.policy.delay_hook is not None or pace
-        policy_cost = self.policy.cost
-        estimate: Callable[..., int] = policy_cost if callable(policy_cost) else int
-        fixed = 0 if callable(policy_cost) else policy_cost
-        max_wait = self.max_wait
-        rate = self.policy.rate
         direct = call_next is terminal
-        one = _ONE
 
         async def run(
             wrapped: Callable[..., Any],
@@ -391,34 +432,12 @@ class RateLimitLayer(KeyedLayer):
         ) -> Any:
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
-            backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            # (without keywords: the cost callable is called without copying the empty dict)
-            cost = fixed or (estimate(*args, **kwargs) if kwargs else estimate(*args))
-            if cost is not one and (type(cost) is not int or not 0 < cost <= rate):
-                cost = layer._cost(cost)
-            start_now = layer._start_now
-            if cost != 1 or start_now is None or start_now() is None:  # not started in C
-                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-                try:
-                    if layer._remote:
-                        if cost == 1:
-                            wait = await backend.areserve(bound, layer.rtt)
-                            if wait:
-                                await layer._wait_async(backend, wait)
-                        else:
-                            wait, reserved, _ = await backend.areserve_units(bound, cost)
-                            if wait:
-                                await layer._wait_units_async(backend, wait, cost, reserved)
-                    elif cost == 1:
-                        wait = backend.reserve(bound)
-                        if wait:
-                            await layer._wait_async(backend, wait)
-                    else:
-                        wait, reserved, _ = backend.reserve_units(bound, cost)
-                        if wait:
-                            await layer._wait_units_async(backend, wait, cost, reserved)
-                except StoreUnavailableError as error:
-                    layer._unavailable(error)  # fail-open: start without units
+            if layer._epoch != epoch.n:
+                layer._refresh()
+            start = layer._wstart  # the cost and a start with room in one call: None if started
+            cost = layer._estimate(args, kwargs) if start is None else start(args, kwargs)
+            if cost is not None:
+                await layer._astart_costed(cost)
             try:
                 if direct:  # innermost: await the function itself, one frame less
                     result = await wrapped(*args, **kwargs)
@@ -465,20 +484,28 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return call_next(wrapped, instance, args, kwargs)
             backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            cost = fixed or estimate(*args, **kwargs)
-            if type(cost) is not int or not 0 < cost <= rate:
-                cost = layer._cost(cost)
+            start = layer._wstart
             stamps: tuple[float, float] | None = None
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                wait, reserved, started = backend.reserve_units(bound, cost)
-                stamps = (
-                    layer._wait_units_sync(backend, wait, cost, reserved)
-                    if wait
-                    else (reserved, started)
-                )
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without units
+            if start is not None:  # the cost and a start with room: (now, cost) if started
+                cost = start(args, kwargs)
+                if type(cost) is tuple:
+                    stamps = (cost[0], cost[0])
+                    cost = cost[1]
+            else:
+                cost = fixed or estimate(*args, **kwargs)
+                if type(cost) is not int or not 0 < cost <= rate:
+                    cost = layer._cost(cost)
+            if stamps is None:
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    wait, reserved, started = backend.reserve_units(bound, cost)
+                    stamps = (
+                        layer._wait_units_sync(backend, wait, cost, reserved)
+                        if wait
+                        else (reserved, started)
+                    )
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without units
             try:
                 result = call_next(wrapped, instance, args, kwargs)
             except Exception as exc:
@@ -513,23 +540,31 @@ class RateLimitLayer(KeyedLayer):
             if not switches.active:
                 return await call_next(wrapped, instance, args, kwargs)
             backend: Any = layer._backend if layer._epoch == epoch.n else layer._refresh()
-            cost = fixed or estimate(*args, **kwargs)
-            if type(cost) is not int or not 0 < cost <= rate:
-                cost = layer._cost(cost)
+            start = layer._wstart
             stamps: tuple[float, float] | None = None
-            bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
-            try:
-                if layer._remote:
-                    wait, reserved, started = await backend.areserve_units(bound, cost)
-                else:
-                    wait, reserved, started = backend.reserve_units(bound, cost)
-                stamps = (
-                    await layer._wait_units_async(backend, wait, cost, reserved)
-                    if wait
-                    else (reserved, started)
-                )
-            except StoreUnavailableError as error:
-                layer._unavailable(error)  # fail-open: start without units
+            if start is not None:  # the cost and a start with room: (now, cost) if started
+                cost = start(args, kwargs)
+                if type(cost) is tuple:
+                    stamps = (cost[0], cost[0])
+                    cost = cost[1]
+            else:
+                cost = fixed or estimate(*args, **kwargs)
+                if type(cost) is not int or not 0 < cost <= rate:
+                    cost = layer._cost(cost)
+            if stamps is None:
+                bound = max_wait if _deadline_now() is None else _until_deadline(max_wait)
+                try:
+                    if layer._remote:
+                        wait, reserved, started = await backend.areserve_units(bound, cost)
+                    else:
+                        wait, reserved, started = backend.reserve_units(bound, cost)
+                    stamps = (
+                        await layer._wait_units_async(backend, wait, cost, reserved)
+                        if wait
+                        else (reserved, started)
+                    )
+                except StoreUnavailableError as error:
+                    layer._unavailable(error)  # fail-open: start without units
             try:
                 result = await call_next(wrapped, instance, args, kwargs)
             except Exception as exc:

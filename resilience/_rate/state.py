@@ -41,7 +41,8 @@ import math
 import threading
 
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from resilience import _clock, _deadline
 from resilience._rate.window import MemoryWindowBackend
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = ["MemoryRateBackend", "RateBackend", "RateState"]
+__all__ = ["MemoryRateBackend", "RateBackend", "RateState", "WeightedStart", "weighted_start"]
 
 
 class RateState:
@@ -516,6 +517,117 @@ class MemoryRateBackend:
             window_remaining=left,
             window_ends_at=ends_at,
         )
+
+
+class WeightedStart:
+    """
+    A weighted call's cost and its start with room on a memory backend: one call per start.
+
+    The pure-Python twin of ``_speedups.RateWeightedStart`` (``tests/test_speedups.py``
+    holds the two together, answer for answer and entry for entry). Called with a call's
+    arguments, it works out the cost (*fixed*, else *estimate* of the arguments; an answer
+    that is no whole number in [1, rate] goes to *check*, which raises), then, under the
+    backend's lock, starts the call's units as ``MemoryRateBackend.reserve`` starts one:
+    no window open, room for them in both logs (at most ``rate - cost`` entries each, the
+    entries that left the window included: they only make it say no), nobody reserved
+    ahead. The call's units are *cost* copies of now in both logs, as ``RateState`` counts
+    them; when the logs' length crosses a multiple of 128 they are trimmed (under the lock).
+
+    Returns:
+        None when the call started (``(now, cost)`` when *stamp*); otherwise the checked cost,
+        for the general path (``reserve`` or ``reserve_units``) to decide.
+    """
+
+    __slots__ = ("_backend", "_check", "_estimate", "_fixed", "_stamp")
+
+    def __init__(
+        self,
+        backend: MemoryRateBackend,
+        estimate: Callable[..., object],
+        fixed: int,
+        check: Callable[[object], int],
+        *,
+        stamp: bool,
+    ) -> None:
+        self._backend = backend
+        self._estimate = estimate
+        self._fixed = fixed
+        self._check = check
+        self._stamp = stamp
+
+    def __call__(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+    ) -> tuple[float, int] | int | None:
+        backend = self._backend
+        state = backend._state
+        rate = state.rate
+        fixed = self._fixed
+        if fixed:
+            cost: object = fixed
+        elif kwargs:
+            cost = self._estimate(*args, **kwargs)
+        else:
+            cost = self._estimate(*args)
+        if type(cost) is not int or not 0 < cost <= rate:
+            cost = self._check(cost)
+            if type(cost) is not int or not 0 < cost <= rate:
+                msg = f"a cost check answered {cost!r}, not a whole number in [1, {rate}]"
+                raise ValueError(msg)
+        clock = backend._clock or _clock.DEFAULT.clock
+        backend._acquire()
+        try:
+            now = clock.monotonic()
+            if type(now) is not float:
+                return cost
+            end = backend._window.end
+            if type(end) is not float or not end <= now:
+                return cost
+            log = state.log
+            starts = state.starts
+            count = len(log)
+            room = rate - cost
+            if count > room or len(starts) > room:
+                return cost
+            if count:
+                last = log[-1]
+                if type(last) is not float or not last <= now:
+                    return cost
+            if cost == 1:
+                log.append(now)
+                starts.append(now)
+            else:
+                log.extend([now] * cost)
+                starts.extend([now] * cost)
+            if ((count + cost - 1) & ~127) >= count:  # a multiple of 128 crossed: trim
+                state.trim(now, getattr(clock, "slack", 0.0))
+        finally:
+            backend._release()
+        return (now, cost) if self._stamp else None
+
+
+def weighted_start(
+    backend: object,
+    estimate: Callable[..., object],
+    fixed: int,
+    check: Callable[[object], int],
+    *,
+    stamp: bool,
+) -> Callable[[tuple[Any, ...], dict[str, Any] | None], tuple[float, int] | int | None] | None:
+    """
+    The weighted start with room for *backend*: in C when built, else ``WeightedStart``.
+
+    None when there is none: a remote backend, or a limit with a burst (every start of a
+    spaced limit goes through ``RateState``).
+    """
+    if not isinstance(backend, MemoryRateBackend) or backend._state.spaced:
+        return None
+    start = backend.start_now
+    if start is not None and _speedups is not None:
+        made: Callable[[tuple[Any, ...], dict[str, Any] | None], tuple[float, int] | int | None] = (
+            _speedups.RateWeightedStart(start, estimate, fixed, check, stamp)
+        )
+        return made
+    return WeightedStart(backend, estimate, fixed, check, stamp=stamp)
 
 
 def memory_rate(key: str, policy: RateLimitPolicy, store: MemoryStore) -> MemoryRateBackend:
