@@ -1422,6 +1422,8 @@ af_lease_begin(PyObject *module, PyObject *leases)
  * (a reading or an entry that is no float, a window, no room). When the logs' length crossed a
  * multiple of 128 it calls the RateStart's trim with now, still under the lock, as it does. */
 
+static PyObject *rate_weighted_one; /* the int 1, compared by identity first */
+
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
@@ -1455,9 +1457,22 @@ rate_weighted_cost(RateWeightedStart *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     for (int pass = 0;; pass++) {
+        if (answer == rate_weighted_one && self->start->rate >= 1) {
+            Py_DECREF(answer); /* the usual cost, compared by identity (CPython shares it) */
+            return 1;
+        }
         if (PyLong_CheckExact(answer)) {
-            int overflow;
-            long long units = PyLong_AsLongLongAndOverflow(answer, &overflow);
+            long long units;
+            int overflow = 0;
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+            if (Py_SIZE(answer) == 1) { /* one positive digit (3.11's layout): no call */
+                units = (long long)((PyLongObject *)answer)->ob_digit[0];
+            }
+            else
+#endif
+            {
+                units = PyLong_AsLongLongAndOverflow(answer, &overflow);
+            }
             if (!overflow && units >= 1 && units <= (long long)self->start->rate) {
                 Py_DECREF(answer);
                 return (Py_ssize_t)units;
@@ -1559,7 +1574,8 @@ rate_weighted_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyO
 {
     RateWeightedStart *self = (RateWeightedStart *)op;
     if (PyVectorcall_NARGS(nargsf) != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames)) ||
-        !PyTuple_Check(args[0]) || !(args[1] == Py_None || PyDict_Check(args[1]))) {
+        !(PyTuple_CheckExact(args[0]) || PyTuple_Check(args[0])) ||
+        !(PyDict_CheckExact(args[1]) || args[1] == Py_None || PyDict_Check(args[1]))) {
         PyErr_SetString(PyExc_TypeError, "RateWeightedStart() takes (args: tuple, kwargs: dict)");
         return NULL;
     }
@@ -1678,6 +1694,9 @@ static int
 rate_weighted_init(PyObject *module)
 {
     if (PyType_Ready(&RateWeightedStartType) < 0) {
+        return -1;
+    }
+    if (rate_weighted_one == NULL && (rate_weighted_one = PyLong_FromLong(1)) == NULL) {
         return -1;
     }
     return PyModule_AddObjectRef(module, "RateWeightedStart", (PyObject *)&RateWeightedStartType);

@@ -387,6 +387,40 @@ def test_a_weighted_start_appends_its_units_and_says_when_it_did() -> None:
         assert len(backend._state.log) == 5
 
 
+class _Units(int):
+    """An int subclass: no exact int, so the check decides about it."""
+
+
+_DIGIT = 2**30  # CPython's int digit (the C start reads a one-digit int without a call)
+
+
+@given(
+    rate=st.sampled_from([1, 5, _DIGIT - 1, _DIGIT, _DIGIT + 1, 2**62, 2**63 - 1]),
+    answer=st.one_of(
+        st.integers(),
+        st.sampled_from([0, 1, _DIGIT - 1, _DIGIT, _DIGIT + 1, 2**60, 2**63 - 1, 2**63, -1]),
+        st.integers(min_value=-3, max_value=2**64).map(_Units),
+        st.just(True),
+    ),
+)
+def test_both_read_a_cost_answer_alike(rate: int, answer: object) -> None:
+    """Any int answer (any size, sign or subclass): both answer its checked cost or raise."""
+    clock = _Clock(0.0)
+    answers: list[object] = []
+    for backend, start in _weighted_pair(rate, clock, lambda: answer, 0, stamp=False):
+        backend._window.extend(1.0)  # a window open: the checked cost comes back, unstarted
+        try:
+            answers.append(start((), None))
+        except ValueError as error:
+            answers.append(("raised", str(error)))
+        assert not backend._state.log
+    assert answers[0] == answers[1]
+    fits = type(answer) is int and 1 <= answer <= rate
+    assert answers[0] == (
+        answer if fits else ("raised", f"cost {answer!r} is not a whole number in [1, {rate}]")
+    )
+
+
 @pytest.mark.parametrize("answer", [0, -1, 6, 2.0, True, None, "2", 10**30])
 def test_a_bad_cost_raises_the_layers_error_from_both(answer: object) -> None:
     """Any answer that is no whole number in [1, rate] goes to the check, nothing is reserved."""
