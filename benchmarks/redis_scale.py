@@ -522,8 +522,8 @@ repeat before believing a throughput ratio.
   one `LINDEX`), and a second log of actual starts, so the rule holds where calls begin.
   Its common decision runs inline before any Lua function is defined (the general path's
   closures cost about two commands per call) and reads no argument it does not need.
-- With a 5 ms window (the floor table's first column) ours costs about limits' (0.91-1.08x
-  over five runs, against 0.81-0.95x with 1 s): there a trim by time empties most of the
+- With a 5 ms window (the floor table's first column) ours costs about limits' (0.91-1.19x
+  over six runs, against 0.81-0.95x with 1 s): there a trim by time empties most of the
   list about every 100 decisions, each a binary search of a few `LINDEX` and an `LTRIM`.
 - The floor of one key: `TIME` + `GET` + `SET PX` alone cost about half of limits'
   decision, but the strict rule in that layout packs the logs in one string that every
