@@ -27,15 +27,14 @@ one copy alone would measure where the code happens to sit.
 
 The cost is still all counted. Sub-blocks are timed in process CPU
 (``time.process_time``: every thread of this process; blind to other processes), with the
-switch between contenders (tap on or off) outside the timing. Each sub-block that has the
-tap starts by counting what its contender's previous sub-block queued
-(``RollingMetrics._drain``, the drainer thread's work; the metrics-only contender has its
-own ``RollingMetrics``): the same number of calls every time, so no sub-block holds a
-burst, and aged as the drainer's queue ages (the other contenders' sub-blocks ran since,
-about 0.1 s; the drainer's queue waits up to 0.25 s), because counting calls from cold
-memory costs several times what counting them at once does (about 500 ns a call against
-100 here). The drainer threads are stopped, so no count lands in another contender's
-sub-block. The page's frames are
+switch between contenders (tap on or off) outside the timing. The metrics' call sink
+counts each traced call as it ends, on the application's thread; what the drainer thread
+adds (merging the sink's per-name records into the rolling window, every ``DRAIN_EVERY``
+seconds) is done by the sub-blocks that have the tap, at the drainer's own pace over their
+own time (``RollingMetrics._drain``, called where the drainer would have woken; the
+metrics-only contender has its own ``RollingMetrics``), from memory the other contenders'
+sub-blocks have since gone over. The drainer threads are stopped, so no drain lands in
+another contender's sub-block. The page's frames are
 made at its own rate, one per second of the page's sub-blocks (``Dashboard._frame_once``,
 the publisher's step, called where the publisher would have woken; the publisher thread
 stays paused, so no frame lands in another contender's sub-block), and each page
@@ -61,6 +60,7 @@ from resilience import circuit_breaker, traced
 from resilience.dashboard import serve
 from resilience.stores import MemoryStore
 from resilience.telemetry import RollingMetrics
+from resilience.telemetry._rolling import DRAIN_EVERY
 from resilience.telemetry._bus import BUS, add_tap, remove_tap
 
 
@@ -117,8 +117,12 @@ class _Bench:
         # The publisher thread stays paused: the page's sub-blocks make its frames (below),
         # one per second of their own time, as the publisher does for a page that stays.
         self.page.pause(True)
-        self.page_time = 0.0  # wall seconds the page's sub-blocks have run
-        self._framed_at = -1e9  # page_time of the last frame
+        # Wall seconds each tapped contender's sub-blocks have run, and when (on that
+        # count) its last frame and drain were: the publisher's and drainer's own pace.
+        self.ran = {"page": 0.0, "metrics": 0.0}
+        self._framed_at = -1e9
+        self._drained_at = {"page": 0.0, "metrics": 0.0}
+        self.drain_every = min(DRAIN_EVERY, self.metrics.window / self.metrics.buckets / 4)
         self.mode = "page"
         self.want("bare")
         self.frames = 0
@@ -151,19 +155,26 @@ class _Bench:
         for metrics in (self.metrics, self.counting):
             handle = metrics._handle
             if metrics is wanted:
-                add_tap(metrics._pending.append)
+                add_tap(metrics._tap)
                 if handle is not None and not handle.attached:
                     BUS.add(handle)
             else:
-                remove_tap(metrics._pending.append)
+                remove_tap(metrics._tap)
                 if handle is not None:
                     handle.detach()
 
     def frame_due(self) -> None:
         """Make a frame once the page's sub-blocks have run an interval since the last."""
-        if self.page_time - self._framed_at >= self.page.interval:
+        if self.ran["page"] - self._framed_at >= self.page.interval:
             self.page._frame_once()  # what the publisher thread does once a second
-            self._framed_at = self.page_time
+            self._framed_at = self.ran["page"]
+
+    def drain_due(self, mode: str) -> None:
+        """Drain *mode*'s metrics once its sub-blocks have run the drainer's interval."""
+        metrics = self.metrics if mode == "page" else self.counting
+        if self.ran[mode] - self._drained_at[mode] >= self.drain_every:
+            metrics._drain()  # what the drainer thread does every DRAIN_EVERY seconds
+            self._drained_at[mode] = self.ran[mode]
 
     def close(self) -> None:
         self.want("bare")
@@ -212,9 +223,10 @@ def _sub_block(bench: _Bench, mode: str, calls: int, handler: Callable[[], int])
     clock, wall = time.process_time, time.perf_counter()
     started = clock()
     if mode != "bare":
-        # What this contender's previous sub-block queued, counted now as the drainer
-        # would: from memory the other contenders' calls have since gone over.
-        (bench.metrics if mode == "page" else bench.counting)._drain()
+        # What the drainer thread would do by now: merge what the sink counted, at the
+        # drainer's pace over this contender's own time, from memory the other
+        # contenders' calls have since gone over.
+        bench.drain_due(mode)
     if mode == "page":
         bench.frame_due()
     for _ in range(calls):
@@ -222,8 +234,8 @@ def _sub_block(bench: _Bench, mode: str, calls: int, handler: Callable[[], int])
     if mode == "page":
         bench.caught_up()  # the frame is written and read in this sub-block, not the next
     spent = clock() - started
-    if mode == "page":
-        bench.page_time += time.perf_counter() - wall
+    if mode != "bare":
+        bench.ran[mode] += time.perf_counter() - wall
     return spent
 
 

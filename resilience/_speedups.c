@@ -1702,6 +1702,354 @@ rate_weighted_init(PyObject *module)
     return PyModule_AddObjectRef(module, "RateWeightedStart", (PyObject *)&RateWeightedStartType);
 }
 
+/* ---- CallSink: RollingMetrics' call tap, counting each traced call where it ends ------------
+ *
+ * ``@traced`` gives every tap one tuple (name, elapsed_ns, failed, ended_ns). The sink counts
+ * it at once into its name's cell: the slice index (ended_ns // width), calls, failures and a
+ * latency histogram (bins by bisection over the bounds, as RollingMetrics' own), so nothing is
+ * kept per call and nothing is left to count later. When a name's calls move on to a new slice
+ * the cell's counts become a record (name, index, calls, failures, ((bin, count), ...)) in a
+ * list; ``take()`` returns those and every cell counted since, and starts them anew. A call it
+ * does not take (ended_ns -1, a value that is no C int64, a name past ``most`` cells) goes to
+ * ``spill`` (the metrics' queue, counted in Python). The GIL is held throughout: a take and a
+ * tap never interleave. ``resilience.telemetry._rolling.PyCallSink`` is the pure-Python twin. */
+
+typedef struct {
+    PyObject *name;
+    Py_ssize_t number; /* its place in the sink's cells */
+    long long index;
+    long long calls;
+    long long failures;
+    int dirty;
+    long long hist[];
+} SinkCell;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *names;    /* dict: name -> its cell's number (an int) */
+    PyObject *records;  /* list of finished records, oldest first */
+    PyObject *spill;    /* called with the tuple of a call the sink does not take */
+    PyObject *last;     /* the name counted last (strong), and its cell */
+    SinkCell *last_cell;
+    SinkCell **cells;
+    Py_ssize_t *dirty_list;
+    Py_ssize_t count;   /* cells made */
+    Py_ssize_t most;    /* cells at most */
+    Py_ssize_t dirty;   /* cells counted since the last take */
+    long long *bounds;
+    Py_ssize_t top;     /* bounds: bins 0..top */
+    long long width;
+} CallSink;
+
+static PyObject *
+sink_record(CallSink *self, SinkCell *cell)
+{
+    /* The cell's counts as a record, and the cell emptied. */
+    Py_ssize_t used = 0;
+    for (Py_ssize_t i = 0; i <= self->top; i++) {
+        used += cell->hist[i] != 0;
+    }
+    PyObject *bins = PyTuple_New(used);
+    if (bins == NULL) {
+        return NULL;
+    }
+    Py_ssize_t at = 0;
+    for (Py_ssize_t i = 0; i <= self->top; i++) {
+        if (cell->hist[i] == 0) {
+            continue;
+        }
+        PyObject *pair = Py_BuildValue("(nL)", i, cell->hist[i]);
+        if (pair == NULL) {
+            Py_DECREF(bins);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(bins, at++, pair);
+        cell->hist[i] = 0;
+    }
+    PyObject *record = Py_BuildValue("(OLLLN)", cell->name, cell->index, cell->calls,
+                                     cell->failures, bins);
+    cell->calls = cell->failures = 0;
+    cell->dirty = 0;
+    return record;
+}
+
+static int
+sink_finish(CallSink *self, SinkCell *cell)
+{
+    /* A dirty cell's calls move on to a newer slice: its record goes to the list. */
+    PyObject *record = sink_record(self, cell);
+    if (record == NULL) {
+        return -1;
+    }
+    int failed = PyList_Append(self->records, record);
+    Py_DECREF(record);
+    return failed;
+}
+
+static SinkCell *
+sink_cell(CallSink *self, PyObject *name)
+{
+    /* The name's cell (made on first sight), or NULL: past ``most`` (no error) or an error. */
+    PyObject *found = PyDict_GetItemWithError(self->names, name);
+    if (found != NULL) {
+        return self->cells[PyLong_AsSsize_t(found)];
+    }
+    if (PyErr_Occurred() || self->count >= self->most) {
+        return NULL;
+    }
+    SinkCell *cell = PyMem_Calloc(1, sizeof(SinkCell) + sizeof(long long) * (self->top + 1));
+    if (cell == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject *number = PyLong_FromSsize_t(self->count);
+    if (number == NULL || PyDict_SetItem(self->names, name, number) < 0) {
+        Py_XDECREF(number);
+        PyMem_Free(cell);
+        return NULL;
+    }
+    Py_DECREF(number);
+    Py_INCREF(name);
+    cell->name = name;
+    cell->number = self->count;
+    self->cells[self->count++] = cell;
+    return cell;
+}
+
+static PyObject *
+sink_spill(CallSink *self, PyObject *call)
+{
+    PyObject *answer = PyObject_CallOneArg(self->spill, call);
+    if (answer == NULL) {
+        return NULL;
+    }
+    Py_DECREF(answer);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sink_vectorcall(CallSink *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 1 || kwnames != NULL) {
+        PyErr_SetString(PyExc_TypeError, "CallSink takes one tuple (name, elapsed_ns, failed, ended_ns)");
+        return NULL;
+    }
+    PyObject *call = args[0];
+    if (!PyTuple_CheckExact(call) || PyTuple_GET_SIZE(call) != 4) {
+        return sink_spill(self, call);
+    }
+    PyObject *name = PyTuple_GET_ITEM(call, 0);
+    PyObject *took = PyTuple_GET_ITEM(call, 1);
+    PyObject *ended_at = PyTuple_GET_ITEM(call, 3);
+    if (!PyUnicode_CheckExact(name) || !PyLong_Check(took) || !PyLong_Check(ended_at)) {
+        return sink_spill(self, call);
+    }
+    int overflow = 0;
+    long long elapsed = PyLong_AsLongLongAndOverflow(took, &overflow);
+    if (overflow) {
+        return sink_spill(self, call);
+    }
+    long long ended = PyLong_AsLongLongAndOverflow(ended_at, &overflow);
+    if (overflow || ended < 0) {
+        return sink_spill(self, call);
+    }
+    int failed = PyObject_IsTrue(PyTuple_GET_ITEM(call, 2));
+    if (failed < 0) {
+        return NULL;
+    }
+    SinkCell *cell;
+    if (name == self->last) {
+        cell = self->last_cell;
+    }
+    else {
+        cell = sink_cell(self, name);
+        if (cell == NULL) {
+            return PyErr_Occurred() ? NULL : sink_spill(self, call);
+        }
+        Py_INCREF(name);
+        Py_XSETREF(self->last, name);
+        self->last_cell = cell;
+    }
+    long long index = ended / self->width;
+    if (!cell->dirty) {
+        cell->index = index;
+        cell->dirty = 1;
+        self->dirty_list[self->dirty++] = cell->number;
+    }
+    else if (index > cell->index) {
+        if (sink_finish(self, cell) < 0) {
+            return NULL;
+        }
+        cell->index = index;
+        cell->dirty = 1; /* still on the dirty list */
+    }
+    /* bisect_left: the first bound >= elapsed, or top past them all */
+    Py_ssize_t low = 0, high = self->top;
+    const long long *bounds = self->bounds;
+    while (low < high) {
+        Py_ssize_t mid = (low + high) >> 1;
+        if (bounds[mid] < elapsed) {
+            low = mid + 1;
+        }
+        else {
+            high = mid;
+        }
+    }
+    cell->hist[low] += 1;
+    cell->calls += 1;
+    cell->failures += failed;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+sink_take(CallSink *self, PyObject *Py_UNUSED(ignored))
+{
+    /* Every finished record and every cell counted since the last take, oldest first. */
+    for (Py_ssize_t i = 0; i < self->dirty; i++) {
+        if (sink_finish(self, self->cells[self->dirty_list[i]]) < 0) {
+            /* The cells not yet taken stay on the list, from i on. */
+            memmove(self->dirty_list, self->dirty_list + i, sizeof(Py_ssize_t) * (self->dirty - i));
+            self->dirty -= i;
+            return NULL;
+        }
+    }
+    self->dirty = 0;
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL) {
+        return NULL;
+    }
+    PyObject *taken = self->records;
+    self->records = fresh;
+    return taken;
+}
+
+static PyObject *
+sink_waiting(CallSink *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->dirty + PyList_GET_SIZE(self->records));
+}
+
+static PyObject *
+sink_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"bounds", "width", "spill", "most", NULL};
+    PyObject *bounds, *spill;
+    long long width;
+    Py_ssize_t most;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLOn", keywords, &bounds, &width, &spill, &most)) {
+        return NULL;
+    }
+    if (width < 1 || most < 1) {
+        PyErr_SetString(PyExc_ValueError, "CallSink: width and most must be >= 1");
+        return NULL;
+    }
+    PyObject *sequence = PySequence_Fast(bounds, "CallSink: bounds must be a sequence of ints");
+    if (sequence == NULL) {
+        return NULL;
+    }
+    CallSink *self = (CallSink *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(sequence);
+        return NULL;
+    }
+    self->vectorcall = (vectorcallfunc)sink_vectorcall;
+    self->top = PySequence_Fast_GET_SIZE(sequence);
+    self->bounds = PyMem_Calloc(self->top + 1, sizeof(long long));
+    self->cells = PyMem_Calloc(most, sizeof(SinkCell *));
+    self->dirty_list = PyMem_Calloc(most, sizeof(Py_ssize_t));
+    self->names = PyDict_New();
+    self->records = PyList_New(0);
+    if (self->bounds == NULL || self->cells == NULL || self->dirty_list == NULL) {
+        PyErr_NoMemory();
+    }
+    for (Py_ssize_t i = 0; !PyErr_Occurred() && i < self->top; i++) {
+        self->bounds[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(sequence, i));
+    }
+    Py_DECREF(sequence);
+    if (PyErr_Occurred()) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    Py_INCREF(spill);
+    self->spill = spill;
+    self->width = width;
+    self->most = most;
+    return (PyObject *)self;
+}
+
+static int
+sink_traverse(CallSink *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->names);
+    Py_VISIT(self->records);
+    Py_VISIT(self->spill);
+    return 0;
+}
+
+static int
+sink_clear(CallSink *self)
+{
+    Py_CLEAR(self->names);
+    Py_CLEAR(self->records);
+    Py_CLEAR(self->spill);
+    return 0;
+}
+
+static void
+sink_dealloc(CallSink *self)
+{
+    PyObject_GC_UnTrack(self);
+    sink_clear(self);
+    Py_CLEAR(self->last);
+    if (self->cells != NULL) {
+        for (Py_ssize_t i = 0; i < self->count; i++) {
+            Py_XDECREF(self->cells[i]->name);
+            PyMem_Free(self->cells[i]);
+        }
+        PyMem_Free(self->cells);
+    }
+    PyMem_Free(self->dirty_list);
+    PyMem_Free(self->bounds);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef sink_methods[] = {
+    {"take", (PyCFunction)sink_take, METH_NOARGS,
+     "Return the records counted since the last take (name, index, calls, failures, bins)."},
+    {NULL},
+};
+
+static PyGetSetDef sink_getset[] = {
+    {"waiting", (getter)sink_waiting, NULL, "Records take() would return now.", NULL},
+    {NULL},
+};
+
+static PyTypeObject CallSinkType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "resilience._speedups.CallSink",
+    .tp_doc = "RollingMetrics' call tap: counts each traced call into its name's slice at once.",
+    .tp_basicsize = sizeof(CallSink),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(CallSink, vectorcall),
+    .tp_new = sink_new,
+    .tp_dealloc = (destructor)sink_dealloc,
+    .tp_traverse = (traverseproc)sink_traverse,
+    .tp_clear = (inquiry)sink_clear,
+    .tp_call = PyVectorcall_Call,
+    .tp_methods = sink_methods,
+    .tp_getset = sink_getset,
+};
+
+static int
+sink_init(PyObject *module)
+{
+    if (PyType_Ready(&CallSinkType) < 0) {
+        return -1;
+    }
+    return PyModule_AddObjectRef(module, "CallSink", (PyObject *)&CallSinkType);
+}
+
 static PyMethodDef module_methods[] = {
     {"configure", (PyCFunction)(void (*)(void))configure, METH_FASTCALL,
      "Give the C type the deadline variable, the clock holder and the slow-path check."},
@@ -1715,8 +2063,9 @@ static PyMethodDef module_methods[] = {
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
     .m_name = "resilience._speedups",
-    .m_doc = "The optional C accelerator: the hot parts of deadlines, memory rate limits, @throttled "
-             "and a watched @bounded pool's lease starts.",
+    .m_doc = "The optional C accelerator: the hot parts of deadlines, memory rate limits, @throttled, "
+             "a watched @bounded pool's lease starts "
+             "and the rolling metrics' call tap.",
     .m_size = -1,
     .m_methods = module_methods,
 };
@@ -1778,7 +2127,7 @@ PyInit__speedups(void)
         Py_DECREF(module);
         return NULL;
     }
-    if (rate_weighted_init(module) < 0) {
+    if (rate_weighted_init(module) < 0 || sink_init(module) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -38,6 +38,7 @@ from resilience.telemetry._spans import now_ns
 
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import timedelta
     from types import TracebackType
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from resilience.typing import Clock
 
 
-__all__ = ["EVENTS", "NameMetrics", "RollingMetrics", "percentile_bin"]
+__all__ = ["EVENTS", "CallSink", "NameMetrics", "PyCallSink", "RollingMetrics", "percentile_bin"]
 
 CALLS, FAILURES, RETRIES, GIVE_UPS, REJECTIONS, ATTEMPTS, ATTEMPT_FAILURES = range(7)
 _COUNTERS: Final = 7
@@ -187,6 +188,113 @@ class _Series:
         return [step % buckets for step in range(index - buckets + 1, head + 1)]
 
 
+class PyCallSink:
+    """
+    ``RollingMetrics``' call tap: each traced call counted where it ends, nothing kept per call.
+
+    The pure-Python twin of ``_speedups.CallSink`` (``tests/test_rolling_sink.py`` holds
+    the two together). Called with ``(name, elapsed_ns, failed, ended_ns)``, it counts the
+    call into its name's cell: the slice (``ended_ns // width``), calls, failures and the
+    latency bin (``bisect_left`` over *bounds*). When a name's calls move on to a newer
+    slice, its cell becomes a record ``(name, index, calls, failures, ((bin, count), ...))``;
+    ``take()`` returns those and every cell counted since, oldest first. A late call (an
+    older slice) counts in the cell's slice, as ``_Series.slot`` counts it in the newest. A
+    call it does not take (``ended_ns`` -1, a value out of int64, a name past *most* cells)
+    goes to *spill*.
+    """
+
+    __slots__ = ("_bounds", "_cells", "_dirty", "_most", "_records", "_spill", "_width")
+
+    def __init__(
+        self, bounds: list[int], width: int, spill: Callable[[Any], object], most: int
+    ) -> None:
+        if width < 1 or most < 1:
+            msg = "CallSink: width and most must be >= 1"
+            raise ValueError(msg)
+        self._bounds = list(bounds)
+        self._width = width
+        self._spill = spill
+        self._most = most
+        # name -> [index, calls, failures, hist, dirty]
+        self._cells: dict[str, list[Any]] = {}
+        self._dirty: list[list[Any]] = []
+        self._records: list[tuple[str, int, int, int, tuple[tuple[int, int], ...]]] = []
+
+    @property
+    def waiting(self) -> int:
+        """Records ``take()`` would return now."""
+        return len(self._dirty) + len(self._records)
+
+    def __call__(self, call: Any) -> None:
+        if type(call) is not tuple or len(call) != 4:
+            self._spill(call)
+            return
+        name, took, failed, ended = call
+        if (
+            type(name) is not str
+            or not isinstance(took, int)
+            or not isinstance(ended, int)
+            or not _INT64_LOW <= took <= _INT64_HIGH
+            or not 0 <= ended <= _INT64_HIGH
+        ):
+            self._spill(call)
+            return
+        bad = bool(failed)
+        cell = self._cells.get(name)
+        if cell is None:
+            if len(self._cells) >= self._most:
+                self._spill(call)
+                return
+            cell = self._cells[name] = [0, 0, 0, [0] * (len(self._bounds) + 1), False, name]
+        index = ended // self._width
+        if not cell[4]:
+            cell[0] = index
+            cell[4] = True
+            self._dirty.append(cell)
+        elif index > cell[0]:
+            self._records.append(_record(cell))
+            cell[0] = index
+            cell[4] = True
+        cell[3][_bisect(self._bounds, took)] += 1
+        cell[1] += 1
+        cell[2] += bad
+
+    def take(self) -> list[tuple[str, int, int, int, tuple[tuple[int, int], ...]]]:
+        """Return the records counted since the last take (and start them anew)."""
+        for cell in self._dirty:
+            self._records.append(_record(cell))
+        self._dirty = []
+        taken, self._records = self._records, []
+        return taken
+
+
+_INT64_LOW: Final = -(2**63)
+_INT64_HIGH: Final = 2**63 - 1
+
+
+def _record(cell: list[Any]) -> tuple[str, int, int, int, tuple[tuple[int, int], ...]]:
+    """A dirty cell's counts as a record, and the cell emptied."""
+    hist = cell[3]
+    bins = tuple((at, count) for at, count in enumerate(hist) if count)
+    record = (cell[5], cell[0], cell[1], cell[2], bins)
+    cell[1] = cell[2] = 0
+    cell[3] = [0] * len(hist)
+    cell[4] = False
+    return record
+
+
+def _sink_type() -> type[PyCallSink]:
+    from resilience import _deadline  # noqa: PLC0415 - the one place the accelerator is found
+
+    speedups = _deadline._speedups
+    found = getattr(speedups, "CallSink", None) if speedups is not None else None
+    return found if found is not None else PyCallSink
+
+
+#: The call sink in use: C where it was built, else the Python twin.
+CallSink: Final = _sink_type()
+
+
 class RollingMetrics:
     """
     Per-name calls, failures, retries, give-ups, rejections and latency percentiles.
@@ -225,10 +333,20 @@ class RollingMetrics:
         self._lock = threading.Lock()
         self._last: _Series | None = None  # the name counted last: already the most recent
         self._handle: Handle | None = None
-        # Traced calls wait here, appended by @traced (the tap is the deque's own append:
-        # no Python frame on the application's path), until a drain counts them: the
-        # drainer thread every DRAIN_EVERY seconds while attached, and every snapshot().
+        # Traced calls the sink does not take (the call's policy has a clock of its own,
+        # these metrics have one) wait here, appended by @traced or by the sink, until a
+        # drain counts them: the drainer thread every DRAIN_EVERY seconds while attached,
+        # and every snapshot(). The rest the sink counts at once, in C where it was built.
         self._pending: deque[tuple[str, int, bool, int]] = deque()
+        self._sink: PyCallSink | None = (
+            None
+            if clock is not None
+            else CallSink(_BOUNDS_NS, self._width_ns, self._pending.append, self.max_names)
+        )
+        #: What ``@traced`` calls with each call: the sink, or the queue's own append.
+        self._tap: Callable[[Any], object] = (
+            self._pending.append if self._sink is None else self._sink
+        )
         self._stop: threading.Event | None = None
 
     # -- subscription -------------------------------------------------------------------
@@ -237,7 +355,7 @@ class RollingMetrics:
         """Start counting events from the bus (again after ``detach``); return self."""
         if self._handle is None or not self._handle.attached:
             self._handle = attach(self.handle, _BUS_EVENTS)
-            add_tap(self._pending.append)
+            add_tap(self._tap)
             self._stop = stop = threading.Event()
             every = min(DRAIN_EVERY, self._width / 4)
             threading.Thread(
@@ -253,7 +371,7 @@ class RollingMetrics:
         if self._handle is not None:
             self._handle.detach()
             self._handle = None
-        remove_tap(self._pending.append)
+        remove_tap(self._tap)
         if self._stop is not None:
             self._stop.set()
             self._stop = None
@@ -265,17 +383,28 @@ class RollingMetrics:
 
     def _drain(self) -> None:
         """
-        Count the traced calls waiting in ``_pending``, in bulk.
+        Count what the sink took and the traced calls waiting in ``_pending``, in bulk.
 
-        The per-call work runs in C (``zip``, ``min``/``max``, ``sorted``): the calls are
-        split by slice (nearly always one: a drain covers a quarter of a second) and by
-        name, each group's durations are sorted, and the histogram is filled per occupied
-        bin (two bisections each), not per call. Percentiles are only read at ``snapshot``.
+        The sink's records are merged per name and slice. The queued calls (C's ``zip``,
+        ``min``/``max``, ``sorted``) are split by slice and by name, each group's durations
+        are sorted, and the histogram is filled per occupied bin (two bisections each), not
+        per call. Percentiles are only read at ``snapshot``.
         """
-        pending = self._pending
-        if not pending:
+        sink, pending = self._sink, self._pending
+        if not pending and (sink is None or not sink.waiting):
             return
         with self._lock:  # one drain at a time: the drainer, snapshot(), detach()
+            if sink is not None:
+                for name, index, calls, failures, bins in sink.take():
+                    series = self._get(name)
+                    series.traced = True
+                    slot = series.slot(index)
+                    counts = series.counts[slot]
+                    counts[CALLS] += calls
+                    counts[FAILURES] += failures
+                    hist = series.hists[slot]
+                    for at, count in bins:
+                        hist[at] = hist.get(at, 0) + count
             # Exactly the calls queued now (a tap may append meanwhile), popped in C.
             batch = list(starmap(pending.popleft, repeat((), len(pending))))
             if batch:
@@ -480,6 +609,8 @@ class RollingMetrics:
         """Forget every name."""
         with self._lock:
             self._pending.clear()
+            if self._sink is not None:
+                self._sink.take()
             self._series.clear()
             self._last = None
 
