@@ -60,8 +60,8 @@ from resilience import circuit_breaker, traced
 from resilience.dashboard import serve
 from resilience.stores import MemoryStore
 from resilience.telemetry import RollingMetrics
-from resilience.telemetry._rolling import DRAIN_EVERY
 from resilience.telemetry._bus import BUS, add_tap, remove_tap
+from resilience.telemetry._rolling import DRAIN_EVERY
 
 
 _STORE = MemoryStore()

@@ -64,6 +64,23 @@ configured(void)
     return 1;
 }
 
+#ifdef HAVE_FAST_MONOTONIC
+/* time.monotonic() without its call: CLOCK_MONOTONIC, as it computes it (integer
+ * nanoseconds, then one division). -1 with OSError set on failure. Every part's clock. */
+static int
+monotonic_seconds(double *now)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+    *now = (double)ns / 1e9;
+    return 0;
+}
+#endif
+
 /* Seconds on the default clock in force; -1.0 with an exception set on failure. */
 static double
 clock_now(void)
@@ -82,15 +99,9 @@ clock_now(void)
     }
 #ifdef HAVE_FAST_MONOTONIC
     if (monotonic == state.monotonic) {
-        struct timespec ts;
+        double now;
         Py_DECREF(monotonic);
-        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
-            /* as time.monotonic() computes it: integer nanoseconds, then one division */
-            long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-            return (double)ns / 1e9;
-        }
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1.0;
+        return monotonic_seconds(&now) < 0 ? -1.0 : now;
     }
 #endif
     PyObject *reading = PyObject_CallNoArgs(monotonic);
@@ -626,18 +637,21 @@ static PyObject *deque_type;    /* collections.deque */
 static PyObject *deque_append;  /* deque.append, called directly on exact deques */
 static PyObject *rate_zero;     /* 0.0: the answer for a start now */
 
+/* The offset of *obj*'s slot *name* (an object member of its type, writable when *writable*
+ * is set), or 0: read it with getattr. Shared by the rate and throttle parts. */
 static Py_ssize_t
-member_offset(PyObject *obj, PyObject *name)
+member_offset(PyObject *obj, PyObject *name, int writable)
 {
     PyObject *descr = _PyType_Lookup(Py_TYPE(obj), name); /* borrowed */
     if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
         PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type == T_OBJECT_EX) {
+        if (member->type == T_OBJECT_EX && !(writable && (member->flags & READONLY))) {
             return member->offset;
         }
     }
     return 0;
 }
+
 
 /* A new reference to obj.<name>, through its slot when there is one. */
 static PyObject *
@@ -687,15 +701,9 @@ rate_now(RateStart *self)
     PyObject *reading;
 #ifdef HAVE_FAST_MONOTONIC
     if (clock == self->system) {
-        struct timespec ts;
+        double now;
         Py_DECREF(clock);
-        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
-            PyErr_SetFromErrno(PyExc_OSError);
-            return NULL;
-        }
-        /* as time.monotonic() computes it: integer nanoseconds, then one division */
-        long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-        return PyFloat_FromDouble((double)ns / 1e9);
+        return monotonic_seconds(&now) < 0 ? NULL : PyFloat_FromDouble(now);
     }
 #endif
     reading = PyObject_CallMethodNoArgs(clock, state.monotonic_name);
@@ -843,10 +851,10 @@ RateStart_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->trim = Py_NewRef(trim);
     self->rate = limit;
     self->vectorcall = RateStart_vectorcall;
-    self->log_slot = member_offset(st, rate_names[0]);
-    self->starts_slot = member_offset(st, rate_names[1]);
-    self->end_slot = member_offset(window, rate_names[2]);
-    self->clock_slot = member_offset(holder, rate_names[3]);
+    self->log_slot = member_offset(st, rate_names[0], 0);
+    self->starts_slot = member_offset(st, rate_names[1], 0);
+    self->end_slot = member_offset(window, rate_names[2], 0);
+    self->clock_slot = member_offset(holder, rate_names[3], 0);
     return (PyObject *)self;
 }
 
@@ -1003,20 +1011,6 @@ typedef struct {
 
 static PyTypeObject ThrottleRunnerType;
 
-/* The offset of *obj*'s slot *name* (a writable member of its type), or 0: use getattr. */
-static Py_ssize_t
-throttle_slot(PyObject *obj, PyObject *name)
-{
-    PyObject *descr = _PyType_Lookup(Py_TYPE(obj), name); /* borrowed */
-    if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
-        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-        if (member->type == T_OBJECT_EX && !(member->flags & READONLY)) {
-            return member->offset;
-        }
-    }
-    return 0;
-}
-
 /* *obj*'s attribute *name* (a new reference), read from its slot when it has one. */
 static PyObject *
 throttle_get(PyObject *obj, Py_ssize_t at, PyObject *name)
@@ -1042,16 +1036,8 @@ throttle_now(ThrottleRunner *self, double *now)
     }
 #ifdef HAVE_FAST_MONOTONIC
     if (monotonic == throttle_monotonic) {
-        struct timespec ts;
         Py_DECREF(monotonic);
-        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
-            /* as time.monotonic() computes it: integer nanoseconds, then one division */
-            long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-            *now = (double)ns / 1e9;
-            return 0;
-        }
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+        return monotonic_seconds(now);
     }
 #endif
     PyObject *reading = PyObject_CallNoArgs(monotonic);
@@ -1230,11 +1216,11 @@ throttle_runner_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     self->slow = Py_NewRef(slow);
     self->failed = Py_NewRef(failed);
     self->late = Py_NewRef(late);
-    self->tally_at = throttle_slot(layer, throttle_name_tally);
-    self->epoch_at = throttle_slot(layer, throttle_name_epoch);
-    self->n_at = throttle_slot(epoch, throttle_name_n);
-    self->active_at = throttle_slot(switches, throttle_name_active);
-    self->monotonic_at = throttle_slot(source, throttle_name_monotonic);
+    self->tally_at = member_offset(layer, throttle_name_tally, 1);
+    self->epoch_at = member_offset(layer, throttle_name_epoch, 1);
+    self->n_at = member_offset(epoch, throttle_name_n, 1);
+    self->active_at = member_offset(switches, throttle_name_active, 1);
+    self->monotonic_at = member_offset(source, throttle_name_monotonic, 1);
     return (PyObject *)self;
 }
 
@@ -1341,14 +1327,9 @@ af_now(void)
     }
 #ifdef HAVE_FAST_MONOTONIC
     if (monotonic == state.monotonic) {
-        struct timespec ts;
+        double now;
         Py_DECREF(monotonic);
-        if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
-            long long ns = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-            return (double)ns / 1e9;
-        }
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1.0;
+        return monotonic_seconds(&now) < 0 ? -1.0 : now;
     }
 #endif
     PyObject *reading = PyObject_CallNoArgs(monotonic);

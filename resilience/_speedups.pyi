@@ -85,3 +85,14 @@ def af_configure(lease_ids: Iterator[int], holder: Any, /) -> None:
 
 def af_lease_begin(leases: dict[int, float], /) -> int:
     """Record one unit's lease starting now in *leases*; return its id."""
+
+class CallSink:
+    """``RollingMetrics``' call tap in C: each traced call counted into its name's slice."""
+
+    def __init__(
+        self, bounds: list[int], width: int, spill: Callable[[Any], object], most: int
+    ) -> None: ...
+    def __call__(self, call: Any, /) -> None: ...
+    def take(self) -> list[tuple[str, int, int, int, tuple[tuple[int, int], ...]]]: ...
+    @property
+    def waiting(self) -> int: ...
