@@ -277,8 +277,8 @@ def scenarios() -> list[Scenario]:
                 "in process CPU (every thread of this process); ratios are paired: the median "
                 "over 350 rounds of each round's ratio. 'resilience' is the handler while the "
                 "page is served (one frame per second of its sub-blocks), its SSE client "
-                "attached and the rolling metrics counting (through @traced's call tap, each "
-                "sub-block counting what the previous one queued); 'bare call' has neither "
+                "attached and the rolling metrics counting (through @traced's call tap into its "
+                "call sink, drained at the drainer's pace); 'bare call' has neither "
                 "page nor metrics, "
                 "and 'bare call, again' is the same, to show the noise"
             ),

@@ -139,10 +139,12 @@ class PoolSnapshot:
             process's as their pollers report them (Redis; a process's count may be up
             to a quarter of a second old).
         oldest_lease: Seconds since the oldest lease held now was granted (memory) or
-            granted or last renewed (Redis). None: nothing held, or unknown: a memory
-            pool records lease starts from its first snapshot on (so until then its hot
-            path reads no clock), and a lease granted before that is never guessed.
+            granted or last renewed (Redis). None: nothing held. A memory pool records
+            lease starts from its first snapshot on (so until then its hot path reads no
+            clock): while a unit leased before then may still be held, this is the
+            seconds since that first snapshot, and *oldest_lease_at_least* says so.
         holders: Units held per ``host:pid`` (Redis only; None in memory).
+        oldest_lease_at_least: True when *oldest_lease* is a lower bound (above).
 
     .. versionadded:: 0.1.0
     """
@@ -154,6 +156,7 @@ class PoolSnapshot:
     waiting: int | None
     oldest_lease: float | None
     holders: dict[str, int] | None = None
+    oldest_lease_at_least: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -230,7 +230,7 @@ def render_table(data: dict[str, Any], *, colour: bool = False) -> str:
                     "FULL" if full else "OK",
                     f"{p['in_use']}/{'?' if limit is None else limit}",
                     waiting,
-                    _seconds(p["oldest_lease"]),
+                    (">=" if p.get("oldest_lease_at_least") else "") + _seconds(p["oldest_lease"]),
                     holders,
                 ]
             )

@@ -188,7 +188,7 @@ def _browser():
         "--no-sandbox",
         "--disable-dev-shm-usage",
         "--disable-gpu",
-        "--window-size=1280,1180",
+        "--window-size=1280,1400",
         "--force-device-scale-factor=1",
     ):
         options.add_argument(flag)

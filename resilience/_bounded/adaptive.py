@@ -550,6 +550,7 @@ class AdaptivePoolBackend(MemoryPoolBackend):
     def snapshot(self, key: str) -> PoolSnapshot:
         """The operator's view: the declared ceiling as ``limit``, the live one beside it."""
         self.watch()
+        oldest, at_least = self.oldest_lease()
         return PoolSnapshot(
-            key, self.adaptive.max_limit, self.limit, self.used, None, self.oldest_lease()
+            key, self.adaptive.max_limit, self.limit, self.used, None, oldest, None, at_least
         )

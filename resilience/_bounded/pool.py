@@ -136,7 +136,7 @@ class MemoryPoolBackend:
     unwatched pool's hot path reads no clock and records nothing.
     """
 
-    __slots__ = ("_free", "_lock", "_pop", "_push", "leases", "limit")
+    __slots__ = ("_before", "_free", "_lock", "_pop", "_push", "_watched_at", "leases", "limit")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -146,6 +146,8 @@ class MemoryPoolBackend:
         self._push = self._free.append
         self._lock = threading.Lock()
         self.leases: dict[int, float] | None = None  # None: not watched, nothing recorded
+        self._watched_at = 0.0  # when the first snapshot watched the pool
+        self._before = 0  # units held then (no start known), as many as may still be held
 
     @property
     def used(self) -> int:
@@ -203,6 +205,8 @@ class MemoryPoolBackend:
     def watch(self) -> None:
         """Record lease starts from now on (the first snapshot asks; the layers follow)."""
         if self.leases is None:
+            self._watched_at = _clock.DEFAULT.monotonic()
+            self._before = self.used
             self.leases = {}
             for hook in WATCH_HOOKS:
                 hook()
@@ -227,26 +231,38 @@ class MemoryPoolBackend:
             for lease in ids:
                 leases.pop(lease, None)
 
-    def oldest_lease(self) -> float | None:
+    def oldest_lease(self) -> tuple[float | None, bool]:
         """
-        Seconds since the oldest unit held now was leased (None: nothing held, or unknown).
+        Seconds since the oldest unit held now was leased, and whether that is a lower bound.
 
-        Unknown while a unit is held that has no record: one leased before the pool was
-        watched (or, for a few instructions, one just granted to a waiter). The starts are
+        A unit leased before the pool was watched has no start: while one may still be held
+        the answer is the seconds since the watch, marked at least (True). Such units are
+        counted down as they go back: the units held beyond the recorded leases bound them,
+        and one that went back never returns. (None, False): nothing held, or, for a few
+        instructions, a unit just granted to a waiter and not yet recorded. The starts are
         read in one C-level copy, so threads recording meanwhile never break the read.
         """
         leases = self.leases
-        if not leases:
-            return None
+        used = self.used
+        if leases is None:
+            return None, False
+        if not used:
+            self._before = 0
+            return None, False
         starts = list(leases.values())
-        if self.used > len(starts) or not self.used:
-            return None
-        return max(0.0, _clock.DEFAULT.monotonic() - min(starts))
+        before = self._before = min(self._before, max(0, used - len(starts)))
+        now = _clock.DEFAULT.monotonic()
+        if before:
+            return max(0.0, now - self._watched_at), True
+        if used > len(starts) or not starts:
+            return None, False
+        return max(0.0, now - min(starts)), False
 
     def snapshot(self, key: str) -> PoolSnapshot:
         """Return the operator's view of the pool of *key* (waiters: see ``PermitQueue``)."""
         self.watch()
-        return PoolSnapshot(key, self.limit, None, self.used, None, self.oldest_lease())
+        oldest, at_least = self.oldest_lease()
+        return PoolSnapshot(key, self.limit, None, self.used, None, oldest, None, at_least)
 
 
 class CountedPoolBackend(MemoryPoolBackend):

@@ -168,12 +168,49 @@ def test_sync_threads_on_virtual_time(clock: FakeClock) -> None:
     assert (None, 0) == (_pool(store, "th").oldest_lease, _pool(store, "th").in_use)
 
 
-def test_leases_from_before_the_first_snapshot_are_unknown(clock: FakeClock) -> None:
-    """A lease older than the watch is not guessed: None until it ends, then exact."""
+def test_leases_from_before_the_first_snapshot_are_at_least_since_the_watch(
+    clock: FakeClock,
+) -> None:
+    """A lease older than the watch is not guessed: at least since the watch, then exact."""
+    store = MemoryStore()
+    gates = [threading.Event(), threading.Event()]
+    held = threading.Event()
+
+    def pool() -> tuple[float | None, bool, int]:
+        found = _pool(store, "early")
+        return found.oldest_lease, found.oldest_lease_at_least, found.in_use
+
+    @bounded(limit=3, key="early", store=store)
+    def hold(gate: threading.Event) -> None:
+        held.set()
+        gate.wait(10)
+
+    early = threading.Thread(target=hold, args=(gates[0],))
+    early.start()
+    assert held.wait(10)
+    clock.advance(1.0)
+    assert (0.0, True, 1) == pool()  # watched now: its start is before this, unknown
+    held.clear()
+    late = threading.Thread(target=hold, args=(gates[1],))
+    late.start()  # recorded: the pool is watched now
+    assert held.wait(10)
+    clock.advance(1.0)
+    assert (1.0, True, 2) == pool()  # the early one is still held: at least since the watch
+    gates[0].set()
+    early.join(10)
+    clock.advance(1.0)
+    assert (2.0, False, 1) == pool()  # only the recorded one: exact
+    gates[1].set()
+    late.join(10)
+    assert (None, False, 0) == pool()
+
+
+def test_a_pre_watch_lease_released_is_never_counted_again(clock: FakeClock) -> None:
+    """Once the units held beyond the records drop, the at-least mark stays gone."""
     store = MemoryStore()
     gate, held = threading.Event(), threading.Event()
 
-    @bounded(limit=3, key="early", store=store)
+    @bounded(limit=2, key="gone", store=store)
     def hold() -> None:
         held.set()
         gate.wait(10)
@@ -181,18 +218,23 @@ def test_leases_from_before_the_first_snapshot_are_unknown(clock: FakeClock) -> 
     early = threading.Thread(target=hold)
     early.start()
     assert held.wait(10)
-    clock.advance(1.0)
-    assert (None, 1) == (_pool(store, "early").oldest_lease, _pool(store, "early").in_use)
-    held.clear()
-    late = threading.Thread(target=hold)
-    late.start()  # recorded: the pool is watched now
-    assert held.wait(10)
-    clock.advance(1.0)
-    assert _pool(store, "early").oldest_lease is None  # the early one is still held
+    assert _pool(store, "gone").oldest_lease_at_least
     gate.set()
     early.join(10)
-    late.join(10)
-    assert (None, 0) == (_pool(store, "early").oldest_lease, _pool(store, "early").in_use)
+    assert (None, False) == (
+        _pool(store, "gone").oldest_lease,
+        _pool(store, "gone").oldest_lease_at_least,
+    )
+    gate.clear()
+    held.clear()
+    again = threading.Thread(target=hold)
+    again.start()  # recorded now
+    assert held.wait(10)
+    clock.advance(0.5)
+    found = _pool(store, "gone")
+    assert (0.5, False) == (found.oldest_lease, found.oldest_lease_at_least)
+    gate.set()
+    again.join(10)
 
 
 @pytest.mark.parametrize("limit", LIMITS, ids=["fixed", "adaptive"])

@@ -118,7 +118,10 @@ function poolTile(p) {
   const lines = [line("in use ", el("b", {}, `${p.in_use}/${limit === null ? "?" : limit}`),
     p.live_limit !== null ? ` (adaptive; declared ${p.limit})` : "")];
   lines.push(line("waiting ", el("b", {}, p.waiting === null ? "n/a" : p.waiting)));
-  if (p.oldest_lease !== null) lines.push(line("oldest lease ", el("b", {}, seconds(p.oldest_lease))));
+  if (p.oldest_lease !== null) {
+    // at least: a unit leased before the pool was first watched has no start
+    lines.push(line("oldest lease ", el("b", {}, (p.oldest_lease_at_least ? "\u2265 " : "") + seconds(p.oldest_lease))));
+  }
   if (p.holders) {
     const holders = Object.entries(p.holders).map(([who, units]) => `${who} (${units})`).join(", ");
     if (holders) lines.push(line("held by ", holders));
