@@ -34,7 +34,8 @@ HOW_TO_POINT: Final = """\
 status needs a store to read: --store URL
 
   --store redis://host:6379/0      the Redis store your services share (add --namespace
-                                   NAME if they use RedisStore(namespace=NAME))
+                                   NAME if they use RedisStore(namespace=NAME), and
+                                   --cluster if host is a node of a Redis Cluster)
   --store http://127.0.0.1:8321    a process serving resilience.dashboard.serve(port=8321):
                                    its own memory store and its call metrics
 
@@ -70,6 +71,11 @@ def _store_options(parser: Any) -> None:
     parser.add_argument("--namespace", default="resilience", help="the RedisStore namespace")
     parser.add_argument(
         "--timeout", type=float, default=2.0, help="seconds to wait for the store (default 2)"
+    )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="the redis:// URL is a node of a Redis Cluster: read every primary",
     )
 
 
@@ -119,7 +125,9 @@ class _StoreSource:
         self.store.close()
 
 
-def open_source(url: str, namespace: str, timeout: float) -> _HttpSource | _StoreSource:
+def open_source(
+    url: str, namespace: str, timeout: float, *, cluster: bool = False
+) -> _HttpSource | _StoreSource:
     """Return something whose ``read()`` gives a snapshot's plain data, for *url*."""
     if url.startswith(("http://", "https://")):
         return _HttpSource(url, timeout)
@@ -128,7 +136,8 @@ def open_source(url: str, namespace: str, timeout: float) -> _HttpSource | _Stor
 
         from resilience.stores import RedisStore  # noqa: PLC0415
 
-        return _StoreSource(RedisStore(url, namespace=namespace, timeout=timeout))
+        store = RedisStore(url, namespace=namespace, timeout=timeout, cluster=cluster)
+        return _StoreSource(store)
     msg = f"--store must be a redis://, rediss://, unix:// or http:// URL, got {url!r}"
     raise ValueError(msg)
 
@@ -322,7 +331,7 @@ def run_status(args: Any, out: IO[str] | None = None) -> int:
         print("error: --watch must be a positive number of seconds", file=sys.stderr)
         return 2
     try:
-        source = open_source(args.store, args.namespace, args.timeout)
+        source = open_source(args.store, args.namespace, args.timeout, cluster=args.cluster)
     except (ValueError, TypeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -371,7 +380,7 @@ def run_dashboard(args: Any) -> int:
     from resilience.dashboard import serve  # noqa: PLC0415
 
     try:
-        source = open_source(args.store, args.namespace, args.timeout)
+        source = open_source(args.store, args.namespace, args.timeout, cluster=args.cluster)
         assert isinstance(source, _StoreSource)
         source.read()  # fail now, clearly, when the store cannot be reached
         page = serve(args.port, host=args.host, store=source.store, metrics=False)

@@ -523,3 +523,22 @@ def test_a_watched_memory_pool_gives_its_oldest_lease(clock):
         for thread in threads:
             thread.join(10)
     assert [PoolSnapshot("p-watched", 3, None, 0, 0, None, None)] == list(snapshot(store).pools)
+
+
+@pytest.mark.parametrize("topology", ["single", "cluster"])
+def test_redis_snapshot_on_the_servers_clock(topology, request):
+    """No test clock (as in production): the snapshot reads the server's TIME, a cluster's too."""
+    store = redis_store_for(topology, request)
+    try:
+        call = _breaker(store, "on-server-time", failure_threshold=1)
+        _fail(call, 1)
+        before = time.time()
+        taken = snapshot(store)
+        found = _by(taken.breakers, "name")["on-server-time"]
+        assert "open" == found.state
+        # the breaker opened a moment ago by the server's wall clock, the same as ours here
+        assert found.since is not None
+        assert before - 5.0 <= found.since <= time.time() + 5.0
+    finally:
+        store.clear()
+        store.close()

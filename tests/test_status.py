@@ -284,3 +284,35 @@ def test_the_dashboard_command_serves_a_redis_store(fleet):
         finally:
             proc.send_signal(signal.SIGINT)
             assert 0 == proc.wait(timeout=10)
+
+
+def test_a_cluster_store_from_the_command_line(request):
+    """--cluster: a node's URL reads every primary, on the servers' own clock (no test clock)."""
+    from tests.conftest import redis_store_for
+
+    store = redis_store_for("cluster", request)
+    try:
+
+        @circuit_breaker(store=store, name="cluster-api", failure_threshold=1, on=Boom)
+        def fail():
+            raise Boom
+
+        with pytest.raises(Boom):
+            fail()
+        for n in range(6):  # keys on every primary
+            rate_limited(rate=5, per=60.0, key=f"cluster-limit-{n}", store=store)(lambda: 1)()
+        store._meta.settle()
+        port = request.getfixturevalue("redis_servers").cluster()[0].port
+        base = [sys.executable, "-m", "resilience", "status", "--store"]
+        base += [f"redis://127.0.0.1:{port}", "--cluster", "--namespace", store.namespace]
+        done = subprocess.run(
+            [*base, "--format", "json"], capture_output=True, text=True, check=True, timeout=60
+        )
+        data = json.loads(done.stdout)
+        assert [("cluster-api", "open")] == [(b["name"], b["state"]) for b in data["breakers"]]
+        assert {f"cluster-limit-{n}" for n in range(6)} == {r["key"] for r in data["limiters"]}
+        table = subprocess.run(base, capture_output=True, text=True, check=True, timeout=60)
+        assert "cluster-api  OPEN" in table.stdout
+    finally:
+        store.clear()
+        store.close()

@@ -164,11 +164,15 @@ def _pipeline(store: RedisStore, reads: Sequence[Read]) -> list[Any]:
     # backend's keys share a hash tag and are read back to back.
     single = not getattr(store, "cluster", hasattr(store.client, "get_primaries"))
     pipe = store.client.pipeline(transaction=single)
+    now: list[Any] = []
     if store.clock is None:
-        pipe.time()
+        if single:
+            pipe.time()
+        else:  # a cluster pipeline refuses TIME (it has no slot): one node's, just before
+            now.append(store.client.time())
     for method, args, *keywords in reads:
         getattr(pipe, method)(*args, **(keywords[0] if keywords else {}))
-    return list(pipe.execute())
+    return now + list(pipe.execute())
 
 
 def read_one(store: RedisStore, concern: str, key: str, meta: dict[str, Any] | None) -> Any:
