@@ -257,7 +257,10 @@ class TracedLayer(Layer):
                 started = perf_ns() if timer is SYSTEM_CLOCK else now_ns(timer)
                 failed = True
                 try:
-                    result = call_next(wrapped, instance, args, kwargs)
+                    if direct:
+                        result = wrapped(*args, **kwargs)
+                    else:
+                        result = call_next(wrapped, instance, args, kwargs)
                     failed = False
                     return result
                 finally:
@@ -314,7 +317,10 @@ class TracedLayer(Layer):
                 started = perf_ns() if timer is SYSTEM_CLOCK else now_ns(timer)
                 failed = True
                 try:
-                    result = await call_next(wrapped, instance, args, kwargs)
+                    if direct:
+                        result = await wrapped(*args, **kwargs)
+                    else:
+                        result = await call_next(wrapped, instance, args, kwargs)
                     failed = False
                     return result
                 finally:
