@@ -35,7 +35,8 @@ status needs a store to read: --store URL
 
   --store redis://host:6379/0      the Redis store your services share (add --namespace
                                    NAME if they use RedisStore(namespace=NAME), and
-                                   --cluster if host is a node of a Redis Cluster)
+                                   --cluster if host is a node of a Redis Cluster, or
+                                   --sentinel SERVICE if it is a Sentinel)
   --store http://127.0.0.1:8321    a process serving resilience.dashboard.serve(port=8321):
                                    its own memory store and its call metrics
 
@@ -76,6 +77,11 @@ def _store_options(parser: Any) -> None:
         "--cluster",
         action="store_true",
         help="the redis:// URL is a node of a Redis Cluster: read every primary",
+    )
+    parser.add_argument(
+        "--sentinel",
+        metavar="SERVICE",
+        help="the redis:// URL is a Sentinel: read the primary it names for SERVICE",
     )
 
 
@@ -126,7 +132,12 @@ class _StoreSource:
 
 
 def open_source(
-    url: str, namespace: str, timeout: float, *, cluster: bool = False
+    url: str,
+    namespace: str,
+    timeout: float,
+    *,
+    cluster: bool = False,
+    sentinel: str | None = None,
 ) -> _HttpSource | _StoreSource:
     """Return something whose ``read()`` gives a snapshot's plain data, for *url*."""
     if url.startswith(("http://", "https://")):
@@ -136,10 +147,43 @@ def open_source(
 
         from resilience.stores import RedisStore  # noqa: PLC0415
 
+        if sentinel is not None:
+            return _StoreSource(_sentinel_store(url, sentinel, namespace, timeout))
         store = RedisStore(url, namespace=namespace, timeout=timeout, cluster=cluster)
         return _StoreSource(store)
     msg = f"--store must be a redis://, rediss://, unix:// or http:// URL, got {url!r}"
     raise ValueError(msg)
+
+
+def _sentinel_store(url: str, service: str, namespace: str, timeout: float) -> Any:
+    """A RedisStore on the primary a Sentinel at *url* names for *service*."""
+    from urllib.parse import unquote, urlsplit  # noqa: PLC0415
+
+    from redis.sentinel import Sentinel  # noqa: PLC0415
+
+    from resilience.stores import RedisStore  # noqa: PLC0415
+
+    if not url.startswith("redis://"):
+        msg = (
+            f"--sentinel needs a redis:// URL of a Sentinel, got {url!r} "
+            "(for TLS, give resilience.dashboard.serve() a RedisStore of your own client)"
+        )
+        raise ValueError(msg)
+    parts = urlsplit(url)
+    auth: dict[str, Any] = {"socket_timeout": timeout}
+    if parts.username:
+        auth["username"] = unquote(parts.username)
+    if parts.password:
+        auth["password"] = unquote(parts.password)
+    path = parts.path.strip("/")
+    db = int(path) if path.isdigit() else 0
+    manager = Sentinel(
+        [(parts.hostname or "127.0.0.1", parts.port or 26379)],
+        socket_timeout=timeout,
+        sentinel_kwargs={"socket_timeout": timeout},
+    )
+    client = manager.master_for(service, db=db, **auth)
+    return RedisStore(client, namespace=namespace, timeout=timeout)
 
 
 # -- the table -------------------------------------------------------------------------------
@@ -331,7 +375,13 @@ def run_status(args: Any, out: IO[str] | None = None) -> int:
         print("error: --watch must be a positive number of seconds", file=sys.stderr)
         return 2
     try:
-        source = open_source(args.store, args.namespace, args.timeout, cluster=args.cluster)
+        source = open_source(
+            args.store,
+            args.namespace,
+            args.timeout,
+            cluster=args.cluster,
+            sentinel=args.sentinel,
+        )
     except (ValueError, TypeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -380,7 +430,13 @@ def run_dashboard(args: Any) -> int:
     from resilience.dashboard import serve  # noqa: PLC0415
 
     try:
-        source = open_source(args.store, args.namespace, args.timeout, cluster=args.cluster)
+        source = open_source(
+            args.store,
+            args.namespace,
+            args.timeout,
+            cluster=args.cluster,
+            sentinel=args.sentinel,
+        )
         assert isinstance(source, _StoreSource)
         source.read()  # fail now, clearly, when the store cannot be reached
         page = serve(args.port, host=args.host, store=source.store, metrics=False)

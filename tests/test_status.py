@@ -316,3 +316,38 @@ def test_a_cluster_store_from_the_command_line(request):
     finally:
         store.clear()
         store.close()
+
+
+def test_a_sentinel_store_from_the_command_line(request):
+    """--sentinel SERVICE: the URL is a Sentinel; the table reads the primary it names."""
+    from tests.conftest import redis_store_for
+
+    store = redis_store_for("sentinel", request)
+    try:
+
+        @circuit_breaker(store=store, name="sentinel-api", failure_threshold=1, on=Boom)
+        def fail():
+            raise Boom
+
+        with pytest.raises(Boom):
+            fail()
+        store._meta.settle()
+        port = request.getfixturevalue("redis_servers").sentinel()[2].port
+        base = [sys.executable, "-m", "resilience", "status", "--store"]
+        base += [f"redis://127.0.0.1:{port}", "--sentinel", "svc", "--namespace", store.namespace]
+        done = subprocess.run(
+            [*base, "--format", "json"], capture_output=True, text=True, check=True, timeout=60
+        )
+        data = json.loads(done.stdout)
+        assert [("sentinel-api", "open")] == [(b["name"], b["state"]) for b in data["breakers"]]
+        wrong = subprocess.run(
+            [*base[:5], "rediss://127.0.0.1:1", "--sentinel", "svc"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert 0 != wrong.returncode
+        assert "--sentinel needs a redis:// URL" in wrong.stderr
+    finally:
+        store.clear()
+        store.close()
