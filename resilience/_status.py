@@ -159,7 +159,9 @@ def _sentinel_store(url: str, service: str, namespace: str, timeout: float) -> A
     """A RedisStore on the primary a Sentinel at *url* names for *service*."""
     from urllib.parse import unquote, urlsplit  # noqa: PLC0415
 
-    from redis.sentinel import Sentinel  # noqa: PLC0415
+    import redis.sentinel  # noqa: PLC0415
+
+    sentinel: Any = redis.sentinel.Sentinel  # untyped in redis-py
 
     from resilience.stores import RedisStore  # noqa: PLC0415
 
@@ -177,7 +179,7 @@ def _sentinel_store(url: str, service: str, namespace: str, timeout: float) -> A
         auth["password"] = unquote(parts.password)
     path = parts.path.strip("/")
     db = int(path) if path.isdigit() else 0
-    manager = Sentinel(
+    manager = sentinel(
         [(parts.hostname or "127.0.0.1", parts.port or 26379)],
         socket_timeout=timeout,
         sentinel_kwargs={"socket_timeout": timeout},
