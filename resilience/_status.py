@@ -148,44 +148,14 @@ def open_source(
         from resilience.stores import RedisStore  # noqa: PLC0415
 
         if sentinel is not None:
-            return _StoreSource(_sentinel_store(url, sentinel, namespace, timeout))
+            from resilience.stores import RedisStore  # noqa: PLC0415
+
+            made = RedisStore.from_sentinel(url, sentinel, namespace=namespace, timeout=timeout)
+            return _StoreSource(made)
         store = RedisStore(url, namespace=namespace, timeout=timeout, cluster=cluster)
         return _StoreSource(store)
     msg = f"--store must be a redis://, rediss://, unix:// or http:// URL, got {url!r}"
     raise ValueError(msg)
-
-
-def _sentinel_store(url: str, service: str, namespace: str, timeout: float) -> Any:
-    """A RedisStore on the primary a Sentinel at *url* names for *service*."""
-    from urllib.parse import unquote, urlsplit  # noqa: PLC0415
-
-    import redis.sentinel  # noqa: PLC0415
-
-    sentinel: Any = redis.sentinel.Sentinel  # untyped in redis-py
-
-    from resilience.stores import RedisStore  # noqa: PLC0415
-
-    if not url.startswith("redis://"):
-        msg = (
-            f"--sentinel needs a redis:// URL of a Sentinel, got {url!r} "
-            "(for TLS, give resilience.dashboard.serve() a RedisStore of your own client)"
-        )
-        raise ValueError(msg)
-    parts = urlsplit(url)
-    auth: dict[str, Any] = {"socket_timeout": timeout}
-    if parts.username:
-        auth["username"] = unquote(parts.username)
-    if parts.password:
-        auth["password"] = unquote(parts.password)
-    path = parts.path.strip("/")
-    db = int(path) if path.isdigit() else 0
-    manager = sentinel(
-        [(parts.hostname or "127.0.0.1", parts.port or 26379)],
-        socket_timeout=timeout,
-        sentinel_kwargs={"socket_timeout": timeout},
-    )
-    client = manager.master_for(service, db=db, **auth)
-    return RedisStore(client, namespace=namespace, timeout=timeout)
 
 
 # -- the table -------------------------------------------------------------------------------

@@ -347,7 +347,7 @@ def test_a_sentinel_store_from_the_command_line(request):
             timeout=60,
         )
         assert 0 != wrong.returncode
-        assert "--sentinel needs a redis:// URL" in wrong.stderr
+        assert "needs a redis:// URL of a Sentinel" in wrong.stderr
     finally:
         store.clear()
         store.close()

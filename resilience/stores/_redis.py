@@ -450,6 +450,48 @@ class RedisStore(BackendRegistry):
             raise self.unavailable(match, error, self.timeout) from error
         return [name.decode() if isinstance(name, bytes) else name for name in names]
 
+    @classmethod
+    def from_sentinel(cls, url: str, service: str, **options: Any) -> RedisStore:
+        """
+        A store on the primary that the Sentinel at *url* names for *service*.
+
+        *url* is ``redis://[user:password@]host[:port][/db]``: the Sentinel's address (port
+        26379 when left out), and the credentials and database of the primary. *options*
+        are ``RedisStore``'s (``namespace``, ``timeout``...). The store closes the client it
+        made. For Sentinel over TLS, or sentinels with settings of their own, build the
+        client (``redis.sentinel.Sentinel(...).master_for(...)``) and give it instead.
+
+        .. versionadded:: 0.1.0
+        """
+        from urllib.parse import unquote, urlsplit  # noqa: PLC0415
+
+        if not url.startswith("redis://"):
+            msg = (
+                f"RedisStore.from_sentinel needs a redis:// URL of a Sentinel, got {url!r} "
+                "(for TLS, give RedisStore a client of your own)"
+            )
+            raise ValueError(msg)
+        import redis.sentinel  # noqa: PLC0415
+
+        timeout = duration("RedisStore", "timeout", options.get("timeout", 1.0), strict=True) or 1.0
+        parts = urlsplit(url)
+        primary: dict[str, Any] = {"socket_timeout": timeout}
+        if parts.username:
+            primary["username"] = unquote(parts.username)
+        if parts.password:
+            primary["password"] = unquote(parts.password)
+        path = parts.path.strip("/")
+        sentinel: Any = redis.sentinel.Sentinel  # untyped in redis-py
+        manager = sentinel(
+            [(parts.hostname or "127.0.0.1", parts.port or 26379)],
+            socket_timeout=timeout,
+            sentinel_kwargs={"socket_timeout": timeout},
+        )
+        client = manager.master_for(service, db=int(path) if path.isdigit() else 0, **primary)
+        store = cls(client, **options)
+        store._owns_client = True
+        return store
+
     def describe(self) -> str:
         """A short description for messages: where the store is, without credentials."""
         return self._description
