@@ -337,6 +337,13 @@ def _wants_colour(choice: str, stream: IO[str]) -> bool:
     return stream.isatty() and "NO_COLOR" not in os.environ and term not in ("", "dumb")
 
 
+def _source_of(args: Any) -> _HttpSource | _StoreSource:
+    """``open_source`` for the parsed ``--store`` options of ``status`` and ``dashboard``."""
+    return open_source(
+        args.store, args.namespace, args.timeout, cluster=args.cluster, sentinel=args.sentinel
+    )
+
+
 def run_status(args: Any, out: IO[str] | None = None) -> int:
     """Run ``status``; return the exit status."""
     stream = out or sys.stdout
@@ -347,13 +354,7 @@ def run_status(args: Any, out: IO[str] | None = None) -> int:
         print("error: --watch must be a positive number of seconds", file=sys.stderr)
         return 2
     try:
-        source = open_source(
-            args.store,
-            args.namespace,
-            args.timeout,
-            cluster=args.cluster,
-            sentinel=args.sentinel,
-        )
+        source = _source_of(args)
     except (ValueError, TypeError, ImportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -402,13 +403,7 @@ def run_dashboard(args: Any) -> int:
     from resilience.dashboard import serve  # noqa: PLC0415
 
     try:
-        source = open_source(
-            args.store,
-            args.namespace,
-            args.timeout,
-            cluster=args.cluster,
-            sentinel=args.sentinel,
-        )
+        source = _source_of(args)
         assert isinstance(source, _StoreSource)
         source.read()  # fail now, clearly, when the store cannot be reached
         page = serve(args.port, host=args.host, store=source.store, metrics=False)
