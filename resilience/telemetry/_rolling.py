@@ -194,7 +194,7 @@ class PyCallSink:
     ``RollingMetrics``' call tap: each traced call counted where it ends, nothing kept per call.
 
     The pure-Python twin of ``_speedups.CallSink`` (``tests/test_rolling_sink.py`` holds
-    the two together). Called with ``(name, elapsed_ns, failed, ended_ns)``, it counts the
+    the two together); not thread-safe, so the metrics use it only through the C one. Called with ``(name, elapsed_ns, failed, ended_ns)``, it counts the
     call into its name's cell: the slice (``ended_ns // width``), calls, failures and the
     latency bin (``bisect_left`` over *bounds*). When a name's calls move on to a newer
     slice, its cell becomes a record ``(name, index, calls, failures, ((bin, count), ...))``;
@@ -216,7 +216,7 @@ class PyCallSink:
         self._width = width
         self._spill = spill
         self._most = most
-        # name -> [index, calls, failures, hist, dirty]
+        # name -> [index, calls, failures, hist, dirty, name]
         self._cells: dict[str, list[Any]] = {}
         self._dirty: list[list[Any]] = []
         self._records: list[tuple[str, int, int, int, tuple[tuple[int, int], ...]]] = []
@@ -284,15 +284,20 @@ def _record(cell: list[Any]) -> tuple[str, int, int, int, tuple[tuple[int, int],
     return record
 
 
-def _sink_type() -> type[PyCallSink]:
+def _sink_type() -> type[PyCallSink] | None:
     from resilience import _deadline  # noqa: PLC0415 - the one place the accelerator is found
 
     speedups = _deadline._speedups
-    found = getattr(speedups, "CallSink", None) if speedups is not None else None
-    return found if found is not None else PyCallSink
+    found: type[PyCallSink] | None = (
+        getattr(speedups, "CallSink", None) if speedups is not None else None
+    )
+    return found
 
 
-#: The call sink in use: C where it was built, else the Python twin.
+#: The call sink in C, where the accelerator was built (else None). Its Python twin is the
+#: reference the tests hold it to, not a fallback: a tap is called from any thread, and
+#: only the C one counts atomically (under the GIL); without it the metrics keep their queue
+#: (a deque's append is atomic) and count it in bulk.
 CallSink: Final = _sink_type()
 
 
@@ -341,7 +346,7 @@ class RollingMetrics:
         self._pending: deque[tuple[str, int, bool, int]] = deque()
         self._sink: PyCallSink | None = (
             None
-            if clock is not None
+            if clock is not None or CallSink is None
             else CallSink(_BOUNDS_NS, self._width_ns, self._pending.append, self.max_names)
         )
         #: What ``@traced`` calls with each call: the sink, or the queue's own append.

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from resilience import _deadline, traced
 from resilience.telemetry import RollingMetrics
 from resilience.telemetry._rolling import _BOUNDS_NS, CallSink, PyCallSink
+from resilience.testing import FakeClock
 
 
 _C_SINK = getattr(_deadline._speedups, "CallSink", None) if _deadline._speedups else None
@@ -84,9 +85,8 @@ def test_sink_then_drain_equals_counting_one_by_one(calls):
     )
     batch = [(name, took, bool(failed), start + at) for name, took, failed, at in ordered]
     sunk, one_by_one = RollingMetrics(1.0), RollingMetrics(1.0)
-    assert sunk._sink is not None
     for call in batch:
-        sunk._tap(call)
+        sunk._tap(call)  # the sink where it is built, else the queue
     sunk._drain()
     for name, took, failed, ended in batch:
         one_by_one.count(name, took, failed, ended)
@@ -96,8 +96,20 @@ def test_sink_then_drain_equals_counting_one_by_one(calls):
     assert not sunk._pending
 
 
+def test_without_the_accelerator_the_metrics_keep_their_queue():
+    """No C sink (or a clock of their own): each call is queued, still counted once."""
+    metrics = RollingMetrics()
+    if CallSink is None:
+        assert metrics._sink is None
+        assert metrics._tap == metrics._pending.append
+    assert RollingMetrics(clock=FakeClock())._sink is None
+
+
+_SINKS = [sink for sink in (CallSink, PyCallSink) if sink is not None]
+
+
 def test_bad_arguments_are_refused():
-    for sink_type in {CallSink, PyCallSink}:
+    for sink_type in _SINKS:
         with pytest.raises(ValueError, match="width and most"):
             sink_type(_BOUNDS_NS, 0, print, 1)
         with pytest.raises(ValueError, match="width and most"):
@@ -124,7 +136,7 @@ def test_a_spill_that_raises_is_the_tap_that_raises():
     def spill(call):
         raise RuntimeError("spill bug")
 
-    for sink_type in {CallSink, PyCallSink}:
+    for sink_type in _SINKS:
         sink = sink_type(_BOUNDS_NS, _WIDTH, spill, 1)
         with pytest.raises(RuntimeError, match="spill bug"):
             sink(("a", 1, False, -1))
