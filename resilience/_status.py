@@ -140,7 +140,13 @@ def open_source(
     sentinel: str | None = None,
 ) -> _HttpSource | _StoreSource:
     """Return something whose ``read()`` gives a snapshot's plain data, for *url*."""
+    if cluster and sentinel is not None:
+        msg = "--cluster and --sentinel name two kinds of Redis deployment: give one"
+        raise ValueError(msg)
     if url.startswith(("http://", "https://")):
+        if cluster or sentinel is not None:
+            msg = "--cluster and --sentinel are for a redis:// store, not a process's page"
+            raise ValueError(msg)
         return _HttpSource(url, timeout)
     if url.startswith(("redis://", "rediss://", "unix://")):
         import resilience  # noqa: F401, PLC0415 - registers every concern's Redis view

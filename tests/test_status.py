@@ -351,3 +351,23 @@ def test_a_sentinel_store_from_the_command_line(request):
     finally:
         store.clear()
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--store", "http://127.0.0.1:1", "--cluster"], "not a process's page"),
+        (["--store", "http://127.0.0.1:1", "--sentinel", "svc"], "not a process's page"),
+        (["--store", "redis://127.0.0.1:1", "--cluster", "--sentinel", "svc"], "give one"),
+    ],
+)
+def test_deployment_options_that_cannot_apply_are_refused(options, said):
+    """--cluster/--sentinel with a page URL, or both at once: a clear error, exit status 2."""
+    done = subprocess.run(
+        [sys.executable, "-m", "resilience", "status", *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert 2 == done.returncode
+    assert said in done.stderr
